@@ -1,0 +1,1 @@
+"""DPRM features: canonical market data, realized measures, microstructure features, targets."""

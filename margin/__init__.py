@@ -1,0 +1,1 @@
+"""DPRM margin: forecast-driven portfolio margin (pure computation)."""

@@ -1,0 +1,1 @@
+"""DPRM models: volatility and correlation forecasters, evaluation and registry."""

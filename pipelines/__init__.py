@@ -1,0 +1,1 @@
+"""DPRM pipelines: Prefect flows, the `dprm` CLI and the margin service."""

@@ -1,0 +1,280 @@
+"""The ``dprm`` command line.
+
+Heavy imports (pandas, arch, prefect, mlflow) happen inside commands so ``dprm --help`` is instant.
+Bad input exits with code 2 and one line on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+app = typer.Typer(
+    help="DPRM: forecast volatility and correlation from market data; turn them into margin.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+data_app = typer.Typer(help="Canonical market data: ingest, validate, simulate, list.",
+                       no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _fail(message: str) -> None:
+    """Print a one-line error and exit with code 2."""
+    from rich.console import Console
+
+    Console(stderr=True).print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code=2)
+
+
+def clean_errors(fn: F) -> F:
+    """Turn bad-input exceptions into a one-line message and exit code 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from pydantic import ValidationError
+
+        from features.schema import DataError
+
+        try:
+            return fn(*args, **kwargs)
+        except DataError as exc:
+            _fail(str(exc))
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            loc = ".".join(str(x) for x in err["loc"])
+            _fail(f"invalid setting '{loc}': {err['msg']} (got {err.get('input')!r})")
+        except (FileNotFoundError, IsADirectoryError, PermissionError) as exc:
+            _fail(f"{exc.strerror}: {exc.filename}")
+        except ImportError as exc:  # pragma: no cover - environment problem
+            _fail(f"missing dependency: {exc}")
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _console():
+    from rich.console import Console
+
+    return Console()
+
+
+def _store():
+    from features.store import DataStore
+    from pipelines.config import dprm_home
+
+    return DataStore(dprm_home() / "data")
+
+
+def _progress():
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        SpinnerColumn,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
+    return Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+                    MofNCompleteColumn(), TextColumn("{task.fields[rows]:>12,} rows"),
+                    TimeElapsedColumn(), console=_console(), transient=False)
+
+
+ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="TOML file with settings.",
+                                                exists=True, dir_okay=False)]
+
+
+# ---- data ---------------------------------------------------------------------------------
+@data_app.command("ingest")
+@clean_errors
+def data_ingest(
+    paths: Annotated[list[Path], typer.Argument(help="Files or folders to ingest (folders: every data file inside).")],
+    dataset: Annotated[str | None, typer.Option(help="Dataset name (default: the file's folder name).")] = None,
+    fmt: Annotated[str | None, typer.Option("--format", help="Reader format (default: detected).")] = None,
+    symbol: Annotated[str | None, typer.Option(help="Symbol, for files that do not name it.")] = None,
+    mapping: Annotated[Path | None, typer.Option(help="TOML column mapping for --format generic.", exists=True)] = None,
+    force: Annotated[bool, typer.Option(help="Re-read sources already ingested (idempotent).")] = False,
+    config: ConfigOpt = None,
+) -> None:
+    """Read raw files into the canonical store (streaming; raw files are never modified)."""
+    from features.ingest import ingest_file
+    from features.readers import list_sources
+    from pipelines.config import IngestConfig, load_config
+
+    cfg = load_config(IngestConfig, config, "ingest", force=force or None)
+    options: dict[str, Any] = {}
+    if symbol:
+        options["symbol"] = symbol
+    if mapping is not None:
+        import tomllib
+
+        options.update(tomllib.loads(mapping.read_text()))
+    files: list[tuple[Path, str | None]] = []
+    for p in paths:
+        if not p.exists():
+            raise FileNotFoundError(2, "No such file or directory", str(p))
+        if p.is_dir():
+            for f, detected, reason in list_sources(p):
+                if detected is None:
+                    _console().print(f"[dim]skip {f}: {reason}[/]")
+                else:
+                    files.append((f, detected))
+        else:
+            files.append((p, fmt))
+    store = _store()
+    reports = []
+    with _progress() as prog:
+        for f, detected in files:
+            task = prog.add_task(f"{f.name}", total=None, rows=0)
+
+            def advance(n: int, task: int = task) -> None:
+                prog.update(task, advance=n, rows=prog.tasks[task].completed + n)
+
+            rep = ingest_file(store, f, dataset=dataset, fmt=detected or fmt, force=cfg.force,
+                              chunk_rows=cfg.chunk_rows, spill_rows=cfg.spill_rows,
+                              progress=advance, **options)
+            prog.update(task, total=prog.tasks[task].completed or 1,
+                        completed=prog.tasks[task].completed or 1)
+            reports.append(rep)
+    _print_ingest(reports, store)
+
+
+def _print_ingest(reports: list, store: Any) -> None:
+    from rich.table import Table
+
+    t = Table(title="Ingested")
+    for c in ("source", "dataset", "tables", "rows read", "rows added", "rejected", "duplicates",
+              "out of order", "note"):
+        t.add_column(c, justify="right" if c.startswith(("rows", "rej", "dup", "out")) else "left")
+    for r in reports:
+        rej = sum(c.counts.get(k, 0) for c in r.tables.values()
+                  for k in ("non_finite", "non_positive", "negative"))
+        dup = sum(c.counts.get("duplicates", 0) + c.counts.get("key_conflicts", 0)
+                  for c in r.tables.values())
+        ooo = sum(c.counts.get("out_of_order", 0) for c in r.tables.values())
+        t.add_row(Path(r.source).name, r.dataset, ",".join(sorted(r.tables)), f"{r.rows_read:,}",
+                  f"{r.rows_added:,}", f"{rej:,}", f"{dup:,}", f"{ooo:,}",
+                  "already ingested: nothing added" if r.skipped else "")
+    con = _console()
+    con.print(t)
+    for ds in sorted({r.dataset for r in reports}):
+        con.print(f"wrote {store.path(ds)}")
+
+
+@data_app.command("validate")
+@clean_errors
+def data_validate(
+    datasets: Annotated[list[str] | None, typer.Argument(help="Datasets to validate (default: all).")] = None,
+) -> None:
+    """Re-check stored datasets: print every rule's count and write validation.json beside the data."""
+    from features.ingest import validate_dataset
+
+    store = _store()
+    names = datasets or store.datasets()
+    if not names:
+        _fail(f"no datasets in {store.root}; run `dprm data ingest PATH` or `dprm data simulate` first")
+    results = {}
+    with _progress() as prog:
+        task = prog.add_task("validating", total=len(names), rows=0)
+        for ds in names:
+            results[ds] = validate_dataset(store, ds)
+            prog.update(task, advance=1, rows=sum(c.rows_out for c in results[ds].values()))
+    _print_validation(results)
+    for ds in names:
+        _console().print(f"wrote {store.path(ds) / 'validation.json'}")
+
+
+def _print_validation(results: dict) -> None:
+    from rich.table import Table
+
+    from features.validate import FLAG_RULES, REJECT_RULES
+
+    rules = [*REJECT_RULES, *FLAG_RULES]
+    t = Table(title="Validation (rows rejected at ingest | rows flagged in the store)")
+    t.add_column("dataset")
+    t.add_column("table")
+    t.add_column("rows", justify="right")
+    for r in rules:
+        t.add_column(r.replace("_", " "), justify="right")
+    for ds, tables in results.items():
+        for table, c in tables.items():
+            t.add_row(ds, table, f"{c.rows_out:,}", *[f"{c.counts.get(r, 0):,}" for r in rules])
+    _console().print(t)
+
+
+@data_app.command("simulate")
+@clean_errors
+def data_simulate(
+    days: Annotated[int | None, typer.Option(help="Days to simulate.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
+    dataset: Annotated[str | None, typer.Option(help="Dataset name.")] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Simulate a seeded multi-asset market (trades, quotes, book, bars) with its true variance."""
+    from pipelines.config import SimulateConfig, load_config
+    from pipelines.steps import simulate_to_store
+
+    cfg = load_config(SimulateConfig, config, "simulate", n_days=days, seed=seed, dataset=dataset)
+    store = _store()
+    with _console().status(f"simulating {cfg.n_days} days of {len(cfg.symbols)} symbols"):
+        t0 = time.perf_counter()
+        rep, truth_dir = simulate_to_store(store, cfg)
+    _print_ingest([rep], store)
+    _console().print(f"simulated in {time.perf_counter() - t0:.1f} s; ground truth in {truth_dir}")
+
+
+@data_app.command("list")
+@clean_errors
+def data_list(
+    datasets: Annotated[list[str] | None, typer.Argument(help="Datasets to show (default: all).")] = None,
+) -> None:
+    """List stored datasets: tables, symbols, rows and time spans."""
+    import pandas as pd
+    from rich.table import Table
+
+    store = _store()
+    names = datasets or store.datasets()
+    if not names:
+        _console().print(f"no datasets in {store.root}")
+        return
+    frames = [store.summary(ds) for ds in names]
+    df = pd.concat(frames, ignore_index=True)
+    t = Table(title=f"Datasets in {store.root}")
+    for c in ("dataset", "table", "kind", "interval", "symbol", "rows", "first", "last", "partitions"):
+        t.add_column(c, justify="right" if c in ("rows", "partitions") else "left")
+    for row in df.itertuples(index=False):
+        t.add_row(row.dataset, row.table, row.kind, str(row.interval or ""), row.symbol,
+                  f"{row.rows:,}", str(row.first)[:19], str(row.last)[:19], str(row.partitions))
+    _console().print(t)
+
+
+# ---- demo ---------------------------------------------------------------------------------
+@app.command("demo")
+@clean_errors
+def demo(config: ConfigOpt = None) -> None:
+    """Run the whole pipeline on the embedded default data (arch's daily indices + the simulator)."""
+    from pipelines.config import DemoConfig, load_config
+    from pipelines.steps import run_demo
+
+    cfg = load_config(DemoConfig, config)
+    t0 = time.perf_counter()
+    run_demo(cfg, console=_console())
+    _console().print(f"demo finished in {time.perf_counter() - t0:.1f} s")
+
+
+def main() -> None:  # pragma: no cover - console entry
+    """Entry point for ``python -m pipelines.cli``."""
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -302,7 +302,7 @@ def conform(frame: pd.DataFrame, kind: str, *, source: str | None = None) -> pd.
             raise DataError(
                 f"cannot convert value {bad!r} to {dtype} ({exc})", source=source, column=c
             ) from None
-        out[c] = col.to_numpy() if dtype != TS_DTYPE else col.array
+        out[c] = col.array
     return pd.DataFrame(out, index=pd.RangeIndex(len(frame)))
 
 

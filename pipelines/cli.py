@@ -198,17 +198,18 @@ def _print_validation(results: dict) -> None:
 
     from features.validate import FLAG_RULES, REJECT_RULES
 
-    rules = [*REJECT_RULES, *FLAG_RULES]
-    t = Table(title="Validation (rows rejected at ingest | rows flagged in the store)")
-    t.add_column("dataset")
-    t.add_column("table")
-    t.add_column("rows", justify="right")
-    for r in rules:
-        t.add_column(r.replace("_", " "), justify="right")
+    def fmt(c, rules) -> str:
+        return ", ".join(f"{r}={c.counts[r]:,}" for r in rules if c.counts.get(r)) or "-"
+
+    t = Table(title="Validation: rule counts (every rule; zero counts shown as -)")
+    for col in ("dataset", "table", "rows stored", "rejected or dropped at ingest", "flagged (kept)"):
+        t.add_column(col, justify="right" if col == "rows stored" else "left")
     for ds, tables in results.items():
         for table, c in tables.items():
-            t.add_row(ds, table, f"{c.rows_out:,}", *[f"{c.counts.get(r, 0):,}" for r in rules])
+            t.add_row(ds, table, f"{c.rows_out:,}", fmt(c, REJECT_RULES), fmt(c, FLAG_RULES))
     _console().print(t)
+    _console().print("rules: rejected " + ", ".join(REJECT_RULES) + "; flagged " + ", ".join(FLAG_RULES),
+                     style="dim")
 
 
 @data_app.command("simulate")

@@ -21,7 +21,7 @@ def simulate_to_store(store: DataStore, cfg: SimulateConfig) -> tuple[IngestRepo
     from features.ingest import ingest_frames
     from features.simulate import SimConfig, simulate
 
-    sim_cfg = SimConfig(n_days=cfg.n_days, symbols=tuple(cfg.symbols))
+    sim_cfg = SimConfig(n_days=cfg.n_days).select(*cfg.symbols)
     result = simulate(sim_cfg, random_state=cfg.seed)
     tables: dict[str, tuple[str, pd.DataFrame, pd.Timedelta | None]] = {}
     for name, (kind, frame) in result.tables().items():

@@ -1,0 +1,1038 @@
+"""A seeded multi-asset market-microstructure simulator with ground truth.
+
+The simulated market is the default demo data of DPRM and the ground truth against which volatility and
+correlation forecasts are evaluated: unlike real data, the integrated variance of every bar is known.
+
+Model (per symbol ``i``, on a regular diffusion grid of step ``dt`` = ``base_step``)
+-----------------------------------------------------------------------------------
+- Efficient log price ``X_i``: ``dX_i = -sigma_i^2 dt / 2 + sigma_i sqrt(dt) z_i + J_i``.
+  The increment of step ``k`` happens at ``t_k``; the price is constant on ``[t_k, t_k + dt)``, so a bar
+  ``[a, b)`` (stamped by its close ``b``) holds the increments of the steps starting in ``[a, b)``.
+- Instantaneous variance: ``sigma_i^2(t) = base_i * season(t) * week(t) * stress(t)
+  * exp(2 f_i(t) - 2 Var f_i)`` where ``f_i`` is a sum of a fast and a slow Ornstein-Uhlenbeck log-vol
+  factor, each part common to all symbols and part idiosyncratic (volatility clustering with a long
+  memory feel and co-movement of volatilities). ``season`` is an intraday UTC pattern (the US-open hump
+  around 14:30 UTC plus a bump around the UTC midnight daily close) with mean 1 over the day; ``week``
+  lowers variance on Saturdays and Sundays and keeps the weekly mean at 1.
+- Correlation: a one-factor model ``z_i = rho_i f + sqrt(1 - rho_i^2) e_i`` with loadings
+  ``rho_i(t) = tanh(atanh(L_i[regime]) + u(t))`` (``u`` a slow OU common to all symbols), so the
+  instantaneous correlation ``rho_i rho_j`` is positive semi-definite by construction.
+- Regime: a continuous-time Markov chain calm <-> stress (rare, short stress spells). In stress the
+  loadings move to their stress values (correlations toward 1), variance is multiplied by
+  ``stress_var_mult`` and jumps arrive ``stress_jump_mult`` times more often.
+- Jumps: Poisson arrivals, normal log sizes with standard deviation ``jump_sd_daily_vol_mult`` times the
+  symbol's base daily volatility. A share ``common_jump_frac`` of each symbol's jumps are market-wide
+  co-jumps (all symbols at once, sizes correlated through the current loadings, so in stress they move
+  together); the rest are idiosyncratic. ``truth_corr`` describes the diffusive part only.
+- Trades: a Cox process whose intensity is proportional to ``(sigma / base sigma)^intensity_vol_elasticity``,
+  scaled so that calm-regime days average ``trades_per_day``. Trade price = efficient price
+  times ``exp(side * half_spread + eta)`` rounded to the tick away from the mid (buys up, sells down);
+  ``side`` is the aggressor (+1 buy, -1 sell), ``eta`` i.i.d. normal microstructure noise.
+- Half spread: ``half_spread_1m_vol_mult`` times the instantaneous 1-minute volatility (the spread widens
+  with volatility), at least one tick wide after rounding.
+- Quotes: a second Cox process (``quotes_per_trade`` times the trade rate) of best bid/ask around the
+  noisy efficient price; sizes thin out when volatility rises.
+- Book: snapshots every ``book_every`` of ``book_levels`` levels per side, spaced by whole ticks.
+- 1-minute bars: OHLCV of the trades per minute (``ts`` = bar close); a minute without trades repeats the
+  previous close with zero volume, as exchanges do.
+
+Ground truth
+------------
+``truth_bars`` (per symbol and ``truth_interval`` bar) and ``truth_daily`` (per symbol and UTC day):
+``iv_var`` (the integrated diffusive variance, the sum of ``sigma^2 dt`` over the bar), ``jump_var`` (the
+sum of squared jumps), ``qv_var`` (their sum, the quadratic variation that realized variance estimates),
+``n_jumps``, ``stress_frac`` (fraction of the bar spent in stress) and ``regime`` ("stress" when
+``stress_frac >= 0.5``, else "calm"). ``truth_corr`` holds per truth bar the full correlation matrix in long
+format (``ts, symbol_a, symbol_b, corr, regime``): the integrated correlation of the diffusive returns
+``int sigma_a sigma_b rho_ab dt / sqrt(int sigma_a^2 dt int sigma_b^2 dt)``, which equals the
+instantaneous correlation when loadings are constant over the bar and is PSD with a unit diagonal.
+
+All randomness comes from the generator passed to :func:`simulate`; each model component draws from
+its own child stream (``Generator.spawn``), so for example changing the quote rate leaves the price
+path unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, model_validator
+from scipy.signal import lfilter
+
+from features.schema import (
+    ASK_PX,
+    ASK_SZ,
+    BID_PX,
+    BID_SZ,
+    CLOSE,
+    HIGH,
+    LEVEL,
+    LOW,
+    OPEN,
+    PRICE,
+    PX,
+    QUOTE_VOLUME,
+    SIDE,
+    SIZE,
+    SYMBOL,
+    SZ,
+    TAKER_BUY_VOLUME,
+    TRADE_COUNT,
+    TRADE_ID,
+    TS,
+    TS_DTYPE,
+    VOLUME,
+    conform,
+)
+
+__all__ = [
+    "DEFAULT_ASSETS",
+    "IV",
+    "JUMP_VAR",
+    "QV",
+    "AssetConfig",
+    "SimConfig",
+    "SimResult",
+    "simulate",
+]
+
+IV = "iv_var"
+"""Integrated diffusive variance of the efficient log price over a period (log-return units squared)."""
+JUMP_VAR = "jump_var"
+"""Sum of squared log jumps over a period."""
+QV = "qv_var"
+"""Quadratic variation ``iv_var + jump_var``: what realized variance estimates."""
+N_JUMPS = "n_jumps"
+STRESS_FRAC = "stress_frac"
+REGIME = "regime"
+SYMBOL_A = "symbol_a"
+SYMBOL_B = "symbol_b"
+CORR = "corr"
+CALM, STRESS = "calm", "stress"
+
+_DAY_S = 86_400
+_NS = 1_000_000_000
+_YEAR_DAYS = 365.0
+
+
+def _fail(owner: str, name: str, expected: str, value: object) -> ValueError:
+    return ValueError(
+        f"The '{name}' parameter of {owner} must be {expected}. Got {value!r} instead."
+    )
+
+
+def _check(
+    owner: str,
+    name: str,
+    value: float,
+    *,
+    gt: float | None = None,
+    ge: float | None = None,
+    lt: float | None = None,
+    le: float | None = None,
+) -> None:
+    """Raise the standard message when ``value`` is not finite or outside the given bounds."""
+    parts = []
+    if gt is not None:
+        parts.append(f"> {gt}")
+    if ge is not None:
+        parts.append(f">= {ge}")
+    if lt is not None:
+        parts.append(f"< {lt}")
+    if le is not None:
+        parts.append(f"<= {le}")
+    expected = " and ".join(parts) if parts else "finite"
+    ok = math.isfinite(value)
+    ok = ok and (gt is None or value > gt) and (ge is None or value >= ge)
+    ok = ok and (lt is None or value < lt) and (le is None or value <= le)
+    if not ok:
+        raise _fail(owner, name, expected, value)
+
+
+class AssetConfig(BaseModel):
+    """Per-symbol parameters of the simulated market.
+
+    Attributes
+    ----------
+    symbol : the canonical symbol.
+    start_price : efficient price at the start, in quote currency (> 0).
+    vol_ann : annualized base volatility (365-day year) of the efficient log price, before the
+        intraday, weekend and stress multipliers (> 0).
+    tick_size : price increment (> 0).
+    trades_per_day : average number of trades per calm UTC day (> 0).
+    calm_loading, stress_loading : one-factor loadings in (-1, 1) in the calm and stress regimes; the
+        correlation of two symbols is the product of their loadings.
+    trade_notional : median trade notional in quote currency (> 0); sizes are log-normal.
+    depth_notional : median quoted size at the best level in quote currency (> 0).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    symbol: str
+    start_price: float
+    vol_ann: float
+    tick_size: float
+    trades_per_day: float
+    calm_loading: float = 0.7
+    stress_loading: float = 0.95
+    trade_notional: float = 2_000.0
+    depth_notional: float = 50_000.0
+
+    @model_validator(mode="after")
+    def _validate(self) -> AssetConfig:
+        owner = "AssetConfig"
+        if not self.symbol:
+            raise _fail(owner, "symbol", "a non-empty string", self.symbol)
+        for name in (
+            "start_price",
+            "vol_ann",
+            "tick_size",
+            "trades_per_day",
+            "trade_notional",
+            "depth_notional",
+        ):
+            _check(owner, name, getattr(self, name), gt=0)
+        for name in ("calm_loading", "stress_loading"):
+            _check(owner, name, getattr(self, name), gt=-1, lt=1)
+        if self.tick_size >= self.start_price:
+            raise _fail(owner, "tick_size", f"< start_price={self.start_price}", self.tick_size)
+        return self
+
+
+DEFAULT_ASSETS: tuple[AssetConfig, ...] = (
+    AssetConfig(
+        symbol="BTCUSDT",
+        start_price=60_000.0,
+        vol_ann=0.55,
+        tick_size=0.1,
+        trades_per_day=5_500,
+        calm_loading=0.75,
+        stress_loading=0.97,
+        trade_notional=5_000.0,
+        depth_notional=250_000.0,
+    ),
+    AssetConfig(
+        symbol="ETHUSDT",
+        start_price=3_000.0,
+        vol_ann=0.70,
+        tick_size=0.01,
+        trades_per_day=4_500,
+        calm_loading=0.72,
+        stress_loading=0.96,
+        trade_notional=3_000.0,
+        depth_notional=150_000.0,
+    ),
+    AssetConfig(
+        symbol="SOLUSDT",
+        start_price=150.0,
+        vol_ann=0.95,
+        tick_size=0.001,
+        trades_per_day=3_700,
+        calm_loading=0.62,
+        stress_loading=0.93,
+        trade_notional=1_500.0,
+        depth_notional=60_000.0,
+    ),
+    AssetConfig(
+        symbol="STABLEIDX",
+        start_price=100.0,
+        vol_ann=0.08,
+        tick_size=0.0001,
+        trades_per_day=3_000,
+        calm_loading=0.25,
+        stress_loading=0.80,
+        trade_notional=1_000.0,
+        depth_notional=100_000.0,
+    ),
+)
+"""The default market: three crypto pairs and a low-volatility stable index (about 1M trades in 60 days)."""
+
+
+def _timedelta(owner: str, name: str, value: str) -> pd.Timedelta:
+    try:
+        td = pd.Timedelta(value)
+    except (ValueError, TypeError):
+        raise _fail(owner, name, "a duration string such as '1s' or '5min'", value) from None
+    if pd.isna(td) or td <= pd.Timedelta(0):
+        raise _fail(owner, name, "a positive duration", value)
+    return td
+
+
+class SimConfig(BaseModel):
+    """Parameters of :func:`simulate`; every field has a default (the demo market).
+
+    Attributes
+    ----------
+    assets : per-symbol parameters (:class:`AssetConfig`), in output order; symbols must be unique.
+    n_days : number of simulated UTC days (> 0).
+    start : start time, a UTC midnight ("2025-01-01T00:00Z" is a Wednesday).
+    base_step : diffusion step (divides one day).
+    truth_interval : bar length of ``truth_bars``/``truth_corr`` (a multiple of ``base_step`` that
+        divides one day).
+    book_every : interval between book snapshots (a multiple of ``base_step`` that divides one day);
+        the default 60 s keeps the 60-day book at about 3.5M rows (10 s would be 21M).
+    book_levels : levels per side in the book snapshots (>= 1).
+    quotes_per_trade : quote updates per trade (> 0).
+    intensity_vol_elasticity : trade and quote intensity is proportional to
+        ``(sigma / base sigma) ** intensity_vol_elasticity`` (>= 0).
+    vol_fast_sd, vol_slow_sd : stationary standard deviations of the fast and slow OU log-volatility
+        factors (>= 0).
+    vol_fast_half_life_hours, vol_slow_half_life_days : their half-lives (> 0).
+    vol_common_weight : share of each factor's variance common to all symbols, in [0, 1].
+    intraday_us_open_amp : height of the variance hump around 14:30 UTC relative to the base (>= 0).
+    intraday_midnight_amp : height of the variance bump around 00:00 UTC (>= 0).
+    weekend_var_ratio : Saturday/Sunday variance over weekday variance, in (0, 1].
+    jumps_per_day : calm-regime Poisson jump intensity per symbol and day (>= 0).
+    jump_sd_daily_vol_mult : jump log-size standard deviation in units of the base daily volatility
+        (>= 0).
+    common_jump_frac : share of each symbol's jumps that are market-wide co-jumps, in [0, 1].
+    stress_calm_mean_days : mean length of a calm spell in days (> 0).
+    stress_mean_hours : mean length of a stress spell in hours (> 0).
+    stress_var_mult : variance multiplier in stress (>= 1).
+    stress_jump_mult : jump-intensity multiplier in stress (>= 1).
+    loading_sd, loading_half_life_days : stationary standard deviation and half-life of the common OU
+        shift of the loadings in ``atanh`` space (sd >= 0, half-life > 0).
+    half_spread_1m_vol_mult : half spread as a multiple of the instantaneous 1-minute volatility (>= 0).
+    noise_1m_vol_mult : standard deviation of the i.i.d. log-price noise of trades and quotes, as a
+        multiple of the symbol's base 1-minute volatility (>= 0).
+    trade_size_sigma : log-normal sigma of trade notionals (>= 0).
+    level_gap_spread_mult : distance between book levels in units of the current spread (> 0; at least
+        one tick).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    assets: tuple[AssetConfig, ...] = DEFAULT_ASSETS
+    n_days: int = 60
+    start: str = "2025-01-01T00:00Z"
+    base_step: str = "1s"
+    truth_interval: str = "5min"
+    book_every: str = "60s"
+    book_levels: int = 5
+    quotes_per_trade: float = 2.0
+    intensity_vol_elasticity: float = 1.0
+    vol_fast_sd: float = 0.25
+    vol_fast_half_life_hours: float = 1.0
+    vol_slow_sd: float = 0.30
+    vol_slow_half_life_days: float = 2.0
+    vol_common_weight: float = 0.6
+    intraday_us_open_amp: float = 1.0
+    intraday_midnight_amp: float = 0.3
+    weekend_var_ratio: float = 0.55
+    jumps_per_day: float = 0.5
+    jump_sd_daily_vol_mult: float = 0.5
+    common_jump_frac: float = 0.5
+    stress_calm_mean_days: float = 15.0
+    stress_mean_hours: float = 12.0
+    stress_var_mult: float = 4.0
+    stress_jump_mult: float = 3.0
+    loading_sd: float = 0.25
+    loading_half_life_days: float = 3.0
+    half_spread_1m_vol_mult: float = 0.1
+    noise_1m_vol_mult: float = 0.1
+    trade_size_sigma: float = 1.0
+    level_gap_spread_mult: float = 1.0
+
+    @model_validator(mode="after")
+    def _validate(self) -> SimConfig:
+        owner = "SimConfig"
+        if len(self.assets) == 0:
+            raise _fail(owner, "assets", "a non-empty tuple of AssetConfig", self.assets)
+        symbols = [a.symbol for a in self.assets]
+        if len(set(symbols)) != len(symbols):
+            raise _fail(owner, "assets", "a tuple with unique symbols", symbols)
+        if self.n_days <= 0:
+            raise _fail(owner, "n_days", "> 0", self.n_days)
+        if self.book_levels < 1:
+            raise _fail(owner, "book_levels", ">= 1", self.book_levels)
+        try:
+            ts = pd.Timestamp(self.start)
+        except (ValueError, TypeError):
+            raise _fail(
+                owner, "start", "a timestamp string such as '2025-01-01T00:00Z'", self.start
+            ) from None
+        ts = ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+        if ts != ts.normalize():
+            raise _fail(owner, "start", "a UTC midnight", self.start)
+        day = pd.Timedelta(days=1)
+        step = _timedelta(owner, "base_step", self.base_step)
+        if step.value % 1_000_000 or day.value % step.value:
+            raise _fail(
+                owner,
+                "base_step",
+                "a whole number of milliseconds dividing one day",
+                self.base_step,
+            )
+        for name in ("truth_interval", "book_every"):
+            td = _timedelta(owner, name, getattr(self, name))
+            if td.value % step.value or day.value % td.value:
+                raise _fail(
+                    owner,
+                    name,
+                    f"a multiple of base_step={self.base_step} that divides one day",
+                    getattr(self, name),
+                )
+        for name in (
+            "quotes_per_trade",
+            "vol_fast_half_life_hours",
+            "vol_slow_half_life_days",
+            "stress_calm_mean_days",
+            "stress_mean_hours",
+            "loading_half_life_days",
+            "level_gap_spread_mult",
+        ):
+            _check(owner, name, getattr(self, name), gt=0)
+        for name in (
+            "intensity_vol_elasticity",
+            "vol_fast_sd",
+            "vol_slow_sd",
+            "intraday_us_open_amp",
+            "intraday_midnight_amp",
+            "jumps_per_day",
+            "jump_sd_daily_vol_mult",
+            "loading_sd",
+            "half_spread_1m_vol_mult",
+            "noise_1m_vol_mult",
+            "trade_size_sigma",
+        ):
+            _check(owner, name, getattr(self, name), ge=0)
+        _check(owner, "vol_common_weight", self.vol_common_weight, ge=0, le=1)
+        _check(owner, "common_jump_frac", self.common_jump_frac, ge=0, le=1)
+        _check(owner, "weekend_var_ratio", self.weekend_var_ratio, gt=0, le=1)
+        _check(owner, "stress_var_mult", self.stress_var_mult, ge=1)
+        _check(owner, "stress_jump_mult", self.stress_jump_mult, ge=1)
+        return self
+
+    @property
+    def symbols(self) -> tuple[str, ...]:
+        """The simulated symbols, in output order."""
+        return tuple(a.symbol for a in self.assets)
+
+    @property
+    def start_ts(self) -> pd.Timestamp:
+        """``start`` as a UTC timestamp."""
+        ts = pd.Timestamp(self.start)
+        return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+
+    def select(self, *symbols: str) -> SimConfig:
+        """A copy simulating only ``symbols`` (in the given order).
+
+        Raises ``ValueError`` naming an unknown symbol.
+        """
+        by_symbol = {a.symbol: a for a in self.assets}
+        for s in symbols:
+            if s not in by_symbol:
+                raise _fail("SimConfig.select", "symbols", f"among {list(by_symbol)}", s)
+        return self.model_copy(update={"assets": tuple(by_symbol[s] for s in symbols)})
+
+
+@dataclass(frozen=True, eq=False)
+class SimResult:
+    """The simulated market and its ground truth.
+
+    Attributes
+    ----------
+    config : the configuration that produced it.
+    trades, quotes, book, bars_1m : canonical frames (kinds "trades", "quotes", "book", "bars"),
+        sorted by ``ts`` then symbol (in config order); ``bars_1m.ts`` is the bar close.
+    truth_bars : per symbol and truth bar (``ts`` = bar close): ``iv_var``, ``jump_var``, ``qv_var``,
+        ``n_jumps``, ``stress_frac``, ``regime``.
+    truth_corr : per truth bar the full integrated correlation matrix in long format
+        (``ts, symbol_a, symbol_b, corr, regime``), symbols in config order.
+    truth_daily : as ``truth_bars`` per UTC day (``ts`` = the next midnight).
+    """
+
+    config: SimConfig
+    trades: pd.DataFrame
+    quotes: pd.DataFrame
+    book: pd.DataFrame
+    bars_1m: pd.DataFrame
+    truth_bars: pd.DataFrame
+    truth_corr: pd.DataFrame
+    truth_daily: pd.DataFrame
+
+    def tables(self) -> dict[str, tuple[str, pd.DataFrame]]:
+        """Market tables for the store: table name -> (table kind, canonical frame)."""
+        return {
+            "trades": ("trades", self.trades),
+            "quotes": ("quotes", self.quotes),
+            "book": ("book", self.book),
+            "bars_1m": ("bars", self.bars_1m),
+        }
+
+    def truth(self) -> dict[str, pd.DataFrame]:
+        """Ground-truth frames: "truth_bars", "truth_corr" and "truth_daily"."""
+        return {
+            "truth_bars": self.truth_bars,
+            "truth_corr": self.truth_corr,
+            "truth_daily": self.truth_daily,
+        }
+
+    def summary(self) -> pd.DataFrame:
+        """Rows and in-memory size (MB, deep) of every frame, indexed by table name."""
+        frames = {name: f for name, (_, f) in self.tables().items()} | self.truth()
+        return pd.DataFrame(
+            {
+                "rows": [len(f) for f in frames.values()],
+                "memory_mb": [f.memory_usage(deep=True).sum() / 1e6 for f in frames.values()],
+            },
+            index=pd.Index(list(frames), name="table"),
+        )
+
+    def corr_matrix(self, ts: pd.Timestamp | str) -> pd.DataFrame:
+        """The true correlation matrix of the truth bar closing at ``ts`` (symbols in config order)."""
+        t = pd.Timestamp(ts)
+        t = t.tz_localize("UTC") if t.tzinfo is None else t.tz_convert("UTC")
+        rows = self.truth_corr[self.truth_corr[TS] == t]
+        if rows.empty:
+            raise ValueError(
+                f"The 'ts' parameter of SimResult.corr_matrix must be a truth bar close between "
+                f"{self.truth_corr[TS].min()} and {self.truth_corr[TS].max()}. Got {ts!r} instead."
+            )
+        order = list(self.config.symbols)
+        return rows.pivot(index=SYMBOL_A, columns=SYMBOL_B, values=CORR).loc[order, order]
+
+
+# ---------------------------------------------------------------------------------------------
+# simulation
+# ---------------------------------------------------------------------------------------------
+
+
+def _as_generator(random_state: int | np.random.Generator) -> np.random.Generator:
+    if isinstance(random_state, np.random.Generator):
+        return random_state
+    if isinstance(random_state, (int, np.integer)) and not isinstance(random_state, bool):
+        if random_state < 0:
+            raise _fail(
+                "simulate", "random_state", "a non-negative int or a numpy Generator", random_state
+            )
+        return np.random.default_rng(int(random_state))
+    raise _fail("simulate", "random_state", "an int or a numpy Generator", random_state)
+
+
+def _intraday_var_season(hours: np.ndarray, us_open_amp: float, midnight_amp: float) -> np.ndarray:
+    """Intraday variance multiplier at UTC ``hours`` (not normalized)."""
+
+    def bump(center: float, width: float) -> np.ndarray:
+        return np.exp(-0.5 * ((hours - center) / width) ** 2)
+
+    return 1.0 + us_open_amp * bump(14.5, 1.25) + midnight_amp * (bump(0.0, 1.5) + bump(24.0, 1.5))
+
+
+def _ou(
+    rng: np.random.Generator, n_steps: int, phi: float, sd: float, x_prev: np.ndarray
+) -> np.ndarray:
+    """Exact AR(1) discretization of stationary OU paths: ``x_k = phi x_{k-1} + sd sqrt(1-phi^2) e_k``.
+
+    ``x_prev`` has shape (n_paths,); returns shape (n_steps, n_paths).
+    """
+    n_paths = x_prev.shape[0]
+    if sd == 0.0:
+        return np.zeros((n_steps, n_paths))
+    innov = rng.standard_normal((n_steps, n_paths)) * (sd * math.sqrt(1.0 - phi * phi))
+    out, _ = lfilter([1.0], [1.0, -phi], innov, axis=0, zi=(phi * x_prev)[None, :])
+    return out
+
+
+def _arrivals(rng: np.random.Generator, mass: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Arrival times of a point process with piecewise-constant intensity on a grid.
+
+    ``mass[k]`` is the expected count in step ``k`` (> 0). Returns the step index of each arrival and
+    its position inside the step as a fraction in [0, 1), in time order (exact time change of a
+    Poisson process).
+    """
+    cum = np.cumsum(mass)
+    total = float(cum[-1])
+    n = int(rng.poisson(total))
+    pos = np.sort(rng.uniform(0.0, total, n))
+    k = np.minimum(np.searchsorted(cum, pos, side="right"), len(mass) - 1)
+    frac = np.clip((pos - (cum[k] - mass[k])) / mass[k], 0.0, np.nextafter(1.0, 0.0))
+    return k, frac
+
+
+def _decimals(tick: float) -> int:
+    return max(0, int(math.ceil(-math.log10(tick) - 1e-9))) + 2
+
+
+def _round_up(px: np.ndarray, tick: float) -> np.ndarray:
+    return np.round(np.ceil(px / tick - 1e-9) * tick, _decimals(tick))
+
+
+def _round_down(px: np.ndarray, tick: float) -> np.ndarray:
+    return np.maximum(np.round(np.floor(px / tick + 1e-9) * tick, _decimals(tick)), tick)
+
+
+def _regime_switch_times(cfg: SimConfig, rng: np.random.Generator, horizon_s: float) -> np.ndarray:
+    """Times (seconds from start) of calm<->stress switches; the chain starts calm."""
+    calm_mean_s = cfg.stress_calm_mean_days * _DAY_S
+    stress_mean_s = cfg.stress_mean_hours * 3600.0
+    times: list[float] = []
+    t, stressed = 0.0, False
+    while True:
+        t += float(rng.exponential(stress_mean_s if stressed else calm_mean_s))
+        if t >= horizon_s:
+            return np.asarray(times, dtype=float)
+        times.append(t)
+        stressed = not stressed
+
+
+@dataclass
+class _Out:
+    """Per-symbol lists of daily arrays, concatenated at the end."""
+
+    parts: dict[str, list[list[np.ndarray]]]
+
+    @classmethod
+    def new(cls, n_sym: int, names: tuple[str, ...]) -> _Out:
+        return cls({name: [[] for _ in range(n_sym)] for name in names})
+
+    def add(self, i: int, **arrays: np.ndarray) -> None:
+        for name, arr in arrays.items():
+            self.parts[name][i].append(arr)
+
+    def get(self, name: str, i: int, dtype: Any) -> np.ndarray:
+        chunks = self.parts[name][i]
+        return np.concatenate(chunks).astype(dtype, copy=False) if chunks else np.empty(0, dtype)
+
+
+def simulate(config: SimConfig, random_state: int | np.random.Generator) -> SimResult:
+    """Simulate the market described by ``config``.
+
+    Parameters
+    ----------
+    config : the market parameters (:class:`SimConfig`).
+    random_state : a non-negative int seed or a ``np.random.Generator``; the same seed gives identical
+        frames.
+
+    Returns
+    -------
+    SimResult
+        Canonical trades, quotes, book snapshots and 1-minute bars with the ground truth (integrated
+        variance, jump variance, correlation matrices and the regime per truth bar and per day).
+    """
+    if not isinstance(config, SimConfig):
+        raise _fail("simulate", "config", "a SimConfig", type(config).__name__)
+    rng = _as_generator(random_state)
+    (rng_regime, rng_vol, rng_price, rng_jump, rng_trade, rng_quote, rng_book) = rng.spawn(7)
+
+    cfg = config
+    assets = cfg.assets
+    n = len(assets)
+    dt = pd.Timedelta(cfg.base_step).value / _NS
+    dt_ns = pd.Timedelta(cfg.base_step).value
+    spd = round(_DAY_S / dt)  # steps per day
+    spb = round(pd.Timedelta(cfg.truth_interval).value / dt_ns)  # steps per truth bar
+    bpd = spd // spb  # truth bars per day
+    book_stride = round(pd.Timedelta(cfg.book_every).value / dt_ns)
+    start = cfg.start_ts
+    start_ns = start.value
+
+    # --- per-symbol constants
+    base_var_s = np.array([a.vol_ann**2 / (_YEAR_DAYS * _DAY_S) for a in assets])  # per second
+    base_vol_1m = np.sqrt(base_var_s * 60.0)
+    log_p0 = np.log([a.start_price for a in assets])
+    jump_sd = cfg.jump_sd_daily_vol_mult * np.sqrt(base_var_s * _DAY_S)
+    noise_sd = cfg.noise_1m_vol_mult * base_vol_1m
+    atanh_calm = np.arctanh([a.calm_loading for a in assets])
+    atanh_stress = np.arctanh([a.stress_loading for a in assets])
+    ticks = [a.tick_size for a in assets]
+
+    # --- deterministic multipliers: intraday season (mean 1 over the day), weekday/weekend
+    hours = np.arange(spd) * dt / 3600.0
+    season = _intraday_var_season(hours, cfg.intraday_us_open_amp, cfg.intraday_midnight_amp)
+    season /= season.mean()
+    log_season = np.log(season)
+    w_weekday = 7.0 / (5.0 + 2.0 * cfg.weekend_var_ratio)
+    w_weekend = cfg.weekend_var_ratio * w_weekday
+    factor_var = cfg.vol_fast_sd**2 + cfg.vol_slow_sd**2
+    # intensity normalization: E[(sigma^2 / base)^(c)] with c = elasticity / 2, calm regime
+    c = cfg.intensity_vol_elasticity / 2.0
+    intensity_norm = (
+        float(np.mean(season**c))
+        * (5.0 * w_weekday**c + 2.0 * w_weekend**c)
+        / 7.0
+        * math.exp(2.0 * c * c * factor_var - 2.0 * c * factor_var)
+    )
+    trade_rate_s = np.array([a.trades_per_day for a in assets]) / _DAY_S / intensity_norm
+    quote_rate_s = trade_rate_s * cfg.quotes_per_trade
+
+    # --- OU coefficients and initial (stationary) states
+    phi_fast = 0.5 ** (dt / (cfg.vol_fast_half_life_hours * 3600.0))
+    phi_slow = 0.5 ** (dt / (cfg.vol_slow_half_life_days * _DAY_S))
+    phi_load = 0.5 ** (dt / (cfg.loading_half_life_days * _DAY_S))
+    fast_state = rng_vol.standard_normal(n + 1) * cfg.vol_fast_sd
+    slow_state = rng_vol.standard_normal(n + 1) * cfg.vol_slow_sd
+    load_state = rng_vol.standard_normal(1) * cfg.loading_sd
+    x_state = np.zeros(n)
+    w_common = math.sqrt(cfg.vol_common_weight)
+    w_idio = math.sqrt(1.0 - cfg.vol_common_weight)
+
+    switches = _regime_switch_times(cfg, rng_regime, cfg.n_days * _DAY_S)
+    jump_rate_s = cfg.jumps_per_day / _DAY_S
+    pairs = [(a, b) for a in range(n) for b in range(a + 1, n)]
+
+    trade_out = _Out.new(n, ("ts", "price", "size", "side"))
+    quote_out = _Out.new(n, ("ts", "bid", "bid_sz", "ask", "ask_sz"))
+    book_out = _Out.new(n, ("ts", "side", "level", "px", "sz"))
+    iv_days, jv_days, nj_days, cov_days, stress_days = [], [], [], [], []
+    steps = np.arange(spd)
+    levels = np.arange(1, cfg.book_levels + 1)
+
+    for day in range(cfg.n_days):
+        day_ns = start_ns + day * _DAY_S * _NS
+        t_s = day * _DAY_S + steps * dt
+        stress = (np.searchsorted(switches, t_s, side="right") % 2).astype(bool)
+        weekend = (start + pd.Timedelta(days=day)).day_of_week >= 5
+        log_week = math.log(w_weekend if weekend else w_weekday)
+
+        # stochastic volatility
+        fast = _ou(rng_vol, spd, phi_fast, cfg.vol_fast_sd, fast_state)
+        slow = _ou(rng_vol, spd, phi_slow, cfg.vol_slow_sd, slow_state)
+        fast_state, slow_state = fast[-1].copy(), slow[-1].copy()
+        f = w_common * (fast[:, :1] + slow[:, :1]) + w_idio * (fast[:, 1:] + slow[:, 1:])
+        log_rel_var = (
+            log_season[:, None]
+            + log_week
+            + 2.0 * f
+            - 2.0 * factor_var
+            + np.where(stress, math.log(cfg.stress_var_mult), 0.0)[:, None]
+        )
+        rel_var = np.exp(log_rel_var)  # sigma^2 / base sigma^2, shape (spd, n)
+        var_step = rel_var * (base_var_s * dt)
+        vol_step = np.sqrt(var_step)
+        del fast, slow, f
+
+        # correlation: one-factor loadings
+        u = _ou(rng_vol, spd, phi_load, cfg.loading_sd, load_state)
+        load_state = u[-1].copy()
+        rho = np.tanh(np.where(stress[:, None], atanh_stress, atanh_calm) + u)
+        z = rho * rng_price.standard_normal((spd, 1))
+        z += np.sqrt(1.0 - rho * rho) * rng_price.standard_normal((spd, n))
+        dx = vol_step * z - 0.5 * var_step
+        del z, u
+
+        # jumps
+        jump_mass = jump_rate_s * dt * np.where(stress, cfg.stress_jump_mult, 1.0)
+        jv = np.zeros((bpd, n))
+        nj = np.zeros((bpd, n))
+        if cfg.jumps_per_day > 0:
+            # market-wide jumps hit every symbol at once, sizes correlated through the loadings
+            kc, _ = _arrivals(rng_jump, jump_mass * cfg.common_jump_frac)
+            zc = rng_jump.standard_normal((len(kc), 1))
+            zi = rng_jump.standard_normal((len(kc), n))
+            common = jump_sd * (rho[kc] * zc + np.sqrt(1.0 - rho[kc] ** 2) * zi)
+            for i in range(n):
+                k, _ = _arrivals(rng_jump, jump_mass * (1.0 - cfg.common_jump_frac))
+                k = np.concatenate([kc, k])
+                size = np.concatenate(
+                    [common[:, i], rng_jump.standard_normal(len(k) - len(kc)) * jump_sd[i]]
+                )
+                np.add.at(dx[:, i], k, size)
+                jv[:, i] = np.bincount(k // spb, weights=size * size, minlength=bpd)
+                nj[:, i] = np.bincount(k // spb, minlength=bpd)
+        x = x_state + np.cumsum(dx, axis=0)
+        x_state = x[-1].copy()
+        del dx
+
+        # truth
+        iv_days.append(var_step.reshape(bpd, spb, n).sum(axis=1))
+        jv_days.append(jv)
+        nj_days.append(nj)
+        stress_days.append(stress.reshape(bpd, spb).mean(axis=1))
+        cov = np.empty((bpd, len(pairs)))
+        for p, (a, b) in enumerate(pairs):
+            cov[:, p] = (
+                (vol_step[:, a] * vol_step[:, b] * rho[:, a] * rho[:, b])
+                .reshape(bpd, spb)
+                .sum(axis=1)
+            )
+        cov_days.append(cov)
+        del rho, var_step
+
+        # microstructure: half spread from the instantaneous 1-minute volatility
+        half_spread = cfg.half_spread_1m_vol_mult * np.sqrt(rel_var) * base_vol_1m
+        intensity_mult = rel_var**c
+        for i in range(n):
+            tick = ticks[i]
+            logp = log_p0[i] + x[:, i]
+
+            # trades
+            k, frac = _arrivals(rng_trade, trade_rate_s[i] * dt * intensity_mult[:, i])
+            m = len(k)
+            side = (rng_trade.integers(0, 2, m) * 2 - 1).astype(np.int8)
+            eta = rng_trade.standard_normal(m) * noise_sd[i]
+            raw = np.exp(logp[k] + side * half_spread[k, i] + eta)
+            price = np.where(side > 0, _round_up(raw, tick), _round_down(raw, tick))
+            notional = _notional(assets[i].trade_notional, cfg.trade_size_sigma, rng_trade, m)
+            trade_out.add(
+                i,
+                ts=day_ns + k * dt_ns + (frac * dt_ns).astype(np.int64),
+                price=price,
+                size=notional / price,
+                side=side,
+            )
+
+            # quotes
+            k, frac = _arrivals(rng_quote, quote_rate_s[i] * dt * intensity_mult[:, i])
+            bid, ask = _best_quotes(rng_quote, logp[k], half_spread[k, i], noise_sd[i], tick)
+            depth = assets[i].depth_notional / np.sqrt(np.sqrt(rel_var[k, i]))
+            bid_sz = depth * np.exp(0.5 * rng_quote.standard_normal(len(k))) / bid
+            ask_sz = depth * np.exp(0.5 * rng_quote.standard_normal(len(k))) / ask
+            quote_out.add(
+                i,
+                ts=day_ns + k * dt_ns + (frac * dt_ns).astype(np.int64),
+                bid=bid,
+                bid_sz=bid_sz,
+                ask=ask,
+                ask_sz=ask_sz,
+            )
+
+            # book snapshots
+            ks = steps[::book_stride]
+            bid, ask = _best_quotes(rng_book, logp[ks], half_spread[ks, i], noise_sd[i], tick)
+            gap = np.maximum(np.round(cfg.level_gap_spread_mult * (ask - bid) / tick), 1.0) * tick
+            off = (levels - 1)[None, :] * gap[:, None]  # (n_snap, levels)
+            bid_px = np.maximum(np.round(bid[:, None] - off, _decimals(tick)), tick)
+            ask_px = np.round(ask[:, None] + off, _decimals(tick))
+            depth = (assets[i].depth_notional / np.sqrt(np.sqrt(rel_var[ks, i])))[
+                :, None
+            ] * np.sqrt(levels)[None, :]
+            shape = (len(ks), cfg.book_levels)
+            bid_sz = depth * np.exp(0.3 * rng_book.standard_normal(shape)) / bid_px
+            ask_sz = depth * np.exp(0.3 * rng_book.standard_normal(shape)) / ask_px
+            snap_ts = np.repeat(day_ns + ks * dt_ns, 2 * cfg.book_levels)
+            book_out.add(
+                i,
+                ts=snap_ts,
+                side=np.tile(np.repeat(np.array([1, -1], np.int8), cfg.book_levels), len(ks)),
+                level=np.tile(np.concatenate([levels, levels]), len(ks)),
+                px=np.concatenate([bid_px, ask_px], axis=1).ravel(),
+                sz=np.concatenate([bid_sz, ask_sz], axis=1).ravel(),
+            )
+        del x, rel_var, half_spread, intensity_mult
+
+    symbols = cfg.symbols
+    trades = _trades_frame(trade_out, symbols)
+    bars = _bars_frame(trade_out, cfg, symbols)
+    quotes = _long_frame(
+        quote_out,
+        symbols,
+        {
+            BID_PX: ("bid", float),
+            BID_SZ: ("bid_sz", float),
+            ASK_PX: ("ask", float),
+            ASK_SZ: ("ask_sz", float),
+        },
+        "quotes",
+    )
+    book = _long_frame(
+        book_out,
+        symbols,
+        {SIDE: ("side", np.int8), LEVEL: ("level", np.int16), PX: ("px", float), SZ: ("sz", float)},
+        "book",
+    )
+    truth_bars, truth_corr, truth_daily = _truth_frames(
+        cfg,
+        np.concatenate(iv_days),
+        np.concatenate(jv_days),
+        np.concatenate(nj_days),
+        np.concatenate(cov_days),
+        np.concatenate(stress_days),
+        pairs,
+        spb * dt_ns,
+    )
+    return SimResult(cfg, trades, quotes, book, bars, truth_bars, truth_corr, truth_daily)
+
+
+def _notional(median: float, sigma: float, rng: np.random.Generator, m: int) -> np.ndarray:
+    """``m`` log-normal trade notionals with the given median and log-sigma."""
+    return median * np.exp(sigma * rng.standard_normal(m))
+
+
+def _best_quotes(
+    rng: np.random.Generator,
+    logp: np.ndarray,
+    half_spread: np.ndarray,
+    noise_sd: float,
+    tick: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Best bid and ask around the noisy efficient price, on the tick grid, never crossed."""
+    mid = logp + rng.standard_normal(len(logp)) * noise_sd
+    bid = _round_down(np.exp(mid - half_spread), tick)
+    ask = _round_up(np.exp(mid + half_spread), tick)
+    ask = np.where(ask <= bid, np.round(bid + tick, _decimals(tick)), ask)
+    return bid, ask
+
+
+def _order(ts_parts: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Concatenated ts and symbol codes, and the stable order by (ts, symbol code)."""
+    codes = np.concatenate([np.full(len(t), i, np.int16) for i, t in enumerate(ts_parts)])
+    ts = np.concatenate(ts_parts)
+    return ts, codes, np.lexsort((codes, ts))
+
+
+def _symbol_column(codes: np.ndarray, symbols: tuple[str, ...]) -> pd.Series:
+    return pd.Series(pd.Categorical.from_codes(codes, categories=list(symbols))).astype("str")
+
+
+def _ts_column(ns: np.ndarray) -> pd.Series:
+    return pd.Series(pd.to_datetime(ns, unit="ns", utc=True)).astype(TS_DTYPE)
+
+
+def _trades_frame(out: _Out, symbols: tuple[str, ...]) -> pd.DataFrame:
+    n = len(symbols)
+    ts, codes, order = _order([out.get("ts", i, np.int64) for i in range(n)])
+    ids = np.concatenate([np.arange(1, len(out.get("ts", i, np.int64)) + 1) for i in range(n)])
+    frame = pd.DataFrame(
+        {
+            TS: _ts_column(ts[order]),
+            SYMBOL: _symbol_column(codes[order], symbols),
+            PRICE: np.concatenate([out.get("price", i, float) for i in range(n)])[order],
+            SIZE: np.concatenate([out.get("size", i, float) for i in range(n)])[order],
+            SIDE: np.concatenate([out.get("side", i, np.int8) for i in range(n)])[order],
+            TRADE_ID: ids[order],
+        }
+    )
+    out = conform(frame, "trades")
+    # conform() returns optional nullable-integer columns as numpy int64; restore the schema dtype
+    out[TRADE_ID] = out[TRADE_ID].astype("Int64")
+    return out
+
+
+def _long_frame(
+    out: _Out, symbols: tuple[str, ...], columns: dict[str, tuple[str, Any]], kind: str
+) -> pd.DataFrame:
+    n = len(symbols)
+    ts, codes, order = _order([out.get("ts", i, np.int64) for i in range(n)])
+    data: dict[str, Any] = {
+        TS: _ts_column(ts[order]),
+        SYMBOL: _symbol_column(codes[order], symbols),
+    }
+    for col, (name, dtype) in columns.items():
+        data[col] = np.concatenate([out.get(name, i, dtype) for i in range(n)])[order]
+    return conform(pd.DataFrame(data), kind)
+
+
+def _bars_frame(out: _Out, cfg: SimConfig, symbols: tuple[str, ...]) -> pd.DataFrame:
+    """1-minute OHLCV bars of the trades, every minute of every symbol, ``ts`` = bar close."""
+    minute_ns = 60 * _NS
+    n_min = cfg.n_days * 1440
+    start_ns = cfg.start_ts.value
+    close_ns = start_ns + (np.arange(n_min, dtype=np.int64) + 1) * minute_ns
+    cols: dict[str, list[np.ndarray]] = {
+        k: [] for k in (OPEN, HIGH, LOW, CLOSE, VOLUME, QUOTE_VOLUME, TRADE_COUNT, TAKER_BUY_VOLUME)
+    }
+    for i, asset in enumerate(cfg.assets):
+        ts = out.get("ts", i, np.int64)
+        px = out.get("price", i, float)
+        sz = out.get("size", i, float)
+        side = out.get("side", i, np.int8)
+        mi = (ts - start_ns) // minute_ns
+        counts = np.bincount(mi, minlength=n_min).astype(float)
+        has = counts > 0
+        ends = np.cumsum(counts).astype(np.int64)
+        starts = ends - counts.astype(np.int64)
+        close = np.full(n_min, np.nan)
+        open_ = np.full(n_min, np.nan)
+        high = np.full(n_min, np.nan)
+        low = np.full(n_min, np.nan)
+        if len(px):
+            s = starts[has]
+            close[has] = px[ends[has] - 1]
+            open_[has] = px[s]
+            high[has] = np.maximum.reduceat(px, s)
+            low[has] = np.minimum.reduceat(px, s)
+        p0 = float(
+            np.round(
+                np.round(asset.start_price / asset.tick_size) * asset.tick_size,
+                _decimals(asset.tick_size),
+            )
+        )
+        prev_close = pd.Series(close).ffill().shift(1).fillna(p0).to_numpy()
+        for arr in (open_, high, low, close):
+            arr[~has] = prev_close[~has]
+        cols[OPEN].append(open_)
+        cols[HIGH].append(high)
+        cols[LOW].append(low)
+        cols[CLOSE].append(close)
+        cols[VOLUME].append(np.bincount(mi, weights=sz, minlength=n_min))
+        cols[QUOTE_VOLUME].append(np.bincount(mi, weights=sz * px, minlength=n_min))
+        cols[TRADE_COUNT].append(counts)
+        cols[TAKER_BUY_VOLUME].append(np.bincount(mi, weights=sz * (side > 0), minlength=n_min))
+    n = len(symbols)
+    ts, codes, order = _order([close_ns] * n)
+    data: dict[str, Any] = {
+        TS: _ts_column(ts[order]),
+        SYMBOL: _symbol_column(codes[order], symbols),
+    }
+    for col, parts in cols.items():
+        data[col] = np.concatenate(parts)[order]
+    return conform(pd.DataFrame(data), "bars")
+
+
+def _truth_frames(
+    cfg: SimConfig,
+    iv: np.ndarray,
+    jv: np.ndarray,
+    nj: np.ndarray,
+    cov: np.ndarray,
+    stress_frac: np.ndarray,
+    pairs: list[tuple[int, int]],
+    bar_ns: int,
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Long truth frames from per-bar arrays of shape (n_bars, n_symbols) / (n_bars, n_pairs)."""
+    symbols = cfg.symbols
+    n = len(symbols)
+    n_bars = iv.shape[0]
+    start_ns = cfg.start_ts.value
+    close_ns = start_ns + (np.arange(n_bars, dtype=np.int64) + 1) * bar_ns
+
+    def per_symbol(
+        ts_ns: np.ndarray, iv_: np.ndarray, jv_: np.ndarray, nj_: np.ndarray, sf: np.ndarray
+    ) -> pd.DataFrame:
+        m = len(ts_ns)
+        return pd.DataFrame(
+            {
+                TS: _ts_column(np.repeat(ts_ns, n)),
+                SYMBOL: _symbol_column(np.tile(np.arange(n, dtype=np.int16), m), symbols),
+                IV: iv_.ravel(),
+                JUMP_VAR: jv_.ravel(),
+                QV: (iv_ + jv_).ravel(),
+                N_JUMPS: nj_.ravel().astype(np.int64),
+                STRESS_FRAC: np.repeat(sf, n),
+                REGIME: pd.Series(np.repeat(np.where(sf >= 0.5, STRESS, CALM), n)).astype("str"),
+            }
+        )
+
+    truth_bars = per_symbol(close_ns, iv, jv, nj, stress_frac)
+    bpd = n_bars // cfg.n_days
+    day_ns = start_ns + (np.arange(cfg.n_days, dtype=np.int64) + 1) * _DAY_S * _NS
+
+    def daily(a: np.ndarray) -> np.ndarray:
+        return a.reshape(cfg.n_days, bpd, *a.shape[1:]).sum(axis=1)
+
+    truth_daily = per_symbol(day_ns, daily(iv), daily(jv), daily(nj), daily(stress_frac) / bpd)
+
+    # correlation matrices: integrated covariance normalized by the integrated variances
+    corr = np.empty((n_bars, n, n))
+    sd = np.sqrt(iv)
+    corr[:, np.arange(n), np.arange(n)] = 1.0
+    for p, (a, b) in enumerate(pairs):
+        corr[:, a, b] = corr[:, b, a] = cov[:, p] / (sd[:, a] * sd[:, b])
+    regime = np.where(stress_frac >= 0.5, STRESS, CALM)
+    truth_corr = pd.DataFrame(
+        {
+            TS: _ts_column(np.repeat(close_ns, n * n)),
+            SYMBOL_A: _symbol_column(
+                np.tile(np.repeat(np.arange(n, dtype=np.int16), n), n_bars), symbols
+            ),
+            SYMBOL_B: _symbol_column(np.tile(np.arange(n, dtype=np.int16), n * n_bars), symbols),
+            CORR: corr.ravel(),
+            REGIME: pd.Series(np.repeat(regime, n * n)).astype("str"),
+        }
+    )
+    return truth_bars, truth_corr, truth_daily

@@ -809,7 +809,7 @@ def simulate(config: SimConfig, random_state: int | np.random.Generator) -> SimR
                 i,
                 ts=snap_ts,
                 side=np.tile(np.repeat(np.array([1, -1], np.int8), cfg.book_levels), len(ks)),
-                level=np.tile(np.concatenate([levels, levels]), len(ks)),
+                level=np.tile(np.concatenate([levels, levels]) - 1, len(ks)),  # 0 = best
                 px=np.concatenate([bid_px, ask_px], axis=1).ravel(),
                 sz=np.concatenate([bid_sz, ask_sz], axis=1).ravel(),
             )

@@ -24,6 +24,8 @@ app = typer.Typer(
 data_app = typer.Typer(help="Canonical market data: ingest, validate, simulate, list.",
                        no_args_is_help=True)
 app.add_typer(data_app, name="data")
+features_app = typer.Typer(help="The feature store: build and show feature frames.", no_args_is_help=True)
+app.add_typer(features_app, name="features")
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -256,6 +258,134 @@ def data_list(
         t.add_row(row.dataset, row.table, row.kind, str(row.interval or ""), row.symbol,
                   f"{row.rows:,}", str(row.first)[:19], str(row.last)[:19], str(row.partitions))
     _console().print(t)
+
+
+# ---- features -----------------------------------------------------------------------------
+@features_app.command("build")
+@clean_errors
+def features_build(
+    datasets: Annotated[list[str] | None, typer.Argument(help="Datasets (default: all ingested).")] = None,
+    freq: Annotated[str | None, typer.Option(help="Bar length of the feature rows: 5min, 1h, 1D.")] = None,
+    grid: Annotated[str | None, typer.Option(help="Sampling grid of realized measures.")] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Build (incrementally) the feature frames: realized measures, microstructure, HAR, targets."""
+    from features.store import DataStore
+    from pipelines.config import FeaturesConfig, dprm_home, load_config
+    from pipelines.steps import build_features
+
+    cfg = load_config(FeaturesConfig, config, "features", freq=freq, grid=grid)
+    home = dprm_home()
+    names = datasets or DataStore(home / "data").datasets()
+    if not names:
+        _fail(f"no datasets in {home / 'data'}; run `dprm data ingest PATH` first")
+    from rich.table import Table
+
+    t = Table(title=f"Features ({cfg.freq})")
+    for c in ("dataset", "rows", "columns", "computed", "reused", "written", "unchanged", "rv from"):
+        t.add_column(c)
+    with _progress() as prog:
+        task = prog.add_task("building features", total=len(names), rows=0)
+        reports = []
+        for ds in names:
+            rep = build_features(home, ds, cfg)
+            reports.append(rep)
+            prog.update(task, advance=1, rows=prog.tasks[task].fields["rows"] + rep.rows)
+    for rep in reports:
+        src = ", ".join(sorted(set(rep.rv_source.values())))
+        t.add_row(rep.dataset, f"{rep.rows:,}", str(len(rep.columns)), str(rep.base_computed),
+                  str(rep.base_reused), str(rep.partitions_written), str(rep.partitions_unchanged), src)
+    _console().print(t)
+    for rep in reports:
+        _console().print(f"wrote {rep.path}")
+
+
+@features_app.command("show")
+@clean_errors
+def features_show(
+    dataset: Annotated[str, typer.Argument(help="Dataset name.")],
+    freq: Annotated[str, typer.Option(help="Frequency of the feature frame.")] = "1D",
+    symbol: Annotated[str | None, typer.Option(help="Only this symbol.")] = None,
+    rows: Annotated[int, typer.Option(help="Last rows to print.")] = 5,
+) -> None:
+    """Show a feature frame's manifest and its last rows."""
+    from features.build import FeatureStore
+    from pipelines.config import dprm_home
+
+    fs = FeatureStore(dprm_home() / "features")
+    man = fs.manifest(dataset, freq)
+    frame = fs.read(dataset, freq, [symbol] if symbol else None)
+    con = _console()
+    con.print(f"[bold]{dataset}[/] {freq}: {len(frame):,} rows, {len(man['columns'])} columns, "
+              f"feature set {man['feature_set_version']}, input {man['input_fingerprint']}")
+    con.print(f"rv source: {man['rv_source']}")
+    con.print(f"columns: {', '.join(man['columns'])}")
+    with __import__("pandas").option_context("display.width", 200, "display.max_columns", 12):
+        con.print(frame.tail(rows).T.to_string())
+    con.print(f"path: {fs.path(dataset, freq)}")
+
+
+# ---- evaluate -----------------------------------------------------------------------------
+@app.command("evaluate")
+@clean_errors
+def evaluate(
+    data: Annotated[str, typer.Option("--data", help="Ingested dataset name, or a file/folder to ingest.")],
+    target: Annotated[str | None, typer.Option(help="volatility or correlation.")] = None,
+    freq: Annotated[str | None, typer.Option(help="Bar length: 1D, 1h, 5min.")] = None,
+    horizons: Annotated[str | None, typer.Option(help="Comma-separated horizons, e.g. 1,5.")] = None,
+    start: Annotated[str | None, typer.Option(help="First forecast origin (date).")] = None,
+    end: Annotated[str | None, typer.Option(help="Last forecast origin (date).")] = None,
+    window: Annotated[int | None, typer.Option(help="Estimation window (observations).")] = None,
+    models: Annotated[str | None, typer.Option(help="Comma-separated subset of the ladder.")] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Walk-forward evaluation of every model against the baseline ladder; prints the comparison."""
+    from features.store import DataStore
+    from pipelines.config import EvaluateConfig, dprm_home, load_config
+    from pipelines.steps import evaluate as run_eval
+    from pipelines.steps import resolve_dataset
+
+    hz = tuple(int(h) for h in horizons.split(",")) if horizons else None
+    ms = tuple(m.strip() for m in models.split(",")) if models else None
+    cfg = load_config(EvaluateConfig, config, "evaluate", target=target, freq=freq, horizons=hz,
+                      start=start, end=end, window=window, models=ms)
+    home = dprm_home()
+    with _console().status("resolving data"):
+        ds = resolve_dataset(DataStore(home / "data"), data)
+    if cfg.target == "correlation":
+        from pipelines.steps import evaluate_correlation
+
+        with _console().status(f"evaluating correlation models on {ds}"):
+            result, out = evaluate_correlation(home, ds, cfg)
+    else:
+        with _console().status(f"walk-forward evaluation of the ladder on {ds} ({cfg.freq})"):
+            result, out = run_eval(home, ds, cfg)
+    _print_evaluation(result, ds, cfg)
+    _console().print(f"wrote {out}")
+
+
+def _print_evaluation(result: Any, dataset: str, cfg: Any) -> None:
+    from rich.table import Table
+
+    from pipelines.report import summary_table
+
+    targets = ["realized"] + (["truth"] if "truth" in set(result.losses["target"]) else [])
+    for tgt in targets:
+        s = summary_table(result, tgt)
+        t = Table(title=f"{dataset} {cfg.freq}: QLIKE vs {tgt} (ratio to the best baseline; "
+                        f"DM p one-sided; 90% MCS)")
+        for c in ("symbol", "h", "model", "n", "QLIKE", "ratio", "QLIKE stress", "DM p", "MCS"):
+            t.add_column(c, justify="left" if c in ("symbol", "model") else "right")
+        for r in s.itertuples(index=False):
+            t.add_row(str(r.symbol), str(r.horizon), str(r.model_id), f"{int(r.n):,}", f"{r.qlike:.4f}",
+                      f"{r.qlike_ratio:.3f}", f"{r.qlike_stressed:.3f}" if r.qlike_stressed == r.qlike_stressed else "-",
+                      f"{r.dm_pvalue:.3f}" if r.dm_pvalue == r.dm_pvalue else "-",
+                      "yes" if r.in_mcs else "no")
+        _console().print(t)
+    if result.skipped:
+        for m, why in result.skipped.items():
+            _console().print(f"[yellow]skipped {m}: {why}[/]")
+    _console().print(f"configurations evaluated: {result.n_configurations}")
 
 
 # ---- demo ---------------------------------------------------------------------------------

@@ -68,3 +68,31 @@ def load_config(model: type[M], path: Path | None = None, section: str | None = 
             data = data.get(section, {})
     data.update({k: v for k, v in overrides.items() if v is not None})
     return model.model_validate(data)
+
+
+class FeaturesConfig(_Config):
+    """Parameters of ``dprm features build``."""
+
+    freq: str = "1D"
+    grid: str = "5min"
+    horizons: tuple[int, ...] = (1, 5, 22)
+    har_windows: tuple[int, ...] = (1, 5, 22)
+    min_coverage: float = Field(0.85, gt=0, le=1)
+
+
+class EvaluateConfig(_Config):
+    """Parameters of ``dprm evaluate`` (walk-forward evaluation of the model ladder)."""
+
+    target: str = Field("volatility", pattern="^(volatility|correlation)$")
+    freq: str = "1D"
+    grid: str = "5min"
+    horizons: tuple[int, ...] = (1, 5)
+    start: str | None = None
+    end: str | None = None
+    window: int = Field(1000, gt=1)
+    window_type: str = Field("rolling", pattern="^(rolling|expanding)$")
+    refit_every: int = Field(1, ge=1)
+    garch_refit_every: int = Field(5, ge=1, description="GARCH re-estimation cadence (filter daily)")
+    models: tuple[str, ...] = ()
+    mcs_reps: int = Field(1000, ge=100)
+    seed: int = 0

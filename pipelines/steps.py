@@ -77,3 +77,121 @@ def run_demo(cfg: DemoConfig, console: Any) -> dict[str, Any]:
     console.print(t)
     console.print(f"workspace: {home}")
     return {"home": home, "validation": results}
+
+
+# ---- features and evaluation ----------------------------------------------------------------
+def resolve_dataset(store: DataStore, data: str) -> str:
+    """A dataset name from ``data``: an ingested dataset's name, or a file/folder to ingest first."""
+    from features.ingest import default_dataset_name, ingest_file
+    from features.readers import list_sources
+    from features.schema import DataError
+
+    if data in store.datasets():
+        return data
+    p = Path(data)
+    if not p.exists():
+        raise DataError(f"'{data}' is neither an ingested dataset ({store.datasets()}) nor a file or folder")
+    if p.is_dir():
+        files = [f for f, fmt, _ in list_sources(p) if fmt is not None]
+        name = p.resolve().name
+        for f in files:
+            ingest_file(store, f, dataset=name)
+        return name
+    name = default_dataset_name(p)
+    ingest_file(store, p, dataset=name)
+    return name
+
+
+def build_features(home: Path, dataset: str, cfg: Any) -> Any:
+    """Build (incrementally) the feature frame of ``dataset`` at ``cfg.freq``."""
+    from features.build import FeatureSpec, FeatureStore
+
+    spec = FeatureSpec(freq=cfg.freq, grid=cfg.grid, horizons=tuple(cfg.horizons),
+                       har_windows=tuple(getattr(cfg, "har_windows", (1, 5, 22))),
+                       min_coverage=getattr(cfg, "min_coverage", 0.85))
+    return FeatureStore(home / "features").build(DataStore(home / "data"), dataset, spec)
+
+
+def ladder(cfg: Any, *, has_close: bool) -> dict[str, Any]:
+    """The baseline ladder every evaluation includes (GARCH only where close prices exist)."""
+    from models.ewma import EWMAVol, RandomWalkVol
+    from models.har import (
+        HARJVol,
+        HARQDoWVol,
+        HARQVol,
+        HARVol,
+        LogHARDoWVol,
+        LogHARVol,
+        SHARVol,
+    )
+
+    common = {"window": cfg.window, "window_type": cfg.window_type, "refit_every": cfg.refit_every,
+              "min_obs": None, "horizons": tuple(cfg.horizons)}
+    models: dict[str, Any] = {
+        "random_walk": RandomWalkVol(min_obs=None),
+        "ewma_0.94": EWMAVol(min_obs=None),
+        "har": HARVol(**common),
+        "log_har": LogHARVol(**common),
+        "har_j": HARJVol(**common),
+        "shar": SHARVol(**common),
+        "harq": HARQVol(**common),
+        "log_har_dow": LogHARDoWVol(**common),
+        "harq_dow": HARQDoWVol(**common),
+    }
+    if has_close:
+        from models.garch import GarchVol
+
+        g = {"window": cfg.window, "refit_every": cfg.garch_refit_every, "min_obs": None}
+        models["garch_1_1"] = GarchVol(vol="GARCH", dist="normal", **g)
+        models["gjr_t"] = GarchVol(vol="GJR", o=1, dist="t", **g)
+    if cfg.models:
+        unknown = sorted(set(cfg.models) - set(models))
+        if unknown:
+            from features.schema import DataError
+
+            raise DataError(f"unknown model(s) {unknown}; available: {sorted(models)}")
+        models = {k: v for k, v in models.items() if k in cfg.models}
+    return models
+
+
+def load_truth(store: DataStore, dataset: str, freq: str) -> pd.DataFrame | None:
+    """The simulator's true integrated variance aggregated to ``freq`` bars (None if not simulated)."""
+    p = store.path(dataset) / "truth" / "truth_bars.parquet"
+    if not p.exists():
+        return None
+    t = pd.read_parquet(p)
+    out = (t.set_index("ts").groupby("symbol")["iv_var"]
+           .resample(freq, closed="right", label="right").sum(min_count=1).reset_index())
+    return out
+
+
+def evaluate(home: Path, dataset: str, cfg: Any) -> tuple[Any, Path]:
+    """Walk-forward evaluation of the ladder on ``dataset``; writes tables and plots, returns
+    the result and the output folder."""
+    from features.build import FeatureStore
+    from features.schema import DataError
+    from models.evaluation import walk_forward
+    from pipelines.report import write_evaluation
+
+    store = DataStore(home / "data")
+    fcfg_freq = cfg.freq
+    build_features(home, dataset, cfg)
+    frame = FeatureStore(home / "features").read(dataset, fcfg_freq)
+    data = frame[frame["valid"].astype(bool)].copy()
+    if data.empty:
+        raise DataError(f"dataset '{dataset}' has no valid {cfg.freq} bars to evaluate")
+    has_close = "close" in data.columns and data["close"].notna().mean() > 0.9
+    models = ladder(cfg, has_close=has_close)
+    truth = load_truth(store, dataset, cfg.freq)
+    n = data.groupby("symbol").size().min()
+    window = min(cfg.window, max(50, int(n * 0.5)))
+    if window != cfg.window:
+        for m in models.values():
+            if "window" in m.get_params():
+                m.set_params(window=window)
+    result = walk_forward(models, data, horizons=tuple(cfg.horizons), start=cfg.start, end=cfg.end,
+                          window=window, window_type=cfg.window_type, refit_every=cfg.refit_every,
+                          truth=truth, min_obs=None, mcs_reps=cfg.mcs_reps, random_state=cfg.seed)
+    out = write_evaluation(home, dataset, cfg, result, extra={"window_used": window,
+                                                              "input_fingerprint": store.fingerprint(dataset)})
+    return result, out

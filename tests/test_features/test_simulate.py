@@ -269,6 +269,7 @@ def test_book_levels_are_ordered_on_ticks(sim: SimResult) -> None:
     assert (np.diff(asks, axis=1) > 0).all()
     assert (bids[:, 0] < asks[:, 0]).all()
     assert (book["sz"] > 0).all()
+    assert book["level"].min() == 0 and book["level"].max() == n_levels - 1  # 0 = best
 
 
 def test_bars_are_trade_ohlcv_stamped_at_close(sim: SimResult) -> None:

@@ -230,7 +230,7 @@ def prepare_panels(
     if str(ts_all.dtype) != TS_DTYPE:
         ts_all = to_utc_ns(ts_all)
     keep_cols = [c for c in dict.fromkeys([*raw_needed, N_OBS]) if c in X.columns]
-    frame = pd.DataFrame({TS: ts_all.to_numpy(), SYMBOL: X[SYMBOL].astype("str").to_numpy()})
+    frame = pd.DataFrame({TS: ts_all.array, SYMBOL: X[SYMBOL].astype("str").array})
     for c in keep_cols:
         frame[c] = pd.to_numeric(X[c], errors="raise").to_numpy(dtype="float64")
     frame[TS] = frame[TS].astype(TS_DTYPE)

@@ -332,6 +332,7 @@ def evaluate(
     data: Annotated[str, typer.Option("--data", help="Ingested dataset name, or a file/folder to ingest.")],
     target: Annotated[str | None, typer.Option(help="volatility or correlation.")] = None,
     freq: Annotated[str | None, typer.Option(help="Bar length: 1D, 1h, 5min.")] = None,
+    grid: Annotated[str | None, typer.Option(help="Sampling grid of realized measures (e.g. 1min).")] = None,
     horizons: Annotated[str | None, typer.Option(help="Comma-separated horizons, e.g. 1,5.")] = None,
     start: Annotated[str | None, typer.Option(help="First forecast origin (date).")] = None,
     end: Annotated[str | None, typer.Option(help="Last forecast origin (date).")] = None,
@@ -347,7 +348,7 @@ def evaluate(
 
     hz = tuple(int(h) for h in horizons.split(",")) if horizons else None
     ms = tuple(m.strip() for m in models.split(",")) if models else None
-    cfg = load_config(EvaluateConfig, config, "evaluate", target=target, freq=freq, horizons=hz,
+    cfg = load_config(EvaluateConfig, config, "evaluate", target=target, freq=freq, grid=grid, horizons=hz,
                       start=start, end=end, window=window, models=ms)
     home = dprm_home()
     with _console().status("resolving data"):

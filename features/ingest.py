@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -100,8 +102,13 @@ def write_chunks(
         buffers: dict[str, list[Chunk]] = {}
         buffered = 0
         last_ts: dict[tuple[str, str], dict[str, int]] = {}
+        # spilled pieces wait in a staging folder and are merged once per partition at the end
+        staging_root = store.path(dataset) / ".staging"
+        shutil.rmtree(staging_root, ignore_errors=True)  # leftovers of a killed ingest
+        staging = staging_root / uuid.uuid4().hex
+        spilled = False
 
-        def flush() -> None:
+        def flush(stage: bool) -> None:
             nonlocal buffered
             for table, pieces in buffers.items():
                 frame = pd.concat([p.frame for p in pieces], ignore_index=True)
@@ -114,6 +121,7 @@ def write_chunks(
                     frame,
                     report.tables[table],
                     first.interval,
+                    staging=staging if stage else None,
                 )
                 report.rows_added += stats.rows_added
                 report.partitions_written += stats.partitions_written
@@ -152,8 +160,14 @@ def write_chunks(
             if progress is not None:
                 progress(len(chunk.frame))
             if buffered >= spill_rows:
-                flush()
-        flush()
+                flush(stage=True)
+                spilled = True
+        flush(stage=spilled)
+        if spilled:
+            stats = store.merge_staged(dataset, manifest, staging, report.tables)
+            report.rows_added += stats.rows_added
+            report.partitions_written += stats.partitions_written
+        shutil.rmtree(staging_root, ignore_errors=True)
         for counts in report.tables.values():
             counts.rows_out = counts.rows_in - sum(
                 counts.counts.get(r, 0) for r in ("non_finite", "non_positive", "negative")

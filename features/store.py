@@ -102,6 +102,27 @@ def _period_start(ts: pd.Series, period: str) -> pd.Series:
     return naive.dt.strftime("%Y-01-01")
 
 
+def _no_event_id(kind: str, frame: pd.DataFrame) -> bool:
+    if kind == "quotes":
+        return True
+    return kind == "trades" and (S.TRADE_ID not in frame.columns or bool(frame[S.TRADE_ID].isna().all()))
+
+
+def _occurrence_keys(frame: pd.DataFrame) -> pd.MultiIndex:
+    """(row hash, occurrence number of that row) for a multiset comparison of rows."""
+    h = pd.Series(pd.util.hash_pandas_object(frame, index=False).to_numpy())
+    return pd.MultiIndex.from_arrays([h.to_numpy(), h.groupby(h).cumcount().to_numpy()])
+
+
+def _multiset_new(new: pd.DataFrame, existing: pd.DataFrame) -> pd.DataFrame:
+    """Rows of ``new`` not already in ``existing``, counting multiplicity."""
+    cols = [c for c in existing.columns if c in new.columns]
+    if len(cols) != len(existing.columns) or len(cols) != len(new.columns):
+        return new
+    keep = ~_occurrence_keys(new[cols]).isin(_occurrence_keys(existing[cols]))
+    return new.loc[keep].reset_index(drop=True)
+
+
 def safe_name(value: str) -> str:
     """A file-system-safe version of a symbol or table name."""
     return _SAFE.sub("_", value)
@@ -190,12 +211,27 @@ class DataStore:
         frame: pd.DataFrame,
         counts: RuleCounts,
     ) -> WriteStats:
-        """Merge ``frame`` into one partition (sort, drop duplicates), writing only if it changed."""
+        """Merge ``frame`` into one partition (sort, drop duplicates), writing only if it changed.
+
+        Tick tables without an event id (quotes; trades without ``trade_id``) can hold genuinely
+        identical events (two fills of the same size at the same nanosecond), so for them the merge
+        is a multiset union: rows already stored are not added again, identical rows within the new
+        data are kept. Everything else drops exact duplicates.
+        """
         rel = f"{safe_name(table)}/{partition_key_column(kind)}={safe_name(key_value)}/date={period}.parquet"
         path = self.path(dataset) / rel
         existing = pd.read_parquet(path) if path.exists() else None
-        parts = [frame] if existing is None else [existing, frame]
-        merged = sort_dedupe(pd.concat(parts, ignore_index=True), kind, counts)
+        if _no_event_id(kind, frame):
+            new = frame if existing is None else _multiset_new(frame, existing)
+            if counts is not None:
+                counts.add("duplicates", len(frame) - len(new))
+            parts = [new] if existing is None else [existing, new]
+            sp = S.spec(kind)
+            merged = pd.concat(parts, ignore_index=True).sort_values(
+                [c for c in sp.key if c in frame.columns], kind="stable").reset_index(drop=True)
+        else:
+            parts = [frame] if existing is None else [existing, frame]
+            merged = sort_dedupe(pd.concat(parts, ignore_index=True), kind, counts)
         stats = WriteStats()
         if existing is not None and len(merged) == len(existing) and merged.equals(existing):
             stats.partitions_unchanged = 1
@@ -221,8 +257,14 @@ class DataStore:
         frame: pd.DataFrame,
         counts: RuleCounts,
         interval: pd.Timedelta | None = None,
+        staging: Path | None = None,
     ) -> WriteStats:
-        """Split a canonical frame into partitions and merge each into the store."""
+        """Split a canonical frame into partitions and merge each into the store.
+
+        With ``staging`` (a folder), the pieces are written there instead and merged into the store
+        once per partition by :meth:`merge_staged`, so a partition is rewritten once per ingest
+        however many spills it takes (linear I/O; memory bounded by a partition).
+        """
         tinfo = manifest["tables"].setdefault(
             table,
             {
@@ -246,12 +288,41 @@ class DataStore:
         for (key_value, per), idx in frame.groupby(
             [frame[keycol], periods], sort=True
         ).indices.items():
+            if staging is not None:
+                d = staging / safe_name(table) / safe_name(str(key_value)) / str(per)
+                d.mkdir(parents=True, exist_ok=True)
+                n = len(list(d.iterdir()))
+                frame.iloc[idx].to_parquet(d / f"{n:06d}.parquet", index=False)
+                continue
             s = self.merge_partition(
                 dataset, manifest, table, kind, str(key_value), str(per), frame.iloc[idx], counts
             )
             stats.rows_added += s.rows_added
             stats.partitions_written += s.partitions_written
             stats.partitions_unchanged += s.partitions_unchanged
+        return stats
+
+    def merge_staged(
+        self, dataset: str, manifest: dict, staging: Path, counts: dict[str, RuleCounts]
+    ) -> WriteStats:
+        """Merge every staged partition (see :meth:`write_frame`) into the store, one at a time."""
+        stats = WriteStats()
+        if not staging.is_dir():
+            return stats
+        for table_dir in sorted(p for p in staging.iterdir() if p.is_dir()):
+            table = next(t for t in manifest["tables"] if safe_name(t) == table_dir.name)
+            kind = manifest["tables"][table]["kind"]
+            for key_dir in sorted(table_dir.iterdir()):
+                for per_dir in sorted(key_dir.iterdir()):
+                    pieces = [pd.read_parquet(f) for f in sorted(per_dir.iterdir())]
+                    frame = pd.concat(pieces, ignore_index=True)
+                    key_value = str(frame[partition_key_column(kind)].iloc[0])
+                    s = self.merge_partition(dataset, manifest, table, kind, key_value,
+                                             per_dir.name, frame, counts[table])
+                    stats.rows_added += s.rows_added
+                    stats.partitions_written += s.partitions_written
+                    stats.partitions_unchanged += s.partitions_unchanged
+                    del pieces, frame
         return stats
 
     # ---- reading -------------------------------------------------------------------------

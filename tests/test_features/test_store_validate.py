@@ -155,7 +155,7 @@ def test_store_roundtrip_is_idempotent_and_partitioned(tmp_path) -> None:
     files = sorted(p.name for p in (tmp_path / "ds" / "trades" / "symbol=BTCUSDT").iterdir())
     assert files == ["date=2024-01-01.parquet", "date=2024-01-02.parquet"]
     back = store.read("ds", "trades")
-    pd.testing.assert_frame_equal(back, sort_dedupe(f, "trades"))
+    pd.testing.assert_frame_equal(back, f.sort_values(S.TS, kind="stable").reset_index(drop=True))
     mtimes = {p: p.stat().st_mtime_ns for p in (tmp_path / "ds").rglob("*.parquet")}
     again = ingest_frames(store, "ds", {"trades": ("trades", f, None)}, source="test")
     assert again.skipped and again.rows_added == 0
@@ -208,7 +208,7 @@ def test_validate_dataset_report(tmp_path) -> None:
 @given(st.lists(st.tuples(st.integers(0, 5 * 86_400), st.floats(0.01, 1e6), st.floats(1e-6, 1e3),
                           st.sampled_from([-1, 0, 1])), min_size=1, max_size=60))
 def test_store_round_trip_property(tmp_path_factory, rows) -> None:
-    """write -> read gives the sorted, de-duplicated input, whatever the partition boundaries."""
+    """write -> read gives the sorted input (identical id-less ticks kept), whatever the partitions."""
     tmp = tmp_path_factory.mktemp("rt")
     secs, px, sz, side = zip(*rows, strict=True)
     f = S.conform(pd.DataFrame({
@@ -216,7 +216,8 @@ def test_store_round_trip_property(tmp_path_factory, rows) -> None:
         S.SYMBOL: "ETHUSDT", S.PRICE: px, S.SIZE: sz, S.SIDE: side}), "trades")
     store = DataStore(tmp)
     ingest_frames(store, "p", {"trades": ("trades", f, None)}, source="h")
-    pd.testing.assert_frame_equal(store.read("p", "trades"), sort_dedupe(f, "trades"))
+    expected = f.sort_values([S.TS, S.SYMBOL], kind="stable").reset_index(drop=True)
+    pd.testing.assert_frame_equal(store.read("p", "trades"), expected)
 
 
 def test_source_file_is_never_modified(tmp_path) -> None:
@@ -230,3 +231,20 @@ def test_source_file_is_never_modified(tmp_path) -> None:
     store = DataStore(tmp_path / "store")
     ingest_frames(store, "ds", {"trades": ("trades", pd.read_parquet(src), None)}, source=str(src))
     assert (file_fingerprint(src), src.stat().st_mtime_ns) == before
+
+
+def test_identical_ticks_without_ids_are_kept_but_never_added_twice(tmp_path) -> None:
+    """Two same-size fills at the same instant are two events; re-ingesting adds nothing."""
+    f = trades(["2024-01-01 00:00:01", "2024-01-01 00:00:01", "2024-01-01 00:00:02"], [1.0, 1.0, 2.0])
+    store = DataStore(tmp_path)
+    rep = ingest_frames(store, "ds", {"trades": ("trades", f, None)}, source="t")
+    assert rep.rows_added == 3 and len(store.read("ds", "trades")) == 3
+    again = ingest_frames(store, "ds", {"trades": ("trades", f, None)}, source="t", force=True)
+    assert again.rows_added == 0 and again.tables["trades"].counts["duplicates"] == 3
+    more = ingest_frames(store, "ds", {"trades": ("trades", pd.concat([f, f.iloc[:1]]), None)},
+                         source="t2")
+    assert more.rows_added == 1 and len(store.read("ds", "trades")) == 4
+    # with trade ids, exact duplicates are dropped
+    g = f.assign(trade_id=pd.array([7, 7, 8], dtype="Int64"))
+    ingest_frames(store, "ids", {"trades": ("trades", g, None)}, source="g")
+    assert len(store.read("ids", "trades")) == 2

@@ -198,12 +198,18 @@ class FeatureStore:
                             key=lambda x: _interval(x[1]))
         for t, info in bar_tables:
             iv = _interval(info)
-            if iv < freq:
+            if iv < freq and max(iv, pd.Timedelta(spec.grid)) <= pd.Timedelta("30min"):
                 grid = max(iv, pd.Timedelta(spec.grid))
                 run(t, lambda f, grid=grid: realized_measures(
                     f, bar=spec.freq, grid=_fmt(grid), price_col=S.CLOSE,
                     min_coverage=spec.min_coverage,
                     calendar=symbol_meta(str(f[S.SYMBOL].iloc[0])).calendar))
+        # 3b. bars too coarse for the realized grid (e.g. hourly bars into days): sum of squared
+        #     close-to-close returns of consecutive bars
+        for t, info in bar_tables:
+            iv = _interval(info)
+            if pd.Timedelta("30min") < iv < freq:
+                run(t, lambda f, iv=iv: squared_return_variance(f, iv, spec.freq, spec.min_coverage))
         # 4. bars of the target frequency only: range-based variance
         for t, info in bar_tables:
             if _interval(info) == freq:
@@ -315,6 +321,33 @@ def _spec_key(spec: FeatureSpec) -> str:
 def _fmt(td: pd.Timedelta) -> str:
     s = int(td.total_seconds())
     return f"{s // 60}min" if s % 60 == 0 else f"{s}s"
+
+
+def squared_return_variance(bars: pd.DataFrame, interval: pd.Timedelta, freq: str,
+                            min_coverage: float = 0.85) -> pd.DataFrame:
+    """Realized variance from bars too coarse for a sampling grid: per ``freq`` bar, the sum of
+    squared log returns between consecutive closes (bars exactly ``interval`` apart) ending in it.
+
+    Returns ts (the ``freq`` bar close, right-closed bins), symbol, rv_var, n_obs, coverage, valid,
+    close. A bar is valid when at least ``min_coverage`` of its ``freq / interval`` returns exist.
+    """
+    f = bars.sort_values([S.SYMBOL, S.TS], kind="stable")
+    out = []
+    expected = pd.Timedelta(freq) / interval
+    for sym, g in f.groupby(S.SYMBOL, sort=False):
+        ts = g[S.TS]
+        r = np.log(g[S.CLOSE].to_numpy())
+        d = np.diff(r, prepend=np.nan)
+        step_ok = ts.diff().to_numpy() == np.timedelta64(interval.value, "ns")
+        sq = pd.Series(np.where(step_ok, d * d, np.nan), index=pd.DatetimeIndex(ts))
+        agg = sq.resample(freq, closed="right", label="right").agg(["sum", "count"])
+        close = pd.Series(g[S.CLOSE].to_numpy(), index=pd.DatetimeIndex(ts)).resample(
+            freq, closed="right", label="right").last()
+        cov = agg["count"].to_numpy() / expected
+        out.append(pd.DataFrame({S.TS: agg.index, S.SYMBOL: sym, S.RV: agg["sum"].to_numpy(),
+                                 S.N_OBS: agg["count"].to_numpy(dtype="float64"), "coverage": cov,
+                                 "valid": cov >= min_coverage, S.CLOSE: close.to_numpy()}))
+    return pd.concat(out, ignore_index=True) if out else pd.DataFrame()
 
 
 def _valid_from_nobs(f: pd.DataFrame, min_share: float = 250 / 288) -> np.ndarray:

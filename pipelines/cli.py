@@ -7,6 +7,7 @@ Bad input exits with code 2 and one line on stderr, never a traceback.
 from __future__ import annotations
 
 import functools
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -57,6 +58,10 @@ def clean_errors(fn: F) -> F:
             _fail(f"invalid setting '{loc}': {err['msg']} (got {err.get('input')!r})")
         except (FileNotFoundError, IsADirectoryError, PermissionError) as exc:
             _fail(f"{exc.strerror}: {exc.filename}")
+        except ValueError as exc:  # parameter validation in the libraries (sklearn message shape)
+            if os.environ.get("DPRM_DEBUG"):
+                raise
+            _fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
         except ImportError as exc:  # pragma: no cover - environment problem
             _fail(f"missing dependency: {exc}")
 
@@ -270,6 +275,7 @@ def features_build(
     config: ConfigOpt = None,
 ) -> None:
     """Build (incrementally) the feature frames: realized measures, microstructure, HAR, targets."""
+    from features.schema import DataError
     from features.store import DataStore
     from pipelines.config import FeaturesConfig, dprm_home, load_config
     from pipelines.steps import build_features
@@ -287,8 +293,16 @@ def features_build(
     with _progress() as prog:
         task = prog.add_task("building features", total=len(names), rows=0)
         reports = []
+        skipped: dict[str, str] = {}
         for ds in names:
-            rep = build_features(home, ds, cfg)
+            try:
+                rep = build_features(home, ds, cfg)
+            except DataError as exc:
+                if datasets:  # asked for by name: an error
+                    raise
+                skipped[ds] = str(exc)
+                prog.update(task, advance=1)
+                continue
             reports.append(rep)
             prog.update(task, advance=1, rows=prog.tasks[task].fields["rows"] + rep.rows)
     for rep in reports:
@@ -298,6 +312,8 @@ def features_build(
     _console().print(t)
     for rep in reports:
         _console().print(f"wrote {rep.path}")
+    for ds, why in skipped.items():
+        _console().print(f"[yellow]skipped {ds}: {why}[/]")
 
 
 @features_app.command("show")

@@ -9,8 +9,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-
 DPRM = [sys.executable, "-m", "pipelines.cli"]
 
 

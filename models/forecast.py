@@ -411,3 +411,13 @@ class VolForecast:
             quantiles=quantiles,
             fallback_reason=fallback,
         )
+
+
+def __getattr__(name: str) -> object:
+    """``CorrForecast`` lives in :mod:`models.corr_forecast` (it pulls in numba for the PSD check);
+    it is re-exported here lazily so the forecast types have one import path."""
+    if name == "CorrForecast":
+        from models.corr_forecast import CorrForecast
+
+        return CorrForecast
+    raise AttributeError(f"module 'models.forecast' has no attribute {name!r}")

@@ -377,8 +377,29 @@ def evaluate(
     else:
         with _console().status(f"walk-forward evaluation of the ladder on {ds} ({cfg.freq})"):
             result, out = run_eval(home, ds, cfg)
-    _print_evaluation(result, ds, cfg)
+    if cfg.target == "correlation":
+        _print_corr_evaluation(result, ds, cfg)
+    else:
+        _print_evaluation(result, ds, cfg)
     _console().print(f"wrote {out}")
+
+
+def _print_corr_evaluation(result: Any, dataset: str, cfg: Any) -> None:
+    from rich.table import Table
+
+    s = result.summary()
+    t = Table(title=f"{dataset} {cfg.freq}: correlation models (Stein loss on the covariance with a "
+                    f"common vol forecast; GMV = realized variance of the minimum-variance portfolio)")
+    for c in ("h", "model", "n", "Frobenius", "Stein", "vs EWMA", "GMV ratio", "Mahalanobis",
+              "PSD", "DM p", "MCS"):
+        t.add_column(c, justify="left" if c == "model" else "right")
+    for r in s.sort_values(["horizon", "stein_qlike"]).itertuples(index=False):
+        t.add_row(str(r.horizon), str(r.model_id), f"{int(r.n):,}", f"{r.frobenius:.3f}",
+                  f"{r.stein_qlike:.3f}", f"{r.stein_diff:+.3f}", f"{r.gmv_ratio:.3f}",
+                  f"{r.mahalanobis_ratio:.3f}", f"{r.psd_share:.0%}",
+                  f"{r.dm_pvalue:.3f}" if r.dm_pvalue == r.dm_pvalue else "-",
+                  "yes" if r.in_mcs else "no")
+    _console().print(t)
 
 
 def _print_evaluation(result: Any, dataset: str, cfg: Any) -> None:

@@ -195,3 +195,49 @@ def evaluate(home: Path, dataset: str, cfg: Any) -> tuple[Any, Path]:
     out = write_evaluation(home, dataset, cfg, result, extra={"window_used": window,
                                                               "input_fingerprint": store.fingerprint(dataset)})
     return result, out
+
+
+def evaluate_correlation(home: Path, dataset: str, cfg: Any) -> tuple[Any, Path]:
+    """Walk-forward comparison of the correlation models on ``dataset``: returns from the finest
+    bars (realized covariance targets from them when finer than ``cfg.freq``), else from the
+    feature frame's closes. Writes the summary and settings; returns the result and the folder."""
+    import json
+    from datetime import UTC, datetime
+
+    from features.schema import CLOSE, SYMBOL, TS, DataError
+    from features.store import atomic_write_bytes, atomic_write_json
+    from models.corr_evaluation import evaluate_correlation_frame
+
+    store = DataStore(home / "data")
+    man = store.require(dataset)
+    def span(info: dict) -> pd.Timedelta:
+        """Time covered per symbol: rows x interval / symbols (gaps do not count)."""
+        rows = sum(p["rows"] for p in info["partitions"].values())
+        return rows * pd.Timedelta(info["interval"]) / max(1, len(info["symbols"]))
+
+    # the bars table covering the most time (the finest among equals), no coarser than freq
+    bars = sorted(((t, pd.Timedelta(i["interval"])) for t, i in man["tables"].items()
+                   if i["kind"] == "bars" and t.startswith("bars_") and i.get("interval")
+                   and pd.Timedelta(i["interval"]) <= pd.Timedelta(cfg.freq)),
+                  key=lambda x: (-span(man["tables"][x[0]]).days, x[1]))
+    if bars:
+        frame = store.read(dataset, bars[0][0], columns=[TS, SYMBOL, CLOSE])
+    else:
+        from features.build import FeatureStore
+
+        build_features(home, dataset, cfg)
+        frame = FeatureStore(home / "features").read(dataset, cfg.freq)[[TS, SYMBOL, CLOSE]]
+    if frame[SYMBOL].nunique() < 2:
+        raise DataError(f"dataset '{dataset}' has {frame[SYMBOL].nunique()} symbol(s) with prices; "
+                        "correlation needs at least 2")
+    periods = int((frame[TS].max() - frame[TS].min()) / pd.Timedelta(cfg.freq))
+    window = min(cfg.window, 500, max(60, periods // 2))
+    result = evaluate_correlation_frame(frame, freq=cfg.freq, horizons=tuple(cfg.horizons),
+                                        window=window, random_state=cfg.seed)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    out = home / "evaluations" / f"{dataset}-{cfg.freq}-correlation-{stamp}"
+    summ = result.summary()
+    atomic_write_bytes(out / "summary.csv", summ.to_csv(index=False).encode())
+    atomic_write_json(out / "settings.json", {"dataset": dataset, "config": json.loads(cfg.model_dump_json()),
+                                              "settings": {k: str(v) for k, v in result.settings.items()}})
+    return result, out

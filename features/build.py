@@ -28,7 +28,13 @@ import numpy as np
 import pandas as pd
 
 from features import schema as S
-from features.store import DataStore, atomic_write_json, atomic_write_parquet, safe_name
+from features.store import (
+    DataStore,
+    atomic_write_json,
+    atomic_write_parquet,
+    partition_period,
+    safe_name,
+)
 from features.symbols import symbol_meta
 from features.targets import forward_mean
 from features.transformers import har_aggregates, lags, market_aggregates
@@ -162,14 +168,22 @@ class FeatureStore:
         tables = man["tables"]
         by_symbol: dict[str, pd.DataFrame] = {}
 
-        def run(table: str, compute_one) -> None:
+        def run(table: str, compute_one, context: bool = False) -> None:
             info = tables[table]
             per_sym: dict[str, list[pd.DataFrame]] = {}
-            for rel, meta in sorted(info["partitions"].items()):
+            rels = sorted(info["partitions"])
+            for i, rel in enumerate(rels):
                 sym = None
-                part = store.path(dataset) / rel
-                frame, computed = self._cached(dataset, spec, table, rel, meta["digest"],
-                                               lambda part=part: compute_one(pd.read_parquet(part)))
+                # bars cut across partition boundaries: see _PartitionContext
+                ctx = _partition_context(info, rels, i) if context else None
+
+                def load(ctx: _PartitionContext | None = ctx, rel: str = rel) -> pd.DataFrame:
+                    if ctx is None:
+                        return compute_one(pd.read_parquet(store.path(dataset) / rel))
+                    return ctx.trim(compute_one(ctx.load(store, dataset)))
+
+                key = info["partitions"][rel]["digest"] if ctx is None else ctx.key
+                frame, computed = self._cached(dataset, spec, table, rel, key, load)
                 report.base_computed += int(computed)
                 report.base_reused += int(not computed)
                 if not frame.empty:
@@ -191,7 +205,7 @@ class FeatureStore:
                 run(t, lambda f: realized_measures(
                     f, bar=spec.freq, grid=spec.grid, price_col=S.PRICE,
                     min_coverage=spec.min_coverage,
-                    calendar=symbol_meta(str(f[S.SYMBOL].iloc[0])).calendar))
+                    calendar=symbol_meta(str(f[S.SYMBOL].iloc[0])).calendar), context=True)
         # 3. finer bars (closes as prices), coarser measures
         bar_tables = sorted(((t, info) for t, info in tables.items()
                              if info["kind"] == "bars" and t.startswith("bars_") and _interval(info) is not None),
@@ -203,13 +217,14 @@ class FeatureStore:
                 run(t, lambda f, grid=grid: realized_measures(
                     f, bar=spec.freq, grid=_fmt(grid), price_col=S.CLOSE,
                     min_coverage=spec.min_coverage,
-                    calendar=symbol_meta(str(f[S.SYMBOL].iloc[0])).calendar))
+                    calendar=symbol_meta(str(f[S.SYMBOL].iloc[0])).calendar), context=True)
         # 3b. bars too coarse for the realized grid (e.g. hourly bars into days): sum of squared
         #     close-to-close returns of consecutive bars
         for t, info in bar_tables:
             iv = _interval(info)
             if pd.Timedelta("30min") < iv < freq:
-                run(t, lambda f, iv=iv: squared_return_variance(f, iv, spec.freq, spec.min_coverage))
+                run(t, lambda f, iv=iv: squared_return_variance(f, iv, spec.freq, spec.min_coverage),
+                    context=True)
         # 4. bars of the target frequency only: range-based variance
         for t, info in bar_tables:
             if _interval(info) == freq:
@@ -240,11 +255,14 @@ class FeatureStore:
             if kind not in ("trades", "quotes", "book", "bars"):
                 continue
             parts = []
-            for rel, meta in sorted(info["partitions"].items()):
-                part = store.path(dataset) / rel
+            rels = sorted(info["partitions"])
+            for i, rel in enumerate(rels):
+                ctx = _partition_context(info, rels, i)
 
-                def compute(part: Path = part, kind: str = kind, info: dict = info) -> pd.DataFrame:
-                    f = pd.read_parquet(part)
+                def compute(ctx: _PartitionContext = ctx, kind: str = kind, info: dict = info) -> pd.DataFrame:
+                    return ctx.trim(features_of(ctx.load(store, dataset), kind, info))
+
+                def features_of(f: pd.DataFrame, kind: str, info: dict) -> pd.DataFrame:
                     if kind == "trades":
                         return M.trade_features(f, bar=spec.freq)
                     if kind == "quotes":
@@ -263,7 +281,7 @@ class FeatureStore:
                     lq = [c for c in liq.columns if c not in (S.TS, S.SYMBOL)]
                     return res.merge(liq[[S.TS, S.SYMBOL, *lq]], on=[S.TS, S.SYMBOL], how="left")
 
-                f, computed = self._cached(dataset, spec, f"x_{t}", rel, meta["digest"], compute)
+                f, computed = self._cached(dataset, spec, f"x_{t}", rel, ctx.key, compute)
                 report.base_computed += int(computed)
                 report.base_reused += int(not computed)
                 if not f.empty:
@@ -309,6 +327,71 @@ class FeatureStore:
             "columns": report.columns,
             "partitions": parts,
         })
+
+
+@dataclass(frozen=True)
+class _PartitionContext:
+    """One stored partition with the boundary rows of its neighbours that its bars need.
+
+    Bars are right-closed ``(S, E]`` (see :mod:`features.realized`) while a partition holds the rows
+    with ``ts`` in ``[p0, p1)``; so the partition *owns* the bars closing in ``(p0, p1]``. The last
+    bar's closing rows, stamped exactly ``p1``, live in the next partition, and the first bar's
+    opening price (previous tick) is the previous partition's last row. Both are read with the
+    partition, and output bars outside ``(p0, p1]`` are dropped, so per-partition results equal
+    those of one pass over the whole series. The cache key covers the neighbours whose rows are used.
+    """
+
+    part: str
+    p0: pd.Timestamp
+    p1: pd.Timestamp
+    prev: str | None
+    prev_max_ts: pd.Timestamp | None
+    next: str | None
+    key: str
+
+    def load(self, store: DataStore, dataset: str) -> pd.DataFrame:
+        """The partition's rows with the previous partition's last rows and the next one's at ``p1``."""
+        root = store.path(dataset)
+        pieces = []
+        if self.prev is not None:
+            pieces.append(pd.read_parquet(root / self.prev, filters=[(S.TS, ">=", self.prev_max_ts)]))
+        pieces.append(pd.read_parquet(root / self.part))
+        if self.next is not None:
+            pieces.append(pd.read_parquet(root / self.next, filters=[(S.TS, "<=", self.p1)]))
+        pieces = [p for p in pieces if not p.empty]
+        return pieces[0] if len(pieces) == 1 else pd.concat(pieces, ignore_index=True)
+
+    def trim(self, out: pd.DataFrame) -> pd.DataFrame:
+        """Keep the bars this partition owns (``p0 < ts <= p1``)."""
+        if out.empty or S.TS not in out.columns:
+            return out
+        return out.loc[(out[S.TS] > self.p0) & (out[S.TS] <= self.p1)].reset_index(drop=True)
+
+
+_PERIOD_OFFSET = {"D": pd.DateOffset(days=1), "M": pd.DateOffset(months=1), "Y": pd.DateOffset(years=1)}
+
+
+def _partition_context(info: dict, rels: list[str], i: int) -> _PartitionContext:
+    """The :class:`_PartitionContext` of ``rels[i]`` (``rels`` sorted, so a symbol's partitions are
+    consecutive and in date order), from the table's manifest entry alone."""
+    import hashlib
+
+    rel = rels[i]
+    parts = info["partitions"]
+    folder, name = rel.rsplit("/", 1)
+    p0 = pd.Timestamp(name.removeprefix("date=").removesuffix(".parquet"), tz="UTC")
+    p1 = p0 + _PERIOD_OFFSET[partition_period(info["kind"], _interval(info))]
+    prev = rels[i - 1] if i > 0 and rels[i - 1].rsplit("/", 1)[0] == folder else None
+    nxt = rels[i + 1] if i + 1 < len(rels) and rels[i + 1].rsplit("/", 1)[0] == folder else None
+    if nxt is not None and pd.Timestamp(parts[nxt]["min_ts"]) > p1:
+        nxt = None  # no row stamped p1: the next partition does not touch this one's bars
+    token = ":".join([parts[rel]["digest"], "" if prev is None else parts[prev]["digest"],
+                      "" if nxt is None else parts[nxt]["digest"]])
+    return _PartitionContext(
+        part=rel, p0=p0, p1=p1, prev=prev,
+        prev_max_ts=None if prev is None else pd.Timestamp(parts[prev]["max_ts"]),
+        next=nxt, key=hashlib.blake2b(token.encode(), digest_size=8).hexdigest(),
+    )
 
 
 def _spec_key(spec: FeatureSpec) -> str:

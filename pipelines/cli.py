@@ -25,6 +25,8 @@ app = typer.Typer(
 data_app = typer.Typer(help="Canonical market data: ingest, validate, simulate, list.",
                        no_args_is_help=True)
 app.add_typer(data_app, name="data")
+models_app = typer.Typer(help="The model registry: list, show, promote, rollback.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
 features_app = typer.Typer(help="The feature store: build and show feature frames.", no_args_is_help=True)
 app.add_typer(features_app, name="features")
 
@@ -424,6 +426,118 @@ def _print_evaluation(result: Any, dataset: str, cfg: Any) -> None:
         for m, why in result.skipped.items():
             _console().print(f"[yellow]skipped {m}: {why}[/]")
     _console().print(f"configurations evaluated: {result.n_configurations}")
+
+
+# ---- models (registry) -------------------------------------------------------------------
+def _registry_home():
+    from pipelines.config import dprm_home
+
+    return dprm_home()
+
+
+def _model_data(data: str, freq: str):
+    """The valid rows of a dataset's feature frame (what the gate re-evaluates on)."""
+    from features.build import FeatureStore
+    from features.store import DataStore
+    from pipelines.config import FeaturesConfig
+    from pipelines.steps import build_features, resolve_dataset
+
+    home = _registry_home()
+    ds = resolve_dataset(DataStore(home / "data"), data)
+    build_features(home, ds, FeaturesConfig(freq=freq))
+    frame = FeatureStore(home / "features").read(ds, freq)
+    return frame[frame["valid"].astype(bool)].reset_index(drop=True)
+
+
+@models_app.command("list")
+@clean_errors
+def models_list() -> None:
+    """List registered versions of the forecaster with aliases and gate status."""
+    from rich.table import Table
+
+    from models.registry import list_versions
+
+    df = list_versions(home=_registry_home())
+    if df.empty:
+        _console().print("no registered versions; run `dprm train` first")
+        return
+    t = Table(title="dprm-forecaster versions")
+    for c in df.columns:
+        t.add_column(str(c))
+    for row in df.itertuples(index=False):
+        t.add_row(*[str(v) if v is not None else "" for v in row])
+    _console().print(t)
+
+
+@models_app.command("show")
+@clean_errors
+def models_show(version: Annotated[str, typer.Argument(help="Version number or alias (champion, challenger).")]) -> None:
+    """Show one version: parameters, data fingerprint, evaluation, gate decision."""
+    import json
+
+    from models.registry import model_ref, show_version
+
+    home = _registry_home()
+    v = version if version.isdigit() else model_ref(version, home=home).version
+    _console().print_json(json.dumps(show_version(v, home=home), default=str))
+
+
+@models_app.command("promote")
+@clean_errors
+def models_promote(
+    version: Annotated[str, typer.Argument(help="Version to promote (number or 'challenger').")],
+    data: Annotated[str | None, typer.Option(help="Dataset the gate re-evaluates on (required for auto).")] = None,
+    freq: Annotated[str, typer.Option(help="Frequency of that data.")] = "1D",
+    mode: Annotated[str, typer.Option(help="auto (the gate decides) or manual (a named approver).")] = "auto",
+    approver: Annotated[str | None, typer.Option(help="Who approves (required for manual).")] = None,
+    reason: Annotated[str, typer.Option(help="Why (recorded in the promotion log).")] = "",
+) -> None:
+    """Promote a version to champion through the gate; every alias move is logged."""
+    from models.registry import model_ref, promote
+
+    home = _registry_home()
+    v = version if version.isdigit() else model_ref(version, home=home).version
+    frame = _model_data(data, freq) if data else None
+    res = promote(v, home=home, mode=mode, approver=approver, reason=reason, data=frame)
+    _print_gate(res)
+    if not res.promoted:
+        raise typer.Exit(code=1)
+
+
+def _print_gate(res: Any) -> None:
+    from rich.table import Table
+
+    con = _console()
+    if res.decision is not None:
+        t = Table(title=f"promotion gate for version {res.version} "
+                        f"({res.decision.n_origins} common origins {res.decision.origins_start} .. "
+                        f"{res.decision.origins_end})")
+        for c in ("check", "passed", "value", "threshold", "detail"):
+            t.add_column(c)
+        for c in res.decision.checks:
+            t.add_row(c.name, {True: "yes", False: "NO", None: "skipped"}[c.passed],
+                      "" if c.value is None else f"{c.value:.4g}",
+                      "" if c.threshold is None else f"{c.threshold:.4g}", c.detail)
+        con.print(t)
+    if res.promoted:
+        con.print(f"[green]version {res.version} is now champion[/] (was {res.previous_champion})")
+    else:
+        con.print(f"[red]version {res.version} not promoted[/]: "
+                  f"{res.decision.reason if res.decision else res.log_entry.get('reason')}")
+
+
+@models_app.command("rollback")
+@clean_errors
+def models_rollback(
+    approver: Annotated[str, typer.Option(help="Who decides (recorded).")],
+    reason: Annotated[str, typer.Option(help="Why (recorded).")],
+    to_version: Annotated[str | None, typer.Option(help="Target version (default: the previous champion).")] = None,
+) -> None:
+    """Move the champion alias back to the previous champion (or a given version)."""
+    from models.registry import rollback
+
+    res = rollback(home=_registry_home(), approver=approver, reason=reason, to_version=to_version)
+    _print_gate(res)
 
 
 # ---- demo ---------------------------------------------------------------------------------

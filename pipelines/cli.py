@@ -413,7 +413,7 @@ def _print_evaluation(result: Any, dataset: str, cfg: Any) -> None:
     for tgt in targets:
         s = summary_table(result, tgt)
         t = Table(title=f"{dataset} {cfg.freq}: QLIKE vs {tgt} (ratio to the best baseline; "
-                        f"DM p one-sided; 90% MCS)")
+                        f"DM p two-sided vs it; 90% MCS)")
         for c in ("symbol", "h", "model", "n", "QLIKE", "ratio", "QLIKE stress", "DM p", "MCS"):
             t.add_column(c, justify="left" if c in ("symbol", "model") else "right")
         for r in s.itertuples(index=False):

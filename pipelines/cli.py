@@ -540,6 +540,105 @@ def models_rollback(
     _print_gate(res)
 
 
+# ---- the forecasting cycle (Prefect flows) ---------------------------------------------------
+def _print_flow(title: str, out: dict) -> None:
+    import json
+
+    con = _console()
+    con.rule(title)
+    con.print_json(json.dumps(out, default=str))
+
+
+@app.command("train")
+@clean_errors
+def train(
+    dataset: Annotated[str | None, typer.Option(help="Dataset (default: embedded).")] = None,
+    freq: Annotated[str | None, typer.Option(help="Frequency of the feature rows.")] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Walk-forward evaluate, log to MLflow, register a challenger and try the promotion gate
+    (the `train` Prefect flow)."""
+    from pipelines.config import load_config
+    from pipelines.flow_config import TrainFlowConfig
+    from pipelines.flows import run_train
+
+    cfg = load_config(TrainFlowConfig, config, "train", dataset=dataset, freq=freq)
+    with _console().status("running the train flow"):
+        out = run_train(cfg)
+    _print_flow("train", out)
+    if out.get("state") not in (None, "Completed"):
+        raise typer.Exit(code=1)
+
+
+@app.command("forecast")
+@clean_errors
+def forecast(
+    dataset: Annotated[str | None, typer.Option(help="Dataset (default: embedded).")] = None,
+    freq: Annotated[str | None, typer.Option(help="Frequency of the feature rows.")] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Load the champion by alias, roll it forward on the latest data, write the forecast table."""
+    from pipelines.config import load_config
+    from pipelines.flow_config import ForecastFlowConfig
+    from pipelines.flows import run_forecast
+
+    cfg = load_config(ForecastFlowConfig, config, "forecast", dataset=dataset, freq=freq)
+    with _console().status("running the forecast flow"):
+        out = run_forecast(cfg)
+    _print_flow("forecast", out)
+    if out.get("state") not in (None, "Completed"):
+        raise typer.Exit(code=1)
+
+
+@app.command("monitor")
+@clean_errors
+def monitor(
+    dataset: Annotated[str | None, typer.Option(help="Dataset (default: embedded).")] = None,
+    freq: Annotated[str | None, typer.Option(help="Frequency of the feature rows.")] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Check the champion (rolling QLIKE vs the best baseline, MZ slope, coverage) and the data
+    (drift, freshness); a breach fails the run and, if configured, switches to the baseline."""
+    from pipelines.config import load_config
+    from pipelines.flow_config import MonitorFlowConfig
+    from pipelines.flows import run_monitor
+
+    cfg = load_config(MonitorFlowConfig, config, "monitor", dataset=dataset, freq=freq)
+    with _console().status("running the monitor flow"):
+        out = run_monitor(cfg)
+    _print_flow("monitor", out)
+    if out.get("state") not in (None, "Completed"):
+        raise typer.Exit(code=1)
+
+
+@app.command("deploy")
+@clean_errors
+def deploy(
+    work_pool: Annotated[str | None, typer.Option(help="Deploy to this process work pool instead of serving.")] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Create the cron deployments (retrain daily, forecast hourly, monitor daily) on the Prefect
+    server at PREFECT_API_URL; without --work-pool, serve them from this process."""
+    import os
+
+    from pipelines.config import load_config
+    from pipelines.flow_config import DeployConfig
+
+    if not os.environ.get("PREFECT_API_URL"):
+        _fail("PREFECT_API_URL is not set: schedules need a running `prefect server start` "
+              "(Prefect's temporary local server runs no schedules)")
+    from pipelines.deploy import deploy as do_deploy
+    from pipelines.deploy import deployment_specs
+
+    cfg = load_config(DeployConfig, config, "deploy")
+    for spec in deployment_specs(cfg):
+        _console().print(f"{spec.get('name')}: cron '{spec.get('cron')}' ({spec.get('timezone')})")
+    if work_pool is None:
+        _console().print("serving the deployments from this process (Ctrl-C to stop)")
+    names = do_deploy(cfg, work_pool=work_pool, serve=work_pool is None)
+    _console().print(f"deployments: {', '.join(names)}")
+
+
 # ---- demo ---------------------------------------------------------------------------------
 @app.command("demo")
 @clean_errors

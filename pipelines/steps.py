@@ -6,6 +6,7 @@ The Prefect tasks and the CLI both call these; they hold no maths of their own.
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 from typing import Any
 
@@ -75,8 +76,48 @@ def run_demo(cfg: DemoConfig, console: Any) -> dict[str, Any]:
     for row in summary.itertuples(index=False):
         t.add_row(row.dataset, row.table, row.symbol, f"{row.rows:,}", str(row.first)[:19], str(row.last)[:19])
     console.print(t)
-    console.print(f"workspace: {home}")
-    return {"home": home, "validation": results}
+    console.rule("5. the forecasting cycle through Prefect: ingest -> features -> train -> forecast -> monitor")
+    from pipelines.flows import demo_cycle_config, run_cycle
+
+    cycles = {}
+    for ds in ("embedded", "sim"):
+        ccfg = demo_cycle_config(ds)
+        ccfg = ccfg.model_copy(update={"monitor": ccfg.monitor.model_copy(update={"fail_on_breach": False})})
+        with console.status(f"daily_cycle on {ds}"):
+            cycles[ds] = run_cycle(ccfg)
+        _print_cycle(console, ds, cycles[ds])
+    console.rule("where things are")
+    console.print(f"workspace:      {home}")
+    console.print(f"canonical data: {home / 'data'}")
+    console.print(f"features:       {home / 'features'}")
+    console.print(f"forecasts:      {home / 'forecasts'}")
+    console.print(f"MLflow store:   {os.environ.get('MLFLOW_TRACKING_URI') or 'sqlite:///' + str(home / 'mlflow.db')}"
+                  f" (artifacts {home / 'mlartifacts'}); `dprm models list`")
+    console.print(f"reports:        {home / 'reports'}")
+    return {"home": home, "validation": results, "cycles": cycles}
+
+
+def _print_cycle(console: Any, dataset: str, out: dict[str, Any]) -> None:
+    """A compact view of one cycle's summary (every step's state and key outputs)."""
+    from rich.table import Table
+
+    t = Table(title=f"daily_cycle on {dataset}")
+    t.add_column("step")
+    t.add_column("result")
+    for step in ("ingest", "features", "train", "forecast", "monitor"):
+        r = out.get(step)
+        if r is None:
+            continue
+        if isinstance(r, list):
+            detail = f"{len(r)} source(s) ingested"
+        else:
+            keys = {"features": ("rows", "path"),
+                    "train": ("challenger", "version", "promoted", "gate_status", "gate_reason"),
+                    "forecast": ("model", "version", "source", "data_cutoff_ts", "path"),
+                    "monitor": ("status", "breaches", "report")}.get(step, ())
+            detail = "; ".join(f"{k}={r[k]}" for k in keys if k in r and r[k] is not None)
+        t.add_row(step, detail)
+    console.print(t)
 
 
 # ---- features and evaluation ----------------------------------------------------------------

@@ -1,0 +1,1038 @@
+"""The forecasting cycle's steps as plain functions (the Prefect tasks in :mod:`pipelines.tasks` wrap
+them; they run without Prefect too).
+
+Each step takes the workspace ``home`` (``$DPRM_HOME``) explicitly, so it runs the same on a Dask
+worker, and is idempotent: running it again on unchanged inputs changes nothing and adds nothing.
+
+Workspace layout written here (besides the data/feature stores and the MLflow store)::
+
+    forecasts/<dataset>/<freq>/forecast_<cutoff>_<label>.parquet   one per data cutoff and model
+    forecasts/<dataset>/<freq>/latest.json                           the newest file and its model
+    reports/monitor/<dataset>_<freq>/<created>.json|.md, latest.*    monitoring reports
+    state/forecast_source_<model>.json                               champion or baseline, and why
+
+Heavy imports (mlflow through :mod:`models.registry`) happen inside the functions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from features.build import FeatureSpec, FeatureStore
+from features.schema import BV, CLOSE, RQ, RS_NEG, RS_POS, RV, SYMBOL, TS, DataError
+from features.store import (
+    DataStore,
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_parquet,
+    safe_name,
+)
+from models import monitoring as mon
+from models.base import BaseForecaster, target_mean
+from models.evaluation import POOLED, EvaluationResult, walk_forward
+from pipelines.flow_config import (
+    FeaturesFlowConfig,
+    ForecastFlowConfig,
+    IngestFlowConfig,
+    ModelSpec,
+    MonitorFlowConfig,
+    TrainFlowConfig,
+)
+
+MODEL_COLUMNS = (RV, BV, RQ, RS_POS, RS_NEG, CLOSE)
+"""Feature-frame columns handed to the forecasters (rows already filtered on ``valid``)."""
+
+
+# =================================================================================================
+# workspace
+# =================================================================================================
+@dataclass(frozen=True)
+class Workspace:
+    """Folders of a DPRM workspace."""
+
+    home: Path
+
+    @property
+    def data(self) -> DataStore:
+        """The canonical data store."""
+        return DataStore(self.home / "data")
+
+    @property
+    def features(self) -> FeatureStore:
+        """The feature store."""
+        return FeatureStore(self.home / "features")
+
+    def forecasts(self, dataset: str, freq: str) -> Path:
+        """Folder of the persisted forecast tables of one feature frame."""
+        return self.home / "forecasts" / safe_name(dataset) / safe_name(freq)
+
+    def reports(self, dataset: str, freq: str) -> Path:
+        """Folder of the monitoring reports of one feature frame."""
+        return self.home / "reports" / "monitor" / f"{safe_name(dataset)}_{safe_name(freq)}"
+
+    def state_file(self, model_name: str) -> Path:
+        """The forecast-source state file of a registered model."""
+        return self.home / "state" / f"forecast_source_{safe_name(model_name)}.json"
+
+
+def _ws(home: Path | str) -> Workspace:
+    return Workspace(Path(home).resolve())
+
+
+# =================================================================================================
+# ingest
+# =================================================================================================
+def simulate_label(cfg: IngestFlowConfig) -> str:
+    """The source label the simulator's output is stored under (see pipelines.steps)."""
+    return f"simulator(seed={cfg.simulate.seed}, days={cfg.simulate.n_days})"
+
+
+def ingest_source(home: Path | str, source: str, cfg: IngestFlowConfig) -> dict[str, Any]:
+    """Ingest one source: "embedded", "simulate" or a file/folder path.
+
+    Idempotent: the store skips content it already holds (by fingerprint); a simulation already
+    stored under the same seed and length is not re-run.
+
+    Returns
+    -------
+    dict with source, dataset, rows_added, skipped.
+    """
+    from pipelines.steps import ingest_embedded, simulate_to_store
+
+    ws = _ws(home)
+    store = ws.data
+    if source == "embedded":
+        reps = ingest_embedded(store, cfg.embedded_dataset)
+        return {
+            "source": source,
+            "dataset": cfg.embedded_dataset,
+            "rows_added": sum(r.rows_added for r in reps),
+            "skipped": all(r.skipped for r in reps),
+        }
+    if source == "simulate":
+        ds = cfg.simulate.dataset
+        label = simulate_label(cfg)
+        sources = store.manifest(ds)["sources"].values() if ds in store.datasets() else []
+        if any(s.get("source") == label for s in sources) and (store.path(ds) / "truth").is_dir():
+            return {"source": source, "dataset": ds, "rows_added": 0, "skipped": True}
+        rep, _ = simulate_to_store(store, cfg.simulate)
+        return {
+            "source": source,
+            "dataset": ds,
+            "rows_added": rep.rows_added,
+            "skipped": rep.skipped,
+        }
+    from features.ingest import ingest_file
+    from features.readers import list_sources
+
+    path = Path(source)
+    if not path.exists():
+        raise DataError(
+            f"ingest source {source!r} is neither 'embedded', 'simulate' nor an existing path"
+        )
+    files = [f for f, fmt, _ in list_sources(path) if fmt is not None] if path.is_dir() else [path]
+    added, skipped, datasets = 0, True, set()
+    for f in files:
+        rep = ingest_file(store, f, dataset=cfg.dataset)
+        added += rep.rows_added
+        skipped &= rep.skipped
+        datasets.add(rep.dataset)
+    return {
+        "source": source,
+        "dataset": ",".join(sorted(datasets)),
+        "rows_added": added,
+        "skipped": skipped,
+    }
+
+
+# =================================================================================================
+# features
+# =================================================================================================
+def feature_spec(cfg: FeaturesFlowConfig) -> FeatureSpec:
+    """The library's FeatureSpec from the flow parameters."""
+    return FeatureSpec(freq=cfg.freq, grid=cfg.grid, horizons=tuple(cfg.horizons))
+
+
+def dataset_symbols(home: Path | str, dataset: str) -> list[str]:
+    """Symbols (partition keys) stored in ``dataset``, sorted."""
+    man = _ws(home).data.require(dataset)
+    out = set()
+    for info in man["tables"].values():
+        for rel in info["partitions"]:
+            out.add(rel.split("/")[1].split("=", 1)[1])
+    return sorted(out)
+
+
+class _SymbolView(DataStore):
+    """A read-only view of a data store whose manifests list one symbol's partitions only."""
+
+    def __init__(self, root: Path, symbol: str) -> None:
+        super().__init__(root)
+        self._key = safe_name(symbol)
+
+    def manifest(self, dataset: str) -> dict:
+        man = super().manifest(dataset)
+        for info in man["tables"].values():
+            info["partitions"] = {
+                rel: m
+                for rel, m in info["partitions"].items()
+                if rel.split("/")[1].split("=", 1)[1] == self._key
+            }
+        return man
+
+
+def warm_symbol_features(home: Path | str, cfg: FeaturesFlowConfig, symbol: str) -> dict[str, Any]:
+    """Compute one symbol's per-partition base measures into the feature store's cache.
+
+    The feature build caches base measures per input partition (keyed by the partition's content
+    digest), so computing them per symbol first — in parallel, on the task runner — leaves only the
+    cheap cross-symbol assembly to :func:`build_features`. Uses the feature store's internal
+    per-partition steps; if they are unavailable the build does the same work serially.
+
+    Returns
+    -------
+    dict with symbol, computed (partitions computed now), reused (already cached).
+    """
+    from features.build import BuildReport
+
+    ws = _ws(home)
+    fs = ws.features
+    spec = feature_spec(cfg)
+    if not (hasattr(fs, "_base_measures") and hasattr(fs, "_extra_features")):
+        return {"symbol": symbol, "computed": 0, "reused": 0, "note": "no per-partition API"}
+    view = _SymbolView(ws.data.root, symbol)
+    man = view.require(cfg.dataset)
+    report = BuildReport(dataset=cfg.dataset, freq=spec.freq, path=fs.path(cfg.dataset, spec.freq))
+    fs._base_measures(view, cfg.dataset, man, spec, report)
+    fs._extra_features(view, cfg.dataset, man, spec, report)
+    return {"symbol": symbol, "computed": report.base_computed, "reused": report.base_reused}
+
+
+def build_features(home: Path | str, cfg: FeaturesFlowConfig) -> dict[str, Any]:
+    """Build (incrementally) the feature frame of ``cfg.dataset`` at ``cfg.freq``.
+
+    Returns
+    -------
+    dict with dataset, freq, rows, symbols, partitions_written, partitions_unchanged, fingerprint.
+    """
+    ws = _ws(home)
+    rep = ws.features.build(ws.data, cfg.dataset, feature_spec(cfg))
+    return {
+        "dataset": cfg.dataset,
+        "freq": cfg.freq,
+        "rows": rep.rows,
+        "symbols": sorted(rep.rv_source),
+        "rv_source": dict(rep.rv_source),
+        "base_computed": rep.base_computed,
+        "base_reused": rep.base_reused,
+        "partitions_written": rep.partitions_written,
+        "partitions_unchanged": rep.partitions_unchanged,
+        "fingerprint": feature_fingerprint(home, cfg.dataset, cfg.freq),
+    }
+
+
+def feature_fingerprint(
+    home: Path | str, dataset: str, freq: str, symbols: Sequence[str] | None = None
+) -> str:
+    """Content fingerprint of a built feature frame (or some symbols of it), from the partition
+    digests in its manifest."""
+    man = _ws(home).features.manifest(dataset, freq)
+    keep = None if symbols is None else {safe_name(s) for s in symbols}
+    h = hashlib.blake2b(digest_size=16)
+    h.update(str(man.get("feature_set_version", "")).encode())
+    for rel, meta in sorted(man["partitions"].items()):
+        if keep is None or rel.split("/")[0].split("=", 1)[1] in keep:
+            h.update(f"{rel}:{meta['digest']}".encode())
+    return h.hexdigest()
+
+
+def feature_symbols(home: Path | str, dataset: str, freq: str) -> list[str]:
+    """Symbols of a built feature frame that have realized variance (forecastable), sorted."""
+    man = _ws(home).features.manifest(dataset, freq)
+    return sorted(man.get("rv_source", {}))
+
+
+def train_symbols(home: Path | str, cfg: TrainFlowConfig) -> list[str]:
+    """The symbols a training run covers: ``cfg.symbols`` (checked) or every forecastable one."""
+    available = feature_symbols(home, cfg.dataset, cfg.freq)
+    if cfg.symbols is None:
+        return available
+    unknown = [s for s in cfg.symbols if s not in available]
+    if unknown:
+        raise DataError(
+            f"train symbols {unknown} are not in {cfg.dataset}/{cfg.freq}; available: {available}"
+        )
+    return sorted(set(cfg.symbols))
+
+
+def model_frame(
+    home: Path | str, dataset: str, freq: str, symbols: Sequence[str] | None = None
+) -> pd.DataFrame:
+    """The forecasters' input: valid rows of the feature frame with ``ts``, ``symbol`` and the
+    realized columns present (:data:`MODEL_COLUMNS`), sorted by symbol and ts.
+
+    Rows flagged invalid by the feature build (too little coverage, no positive variance) are
+    dropped here, so the models run with ``min_obs=None``.
+    """
+    syms = list(symbols) if symbols is not None else feature_symbols(home, dataset, freq)
+    f = _ws(home).features.read(dataset, freq, symbols=syms)
+    f = f[f[SYMBOL].isin(syms)]
+    if "valid" in f.columns:
+        f = f[f["valid"].astype(bool)]
+    cols = [TS, SYMBOL, *[c for c in MODEL_COLUMNS if c in f.columns]]
+    return f[cols].sort_values([SYMBOL, TS]).reset_index(drop=True)
+
+
+# =================================================================================================
+# models
+# =================================================================================================
+def build_model(spec: ModelSpec) -> BaseForecaster:
+    """An unfitted forecaster from a :class:`ModelSpec` (``min_obs`` defaults to None: the feature
+    build's ``valid`` flag has already removed thin periods)."""
+    from models import ewma, garch, har
+
+    classes: dict[str, type[BaseForecaster]] = {
+        "har": har.HARVol,
+        "loghar": har.LogHARVol,
+        "harq": har.HARQVol,
+        "harj": har.HARJVol,
+        "harcj": har.HARCJVol,
+        "shar": har.SHARVol,
+        "loghar_dow": har.LogHARDoWVol,
+        "harq_dow": har.HARQDoWVol,
+        "ewma": ewma.EWMAVol,
+        "rw": ewma.RandomWalkVol,
+        "garch": garch.GarchVol,
+    }
+    cls = classes[spec.kind]
+    params = dict(spec.params)
+    est = cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in params.items()})
+    if "min_obs" in est.get_params(deep=False) and "min_obs" not in params:
+        est.set_params(min_obs=None)
+    return est
+
+
+def training_model(spec: ModelSpec, cfg: TrainFlowConfig) -> BaseForecaster:
+    """The forecaster as evaluated: :func:`build_model` with the training ``window``,
+    ``window_type``, ``refit_every`` and ``horizons`` applied where the model has them (the
+    walk-forward evaluation applies the same settings, so the registered model is the one scored)."""
+    est = build_model(spec)
+    names = est.get_params(deep=False)
+    upd = {
+        "window": cfg.window,
+        "window_type": cfg.window_type,
+        "refit_every": cfg.refit_every,
+        "horizons": tuple(cfg.horizons),
+    }
+    est.set_params(**{k: v for k, v in upd.items() if k in names})
+    return est
+
+
+def _eval_start(data: pd.DataFrame, cfg: TrainFlowConfig) -> pd.Timestamp | None:
+    if cfg.eval_periods is None:
+        return None
+    ts = np.sort(data[TS].unique())
+    k = len(ts) - cfg.eval_periods - max(cfg.horizons)
+    return pd.Timestamp(ts[max(k, 0)]) if k > 0 else None
+
+
+def evaluate_symbol(home: Path | str, cfg: TrainFlowConfig, symbol: str) -> EvaluationResult:
+    """Walk-forward evaluation of every candidate on one symbol (the unit mapped over the runner).
+
+    Candidates that lack inputs on this data (e.g. HARQ without realized quarticity) are skipped
+    and listed in the result's ``skipped``.
+    """
+    data = model_frame(home, cfg.dataset, cfg.freq, [symbol])
+    if data.empty:
+        raise DataError(f"no valid rows for symbol {symbol!r} in {cfg.dataset}/{cfg.freq}")
+    models = {name: build_model(spec) for name, spec in cfg.candidates.items()}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # skipped models are in result.skipped
+        return walk_forward(
+            models,
+            data,
+            horizons=tuple(cfg.horizons),
+            start=_eval_start(data, cfg),
+            window=cfg.window,
+            window_type=cfg.window_type,
+            refit_every=cfg.refit_every,
+            min_obs=None,
+            baselines=[b for b in cfg.baselines if b in models] or None,
+            mcs_reps=cfg.mcs_reps,
+            random_state=cfg.seed,
+        )
+
+
+def merge_evaluations(results: Mapping[str, EvaluationResult]) -> EvaluationResult:
+    """One :class:`EvaluationResult` from per-symbol evaluations (the mapped tasks' outputs).
+
+    Per-symbol rows are kept as they are. Pooled loss rows are rebuilt exactly as
+    :func:`models.evaluation.walk_forward` defines them (means over all scored rows of all symbols:
+    the ``n``-weighted means of the per-symbol means; RMSPE from the weighted mean square), and the
+    pooled benchmark is the baseline with the lowest pooled QLIKE. Pooled Diebold-Mariano and MCS
+    rows need the per-origin cross-section and are left out (per-symbol ones are kept).
+    """
+    if not results:
+        raise ValueError("merge_evaluations needs at least one per-symbol result; got none")
+    items = list(results.values())
+    loss = pd.concat([r.losses[r.losses["symbol"] != POOLED] for r in items], ignore_index=True)
+    keys = ["model_id", "horizon", "regime", "target"]
+    w = loss["n"].astype("float64")
+    tmp = loss.assign(
+        **{f"w_{c}": loss[c] * w for c in ("qlike", "mse", "mse_log")},
+        w_sq=loss["rmspe"] ** 2 * w,
+        w_n=w,
+    )
+    g = tmp.groupby(keys, sort=True)[["w_qlike", "w_mse", "w_mse_log", "w_sq", "w_n"]].sum()
+    pooled = (
+        pd.DataFrame(
+            {
+                "qlike": g["w_qlike"] / g["w_n"],
+                "mse": g["w_mse"] / g["w_n"],
+                "mse_log": g["w_mse_log"] / g["w_n"],
+                "rmspe": np.sqrt(g["w_sq"] / g["w_n"]),
+                "n": g["w_n"].astype("int64"),
+            }
+        )
+        .reset_index()
+        .assign(symbol=POOLED)
+    )
+    baselines = set()
+    for r in items:
+        baselines |= set(r.benchmark.values())
+    bench: dict[tuple[str, int], str] = {}
+    for r in items:
+        bench.update({k: v for k, v in r.benchmark.items() if k[0] != POOLED})
+    base_all = pooled[(pooled["regime"] == "all") & (pooled["target"] == "realized")]
+    for h, gg in base_all.groupby("horizon"):
+        cand = gg[gg["model_id"].isin(baselines)]
+        cand = cand if not cand.empty else gg
+        bench[(POOLED, int(h))] = str(cand.loc[cand["qlike"].idxmin(), "model_id"])
+    ref = pooled.apply(lambda r: bench[(POOLED, int(r["horizon"]))], axis=1)
+    bq = pooled.set_index(["model_id", "horizon", "regime", "target"])["qlike"]
+    pooled["qlike_ratio"] = [
+        row.qlike / bq.get((b, row.horizon, row.regime, row.target), np.nan)
+        for row, b in zip(pooled.itertuples(index=False), ref, strict=True)
+    ]
+    cols = list(items[0].losses.columns)
+    losses = pd.concat([loss, pooled[cols]], ignore_index=True)
+    skipped: dict[str, str] = {}
+    for sym, r in results.items():
+        for m, why in r.skipped.items():
+            skipped[m] = skipped.get(m, "") + (
+                f"; {sym}: {why}" if m in skipped else f"{sym}: {why}"
+            )
+    return EvaluationResult(
+        forecasts=pd.concat([r.forecasts for r in items], ignore_index=True),
+        losses=losses,
+        dm=pd.concat([r.dm[r.dm["symbol"] != POOLED] for r in items], ignore_index=True),
+        mcs=pd.concat([r.mcs[r.mcs["symbol"] != POOLED] for r in items], ignore_index=True),
+        benchmark=bench,
+        skipped=skipped,
+        n_configurations=max(r.n_configurations for r in items),
+        settings={**dict(items[0].settings), "merged_symbols": sorted(results)},
+    )
+
+
+def rank_candidates(result: EvaluationResult, cfg: TrainFlowConfig) -> pd.DataFrame:
+    """Candidates ranked by pooled QLIKE (realized target, all periods) averaged over horizons.
+
+    Returns
+    -------
+    DataFrame with model_id, qlike, qlike_ratio (vs the pooled best baseline), is_baseline, sorted
+    best first.
+    """
+    pooled = result.losses[
+        (result.losses["symbol"] == POOLED)
+        & (result.losses["regime"] == "all")
+        & (result.losses["target"] == "realized")
+    ]
+    if pooled.empty:
+        raise ValueError("the evaluation has no pooled realized losses to rank candidates by")
+    out = pooled.groupby("model_id")[["qlike", "qlike_ratio"]].mean().reset_index()
+    out["is_baseline"] = out["model_id"].isin(cfg.baselines)
+    return out.sort_values(["qlike", "model_id"]).reset_index(drop=True)
+
+
+def score_table(result: EvaluationResult) -> list[dict[str, Any]]:
+    """Per model, symbol (and "pooled") and horizon: n, qlike, qlike_ratio on the realized target
+    over all periods, as records (the train flow's summary)."""
+    loss = result.losses[
+        (result.losses["regime"] == "all") & (result.losses["target"] == "realized")
+    ]
+    cols = ["model_id", "symbol", "horizon", "n", "qlike", "qlike_ratio"]
+    out = loss[cols].sort_values(["symbol", "horizon", "model_id"]).reset_index(drop=True)
+    return [
+        {**r, "horizon": int(r["horizon"]), "n": int(r["n"])} for r in out.to_dict(orient="records")
+    ]
+
+
+def choose_challenger(ranking: pd.DataFrame) -> str:
+    """The best non-baseline candidate (the best baseline when every candidate is a baseline)."""
+    non_base = ranking[~ranking["is_baseline"]]
+    return str((non_base if not non_base.empty else ranking)["model_id"].iloc[0])
+
+
+def train_key(cfg: TrainFlowConfig, data_fp: str, challenger: str) -> str:
+    """Identity of one training outcome: data fingerprint, settings and the chosen model.
+
+    A rerun on the same data and settings finds the version registered with this key and does not
+    register (or log) again.
+    """
+    doc = json.dumps(
+        {
+            "fp": data_fp,
+            "cfg": cfg.model_dump(
+                mode="json", exclude={"promote", "register_model", "refresh_cache"}
+            ),
+            "challenger": challenger,
+        },
+        sort_keys=True,
+    )
+    return hashlib.blake2b(doc.encode(), digest_size=16).hexdigest()
+
+
+@dataclass
+class TrainOutcome:
+    """What :func:`register_and_promote` did."""
+
+    challenger: str
+    version: str
+    run_id: str
+    reused: bool
+    promoted: bool
+    gate_status: str
+    gate_reason: str
+    champion_version: str | None
+    ranking: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict."""
+        return dict(self.__dict__)
+
+
+def _find_run(home: Path, key: str) -> str | None:
+    """A finished evaluation run already logged with ``dprm.train_key == key``."""
+    from mlflow import MlflowClient
+
+    from models import registry
+
+    client = MlflowClient(tracking_uri=registry.init_store(home))
+    exp = registry.experiment_id(home, "volatility")
+    runs = client.search_runs(
+        [exp],
+        filter_string=f"tags.`dprm.train_key` = '{key}' and attributes.status = 'FINISHED'",
+        max_results=1,
+    )
+    return runs[0].info.run_id if runs else None
+
+
+def _find_version(home: Path, name: str, key: str) -> dict[str, Any] | None:
+    from models import registry
+
+    versions = registry.list_versions(home=home, name=name)
+    for v in reversed(versions["version"].tolist()):
+        info = registry.show_version(v, home=home, name=name)
+        if info["tags"].get("dprm.train_key") == key:
+            return info
+    return None
+
+
+def log_evaluation(
+    home: Path | str, cfg: TrainFlowConfig, result: EvaluationResult, key: str
+) -> str:
+    """Log the merged evaluation to MLflow once per training key; returns the run id."""
+    from models import registry
+
+    home = Path(home).resolve()
+    existing = _find_run(home, key)
+    if existing is not None:
+        return existing
+    data = model_frame(home, cfg.dataset, cfg.freq, train_symbols(home, cfg))
+    models = {n: build_model(s) for n, s in cfg.candidates.items()}
+    return registry.log_evaluation_run(
+        result,
+        home=home,
+        models=models,
+        data=data,
+        config=cfg,
+        run_name=f"train-{cfg.dataset}-{cfg.freq}",
+        tags={"dprm.train_key": key, "dprm.dataset": cfg.dataset, "dprm.freq": cfg.freq},
+    )
+
+
+def gate_config(cfg: TrainFlowConfig, *, champion_benched: bool = False) -> Any:
+    """The registry's promotion-gate settings aligned with the training settings.
+
+    With ``champion_benched`` (monitoring switched forecasting to the baseline) the
+    ``forecast_change`` check is left out: it bounds the jump from the champion's forecasts, but the
+    served forecasts are the baseline's and the benched champion is known to be wrong, so the check
+    would block exactly the repair it should allow. Every other check still applies (the challenger
+    must beat the benched champion and the best baseline).
+    """
+    from models.registry import GateConfig
+
+    n = cfg.eval_periods or 250
+    checks = GateConfig.model_fields["checks"].default
+    if champion_benched:
+        checks = tuple(c for c in checks if c != "forecast_change")
+    return GateConfig(
+        checks=checks,
+        horizons=tuple(cfg.horizons),
+        n_origins=max(10, min(250, n)),
+        window=cfg.window,
+        window_type=cfg.window_type,
+        refit_every=cfg.refit_every,
+        min_obs=None,
+        mcs_reps=cfg.mcs_reps,
+        random_state=cfg.seed,
+    )
+
+
+def register_and_promote(
+    home: Path | str, cfg: TrainFlowConfig, result: EvaluationResult, data_fp: str
+) -> TrainOutcome:
+    """Choose the challenger, log the evaluation, register the bundle (challenger + the EWMA fallback
+    member) and run the promotion gate; idempotent per :func:`train_key`.
+
+    On a passed gate the forecast source returns to the champion (recorded with the reason).
+    """
+    from models import registry
+
+    home = Path(home).resolve()
+    ranking = rank_candidates(result, cfg)
+    challenger = choose_challenger(ranking)
+    key = train_key(cfg, data_fp, challenger)
+    run_id = log_evaluation(home, cfg, result, key)
+    found = _find_version(home, cfg.model_name, key)
+    data = model_frame(home, cfg.dataset, cfg.freq, train_symbols(home, cfg))
+    reused = found is not None
+    if found is None:
+        members = {challenger: training_model(cfg.candidates[challenger], cfg)}
+        if challenger != "ewma":
+            members["ewma"] = training_model(ModelSpec(kind="ewma"), cfg)
+        ref = registry.register_challenger(
+            members,
+            home=home,
+            training_data=data,
+            primary=challenger,
+            horizons=tuple(cfg.horizons),
+            evaluation_run_id=run_id,
+            name=cfg.model_name,
+            description=f"{challenger} on {cfg.dataset}/{cfg.freq} (train key {key})",
+            tags={"dprm.train_key": key, "dprm.dataset": cfg.dataset, "dprm.freq": cfg.freq},
+        )
+        version, status = ref.version, "pending"
+    else:
+        version, status = str(found["version"]), found["tags"].get("gate.status", "pending")
+    aliases = registry.list_versions(home=home, name=cfg.model_name)
+    champ = aliases[aliases["aliases"].str.contains("champion")]
+    champion_version = None if champ.empty else str(champ["version"].iloc[0])
+    promoted, reason = False, ""
+    if champion_version == version:
+        status, reason = "passed", "already the champion"
+    elif cfg.promote and status == "pending":
+        benched = forecast_source(home, cfg.model_name)["source"] == "baseline"
+        res = registry.promote(
+            version,
+            home=home,
+            data=data,
+            name=cfg.model_name,
+            gate_config=gate_config(cfg, champion_benched=benched),
+        )
+        promoted = res.promoted
+        status = "passed" if promoted else "rejected"
+        reason = "" if res.decision is None else res.decision.reason
+        if promoted:
+            champion_version = version
+            set_forecast_source(
+                home,
+                cfg.model_name,
+                "champion",
+                f"version {version} passed the promotion gate",
+                version=version,
+            )
+    elif status == "rejected":
+        reason = found["tags"].get("gate.reason", "") if found else ""
+    return TrainOutcome(
+        challenger,
+        version,
+        run_id,
+        reused,
+        promoted,
+        status,
+        reason,
+        champion_version,
+        ranking.to_dict(orient="records"),
+    )
+
+
+# =================================================================================================
+# forecast source state (champion or baseline fallback)
+# =================================================================================================
+def forecast_source(home: Path | str, model_name: str) -> dict[str, Any]:
+    """The forecast-source state: ``{"source": "champion" | "baseline", "reason", "since", ...}``
+    (champion when no state was ever written)."""
+    p = _ws(home).state_file(model_name)
+    if not p.exists():
+        return {"source": "champion", "reason": "default", "since": None, "history": []}
+    return json.loads(p.read_text())
+
+
+def set_forecast_source(
+    home: Path | str, model_name: str, source: str, reason: str, **extra: Any
+) -> dict[str, Any]:
+    """Record the forecast source with its reason (atomic write; the history keeps every switch)."""
+    if source not in ("champion", "baseline"):
+        raise ValueError(f"source must be 'champion' or 'baseline'; got {source!r}")
+    old = forecast_source(home, model_name)
+    now = pd.Timestamp.now(tz="UTC").isoformat()
+    history = list(old.get("history", []))
+    if old.get("source") != source or old.get("since") is None:
+        history.append({"source": source, "reason": reason, "at": now, **extra})
+        since = now
+    else:
+        since = old["since"]
+    state = {
+        "model_name": model_name,
+        "source": source,
+        "reason": reason,
+        "since": since,
+        **extra,
+        "history": history[-100:],
+    }
+    atomic_write_json(_ws(home).state_file(model_name), state)
+    return state
+
+
+# =================================================================================================
+# forecast
+# =================================================================================================
+def _history(data: pd.DataFrame, rows: int) -> pd.DataFrame:
+    return data.groupby(SYMBOL, sort=True).tail(rows).reset_index(drop=True)
+
+
+def _try_load_champion(home: Path, name: str) -> Any | None:
+    from models import registry
+
+    versions = registry.list_versions(home=home, name=name)
+    if versions.empty or not versions["aliases"].str.contains("champion").any():
+        return None
+    return registry.load_champion(home=home, name=name)
+
+
+def _stamp(ts: pd.Timestamp) -> str:
+    return pd.Timestamp(ts).tz_convert("UTC").strftime("%Y%m%dT%H%M%SZ")
+
+
+@dataclass
+class ForecastOutcome:
+    """What :func:`forecast_step` wrote."""
+
+    path: str
+    source: str
+    reason: str
+    model: str
+    version: str
+    data_cutoff_ts: str
+    rows: int
+    written: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict."""
+        return dict(self.__dict__)
+
+
+def forecast_step(home: Path | str, cfg: ForecastFlowConfig) -> ForecastOutcome:
+    """Roll the champion (or, after a monitoring breach or without a champion, the baseline)
+    forward on the latest data and persist the forecast table.
+
+    The file ``forecast_<cutoff>_<model label>.parquet`` is written atomically and only once per
+    data cutoff and model version; ``latest.json`` points at it. Columns: the long forecast table of
+    :meth:`models.forecast.VolForecast.to_frame` plus dataset, freq, registered_model,
+    registered_version, model_uri, source and source_reason.
+    """
+    home = Path(home).resolve()
+    ws = _ws(home)
+    data = _history(model_frame(home, cfg.dataset, cfg.freq), cfg.history)
+    if data.empty:
+        raise DataError(f"no valid feature rows in {cfg.dataset}/{cfg.freq} to forecast from")
+    state = forecast_source(home, cfg.model_name)
+    champion = None
+    reason = state.get("reason", "")
+    if state["source"] == "champion":
+        champion = _try_load_champion(home, cfg.model_name)
+        if champion is None:
+            reason = f"no champion of {cfg.model_name!r} registered yet"
+    if champion is not None:
+        table = champion.predict(data, origins="last")
+        table = table[table["model_id"] == champion.primary].copy()
+        ref = champion.ref
+        source, model, version, uri = "champion", ref.name, ref.version, ref.uri
+        label = f"{safe_name(ref.name)}-v{ref.version}"
+        reason = reason if state.get("since") else "champion"
+    else:
+        est = build_model(cfg.baseline).fit(data)
+        fc = est.predict(data, horizons=tuple(cfg.horizons))
+        parts = [f.to_frame() for f in (fc.values() if isinstance(fc, dict) else [fc])]
+        table = pd.concat(parts, ignore_index=True)
+        table = table[table["origin_ts"] == table.groupby("symbol")["origin_ts"].transform("max")]
+        source, model, version, uri = "baseline", f"baseline:{cfg.baseline.kind}", "-", ""
+        label = f"baseline-{cfg.baseline.kind}"
+    cutoff = pd.Timestamp(table["data_cutoff_ts"].max())
+    table = table.assign(
+        dataset=cfg.dataset,
+        freq=cfg.freq,
+        registered_model=model,
+        registered_version=version,
+        model_uri=uri,
+        source=source,
+        source_reason=reason,
+    ).reset_index(drop=True)
+    out_dir = ws.forecasts(cfg.dataset, cfg.freq)
+    path = out_dir / f"forecast_{_stamp(cutoff)}_{label}.parquet"
+    written = not path.exists()
+    if written:
+        atomic_write_parquet(path, table)
+    atomic_write_json(
+        out_dir / "latest.json",
+        {
+            "path": path.name,
+            "source": source,
+            "reason": reason,
+            "model": model,
+            "version": version,
+            "data_cutoff_ts": cutoff.isoformat(),
+            "rows": len(table),
+            "written_at": pd.Timestamp.now(tz="UTC").isoformat(),
+        },
+    )
+    return ForecastOutcome(
+        str(path), source, reason, model, version, cutoff.isoformat(), len(table), written
+    )
+
+
+# =================================================================================================
+# monitor
+# =================================================================================================
+FALLBACK_CHECKS = ("qlike_ratio", "mz_slope", "coverage")
+"""Breaches of these checks (the champion's quality) switch forecasting to the baseline; data
+checks (drift, freshness) fail the run but a baseline would not fix them."""
+
+
+@dataclass
+class MonitorOutcome:
+    """What :func:`monitor_step` found and wrote."""
+
+    report: mon.MonitorReport
+    json_path: str
+    markdown_path: str
+    switched_to_baseline: bool
+    state: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready summary."""
+        return {
+            "status": "ok" if self.report.ok else "breach",
+            "breaches": mon.summarize_breaches(self.report.checks),
+            "json_path": self.json_path,
+            "markdown_path": self.markdown_path,
+            "switched_to_baseline": self.switched_to_baseline,
+            "forecast_source": self.state.get("source"),
+        }
+
+
+def resolve_now(now: str | None, latest_ts: pd.Timestamp | None) -> pd.Timestamp:
+    """The monitoring clock: the wall clock (None), the latest data time ("data": replaying
+    history) or a given time (naive = UTC)."""
+    if now is None:
+        return pd.Timestamp.now(tz="UTC")
+    if now == "data":
+        if latest_ts is None:
+            raise DataError("monitor now='data' needs data; the feature frame is empty")
+        return pd.Timestamp(latest_ts)
+    ts = pd.Timestamp(now)
+    return ts.tz_localize("UTC") if ts.tz is None else ts.tz_convert("UTC")
+
+
+def _quality_checks(champion: Any, data: pd.DataFrame, cfg: MonitorFlowConfig) -> list[mon.Check]:
+    h = int(cfg.horizon)
+    table = champion.predict(data, origins="all")
+    table = table[(table["model_id"] == champion.primary) & (table["horizon"] == h)]
+    qcols = sorted(
+        (c for c in table.columns if c.startswith("q_") and table[c].notna().any()),
+        key=lambda c: float(c[2:]),
+    )
+    checks: list[mon.Check] = []
+    for sym, g in data.groupby(SYMBOL, sort=True):
+        g = g.sort_values(TS)
+        frame = pd.DataFrame(
+            {"origin_ts": g[TS].to_numpy(), "y": target_mean(g[RV].to_numpy(dtype="float64"), h)}
+        )
+        ch = table[table["symbol"] == sym][["origin_ts", "forecast_var", *qcols]]
+        frame = frame.merge(ch, on="origin_ts", how="inner")
+        for name, spec in cfg.baselines.items():
+            est = build_model(spec).fit(g)
+            fc = est.predict(g, horizons=(h,))
+            fc = fc[sym] if isinstance(fc, dict) else fc
+            b = fc.variance[h].rename(f"b_{name}").rename_axis("origin_ts").reset_index()
+            frame = frame.merge(b, on="origin_ts", how="inner")
+        num = frame.drop(columns=["origin_ts"]).to_numpy(dtype="float64")
+        frame = frame[np.isfinite(num).all(axis=1) & (num > 0).all(axis=1)].tail(cfg.window)
+        y = frame["y"].to_numpy()
+        f = frame["forecast_var"].to_numpy()
+        base = {n: frame[f"b_{n}"].to_numpy() for n in cfg.baselines}
+        checks.append(
+            mon.qlike_check(
+                y, f, base, window=cfg.window, max_ratio=cfg.max_qlike_ratio, symbol=str(sym)
+            )
+        )
+        checks.append(
+            mon.mz_check(
+                y,
+                f,
+                horizon=h,
+                slope_min=cfg.mz_slope_min,
+                slope_max=cfg.mz_slope_max,
+                symbol=str(sym),
+            )
+        )
+        if len(qcols) >= 2:
+            lo, hi = qcols[0], qcols[-1]
+            nominal = float(hi[2:]) - float(lo[2:])
+            checks.append(
+                mon.coverage_check(
+                    y,
+                    frame[lo].to_numpy(),
+                    frame[hi].to_numpy(),
+                    nominal=nominal,
+                    alpha=cfg.coverage_alpha,
+                    symbol=str(sym),
+                )
+            )
+    return checks
+
+
+def _drift_checks(
+    home: Path, cfg: MonitorFlowConfig, train_end: pd.Timestamp | None
+) -> list[mon.Check]:
+    feats = _ws(home).features.read(cfg.dataset, cfg.freq)
+    if "valid" in feats.columns:
+        feats = feats[feats["valid"].astype(bool)]
+    checks = []
+    for sym, g in feats.groupby(SYMBOL, sort=True):
+        if str(sym) not in feature_symbols(home, cfg.dataset, cfg.freq):
+            continue
+        g = g.sort_values(TS)
+        cur = g.tail(cfg.drift_window)
+        ref = g[g[TS] < cur[TS].min()]
+        if train_end is not None:
+            ref = ref[ref[TS] <= train_end]
+        if cfg.drift_reference is not None:
+            ref = ref.tail(cfg.drift_reference)
+        for feat in cfg.drift_features:
+            if feat not in g.columns:
+                raise DataError(
+                    f"drift feature {feat!r} is not a column of {cfg.dataset}/{cfg.freq}; "
+                    f"columns: {list(g.columns)}"
+                )
+            checks.append(
+                mon.drift_check(
+                    ref[feat].to_numpy(dtype="float64", na_value=np.nan),
+                    cur[feat].to_numpy(dtype="float64", na_value=np.nan),
+                    feature=feat,
+                    max_psi=cfg.max_psi,
+                    symbol=str(sym),
+                )
+            )
+    return checks
+
+
+def monitor_step(home: Path | str, cfg: MonitorFlowConfig) -> MonitorOutcome:
+    """Run every check, write the report (JSON + markdown) and, on a breach of a champion-quality
+    check with ``fallback_on_breach``, switch forecasting to the baseline (state file, with the
+    reason). Switching back happens only through the promotion gate (:func:`register_and_promote`).
+    """
+    from models import registry
+
+    home = Path(home).resolve()
+    ws = _ws(home)
+    data = model_frame(home, cfg.dataset, cfg.freq)
+    latest = None if data.empty else pd.Timestamp(data[TS].max())
+    now = resolve_now(cfg.now, latest)
+    checks = [mon.freshness_check(latest, now, cfg.max_age)]
+    champion = _try_load_champion(home, cfg.model_name)
+    context: dict[str, Any] = {
+        "dataset": cfg.dataset,
+        "freq": cfg.freq,
+        "horizon": cfg.horizon,
+        "now": now.isoformat(),
+        "latest_ts": None if latest is None else latest.isoformat(),
+        "window": cfg.window,
+        "baselines": list(cfg.baselines),
+    }
+    train_end = None
+    if champion is None:
+        context["champion"] = f"no champion of {cfg.model_name!r}: model checks skipped"
+    else:
+        ref = champion.ref
+        info = registry.show_version(ref.version, home=home, name=ref.name)
+        end = info["tags"].get("data.end_ts")
+        train_end = pd.Timestamp(end) if end else None
+        context.update(
+            champion=f"{ref.name} v{ref.version} ({champion.primary})",
+            model_uri=ref.uri,
+            train_end_ts=end or "unknown",
+        )
+        checks += _quality_checks(champion, data, cfg)
+    checks += _drift_checks(home, cfg, train_end)
+    report = mon.MonitorReport(tuple(checks), pd.Timestamp.now(tz="UTC"), context)
+    state = forecast_source(home, cfg.model_name)
+    fallback = [c for c in report.breaches if c.name in FALLBACK_CHECKS]
+    switched = False
+    if fallback and cfg.fallback_on_breach and state["source"] != "baseline":
+        state = set_forecast_source(
+            home,
+            cfg.model_name,
+            "baseline",
+            f"monitoring breach: {mon.summarize_breaches(fallback)}",
+            version=None if champion is None else champion.ref.version,
+        )
+        switched = True
+    doc = report.to_dict()
+    doc["forecast_source"] = {
+        "source": state["source"],
+        "reason": state.get("reason"),
+        "switched_now": switched,
+    }
+    md = report.to_markdown()
+    if switched or state["source"] == "baseline":
+        md += (
+            f"\n## Forecast source\n\nForecasting uses the **{state['source']}** model: "
+            f"{state.get('reason')}. Switching back needs a challenger that passes the "
+            "promotion gate (`dprm train`).\n"
+        )
+    out = ws.reports(cfg.dataset, cfg.freq)
+    stem = report.created_at.strftime("%Y%m%dT%H%M%S%fZ")
+    atomic_write_json(out / f"{stem}.json", doc)
+    atomic_write_bytes(out / f"{stem}.md", md.encode())
+    atomic_write_json(out / "latest.json", doc)
+    atomic_write_bytes(out / "latest.md", md.encode())
+    return MonitorOutcome(
+        report, str(out / f"{stem}.json"), str(out / f"{stem}.md"), switched, state
+    )
+
+
+def read_latest_report(home: Path | str, dataset: str, freq: str) -> dict[str, Any] | None:
+    """The newest monitoring report of a feature frame (None if none was written)."""
+    p = _ws(home).reports(dataset, freq) / "latest.json"
+    return json.loads(p.read_text()) if p.exists() else None

@@ -1,0 +1,260 @@
+"""Parameters of the forecasting-cycle flows: one pydantic model per flow, every field defaulted.
+
+Each model loads from TOML through :func:`pipelines.config.load_config`, e.g.::
+
+    [train]
+    dataset = "sim"
+    freq = "1h"
+    horizons = [1, 5]
+    [train.candidates.loghar]
+    kind = "loghar"
+    params = { window = 500 }
+
+This module imports neither prefect nor mlflow; :func:`engine_environment` sets their environment
+(state under ``$DPRM_HOME``, telemetry off) and must run before either is imported.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from pipelines.config import SimulateConfig
+
+
+def engine_environment(home: Path | None = None) -> dict[str, str]:
+    """Set (``os.environ.setdefault``) the Prefect and MLflow settings for a run in ``home``.
+
+    Call before importing prefect or mlflow. State goes under ``<home>/prefect`` (database, result
+    storage), telemetry is off, the temporary-server start-up timeout is 90 s. Values already in the
+    environment win. Creates the ``PREFECT_HOME`` folder. Returns the settings this call applied
+    (name -> value).
+    """
+    home = Path(os.environ.get("DPRM_HOME", "dprm-home")).resolve() if home is None else Path(home)
+    wanted = {
+        "PREFECT_HOME": str(home / "prefect"),
+        "PREFECT_RESULTS_LOCAL_STORAGE_PATH": str(home / "prefect" / "storage"),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "DO_NOT_TRACK": "1",
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
+        "MLFLOW_SKIP_PIP_REQUIREMENTS_CHECK": "true",
+        "MLFLOW_HTTP_REQUEST_TIMEOUT": "60",
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",
+        "MPLCONFIGDIR": str(home / "mpl"),
+    }
+    applied = {}
+    for k, v in wanted.items():
+        if k not in os.environ:
+            os.environ[k] = v
+            applied[k] = v
+    Path(os.environ["PREFECT_HOME"]).expanduser().mkdir(parents=True, exist_ok=True)
+    return applied
+
+
+class _Config(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+MODEL_KINDS = (
+    "har",
+    "loghar",
+    "harq",
+    "harj",
+    "harcj",
+    "shar",
+    "loghar_dow",
+    "harq_dow",
+    "ewma",
+    "rw",
+    "garch",
+)
+"""Forecaster kinds a :class:`ModelSpec` can name (see :func:`pipelines.cycle.build_model`)."""
+
+
+class ModelSpec(_Config):
+    """One forecaster configuration: a kind and its constructor parameters."""
+
+    kind: str = Field("har", description=f"one of {MODEL_KINDS}")
+    params: dict[str, Any] = Field(default_factory=dict, description="constructor arguments")
+
+    @field_validator("kind")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        if v not in MODEL_KINDS:
+            raise ValueError(f"unknown model kind {v!r}; expected one of {list(MODEL_KINDS)}")
+        return v
+
+
+def _default_candidates() -> dict[str, ModelSpec]:
+    return {
+        "har": ModelSpec(kind="har", params={"window": 500}),
+        "loghar": ModelSpec(kind="loghar", params={"window": 500}),
+        "harq": ModelSpec(kind="harq", params={"window": 500}),
+        "ewma": ModelSpec(kind="ewma"),
+        "rw": ModelSpec(kind="rw"),
+    }
+
+
+class RunnerConfig(_Config):
+    """Which task runner executes the mapped tasks (see :func:`pipelines.runners.make_runner`)."""
+
+    kind: Literal["threads", "dask"] = "threads"
+    max_workers: int | None = Field(None, gt=0, description="threads (None = Prefect's default)")
+    dask_address: str | None = Field(None, description="scheduler address; None = a LocalCluster")
+    dask_workers: int = Field(2, gt=0, description="LocalCluster worker processes")
+    dask_threads_per_worker: int = Field(1, gt=0)
+
+
+class Target(_Config):
+    """Which feature frame a flow works on."""
+
+    dataset: str = "embedded"
+    freq: str = "1D"
+
+
+class IngestFlowConfig(_Config):
+    """``ingest``: bring data into the store. Sources: "embedded" (arch's daily indices), "simulate"
+    (the seeded simulator, settings in ``simulate``) and file or folder paths."""
+
+    sources: tuple[str, ...] = ("embedded",)
+    embedded_dataset: str = "embedded"
+    simulate: SimulateConfig = SimulateConfig()
+    dataset: str | None = Field(None, description="dataset for path sources (None: folder name)")
+
+
+class FeaturesFlowConfig(Target):
+    """``build_features``: the feature frame of one dataset at one frequency."""
+
+    grid: str = "5min"
+    horizons: tuple[int, ...] = (1, 5, 22)
+    per_symbol: bool = Field(True, description="compute base measures per symbol on the runner")
+
+
+class TrainFlowConfig(Target):
+    """``train``: walk-forward evaluation, fit, log, register a challenger, gated promotion."""
+
+    model_name: str = "dprm-forecaster"
+    experiment: str = "dprm-train"
+    symbols: tuple[str, ...] | None = Field(
+        None, description="train on these symbols only (None: every symbol with realized variance)"
+    )
+    candidates: dict[str, ModelSpec] = Field(default_factory=_default_candidates)
+    baselines: tuple[str, ...] = ("ewma", "rw")
+    horizons: tuple[int, ...] = (1, 5)
+    window: int = Field(500, gt=1)
+    window_type: Literal["rolling", "expanding"] = "rolling"
+    refit_every: int = Field(1, gt=0)
+    eval_periods: int | None = Field(750, gt=0, description="score the last N origins (None: all)")
+    mcs_reps: int = Field(200, gt=0)
+    seed: int = 0
+    register_model: bool = Field(
+        True, description="log to MLflow and register a challenger (False: evaluate and rank only)"
+    )
+    promote: bool = Field(True, description="try the promotion gate after registering")
+    refresh_cache: bool = Field(False, description="recompute cached per-symbol evaluations")
+
+
+class ForecastFlowConfig(Target):
+    """``forecast``: roll the champion (or the fallback baseline) forward on the latest data."""
+
+    model_name: str = "dprm-forecaster"
+    horizons: tuple[int, ...] = (1, 5)
+    baseline: ModelSpec = ModelSpec(kind="ewma")
+    history: int = Field(600, gt=30, description="rows per symbol handed to the model")
+
+
+class MonitorFlowConfig(Target):
+    """``monitor``: checks of the champion and the data; thresholds of :mod:`models.monitoring`."""
+
+    model_name: str = "dprm-forecaster"
+    horizon: int = Field(1, gt=0)
+    baselines: dict[str, ModelSpec] = Field(
+        default_factory=lambda: {"ewma": ModelSpec(kind="ewma"), "rw": ModelSpec(kind="rw")}
+    )
+    window: int = Field(250, gt=1, description="origins in the rolling QLIKE window")
+    max_qlike_ratio: float = Field(1.10, gt=0)
+    mz_slope_min: float = 0.5
+    mz_slope_max: float = 1.5
+    coverage_alpha: float = Field(0.01, gt=0, lt=1)
+    drift_features: tuple[str, ...] = ("rv_var",)
+    drift_window: int = Field(60, gt=1, description="recent rows compared with the training window")
+    drift_reference: int | None = Field(
+        None,
+        gt=1,
+        description="training rows (before the recent window, up to the champion's "
+        "data end) the recent rows are compared with; None = all of them",
+    )
+    max_psi: float = Field(0.25, gt=0)
+    max_age: str = Field("4D", description="breach when the latest row is older than this")
+    now: str | None = Field(None, description="clock for freshness (None: the wall clock)")
+    fallback_on_breach: bool = Field(True, description="switch forecasting to the baseline")
+    fail_on_breach: bool = Field(True, description="end the flow run Failed on a breach")
+
+
+CYCLE_STEPS = ("ingest", "features", "train", "forecast", "monitor")
+"""The steps of ``daily_cycle``, in order."""
+
+
+class CycleConfig(_Config):
+    """``daily_cycle``: ingest -> build_features -> train -> forecast -> monitor.
+
+    ``dataset``, ``freq`` and ``model_name`` (when set) override those of every step; ``steps``
+    selects which run
+    (the scheduled deployments run subsets: retrain, forecast, monitor).
+    """
+
+    dataset: str | None = None
+    freq: str | None = None
+    model_name: str | None = Field(None, description="registered model of train/forecast/monitor")
+    steps: tuple[str, ...] = CYCLE_STEPS
+    fail_on_monitor_breach: bool = Field(
+        False,
+        description="end the cycle Failed when monitoring breaches (the monitor subflow "
+        "run is Failed either way)",
+    )
+    ingest: IngestFlowConfig = IngestFlowConfig()
+    features: FeaturesFlowConfig = FeaturesFlowConfig()
+    train: TrainFlowConfig = TrainFlowConfig()
+    forecast: ForecastFlowConfig = ForecastFlowConfig()
+    monitor: MonitorFlowConfig = MonitorFlowConfig()
+    runner: RunnerConfig = RunnerConfig()
+
+    @field_validator("steps")
+    @classmethod
+    def _steps(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = [x for x in v if x not in CYCLE_STEPS]
+        if unknown:
+            raise ValueError(
+                f"unknown cycle step(s) {unknown}; expected some of {list(CYCLE_STEPS)}"
+            )
+        return v
+
+    def resolved(self) -> CycleConfig:
+        """A copy with ``dataset``/``freq`` (and ``model_name``) pushed into every step."""
+        upd = {k: v for k, v in (("dataset", self.dataset), ("freq", self.freq)) if v is not None}
+        named = {**upd, **({"model_name": self.model_name} if self.model_name else {})}
+        if not named:
+            return self
+        return self.model_copy(
+            update={
+                "features": self.features.model_copy(update=upd),
+                "train": self.train.model_copy(update=named),
+                "forecast": self.forecast.model_copy(update=named),
+                "monitor": self.monitor.model_copy(update=named),
+            }
+        )
+
+
+class DeployConfig(_Config):
+    """``deploy``: cron schedules of the deployments (Prefect cron syntax, ``timezone``)."""
+
+    train_cron: str = "0 2 * * *"
+    forecast_cron: str = "0 * * * *"
+    monitor_cron: str = "30 2 * * *"
+    timezone: str = "UTC"
+    cycle: CycleConfig = CycleConfig()

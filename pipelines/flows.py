@@ -1,0 +1,269 @@
+"""The forecasting cycle as Prefect flows: thin sequences of :mod:`pipelines.tasks`.
+
+``ingest`` -> ``build_features`` -> ``train`` -> ``forecast`` -> ``monitor``, and ``daily_cycle``
+chaining them. Each flow takes one pydantic parameter model (:mod:`pipelines.flow_config`, every
+field defaulted) and works in ``$DPRM_HOME``. Per-symbol feature building and per-symbol
+walk-forward evaluation are mapped over the flow's task runner (threads by default, Dask by
+configuration: :func:`pipelines.runners.make_runner`).
+
+Without ``PREFECT_API_URL`` Prefect starts a temporary local API for the process (about 13 s the
+first time, 7 s later; no separately started server). Importing this module sets the engine
+environment (:func:`pipelines.flow_config.engine_environment`) before Prefect is imported.
+
+Functions for the command line (each returns a JSON-ready summary)::
+
+    run_ingest(cfg=None, runner=None) -> dict
+    run_build_features(cfg=None, runner=None) -> dict
+    run_train(cfg=None, runner=None) -> dict
+    run_forecast(cfg=None) -> dict
+    run_monitor(cfg=None) -> dict           # "state": "Failed" on a breach
+    run_cycle(cfg=None) -> dict             # the demo: the whole cycle
+    demo_cycle_config(dataset="embedded") -> CycleConfig   # "embedded" (1D) or "sim" (1h)
+"""
+
+from __future__ import annotations
+
+from pipelines.flow_config import engine_environment
+
+engine_environment()
+
+from typing import Any  # noqa: E402
+
+from prefect import flow, get_run_logger, unmapped  # noqa: E402
+from prefect.futures import wait  # noqa: E402
+from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
+
+from pipelines import cycle  # noqa: E402
+from pipelines.config import dprm_home  # noqa: E402
+from pipelines.flow_config import (  # noqa: E402
+    CycleConfig,
+    FeaturesFlowConfig,
+    ForecastFlowConfig,
+    IngestFlowConfig,
+    MonitorFlowConfig,
+    RunnerConfig,
+    TrainFlowConfig,
+)
+from pipelines.runners import make_runner, runner_config_from_env  # noqa: E402
+from pipelines.tasks import (  # noqa: E402
+    build_features_task,
+    evaluate_symbol_task,
+    forecast_task,
+    ingest_source_task,
+    init_tracking_task,
+    merge_task,
+    monitor_task,
+    register_task,
+    warm_symbol_task,
+)
+
+
+class MonitoringBreach(RuntimeError):
+    """A monitoring check breached; raised after the report and state were written."""
+
+
+def _home() -> str:
+    return str(dprm_home())
+
+
+@flow(name="dprm-ingest", task_runner=ThreadPoolTaskRunner())
+def ingest(cfg: IngestFlowConfig = IngestFlowConfig()) -> list[dict[str, Any]]:
+    """Ingest every configured source (embedded data, the simulator, files)."""
+    home = _home()
+    futures = [ingest_source_task.submit(home, s, cfg) for s in cfg.sources]
+    return [f.result() for f in futures]
+
+
+@flow(name="dprm-build-features", task_runner=ThreadPoolTaskRunner())
+def build_features(cfg: FeaturesFlowConfig = FeaturesFlowConfig()) -> dict[str, Any]:
+    """Per-symbol base measures on the runner, then the (incremental) feature frame."""
+    home = _home()
+    symbols = cycle.dataset_symbols(home, cfg.dataset)
+    if cfg.per_symbol and len(symbols) > 1:
+        futures = warm_symbol_task.map(unmapped(home), unmapped(cfg), symbols)
+        wait(futures)
+        for f in futures:
+            f.result()
+    return build_features_task(home, cfg)
+
+
+@flow(name="dprm-train", task_runner=ThreadPoolTaskRunner())
+def train(cfg: TrainFlowConfig = TrainFlowConfig()) -> dict[str, Any]:
+    """Per-symbol walk-forward evaluation (mapped, cached on feature fingerprints), ranking, MLflow
+    logging, challenger registration and the gated promotion."""
+    home = _home()
+    tracking = init_tracking_task.submit(home) if cfg.register_model else None
+    symbols = cycle.train_symbols(home, cfg)
+    fps = [cycle.feature_fingerprint(home, cfg.dataset, cfg.freq, [s]) for s in symbols]
+    evaluate = evaluate_symbol_task.with_options(refresh_cache=cfg.refresh_cache or None)
+    futures = evaluate.map(unmapped(home), unmapped(cfg), symbols, fps)
+    results = {s: f.result() for s, f in zip(symbols, futures, strict=True)}
+    merged = merge_task(results)
+    ranking = cycle.rank_candidates(merged, cfg)
+    out: dict[str, Any] = {
+        "dataset": cfg.dataset,
+        "freq": cfg.freq,
+        "symbols": symbols,
+        "scores": cycle.score_table(merged),
+        "challenger": cycle.choose_challenger(ranking),
+        "ranking": ranking.to_dict(orient="records"),
+        "skipped": dict(merged.skipped),
+    }
+    if cfg.register_model:
+        tracking.result()
+        data_fp = cycle.feature_fingerprint(home, cfg.dataset, cfg.freq, symbols)
+        out.update(register_task(home, cfg, merged, data_fp))
+    return out
+
+
+@flow(name="dprm-forecast", task_runner=ThreadPoolTaskRunner())
+def forecast(cfg: ForecastFlowConfig = ForecastFlowConfig()) -> dict[str, Any]:
+    """Roll the champion (or the baseline after a breach) forward and persist the forecast table."""
+    return forecast_task(_home(), cfg)
+
+
+@flow(name="dprm-monitor", task_runner=ThreadPoolTaskRunner())
+def monitor(cfg: MonitorFlowConfig = MonitorFlowConfig()) -> dict[str, Any]:
+    """Monitoring checks and report; a breach logs an error, may switch forecasting to the
+    baseline, and ends the run Failed (``fail_on_breach``)."""
+    out = monitor_task(_home(), cfg)
+    if out["status"] != "ok":
+        log = get_run_logger()
+        log.error(
+            "monitoring breach on %s/%s: %s (report %s)%s",
+            cfg.dataset,
+            cfg.freq,
+            out["breaches"],
+            out["markdown_path"],
+            "; forecasting switched to the baseline" if out["switched_to_baseline"] else "",
+        )
+        if cfg.fail_on_breach:
+            raise MonitoringBreach(
+                f"monitoring breach: {out['breaches']} (report {out['json_path']})"
+            )
+    return out
+
+
+@flow(name="dprm-cycle", task_runner=ThreadPoolTaskRunner())
+def daily_cycle(cfg: CycleConfig = CycleConfig()) -> dict[str, Any]:
+    """ingest -> build_features -> train -> forecast -> monitor (the selected ``cfg.steps``).
+
+    The monitor step's breach is recorded in the summary (its own subflow run is Failed); the cycle
+    itself fails on it only with ``fail_on_monitor_breach``.
+    """
+    cfg = cfg.resolved()
+    runner = runner_config_from_env(cfg.runner)
+    out: dict[str, Any] = {"home": _home()}
+    if "ingest" in cfg.steps:
+        out["ingest"] = ingest.with_options(task_runner=make_runner(runner))(cfg.ingest)
+    if "features" in cfg.steps:
+        out["features"] = build_features.with_options(task_runner=make_runner(runner))(cfg.features)
+    if "train" in cfg.steps:
+        out["train"] = train.with_options(task_runner=make_runner(runner))(cfg.train)
+    if "forecast" in cfg.steps:
+        out["forecast"] = forecast(cfg.forecast)
+    if "monitor" in cfg.steps:
+        state = monitor(cfg.monitor, return_state=True)
+        if state.is_completed():
+            out["monitor"] = state.result()
+        else:
+            latest = cycle.read_latest_report(out["home"], cfg.monitor.dataset, cfg.monitor.freq)
+            out["monitor"] = {
+                "status": "breach" if latest else "error",
+                "state": state.name,
+                "message": state.message,
+                "breaches": None
+                if latest is None
+                else [f"{b['name']}[{b['symbol'] or 'all'}]" for b in latest["breaches"]],
+            }
+            if cfg.fail_on_monitor_breach:
+                raise MonitoringBreach(state.message or "monitoring failed")
+    return out
+
+
+# ---- functions the CLI calls ---------------------------------------------------------------------
+def _run(fl: Any, cfg: Any, runner: RunnerConfig | None) -> dict[str, Any]:
+    """Run a flow (``runner`` or the ``DPRM_RUNNER`` environment choose the task runner)."""
+    fl = fl.with_options(task_runner=make_runner(runner_config_from_env(runner)))
+    state = fl(cfg, return_state=True)
+    result = state.result(raise_on_failure=False)
+    if isinstance(result, BaseException):
+        return {"state": state.name, "error": str(result)}
+    summary = result if isinstance(result, dict) else {"result": result}
+    return {"state": state.name, **summary}
+
+
+def run_ingest(
+    cfg: IngestFlowConfig | None = None, runner: RunnerConfig | None = None
+) -> dict[str, Any]:
+    """Run the ingest flow; ``{"state": ..., "result": [per-source dicts]}``."""
+    return _run(ingest, cfg or IngestFlowConfig(), runner)
+
+
+def run_build_features(
+    cfg: FeaturesFlowConfig | None = None, runner: RunnerConfig | None = None
+) -> dict[str, Any]:
+    """Run the feature flow; the build summary with ``state``."""
+    return _run(build_features, cfg or FeaturesFlowConfig(), runner)
+
+
+def run_train(
+    cfg: TrainFlowConfig | None = None, runner: RunnerConfig | None = None
+) -> dict[str, Any]:
+    """Run the training flow; challenger, version, gate status and ranking, with ``state``."""
+    return _run(train, cfg or TrainFlowConfig(), runner)
+
+
+def run_forecast(cfg: ForecastFlowConfig | None = None) -> dict[str, Any]:
+    """Run the forecast flow; path, model, version, source and cutoff, with ``state``."""
+    return _run(forecast, cfg or ForecastFlowConfig(), None)
+
+
+def run_monitor(cfg: MonitorFlowConfig | None = None) -> dict[str, Any]:
+    """Run the monitor flow; ``state`` is "Failed" on a breach (``error`` says which checks)."""
+    cfg = cfg or MonitorFlowConfig()
+    out = _run(monitor, cfg, None)
+    latest = cycle.read_latest_report(_home(), cfg.dataset, cfg.freq)
+    if latest is not None:
+        out.setdefault("report", latest)
+    return out
+
+
+def run_cycle(cfg: CycleConfig | None = None) -> dict[str, Any]:
+    """Run the whole cycle (the demo); per-step summaries with ``state``."""
+    return _run(daily_cycle, cfg or CycleConfig(), None)
+
+
+def demo_cycle_config(dataset: str = "embedded") -> CycleConfig:
+    """The demo cycle on embedded or simulated data, with the monitoring clock at the data's end
+    (the data are historical or simulated, so a wall-clock freshness check would always breach).
+
+    Parameters
+    ----------
+    dataset : "embedded" (arch's daily S&P 500 and NASDAQ, 1999-2018; 1D features; model
+        "dprm-forecaster") or "sim" (the simulator's default 60 days of ticks; 1h features;
+        model "dprm-forecaster-sim").
+    """
+    monitor = MonitorFlowConfig(now="data")
+    if dataset == "embedded":
+        return CycleConfig(monitor=monitor)
+    if dataset == "sim":
+        return CycleConfig(
+            dataset="sim",
+            freq="1h",
+            model_name="dprm-forecaster-sim",
+            ingest=IngestFlowConfig(sources=("simulate",)),
+            monitor=monitor,
+        )
+    raise ValueError(f"demo dataset must be 'embedded' or 'sim'; got {dataset!r}")
+
+
+if __name__ == "__main__":  # pragma: no cover - used by the kill/restart test and by hand
+    import json
+    import sys
+
+    from pipelines.config import load_config
+
+    path = sys.argv[1] if len(sys.argv) > 1 else None
+    c = load_config(CycleConfig, None if path is None else __import__("pathlib").Path(path))
+    print(json.dumps(run_cycle(c), default=str))

@@ -1,0 +1,196 @@
+"""Prefect tasks: thin wrappers of :mod:`pipelines.cycle` with retries, timeouts and caching.
+
+Caching: only pure computations are cached across runs — the per-symbol walk-forward evaluation,
+keyed (:func:`evaluation_cache_key`) on the symbol's feature fingerprint (content digests of its
+feature partitions), the evaluation settings and the library code version, never on the workspace
+path or on live objects; results are persisted under ``PREFECT_RESULTS_LOCAL_STORAGE_PATH``
+(``<home>/prefect/storage``). Steps with side effects
+(ingest, feature build, registry, forecast files, reports) are not cached by Prefect; they are
+idempotent themselves (content fingerprints, training keys, one file per data cutoff and model), so
+a rerun on unchanged data does no work and adds nothing.
+
+Retries cover transient I/O (files, the MLflow server). No Prefect ``timeout_seconds``: tasks run
+in worker threads, where Prefect cannot interrupt blocking I/O (it warns so on every run); network
+calls are bounded by the clients instead (``MLFLOW_HTTP_REQUEST_TIMEOUT`` and
+``MLFLOW_HTTP_REQUEST_MAX_RETRIES``, set by :func:`pipelines.flow_config.engine_environment`).
+
+Import :mod:`pipelines.flows` (which sets the engine environment first) rather than this module
+directly when Prefect is not imported yet.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import timedelta
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from prefect import get_run_logger, task
+
+from models.evaluation import EvaluationResult
+from pipelines import cycle
+from pipelines.flow_config import (
+    FeaturesFlowConfig,
+    ForecastFlowConfig,
+    IngestFlowConfig,
+    MonitorFlowConfig,
+    TrainFlowConfig,
+)
+
+EVALUATION_FIELDS = (
+    "dataset",
+    "freq",
+    "candidates",
+    "baselines",
+    "horizons",
+    "window",
+    "window_type",
+    "refit_every",
+    "eval_periods",
+    "mcs_reps",
+    "seed",
+)
+"""Training settings an evaluation depends on (its cache key); registry settings are left out."""
+
+_CODE_FILES = (
+    "models/base.py",
+    "models/evaluation.py",
+    "models/har.py",
+    "models/ewma.py",
+    "models/garch.py",
+    "models/losses.py",
+    "models/forecast.py",
+    "pipelines/cycle.py",
+)
+
+
+@lru_cache(maxsize=1)
+def code_version() -> str:
+    """Digest of the library sources an evaluation runs (a code change invalidates the cache)."""
+    root = Path(__file__).resolve().parents[1]
+    h = hashlib.blake2b(digest_size=8)
+    for rel in _CODE_FILES:
+        p = root / rel
+        h.update(rel.encode())
+        h.update(p.read_bytes() if p.exists() else b"missing")
+    return h.hexdigest()
+
+
+def evaluation_cache_key(context: Any, parameters: dict[str, Any]) -> str:
+    """Cache key of :func:`evaluate_symbol_task`: symbol, the symbol's feature fingerprint, the
+    evaluation settings and :func:`code_version` (not the workspace path, not live objects)."""
+    cfg: TrainFlowConfig = parameters["cfg"]
+    doc = cfg.model_dump_json(include=set(EVALUATION_FIELDS))
+    raw = "|".join(
+        ["evaluate-symbol", parameters["symbol"], parameters["features_fp"], doc, code_version()]
+    )
+    return hashlib.blake2b(raw.encode(), digest_size=16).hexdigest()
+
+
+@task(name="ingest-source", retries=2, retry_delay_seconds=2, task_run_name="ingest-{source}")
+def ingest_source_task(home: str, source: str, cfg: IngestFlowConfig) -> dict[str, Any]:
+    """Ingest one source (idempotent; retried on I/O errors)."""
+    out = cycle.ingest_source(home, source, cfg)
+    get_run_logger().info(
+        "ingest %s -> %s: %s rows added%s",
+        source,
+        out["dataset"],
+        out["rows_added"],
+        " (already stored)" if out["skipped"] else "",
+    )
+    return out
+
+
+@task(
+    name="warm-symbol-features", retries=1, retry_delay_seconds=1, task_run_name="features-{symbol}"
+)
+def warm_symbol_task(home: str, cfg: FeaturesFlowConfig, symbol: str) -> dict[str, Any]:
+    """One symbol's base measures into the feature cache."""
+    return cycle.warm_symbol_features(home, cfg, symbol)
+
+
+@task(name="build-features", retries=1, retry_delay_seconds=1)
+def build_features_task(home: str, cfg: FeaturesFlowConfig) -> dict[str, Any]:
+    """Assemble and write the feature frame (incremental)."""
+    out = cycle.build_features(home, cfg)
+    get_run_logger().info(
+        "features %s/%s: %d rows, %d partitions written, %d unchanged",
+        cfg.dataset,
+        cfg.freq,
+        out["rows"],
+        out["partitions_written"],
+        out["partitions_unchanged"],
+    )
+    return out
+
+
+@task(name="init-tracking", retries=2, retry_delay_seconds=2)
+def init_tracking_task(home: str) -> str:
+    """Create/migrate the MLflow store once, before anything fans out; returns the tracking URI."""
+    from models import registry
+
+    return registry.init_store(home)
+
+
+@task(
+    name="evaluate-symbol",
+    cache_key_fn=evaluation_cache_key,
+    persist_result=True,
+    cache_expiration=timedelta(days=30),
+    retries=1,
+    retry_delay_seconds=1,
+    task_run_name="evaluate-{symbol}",
+)
+def evaluate_symbol_task(
+    home: str, cfg: TrainFlowConfig, symbol: str, features_fp: str
+) -> EvaluationResult:
+    """Walk-forward evaluation of every candidate on one symbol; ``features_fp`` (the symbol's
+    feature fingerprint) is part of the cache key."""
+    return cycle.evaluate_symbol(home, cfg, symbol)
+
+
+@task(name="merge-evaluations")
+def merge_task(results: dict[str, EvaluationResult]) -> EvaluationResult:
+    """Per-symbol evaluations -> one result with pooled losses."""
+    return cycle.merge_evaluations(results)
+
+
+@task(name="register-and-promote", retries=2, retry_delay_seconds=5)
+def register_task(
+    home: str, cfg: TrainFlowConfig, result: EvaluationResult, data_fp: str
+) -> dict[str, Any]:
+    """Log, register the challenger and run the promotion gate (idempotent per training key)."""
+    out = cycle.register_and_promote(home, cfg, result, data_fp)
+    log = get_run_logger()
+    log.info(
+        "challenger %s -> version %s (%s); gate %s%s",
+        out.challenger,
+        out.version,
+        "reused" if out.reused else "registered",
+        out.gate_status,
+        f": {out.gate_reason}" if out.gate_reason else "",
+    )
+    return out.to_dict()
+
+
+@task(name="forecast", retries=2, retry_delay_seconds=2)
+def forecast_task(home: str, cfg: ForecastFlowConfig) -> dict[str, Any]:
+    """Forecast with the champion (or the baseline fallback) and persist the table."""
+    out = cycle.forecast_step(home, cfg)
+    get_run_logger().info(
+        "forecast %s v%s (%s) at cutoff %s -> %s%s",
+        out.model,
+        out.version,
+        out.source,
+        out.data_cutoff_ts,
+        out.path,
+        "" if out.written else " (already written)",
+    )
+    return out.to_dict()
+
+
+@task(name="monitor", retries=1, retry_delay_seconds=2)
+def monitor_task(home: str, cfg: MonitorFlowConfig) -> dict[str, Any]:
+    """All monitoring checks; writes the report and applies the fallback rule."""
+    return cycle.monitor_step(home, cfg).to_dict()

@@ -444,6 +444,10 @@ class SimResult:
     truth_corr : per truth bar the full integrated correlation matrix in long format
         (``ts, symbol_a, symbol_b, corr, regime``), symbols in config order.
     truth_daily : as ``truth_bars`` per UTC day (``ts`` = the next midnight).
+    truth_state : the hidden state of the variance process at every truth-bar close, per symbol
+        (``ts, symbol, vol_fast_common, vol_slow_common, vol_fast_idio, vol_slow_idio, stressed``):
+        the input of :func:`conditional_iv`. Kept out of :meth:`truth` (whose keys are the evaluation
+        targets); None when the result was built without it.
     """
 
     config: SimConfig
@@ -454,6 +458,7 @@ class SimResult:
     truth_bars: pd.DataFrame
     truth_corr: pd.DataFrame
     truth_daily: pd.DataFrame
+    truth_state: pd.DataFrame | None = None
 
     def tables(self) -> dict[str, tuple[str, pd.DataFrame]]:
         """Market tables for the store: table name -> (table kind, canonical frame)."""
@@ -679,6 +684,8 @@ def simulate(config: SimConfig, random_state: int | np.random.Generator) -> SimR
     quote_out = _Out.new(n, ("ts", "bid", "bid_sz", "ask", "ask_sz"))
     book_out = _Out.new(n, ("ts", "side", "level", "px", "sz"))
     iv_days, jv_days, nj_days, cov_days, stress_days = [], [], [], [], []
+    state_fast_days, state_slow_days, state_stress_days = [], [], []
+    close_steps = (np.arange(bpd) + 1) * spb - 1  # last diffusion step of each truth bar
     steps = np.arange(spd)
     levels = np.arange(1, cfg.book_levels + 1)
 
@@ -704,6 +711,11 @@ def simulate(config: SimConfig, random_state: int | np.random.Generator) -> SimR
         rel_var = np.exp(log_rel_var)  # sigma^2 / base sigma^2, shape (spd, n)
         var_step = rel_var * (base_var_s * dt)
         vol_step = np.sqrt(var_step)
+        # latent state at each truth-bar close (no random draws: the other frames are unchanged)
+        state_fast_days.append(fast[close_steps])
+        state_slow_days.append(slow[close_steps])
+        close_s = day * _DAY_S + (close_steps + 1) * dt
+        state_stress_days.append(np.searchsorted(switches, close_s, side="right") % 2 == 1)
         del fast, slow, f
 
         # correlation: one-factor loadings
@@ -845,7 +857,16 @@ def simulate(config: SimConfig, random_state: int | np.random.Generator) -> SimR
         pairs,
         spb * dt_ns,
     )
-    return SimResult(cfg, trades, quotes, book, bars, truth_bars, truth_corr, truth_daily)
+    truth_state = _state_frame(
+        cfg,
+        np.concatenate(state_fast_days),
+        np.concatenate(state_slow_days),
+        np.concatenate(state_stress_days),
+        spb * dt_ns,
+    )
+    return SimResult(
+        cfg, trades, quotes, book, bars, truth_bars, truth_corr, truth_daily, truth_state
+    )
 
 
 def _notional(median: float, sigma: float, rng: np.random.Generator, m: int) -> np.ndarray:

@@ -647,6 +647,8 @@ def demo(config: ConfigOpt = None) -> None:
     from pipelines.config import DemoConfig, load_config
     from pipelines.steps import run_demo
 
+    # Prefect's per-task INFO lines would bury the demo's tables; warnings and errors still show
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     cfg = load_config(DemoConfig, config)
     t0 = time.perf_counter()
     run_demo(cfg, console=_console())

@@ -115,7 +115,7 @@ def _print_cycle(console: Any, dataset: str, out: dict[str, Any]) -> None:
                     "train": ("challenger", "version", "promoted", "gate_status", "gate_reason"),
                     "forecast": ("model", "version", "source", "data_cutoff_ts", "path"),
                     "monitor": ("status", "breaches", "report")}.get(step, ())
-            detail = "; ".join(f"{k}={r[k]}" for k in keys if k in r and r[k] is not None)
+            detail = "; ".join(f"{k}={r[k]}" for k in keys if r.get(k) not in (None, ""))
         t.add_row(step, detail)
     console.print(t)
 

@@ -47,6 +47,12 @@ format (``ts, symbol_a, symbol_b, corr, regime``): the integrated correlation of
 ``int sigma_a sigma_b rho_ab dt / sqrt(int sigma_a^2 dt int sigma_b^2 dt)``, which equals the
 instantaneous correlation when loadings are constant over the bar and is PSD with a unit diagonal.
 
+``truth_state`` (``SimResult.truth_state``, per symbol and truth bar close) records the hidden state the
+variance dynamics depend on: the common and idiosyncratic fast and slow OU factor values at the bar's
+last diffusion step and the regime at the close. :func:`conditional_iv` turns it into the true
+conditional expectation of the future ``iv_var`` (the forecasting floor of the oracle in
+``models.oracle``); recording it draws no random numbers, so every other frame is unchanged.
+
 All randomness comes from the generator passed to :func:`simulate`; each model component draws from
 its own child stream (``Generator.spawn``), so for example changing the quote rate leaves the price
 path unchanged.
@@ -96,7 +102,9 @@ __all__ = [
     "QV",
     "AssetConfig",
     "SimConfig",
+    "STATE_COLUMNS",
     "SimResult",
+    "conditional_iv",
     "simulate",
 ]
 
@@ -1057,3 +1065,273 @@ def _truth_frames(
         }
     )
     return truth_bars, truth_corr, truth_daily
+
+
+# ---------------------------------------------------------------------------------------------
+# hidden state and the true conditional expectation of future integrated variance
+# ---------------------------------------------------------------------------------------------
+
+VOL_FAST_COMMON = "vol_fast_common"
+VOL_SLOW_COMMON = "vol_slow_common"
+VOL_FAST_IDIO = "vol_fast_idio"
+VOL_SLOW_IDIO = "vol_slow_idio"
+STRESSED = "stressed"
+STATE_COLUMNS = (VOL_FAST_COMMON, VOL_SLOW_COMMON, VOL_FAST_IDIO, VOL_SLOW_IDIO, STRESSED)
+"""Columns of ``SimResult.truth_state`` besides ``ts`` and ``symbol``."""
+
+_CHUNK_CELLS = 4_000_000  # rows x steps per vectorised block of :func:`conditional_iv`
+
+
+def _state_frame(
+    cfg: SimConfig, fast: np.ndarray, slow: np.ndarray, stressed: np.ndarray, bar_ns: int
+) -> pd.DataFrame:
+    """Long state frame from per-bar arrays: factors of shape (n_bars, n_symbols + 1) (column 0 is
+    the common part) and the regime flag of shape (n_bars,)."""
+    n = len(cfg.symbols)
+    n_bars = fast.shape[0]
+    close_ns = cfg.start_ts.value + (np.arange(n_bars, dtype=np.int64) + 1) * bar_ns
+    return pd.DataFrame(
+        {
+            TS: _ts_column(np.repeat(close_ns, n)),
+            SYMBOL: _symbol_column(np.tile(np.arange(n, dtype=np.int16), n_bars), cfg.symbols),
+            VOL_FAST_COMMON: np.repeat(fast[:, 0], n),
+            VOL_SLOW_COMMON: np.repeat(slow[:, 0], n),
+            VOL_FAST_IDIO: fast[:, 1:].ravel(),
+            VOL_SLOW_IDIO: slow[:, 1:].ravel(),
+            STRESSED: np.repeat(stressed.astype(bool), n),
+        }
+    )
+
+
+@dataclass(frozen=True)
+class _Dynamics:
+    """The constants of the variance process of :func:`simulate` (same formulas)."""
+
+    dt: float
+    spd: int
+    season: np.ndarray  # (spd,) intraday multiplier, mean 1
+    week: np.ndarray  # (7,) multiplier by weekday (Monday = 0)
+    base_var_step: dict[str, float]  # per symbol, base variance per diffusion step
+    phi_fast: float
+    phi_slow: float
+    w_common: float
+    w_idio: float
+    to_stress_rate: float  # calm -> stress, per second
+    to_calm_rate: float  # stress -> calm, per second
+
+
+def _dynamics(cfg: SimConfig) -> _Dynamics:
+    dt = pd.Timedelta(cfg.base_step).value / _NS
+    spd = round(_DAY_S / dt)
+    hours = np.arange(spd) * dt / 3600.0
+    season = _intraday_var_season(hours, cfg.intraday_us_open_amp, cfg.intraday_midnight_amp)
+    season /= season.mean()
+    w_weekday = 7.0 / (5.0 + 2.0 * cfg.weekend_var_ratio)
+    week = np.array([w_weekday] * 5 + [cfg.weekend_var_ratio * w_weekday] * 2)
+    return _Dynamics(
+        dt=dt,
+        spd=spd,
+        season=season,
+        week=week,
+        base_var_step={a.symbol: a.vol_ann**2 / (_YEAR_DAYS * _DAY_S) * dt for a in cfg.assets},
+        phi_fast=0.5 ** (dt / (cfg.vol_fast_half_life_hours * 3600.0)),
+        phi_slow=0.5 ** (dt / (cfg.vol_slow_half_life_days * _DAY_S)),
+        w_common=math.sqrt(cfg.vol_common_weight),
+        w_idio=math.sqrt(1.0 - cfg.vol_common_weight),
+        to_stress_rate=1.0 / (cfg.stress_calm_mean_days * _DAY_S),
+        to_calm_rate=1.0 / (cfg.stress_mean_hours * 3600.0),
+    )
+
+
+def _calendar(cfg: SimConfig, dyn: _Dynamics, k: np.ndarray) -> np.ndarray:
+    """Deterministic multiplier ``season x week`` of global diffusion steps ``k`` (any shape)."""
+    dow = (cfg.start_ts.day_of_week + k // dyn.spd) % 7
+    return dyn.season[k % dyn.spd] * dyn.week[dow]
+
+
+def _stress_prob(dyn: _Dynamics, s0: np.ndarray, elapsed_s: np.ndarray) -> np.ndarray:
+    """P(stress at ``elapsed_s`` after a time the regime was ``s0``): two-state Markov chain."""
+    a, b = dyn.to_stress_rate, dyn.to_calm_rate
+    pi = a / (a + b)
+    return pi + (s0[:, None] - pi) * np.exp(-(a + b) * elapsed_s)[None, :]
+
+
+def conditional_iv(
+    config: SimConfig,
+    state: pd.DataFrame,
+    horizon_bars: int | tuple[int, ...] | list[int],
+    *,
+    bar: str | None = None,
+    method: str = "exact",
+    n_paths: int = 1000,
+    random_state: int | np.random.Generator | None = None,
+) -> pd.DataFrame:
+    """True expectation of the integrated diffusive variance over the next bars, given the state.
+
+    For each row of ``state`` (rows of ``SimResult.truth_state``: the hidden state at the close
+    ``ts``) and each ``h`` of ``horizon_bars``: ``E[ sum of sigma^2 dt over (ts, ts + h x bar] |
+    state ]``, the expectation of the sum of the ``iv_var`` of those bars. It includes the intraday
+    season, the weekend factor, both OU log-vol factors and the calm/stress chain; it **excludes
+    jumps**, as ``iv_var`` does (jumps are in ``jump_var``/``qv_var``).
+
+    With ``method="exact"`` (default) the expectation is in closed form, summed over every
+    diffusion step: given the factor values ``x0`` at the close, ``x_j`` is normal with mean
+    ``phi^j x0`` and variance ``sd^2 (1 - phi^(2j))``, so ``E exp(2 f_j - 2 Var f) =
+    exp(2 m_j + 2 v_j - 2 Var f)``; the regime is independent of the factors with
+    ``P(stress at s) = pi + (s0 - pi) exp(-(a + b) s)``. ``method="mc"`` is a brute-force check: it
+    simulates ``n_paths`` paths of the factors (the simulator's own recursion) and of the regime
+    chain (exact per-step transitions) forward from each row and averages the path sums.
+
+    Parameters
+    ----------
+    config : the configuration that produced the state.
+    state : frame with ``ts``, ``symbol`` and :data:`STATE_COLUMNS`; ``ts`` on the ``base_step``
+        grid, at or after the start.
+    horizon_bars : one or several horizons (ints >= 1), in bars of length ``bar``.
+    bar : bar length (a multiple of ``base_step``); None = ``config.truth_interval``.
+    method : "exact" or "mc".
+    n_paths : Monte Carlo paths per row (``method="mc"`` only; >= 1).
+    random_state : seed or generator (``method="mc"`` only; required there).
+
+    Returns
+    -------
+    DataFrame indexed like ``state``, one column per horizon (int): the expected total integrated
+    variance over the window (log-return units squared; divide by ``h`` for a per-bar average).
+    """
+    owner = "conditional_iv"
+    if not isinstance(config, SimConfig):
+        raise _fail(owner, "config", "a SimConfig", type(config).__name__)
+    if not isinstance(state, pd.DataFrame):
+        raise _fail(owner, "state", "a DataFrame (rows of SimResult.truth_state)", type(state))
+    missing = [c for c in (TS, SYMBOL, *STATE_COLUMNS) if c not in state.columns]
+    if missing:
+        raise _fail(owner, "state", f"a frame with columns {missing}", list(state.columns))
+    hs = (horizon_bars,) if isinstance(horizon_bars, (int, np.integer)) else tuple(horizon_bars)
+    if not hs or any(
+        isinstance(h, bool) or not isinstance(h, (int, np.integer)) or h < 1 for h in hs
+    ):
+        raise _fail(owner, "horizon_bars", "an int >= 1 or a sequence of them", horizon_bars)
+    hs = tuple(int(h) for h in hs)
+    if method not in ("exact", "mc"):
+        raise _fail(owner, "method", "one of 'exact', 'mc'", method)
+    if isinstance(n_paths, bool) or not isinstance(n_paths, (int, np.integer)) or n_paths < 1:
+        raise _fail(owner, "n_paths", "an int >= 1", n_paths)
+    dt_ns = pd.Timedelta(config.base_step).value
+    bar_td = _timedelta(owner, "bar", config.truth_interval if bar is None else bar)
+    if bar_td.value % dt_ns:
+        raise _fail(owner, "bar", f"a multiple of base_step={config.base_step}", bar)
+    unknown = sorted(set(state[SYMBOL].astype(str)) - set(config.symbols))
+    if unknown:
+        raise _fail(owner, "state", f"rows of the symbols {list(config.symbols)}", unknown[0])
+    ts_ns = pd.to_datetime(state[TS], utc=True).to_numpy(dtype="datetime64[ns]").view(np.int64)
+    offset = ts_ns - config.start_ts.value
+    bad = (offset < 0) | (offset % dt_ns != 0)
+    if bad.any():
+        raise _fail(
+            owner,
+            "state",
+            f"rows whose ts is on the {config.base_step} grid at or after {config.start_ts}",
+            state[TS].iloc[int(np.argmax(bad))],
+        )
+    rng = None
+    if method == "mc":
+        if random_state is None:
+            raise _fail(owner, "random_state", "an int seed or a Generator with method='mc'", None)
+        rng = _as_generator(random_state)
+
+    dyn = _dynamics(config)
+    spb = bar_td.value // dt_ns
+    n_steps = max(hs) * spb
+    read = np.asarray(hs) * spb - 1  # cumulative-sum index of each horizon
+    k0 = offset // dt_ns  # global index of the first diffusion step after the close
+    base = state[SYMBOL].astype(str).map(dyn.base_var_step).to_numpy(dtype=float)
+    cols = {c: state[c].to_numpy(dtype=float) for c in STATE_COLUMNS}
+    out = np.empty((len(state), len(hs)))
+    if method == "exact":
+        step = max(1, _CHUNK_CELLS // n_steps)
+        for lo in range(0, len(state), step):
+            sl = slice(lo, lo + step)
+            out[sl] = _exact_iv(
+                config, dyn, k0[sl], base[sl], {c: v[sl] for c, v in cols.items()}, n_steps
+            )[:, read]
+    else:
+        assert rng is not None
+        step = max(1, _CHUNK_CELLS // (n_steps * n_paths))
+        for lo in range(0, len(state), step):
+            sl = slice(lo, lo + step)
+            out[sl] = _mc_iv(
+                config,
+                dyn,
+                k0[sl],
+                base[sl],
+                {c: v[sl] for c, v in cols.items()},
+                n_steps,
+                n_paths,
+                rng,
+            )[:, read]
+    return pd.DataFrame(out, index=state.index, columns=pd.Index(hs, name="horizon_bars"))
+
+
+def _exact_iv(
+    cfg: SimConfig,
+    dyn: _Dynamics,
+    k0: np.ndarray,
+    base: np.ndarray,
+    cols: dict[str, np.ndarray],
+    n_steps: int,
+) -> np.ndarray:
+    """Closed-form expected cumulative IV over steps 1..n_steps after each close, (rows, n_steps)."""
+    j = np.arange(1, n_steps + 1, dtype=float)
+    g_fast = dyn.phi_fast**j
+    g_slow = dyn.phi_slow**j
+    a = dyn.w_common * cols[VOL_FAST_COMMON] + dyn.w_idio * cols[VOL_FAST_IDIO]
+    b = dyn.w_common * cols[VOL_SLOW_COMMON] + dyn.w_idio * cols[VOL_SLOW_IDIO]
+    shrink = 2.0 * (cfg.vol_fast_sd**2 * g_fast**2 + cfg.vol_slow_sd**2 * g_slow**2)
+    log_factor = 2.0 * (a[:, None] * g_fast[None, :] + b[:, None] * g_slow[None, :]) - shrink
+    p_stress = _stress_prob(dyn, cols[STRESSED], (j - 1.0) * dyn.dt)
+    regime = 1.0 + (cfg.stress_var_mult - 1.0) * p_stress
+    cal = _calendar(cfg, dyn, k0[:, None] + np.arange(n_steps)[None, :])
+    return np.cumsum(base[:, None] * cal * regime * np.exp(log_factor), axis=1)
+
+
+def _mc_iv(
+    cfg: SimConfig,
+    dyn: _Dynamics,
+    k0: np.ndarray,
+    base: np.ndarray,
+    cols: dict[str, np.ndarray],
+    n_steps: int,
+    n_paths: int,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """Monte Carlo mean of the cumulative IV over steps 1..n_steps after each close."""
+    r = len(k0)
+
+    def paths(name: str, phi: float, sd: float) -> np.ndarray:
+        x = _ou(rng, n_steps, phi, sd, np.repeat(cols[name], n_paths))
+        if sd == 0.0:  # _ou returns zeros; keep the (then constant zero) state
+            x = np.broadcast_to(np.repeat(cols[name], n_paths)[None, :], x.shape)
+        return x
+
+    fc = paths(VOL_FAST_COMMON, dyn.phi_fast, cfg.vol_fast_sd)
+    fi = paths(VOL_FAST_IDIO, dyn.phi_fast, cfg.vol_fast_sd)
+    sc = paths(VOL_SLOW_COMMON, dyn.phi_slow, cfg.vol_slow_sd)
+    si = paths(VOL_SLOW_IDIO, dyn.phi_slow, cfg.vol_slow_sd)
+    f = dyn.w_common * (fc + sc) + dyn.w_idio * (fi + si)  # (n_steps, r * n_paths)
+    factor_var = cfg.vol_fast_sd**2 + cfg.vol_slow_sd**2
+    # regime chain observed at step starts: exact transition probabilities over one step
+    a, b = dyn.to_stress_rate, dyn.to_calm_rate
+    decay = 1.0 - math.exp(-(a + b) * dyn.dt)
+    p_to_stress, p_to_calm = a / (a + b) * decay, b / (a + b) * decay
+    s = np.repeat(cols[STRESSED] > 0.5, n_paths)
+    u = rng.uniform(size=(max(n_steps - 1, 0), r * n_paths))
+    stressed = np.empty((n_steps, r * n_paths), dtype=bool)
+    stressed[0] = s
+    for k in range(1, n_steps):
+        s = np.where(s, u[k - 1] >= p_to_calm, u[k - 1] < p_to_stress)
+        stressed[k] = s
+    mult = np.where(stressed, cfg.stress_var_mult, 1.0)
+    cal = _calendar(cfg, dyn, k0[:, None] + np.arange(n_steps)[None, :])  # (r, n_steps)
+    var = np.exp(2.0 * f - 2.0 * factor_var) * mult  # (n_steps, r * n_paths)
+    var = var.reshape(n_steps, r, n_paths).mean(axis=2).T  # (r, n_steps)
+    return np.cumsum(base[:, None] * cal * var, axis=1)

@@ -12,8 +12,9 @@ from pathlib import Path
 DPRM = [sys.executable, "-m", "pipelines.cli"]
 
 
-def run(args: list[str], home: Path, **kw) -> subprocess.CompletedProcess:
-    env = {**os.environ, "DPRM_HOME": str(home), "COLUMNS": "200"}
+def run(args: list[str], home: Path, drop_env: tuple[str, ...] = (), **kw) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in drop_env}
+    env.update({"DPRM_HOME": str(home), "COLUMNS": "200"})
     return subprocess.run([*DPRM, *args], capture_output=True, text=True, env=env, timeout=600, **kw)
 
 
@@ -23,7 +24,11 @@ def test_help_is_fast_and_lists_commands(tmp_path) -> None:
     assert r.returncode == 0 and "data" in r.stdout and "demo" in r.stdout
     assert time.perf_counter() - t0 < 10
     for sub in (["data", "--help"], ["data", "ingest", "--help"], ["data", "validate", "--help"],
-                ["data", "simulate", "--help"], ["data", "list", "--help"], ["demo", "--help"]):
+                ["data", "simulate", "--help"], ["data", "list", "--help"], ["demo", "--help"],
+                ["features", "build", "--help"], ["features", "show", "--help"], ["evaluate", "--help"],
+                ["train", "--help"], ["forecast", "--help"], ["monitor", "--help"], ["deploy", "--help"],
+                ["models", "list", "--help"], ["models", "show", "--help"], ["models", "promote", "--help"],
+                ["models", "rollback", "--help"]):
         r = run(sub, tmp_path)
         assert r.returncode == 0, sub
     # heavy libraries stay out of the --help path
@@ -53,6 +58,12 @@ def test_bad_input_exit_codes(tmp_path) -> None:
     unknown.write_bytes(b"\x00\x01")
     r = run(["data", "ingest", str(unknown)], tmp_path)
     assert r.returncode == 2 and "cannot detect the format" in r.stderr
+    r = run(["features", "show", "nothing"], tmp_path)
+    assert r.returncode == 2 and "dprm features build nothing" in r.stderr
+    r = run(["evaluate", "--data", "nope"], tmp_path)
+    assert r.returncode == 2 and "'nope' is neither an ingested dataset" in r.stderr
+    r = run(["deploy"], tmp_path, drop_env=("PREFECT_API_URL",))
+    assert r.returncode == 2 and "PREFECT_API_URL is not set" in r.stderr
     cfg = tmp_path / "c.toml"
     cfg.write_text("[simulate]\nn_days = -3\n")
     r = run(["data", "simulate", "--config", str(cfg)], tmp_path)

@@ -273,8 +273,20 @@ def evaluate_correlation(home: Path, dataset: str, cfg: Any) -> tuple[Any, Path]
                         "correlation needs at least 2")
     periods = int((frame[TS].max() - frame[TS].min()) / pd.Timedelta(cfg.freq))
     window = min(cfg.window, 500, max(60, periods // 2))
-    result = evaluate_correlation_frame(frame, freq=cfg.freq, horizons=tuple(cfg.horizons),
-                                        window=window, random_state=cfg.seed)
+    try:
+        result = evaluate_correlation_frame(frame, freq=cfg.freq, horizons=tuple(cfg.horizons),
+                                            window=window, random_state=cfg.seed)
+    except ValueError as exc:
+        # the common sample (periods where every symbol trades) can be shorter than the span:
+        # retry once with half of it as the window
+        import re
+
+        m = re.search(r"no origin to evaluate: (\d+) periods", str(exc))
+        if m is None or int(m.group(1)) // 2 < 30:
+            raise
+        window = int(m.group(1)) // 2
+        result = evaluate_correlation_frame(frame, freq=cfg.freq, horizons=tuple(cfg.horizons),
+                                            window=window, random_state=cfg.seed)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     out = home / "evaluations" / f"{dataset}-{cfg.freq}-correlation-{stamp}"
     summ = result.summary()

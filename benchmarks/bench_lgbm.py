@@ -52,7 +52,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     ap.add_argument("--rounds", type=int, default=100)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--quick", action="store_true", help="100,000 rows, one repeat")
     args = ap.parse_args(argv)
+    if args.quick:
+        args.rows, args.repeat = 100_000, 1
     X = panel(args.rows)
     model = LGBMVol(
         horizons=(1,),

@@ -30,10 +30,14 @@ lags, the EWMA recursion, the GARCH filter) and returns the long forecast table 
 ``<class version>+<fingerprint of the parameters>``). :func:`forecast_frame_to_volforecasts` turns
 the table back into :class:`~models.forecast.VolForecast` objects.
 
-LightGBM (extension point): ``models/lgbm.py`` did not exist when this was written. A LightGBM
-member plugs in through :func:`register_member_codec`; its booster should be logged with
-``mlflow.lightgbm.log_model`` into the same run (the ``on_log`` hook of the codec receives the run
-id) and its URI kept in the member state, rather than pickled.
+LightGBM members (:class:`models.lgbm.LGBMVol`) are not pickled either: while the bundle is
+logged, the codec's ``on_log`` hook (called before the bundle is written) logs every horizon's
+booster (and quantile booster) with ``mlflow.lightgbm.log_model`` into the registration run, with
+a signature and input example of the booster's feature matrix and explicit pins, and keeps the
+logged models' URIs on the estimator (``booster_uris_``). The member JSON holds the rest (feature
+names, symbol codes, bias factors, residual quantiles, LightGBM parameters) and those URIs; on load
+the boosters come back through ``mlflow.lightgbm.load_model`` (the tracking URI must point at the
+store they were logged to).
 
 Aliases and promotion
 ---------------------
@@ -657,14 +661,20 @@ class MemberCodec:
     export_state : fitted estimator -> JSON-able dict of its learned state.
     restore_state : (unfitted estimator with the same hyperparameters, that dict) -> None; sets the
         learned attributes so ``predict`` works.
-    on_log : optional hook called with (estimator, member name, run id) while the bundle is logged,
-        e.g. to log a LightGBM booster through ``mlflow.lightgbm``.
+    on_log : optional hook called with (estimator, member name, run id, input example) inside the
+        registration run *before* the bundle is written (so the state it records on the estimator,
+        e.g. the URIs of LightGBM boosters logged through ``mlflow.lightgbm``, reaches
+        ``export_state``); the input example is the pyfunc's (:func:`input_example`).
     """
 
     base: str
     export_state: Callable[[BaseForecaster], dict[str, Any]]
     restore_state: Callable[[BaseForecaster, dict[str, Any]], None]
-    on_log: Callable[[BaseForecaster, str, str], None] | None = None
+    on_log: Callable[[BaseForecaster, str, str, pd.DataFrame], None] | None = None
+    exact: bool = False
+    """Apply to the class ``base`` only, not to its subclasses (which then need their own codec
+    or fall back to joblib, e.g. :class:`models.combine.HARBoostVol`, whose ``base`` parameter is
+    an estimator)."""
 
 
 _CODECS: list[MemberCodec] = []
@@ -678,8 +688,9 @@ def register_member_codec(codec: MemberCodec) -> None:
 
 def _codec_for(est: BaseForecaster) -> MemberCodec | None:
     paths = _mro_paths(est)
+    own = _class_path(est)
     for c in reversed(_CODECS):
-        if c.base in paths:
+        if c.base in paths and (not c.exact or c.base == own):
             return c
     return None
 
@@ -791,6 +802,183 @@ register_member_codec(MemberCodec("models.ewma.RandomWalkVol", _export_level, _r
 register_member_codec(MemberCodec("models.ewma.EWMAVol", _export_level, _restore_level))
 register_member_codec(MemberCodec("models.har.HARBase", _export_har, _restore_har))
 register_member_codec(MemberCodec("models.garch.GarchVol", _export_garch, _restore_garch))
+
+
+# ---- LightGBM: boosters through mlflow.lightgbm, the rest as JSON ---------------------------------
+_LGBM_PINS = ("mlflow", "lightgbm", "numpy", "pandas", "scipy")
+_LGBM_EXAMPLE_ROWS = 5
+
+
+def _pins(packages: Sequence[str]) -> list[str]:
+    """``name==installed version`` for each package (the bare name when it is not installed)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = []
+    for p in packages:
+        try:
+            out.append(f"{p}=={version(p)}")
+        except PackageNotFoundError:
+            out.append(p)
+    return out
+
+
+def _booster_sha256(booster: Any) -> str:
+    return hashlib.sha256(booster.model_to_string().encode()).hexdigest()
+
+
+def _lgbm_logged_name(member: str, h: int, level: float | None = None) -> str:
+    """MLflow logged-model name of a booster ("<member>-h<h>[-q<level>]"; MLflow forbids dots)."""
+    name = f"{member}-h{h}" if level is None else f"{member}-h{h}-q{level:g}"
+    return name.replace(".", "p")
+
+
+def _log_lgbm(est: Any, member: str, run_id: str, example: pd.DataFrame) -> None:
+    """``on_log`` of :class:`models.lgbm.LGBMVol`: log every booster with ``mlflow.lightgbm`` into
+    the active (registration) run and record ``booster_uris_`` = horizon -> {"booster": {uri,
+    sha256}, "quantiles": {level: {uri, sha256}}} on the estimator for :func:`_export_lgbm`.
+
+    The signature and input example of each booster are its feature matrix (``feature_names_``)
+    built from the pyfunc's input example (feature columns the example lacks are NaN there).
+    """
+    import mlflow
+    from mlflow.models import infer_signature
+
+    active = mlflow.active_run()
+    if active is None or active.info.run_id != run_id:
+        raise ValueError(
+            f"member {member!r}: LightGBM boosters are logged inside the registration run "
+            f"{run_id!r}; the active run is {None if active is None else active.info.run_id!r}"
+        )
+    X = _canonical_input(example)
+    for c in est.feature_columns:
+        if c not in X.columns:
+            X[c] = np.nan
+    panels, extra = est._panels_and_extra(X)
+    reqs = _pins(_LGBM_PINS)
+    uris: dict[int, dict[str, Any]] = {}
+    for h, m in sorted(est.models_.items()):
+        d = est._design(panels, extra, h)
+        if len(d.X) == 0:
+            raise ValueError(
+                f"member {member!r}: the input example leaves no row for the horizon-{h} booster's "
+                "example (all rows dropped by min_obs?)"
+            )
+        ex = pd.DataFrame(d.X[-_LGBM_EXAMPLE_ROWS:], columns=d.names)
+        entry: dict[str, Any] = {"booster": None, "quantiles": {}}
+        boosters = [(None, m.booster), *sorted(m.quantile_boosters.items())]
+        for level, booster in boosters:
+            signature = infer_signature(ex, booster.predict(ex.to_numpy()))
+            info = mlflow.lightgbm.log_model(
+                booster,
+                name=_lgbm_logged_name(member, h, level),
+                signature=signature,
+                input_example=ex,
+                pip_requirements=reqs,
+            )
+            ref = {"uri": info.model_uri, "sha256": _booster_sha256(booster)}
+            if level is None:
+                entry["booster"] = ref
+            else:
+                entry["quantiles"][repr(float(level))] = ref
+        uris[int(h)] = entry
+    est.booster_uris_ = uris
+
+
+def _export_lgbm(est: Any) -> dict[str, Any]:
+    """The JSON state of an :class:`models.lgbm.LGBMVol` (boosters by URI, see :func:`_log_lgbm`)."""
+    uris = getattr(est, "booster_uris_", None)
+    if uris is None or set(uris) != set(est.models_):
+        raise ValueError(
+            f"LGBMVol member: booster_uris_ covers horizons "
+            f"{None if uris is None else sorted(uris)}; expected {sorted(est.models_)}. The "
+            "boosters are logged through mlflow.lightgbm by register_challenger (the codec's "
+            "on_log hook) before the bundle is written"
+        )
+    horizons = {}
+    for h, m in sorted(est.models_.items()):
+        logged = uris[h]
+        pairs = [("booster", m.booster, logged["booster"])] + [
+            (f"quantile {q}", b, logged["quantiles"].get(repr(float(q))))
+            for q, b in sorted(m.quantile_boosters.items())
+        ]
+        for what, booster, ref in pairs:
+            if ref is None or ref["sha256"] != _booster_sha256(booster):
+                raise ValueError(
+                    f"LGBMVol member: the logged {what} booster of horizon {h} "
+                    f"({None if ref is None else ref['uri']}) is not the fitted one (refit after "
+                    "logging?); register the bundle again"
+                )
+        horizons[str(h)] = {
+            "booster_uri": logged["booster"]["uri"],
+            "booster_sha256": logged["booster"]["sha256"],
+            "quantile_boosters": {
+                repr(float(q)): logged["quantiles"][repr(float(q))]
+                for q in sorted(m.quantile_boosters)
+            },
+            "bias_factor": float(m.bias_factor),
+            "resid_quantiles": [[float(q), float(v)] for q, v in sorted(m.resid_quantiles.items())],
+            "best_iteration": int(m.best_iteration),
+            "n_train": int(m.n_train),
+            "n_valid": int(m.n_valid),
+            "valid_qlike": float(m.valid_qlike),
+            "params": _jsonable(dict(m.params)),
+        }
+    return {
+        "feature_names": list(est.feature_names_),
+        "symbol_codes": list(est._symbol_codes),
+        "horizons": horizons,
+    }
+
+
+def _restore_lgbm(est: Any, state: dict[str, Any]) -> None:
+    """Rebuild the fitted state of an :class:`models.lgbm.LGBMVol`; boosters through
+    ``mlflow.lightgbm.load_model`` (the tracking URI must point at the store they were logged to)."""
+    import mlflow.lightgbm
+
+    from models.lgbm import HorizonModel
+
+    models = {}
+    for h, s in state["horizons"].items():
+        models[int(h)] = HorizonModel(
+            booster=mlflow.lightgbm.load_model(s["booster_uri"]),
+            bias_factor=float(s["bias_factor"]),
+            resid_quantiles={float(q): float(v) for q, v in s["resid_quantiles"]},
+            quantile_boosters={
+                float(q): mlflow.lightgbm.load_model(ref["uri"])
+                for q, ref in s["quantile_boosters"].items()
+            },
+            best_iteration=int(s["best_iteration"]),
+            n_train=int(s["n_train"]),
+            n_valid=int(s["n_valid"]),
+            valid_qlike=float(s["valid_qlike"]),
+            params=dict(s["params"]),
+        )
+    est.models_ = models
+    est.feature_names_ = list(state["feature_names"])
+    est._symbol_codes = list(state["symbol_codes"])
+    # the URIs hold the loaded boosters: a re-save of this bundle refers to them again
+    est.booster_uris_ = {
+        h: {
+            "booster": {
+                "uri": state["horizons"][str(h)]["booster_uri"],
+                "sha256": _booster_sha256(m.booster),
+            },
+            "quantiles": {
+                repr(float(q)): {
+                    "uri": state["horizons"][str(h)]["quantile_boosters"][repr(float(q))]["uri"],
+                    "sha256": _booster_sha256(b),
+                }
+                for q, b in m.quantile_boosters.items()
+            },
+        }
+        for h, m in models.items()
+    }
+    est.state_ = {sym: None for sym in est.symbols_}
+
+
+register_member_codec(
+    MemberCodec("models.lgbm.LGBMVol", _export_lgbm, _restore_lgbm, _log_lgbm, exact=True)
+)
 
 
 def _common_state(est: BaseForecaster) -> dict[str, Any]:
@@ -1290,10 +1478,14 @@ def register_challenger(
     run_id = client.create_run(exp, tags=run_tags).info.run_id
     with tempfile.TemporaryDirectory(prefix="dprm-bundle-") as tmp:
         bdir = Path(tmp) / "bundle"
-        manifest = bundle.save(bdir)
         example = input_example(bundle, training_data)
         signature = model_signature(bundle, example)
         with _fluent(uri) as mlflow, mlflow.start_run(run_id=run_id):
+            for mname, est in bundle.members.items():
+                codec = _codec_for(est)
+                if codec is not None and codec.on_log is not None:
+                    codec.on_log(est, mname, run_id, example)
+            manifest = bundle.save(bdir)
             info = mlflow.pyfunc.log_model(
                 name="forecaster",
                 python_model=str(model_code_path()),
@@ -1305,10 +1497,6 @@ def register_challenger(
                     "dprm_bundle": {k: manifest[k] for k in ("primary", "horizons", "symbols")}
                 },
             )
-            for mname, est in bundle.members.items():
-                codec = _codec_for(est)
-                if codec is not None and codec.on_log is not None:
-                    codec.on_log(est, mname, run_id)
     _log_batch(
         client,
         run_id,

@@ -44,6 +44,28 @@ SQ_RET = "sq_ret_var"
 """Derived column: squared close-to-close log return of the period (needs ``close``)."""
 
 
+def resolve_horizons(est: Any, horizons: Sequence[int] | None) -> tuple[int, ...]:
+    """The sorted horizons a fitted estimator should predict: ``horizons`` validated, or (None) the
+    fitted ``horizons_`` of a horizon-specific model; a horizon the model was not fitted for is an
+    error naming it. Shared by the volatility and correlation forecasters."""
+    name = type(est).__name__
+    specific = getattr(est, "horizon_specific", False)
+    if horizons is None:
+        if specific:
+            return est.horizons_
+        raise ValueError(f"{name}.predict needs horizons, e.g. (1, 5, 22)")
+    validate_param(name, "horizons", list(horizons), [Horizons()])
+    hs = tuple(sorted(int(h) for h in horizons))
+    if specific:
+        unknown = [h for h in hs if h not in est.horizons_]
+        if unknown:
+            raise ValueError(
+                f"{name} was fitted for horizons {list(est.horizons_)}; "
+                f"got horizon(s) {unknown}. Set horizons={tuple(sorted(set(hs)))} and refit."
+            )
+    return hs
+
+
 class MissingInputsError(ValueError):
     """The data lack columns a model needs (its ``required_inputs``)."""
 
@@ -425,20 +447,7 @@ class BaseForecaster(BaseEstimator):
         return self
 
     def _resolve_horizons(self, horizons: Sequence[int] | None) -> tuple[int, ...]:
-        if horizons is None:
-            if self.horizon_specific:
-                return self.horizons_
-            raise ValueError(f"{type(self).__name__}.predict needs horizons, e.g. (1, 5, 22)")
-        validate_param(type(self).__name__, "horizons", list(horizons), [Horizons()])
-        hs = tuple(sorted(int(h) for h in horizons))
-        if self.horizon_specific:
-            unknown = [h for h in hs if h not in self.horizons_]
-            if unknown:
-                raise ValueError(
-                    f"{type(self).__name__} was fitted for horizons {list(self.horizons_)}; "
-                    f"got horizon(s) {unknown}. Set horizons={tuple(sorted(set(hs)))} and refit."
-                )
-        return hs
+        return resolve_horizons(self, horizons)
 
     def predict(
         self, X: pd.DataFrame, horizons: Sequence[int] | None = None

@@ -64,7 +64,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from features.covariance import is_psd, nearest_correlation, realized_covariance
 from features.schema import CLOSE, PRICE, SYMBOL, TS
-from models.base import Constraint, Horizons, Interval, Options, validate_param
+from models.base import Constraint, Horizons, Interval, Options, resolve_horizons, validate_param
 from models.corr_forecast import CorrForecast
 
 __all__ = [
@@ -456,20 +456,7 @@ class BaseCorrForecaster(BaseEstimator):
         return self
 
     def _resolve_horizons(self, horizons: Sequence[int] | None) -> tuple[int, ...]:
-        if horizons is None:
-            if self.horizon_specific:
-                return self.horizons_
-            raise ValueError(f"{type(self).__name__}.predict needs horizons, e.g. (1, 5)")
-        validate_param(type(self).__name__, "horizons", list(horizons), [Horizons()])
-        hs = tuple(sorted(int(h) for h in horizons))
-        if self.horizon_specific:
-            unknown = [h for h in hs if h not in self.horizons_]
-            if unknown:
-                raise ValueError(
-                    f"{type(self).__name__} was fitted for horizons {list(self.horizons_)}; got "
-                    f"horizon(s) {unknown}. Set horizons={hs} and refit."
-                )
-        return hs
+        return resolve_horizons(self, horizons)
 
     def predict(
         self,

@@ -519,30 +519,7 @@ def test_champion_loads_identically_in_a_fresh_process(home: Path, data: pd.Data
     pd.testing.assert_frame_equal(here, bundle.predict(data, origins="all"), check_exact=True)
     fcs = loaded.vol_forecasts(data)
     assert set(fcs) == {"BTCUSDT", "ETHUSDT"} and fcs["BTCUSDT"].model_id == "har"
-    R._naive_utc(data).to_parquet(home / "in.parquet")
-    script = textwrap.dedent("""
-        import sys
-        import mlflow, pandas as pd
-        model = mlflow.pyfunc.load_model("models:/dprm-forecaster@champion")
-        out = model.predict(pd.read_parquet(sys.argv[1]), params={"origins": "all"})
-        out.to_pickle(sys.argv[2])  # pickle keeps every dtype exactly
-    """)
-    env = {
-        **os.environ,
-        "MLFLOW_TRACKING_URI": R.tracking_uri(home),
-        "MLFLOW_DISABLE_TELEMETRY": "true",
-        "MLFLOW_LOGGING_LEVEL": "WARNING",
-    }
-    proc = subprocess.run(
-        [sys.executable, "-c", script, str(home / "in.parquet"), str(home / "out.pkl")],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    there = pd.read_pickle(home / "out.pkl")
+    there = predict_in_fresh_process(home, data, "champion")
     pd.testing.assert_frame_equal(there, here, check_exact=True)
 
 
@@ -581,3 +558,32 @@ def test_train_and_register_picks_the_best_model(home: Path, data: pd.DataFrame)
             window=300,
             mcs_reps=20,
         )
+
+
+def predict_in_fresh_process(home: Path, data: pd.DataFrame, alias: str) -> pd.DataFrame:
+    """Load ``models:/dprm-forecaster@<alias>`` through MLflow alone in a new interpreter and return
+    its forecast table for every origin of ``data`` (pickled back, so every dtype is kept)."""
+    R._naive_utc(data).to_parquet(home / "in.parquet")
+    script = textwrap.dedent(f"""
+        import sys
+        import mlflow, pandas as pd
+        model = mlflow.pyfunc.load_model("models:/dprm-forecaster@{alias}")
+        out = model.predict(pd.read_parquet(sys.argv[1]), params={{"origins": "all"}})
+        out.to_pickle(sys.argv[2])
+    """)
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": R.tracking_uri(home),
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "MLFLOW_LOGGING_LEVEL": "WARNING",
+    }
+    proc = subprocess.run(
+        [sys.executable, "-c", script, str(home / "in.parquet"), str(home / "out.pkl")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return pd.read_pickle(home / "out.pkl")

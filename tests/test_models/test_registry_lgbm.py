@@ -9,9 +9,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import lightgbm as lgb
@@ -23,7 +20,7 @@ from models import registry as R
 from models.combine import HARBoostVol
 from models.ewma import EWMAVol
 from models.lgbm import LGBMVol
-from tests.test_models.test_registry import HS, realized_frame
+from tests.test_models.test_registry import HS, predict_in_fresh_process, realized_frame
 
 
 @pytest.fixture(scope="module")
@@ -154,30 +151,8 @@ def test_registered_lgbm_forecasts_identically(
     doc = _member_doc(rebuilt, "lgbmq", home / "again")
     assert doc["state"]["horizons"]["1"]["booster_uri"].startswith("models:/")
     # and in a fresh process, through MLflow alone
-    R._naive_utc(data).to_parquet(home / "in.parquet")
-    script = textwrap.dedent("""
-        import sys
-        import mlflow, pandas as pd
-        model = mlflow.pyfunc.load_model("models:/dprm-forecaster@challenger")
-        out = model.predict(pd.read_parquet(sys.argv[1]), params={"origins": "all"})
-        out.to_pickle(sys.argv[2])  # pickle keeps every dtype exactly
-    """)
-    env = {
-        **os.environ,
-        "MLFLOW_TRACKING_URI": R.tracking_uri(home),
-        "MLFLOW_DISABLE_TELEMETRY": "true",
-        "MLFLOW_LOGGING_LEVEL": "WARNING",
-    }
-    proc = subprocess.run(
-        [sys.executable, "-c", script, str(home / "in.parquet"), str(home / "out.pkl")],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    pd.testing.assert_frame_equal(pd.read_pickle(home / "out.pkl"), here, check_exact=True)
+    there = predict_in_fresh_process(home, data, "challenger")
+    pd.testing.assert_frame_equal(there, here, check_exact=True)
 
 
 def test_lgbm_state_needs_logged_boosters(tmp_path: Path, data: pd.DataFrame) -> None:

@@ -858,17 +858,14 @@ def read_l2_book_ticker(
     ``ts`` = ``transaction_time_ms``, else ``event_time_ms``, else (spot, which sends no time)
     ``local_ts_ns`` + the collector clock offset (see the module notes; ``clock_offset``).
     """
-    _reject_options("binance_l2_book_ticker", options)
-    chunk_rows = _check_chunk_rows(chunk_rows)
-    path = Path(path)
-    pf = pq.ParquetFile(path)
-    _require(
-        pf,
-        ("market", "symbol", "local_ts_ns", "bid_price", "bid_qty", "ask_price", "ask_qty"),
-        "binance_l2_book_ticker",
+    path, pf, offset, chunk_rows = _open_l2_parquet(
         path,
+        "binance_l2_book_ticker",
+        ("market", "symbol", "local_ts_ns", "bid_price", "bid_qty", "ask_price", "ask_qty"),
+        chunk_rows,
+        clock_offset,
+        options,
     )
-    offset = _resolve_offset(clock_offset, lambda: _parquet_offset(pf))
     for batch in pf.iter_batches(batch_size=chunk_rows):
         df = batch.to_pandas()
         out = pd.DataFrame(
@@ -882,6 +879,23 @@ def read_l2_book_ticker(
             }
         )
         yield Chunk("quotes", "quotes", _conform(out, "quotes", source=str(path)), source=str(path))
+
+
+def _open_l2_parquet(
+    path: Path,
+    fmt: str,
+    columns: tuple[str, ...],
+    chunk_rows: int,
+    clock_offset: str | int | None,
+    options: dict[str, object],
+) -> tuple[Path, pq.ParquetFile, int, int]:
+    """Common start of the L2 parquet readers: check options and columns, resolve the clock offset."""
+    _reject_options(fmt, options)
+    chunk_rows = _check_chunk_rows(chunk_rows)
+    path = Path(path)
+    pf = pq.ParquetFile(path)
+    _require(pf, columns, fmt, path)
+    return path, pf, _resolve_offset(clock_offset, lambda: _parquet_offset(pf)), chunk_rows
 
 
 def _side_codes(side: pd.Series, path: Path) -> np.ndarray:
@@ -908,17 +922,14 @@ def read_l2_depth_snapshots(
 
     ``ts`` as for the book ticker: transaction time, else event time, else receive time + offset.
     """
-    _reject_options("binance_l2_depth_snapshots", options)
-    chunk_rows = _check_chunk_rows(chunk_rows)
-    path = Path(path)
-    pf = pq.ParquetFile(path)
-    _require(
-        pf,
-        ("market", "symbol", "local_ts_ns", "side", "level", "price", "qty"),
-        "binance_l2_depth_snapshots",
+    path, pf, offset, chunk_rows = _open_l2_parquet(
         path,
+        "binance_l2_depth_snapshots",
+        ("market", "symbol", "local_ts_ns", "side", "level", "price", "qty"),
+        chunk_rows,
+        clock_offset,
+        options,
     )
-    offset = _resolve_offset(clock_offset, lambda: _parquet_offset(pf))
     for batch in pf.iter_batches(batch_size=chunk_rows):
         df = batch.to_pandas()
         out = pd.DataFrame(

@@ -12,7 +12,8 @@ HARVol             RV_d, RV_w, RV_m
 LogHARVol          the same on log RV (averages taken over the logs); target = log of the mean RV
                    over t+1..t+h; forecast = exp(fit + 0.5 x residual variance of the window)
 HARJVol            RV_d, RV_w, RV_m, J_d with J = max(RV - BV, 0) (Andersen, Bollerslev, Diebold)
-HARCJVol           C_d, C_w, C_m, J_d, J_w, J_m with C = RV - J (continuous part)
+HARCJVol           C_d, C_w, C_m, J_d, J_w, J_m: J = RV - BV on days the BNS test finds a jump
+                   (level 0.999), else 0; C = RV - J (Andersen, Bollerslev, Diebold 2007)
 SHARVol            RS+_d, RS-_d, RV_w, RV_m (Patton and Sheppard 2015)
 HARQVol            RV_d, RV_d x sqrt(RQ_d), RV_w, RV_m (Bollerslev, Patton, Quaedvlieg 2016)
 LogHARDoWVol       log-HAR + calendar terms (below)
@@ -45,8 +46,9 @@ from typing import ClassVar
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
-from features.schema import BV, RQ, RS_NEG, RS_POS, RV
+from features.schema import BV, N_OBS, RQ, RS_NEG, RS_POS, RV
 from models.base import (
     BaseForecaster,
     Boolean,
@@ -478,16 +480,79 @@ class HARJVol(HARBase):
 
 
 class HARCJVol(HARBase):
-    """HAR-CJ: daily/weekly/monthly continuous part C = RV - J and jump part J = max(RV - BV, 0)."""
+    """HAR-CJ (Andersen, Bollerslev and Diebold 2007): the HAR terms of the continuous part C and
+    of the significant jumps J.
+
+    A day's jump is significant when the BNS ratio statistic
+    ``z = ((RV - BV) / RV) / sqrt(theta / n * max(1, Q / BV^2))`` (``theta = pi^2/4 + pi - 5``,
+    ``n`` = returns in the day, ``Q`` = realized quarticity: jumps inflate it, which makes the test
+    conservative; the tri-power version in :mod:`features.realized` is jump-robust) exceeds the standard-normal ``jump_alpha`` quantile; then ``J = RV - BV`` and
+    ``C = BV``, otherwise ``J = 0`` and ``C = RV``. ``jump_alpha=None`` is the untested split
+    ``J = max(RV - BV, 0)`` (every positive difference counts as a jump).
+
+    Parameters
+    ----------
+    jump_alpha : significance level of the jump test (e.g. 0.999), or None.
+    Others as :class:`HARBase`.
+    """
 
     model_id: ClassVar[str] = "har_cj"
-    required_inputs: ClassVar[tuple[str, ...]] = (RV, BV)
+    required_inputs: ClassVar[tuple[str, ...]] = (RV, BV, RQ, N_OBS)
+    _parameter_constraints: ClassVar[dict] = {
+        **HARBase._parameter_constraints,
+        "jump_alpha": [Interval(float, 0.5, 1.0, closed="neither"), None],
+    }
+
+    def __init__(
+        self,
+        horizons: Sequence[int] = (1, 5, 22),
+        window: int = 1000,
+        window_type: str = "rolling",
+        refit_every: int = 1,
+        min_obs: float | None = 250,
+        insanity_filter: bool = True,
+        jump_alpha: float | None = 0.999,
+    ) -> None:
+        super().__init__(horizons, window, window_type, refit_every, min_obs, insanity_filter)
+        self.jump_alpha = jump_alpha
+
+    def _required_columns(self) -> tuple[str, ...]:
+        return (RV, BV) if self.jump_alpha is None else (RV, BV, RQ, N_OBS)
 
     def _regressors(self, panel: SymbolPanel) -> tuple[list[str], np.ndarray]:
-        j = _jump(panel)
+        j = significant_jump(panel, self.jump_alpha)
         c = panel.col(RV) - j
         cols = [*_har_components(c), *_har_components(j)]
         return ["c_d", "c_w", "c_m", "j_d", "j_w", "j_m"], np.column_stack(cols)
+
+
+def bns_ratio_z(
+    rv_var: np.ndarray, bv_var: np.ndarray, quarticity_var2: np.ndarray, n_obs: np.ndarray
+) -> np.ndarray:
+    """The Barndorff-Nielsen-Shephard ratio jump statistic per day (standard normal without jumps).
+
+    ``z = ((RV - BV) / RV) / sqrt(theta / n * max(1, Q / BV^2))``, ``theta = pi^2/4 + pi - 5``;
+    NaN where ``RV``, ``BV`` or ``n`` is not positive.
+    """
+    rv, bv = np.asarray(rv_var, dtype="float64"), np.asarray(bv_var, dtype="float64")
+    q, n = np.asarray(quarticity_var2, dtype="float64"), np.asarray(n_obs, dtype="float64")
+    theta = np.pi**2 / 4.0 + np.pi - 5.0
+    ok = (rv > 0) & (bv > 0) & (n > 0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        adj = np.maximum(1.0, q / (bv * bv))
+        z = ((rv - bv) / rv) / np.sqrt(theta / n * adj)
+    return np.where(ok, z, np.nan)
+
+
+def significant_jump(panel: SymbolPanel, alpha: float | None) -> np.ndarray:
+    """The jump part of each day: ``RV - BV`` where the BNS test rejects at ``alpha``, else 0
+    (``alpha=None``: ``max(RV - BV, 0)`` on every day)."""
+    if alpha is None:
+        return _jump(panel)
+    rv, bv = panel.col(RV), panel.col(BV)
+    z = bns_ratio_z(rv, bv, panel.col(RQ), panel.col(N_OBS))
+    crit = float(stats.norm.ppf(alpha))
+    return np.where(np.isfinite(z) & (z > crit), np.maximum(rv - bv, 0.0), 0.0)
 
 
 class SHARVol(HARBase):

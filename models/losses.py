@@ -282,11 +282,23 @@ def model_confidence_set(
     bs = default_block_size(n, h) if block_size is None else int(block_size)
     if bs < h:
         raise ValueError(f"block_size must be >= h = {h} for overlapping targets; got {bs}")
-    if losses.shape[1] == 1:
-        name = str(losses.columns[0])
-        return MCSResult((name,), (), pd.Series({name: 1.0}, name="pvalue"), size, bs, reps)
+    # identical loss columns (e.g. two models falling back to the same forecast) make the loss
+    # differentials degenerate and arch's MCS fail: test one representative per group and give
+    # every member the representative's verdict and p-value
+    rep_of: dict[object, object] = {}
+    reps_seen: list[object] = []
+    for c in losses.columns:
+        col = losses[c].to_numpy(dtype="float64")
+        same = next((r for r in reps_seen if np.array_equal(losses[r].to_numpy(), col)), None)
+        rep_of[c] = c if same is None else same
+        if same is None:
+            reps_seen.append(c)
+    if len(reps_seen) == 1:
+        pv = pd.Series(1.0, index=losses.columns, dtype=float, name="pvalue")
+        names = tuple(str(c) for c in losses.columns)
+        return MCSResult(names, (), pv, size, bs, reps)
     mcs = MCS(
-        losses,
+        losses[reps_seen],
         size,
         reps=reps,
         block_size=bs,
@@ -295,10 +307,14 @@ def model_confidence_set(
         seed=random_state,
     )
     mcs.compute()
-    pv = mcs.pvalues["Pvalue"].reindex(losses.columns).astype(float).rename("pvalue")
+    rep_pv = mcs.pvalues["Pvalue"].astype(float)
+    pv = pd.Series(
+        [float(rep_pv[rep_of[c]]) for c in losses.columns], index=losses.columns, name="pvalue"
+    )
+    inc, exc = set(mcs.included), set(mcs.excluded)
     return MCSResult(
-        included=tuple(str(c) for c in losses.columns if c in set(mcs.included)),
-        excluded=tuple(str(c) for c in losses.columns if c in set(mcs.excluded)),
+        included=tuple(str(c) for c in losses.columns if rep_of[c] in inc),
+        excluded=tuple(str(c) for c in losses.columns if rep_of[c] in exc),
         pvalues=pv,
         size=size,
         block_size=bs,

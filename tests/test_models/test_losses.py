@@ -189,3 +189,26 @@ def test_qlike_ratio_ci(rng):
         qlike_ratio_ci(y, good, bad, bootstrap="iid")
     with pytest.raises(ValueError, match="level must be in"):
         qlike_ratio_ci(y, good, bad, level=95)
+
+
+def test_mcs_with_identical_loss_columns_gives_twins_the_same_verdict(rng):
+    # two models with the same forecasts (e.g. both fell back to EWMA) used to make arch's MCS fail
+    n = 500
+    base = rng.gamma(2.0, 1.0, n)
+    losses = pd.DataFrame(
+        {
+            "best": base,
+            "twin": base.copy(),
+            "bad": base + 1.0 + rng.normal(0, 0.3, n),
+            "bad_twin": base + 1.0 + rng.normal(0, 0.3, n),
+        }
+    )
+    losses["bad_twin"] = losses["bad"]
+    r = model_confidence_set(losses, h=1, reps=300, random_state=3)
+    ref = model_confidence_set(losses[["best", "bad"]], h=1, reps=300, random_state=3)
+    assert set(r.included) == {"best", "twin"}
+    assert set(r.excluded) == {"bad", "bad_twin"}
+    assert r.pvalues["twin"] == r.pvalues["best"] == ref.pvalues["best"]
+    assert r.pvalues["bad_twin"] == r.pvalues["bad"] == ref.pvalues["bad"]
+    all_same = model_confidence_set(losses[["best", "twin"]], h=1, reps=50, random_state=3)
+    assert all_same.included == ("best", "twin") and all_same.excluded == ()

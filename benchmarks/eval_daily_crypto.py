@@ -20,7 +20,8 @@ the selection period only; ``CONFIG_LOG`` records every configuration run on eac
 
 Context (joined with :func:`features.context.asof_context`, never a later row): DVOL (Deribit,
 2021-03..2025-06), funding (Binance USD-M, 2023-07..2026-02, gaps), intraday recency from 1h BTC
-bars (2018..2024-04) and 5m/1m spot bars (2024..2026 windows), the BTC/USD daily close-to-close
+bars (2018..2024-04), the 15m spot panel (2023-04..2025-04) and 5m/1m spot bars (2024..2026
+windows), the BTC/USD daily close-to-close
 return (Coinbase, ..2025-09). Missing context is NaN (LightGBM routes it).
 """
 
@@ -76,6 +77,14 @@ Configurations and where they were run (selection = 2020-01-01..2021-12-31, chos
     combo_dow_lgbm_p1, combo_dow_lgbm_p8, combo_dow_lgbmreg_p2, combo_dow_lgbmreg_eq, combo3_p2,
     combo3_p8 -> champion combo3_p8 (selection ratios BTC h1 0.982, h5 1.042; ETH h1 0.940, h5 1.033)
   evaluation, once each: the ladder, combo3_p8, lgbm, lgbm_ctx, har_boost_ctx
+Session 2 (the 15-minute 16-asset panel added as a recency source: ETH and BTC 2023-04..2025-04,
+  no effect on the selection period), selection only, common origins n=537 per symbol:
+  combo4_p8 (+ har_boost_ctx) BTC h1 0.961 h5 1.043, ETH h1 0.941 h5 1.039;
+  combo5_p8 (+ har_boost_ctx, lgbm_ctx) BTC 0.958 / 1.053, ETH 0.942 / 1.050;
+  on the same origins combo3_p8 BTC 0.952 / 1.028, ETH 0.929 / 1.030 -> champion unchanged.
+  Context is thin in the selection period (DVOL from 2021-03, no funding, recency for BTC only),
+  so selection cannot reward it; on the evaluation period, where it exists, the context models
+  (run once above) are the best at h=1.
 """
 
 
@@ -138,6 +147,7 @@ def add_context(X: pd.DataFrame, data: Path = DATA) -> pd.DataFrame:
     sources = [
         (data / "binance_spot_btc_eth_1m" / "klines_1m.parquet", "1min"),
         (data / "binance_spot_5m_btc_eth_bnb_ltc" / "klines_5m.parquet", "5min"),
+        (data / "binance_spot_15m_panel_16_assets" / "klines_15m.parquet", "15min"),
         (data / "binance_spot_btcusdt_1h_2017_2024" / "klines_1h.parquet", "1h"),
     ]
     for path, interval in sources:
@@ -210,6 +220,29 @@ def make_models(period: str) -> dict[str, object]:
                 ("log_har_dow", LogHARDoWVol(window=w)),
                 ("lgbm", LGBMVol(horizons=(1, 5))),
                 ("lgbm_offw", LGBMVol(horizons=(1, 5), offset_feature="lrv_w")),
+            ],
+            horizons=(1, 5),
+            lookback=250,
+            power=8.0,
+        ),
+        "combo4_p8": QLIKEWeightedVol(
+            members=[
+                ("log_har_dow", LogHARDoWVol(window=w)),
+                ("lgbm", LGBMVol(horizons=(1, 5))),
+                ("lgbm_offw", LGBMVol(horizons=(1, 5), offset_feature="lrv_w")),
+                ("har_boost_ctx", HARBoostVol(base=base, horizons=(1, 5), feature_columns=CONTEXT)),
+            ],
+            horizons=(1, 5),
+            lookback=250,
+            power=8.0,
+        ),
+        "combo5_p8": QLIKEWeightedVol(
+            members=[
+                ("log_har_dow", LogHARDoWVol(window=w)),
+                ("lgbm", LGBMVol(horizons=(1, 5))),
+                ("lgbm_offw", LGBMVol(horizons=(1, 5), offset_feature="lrv_w")),
+                ("har_boost_ctx", HARBoostVol(base=base, horizons=(1, 5), feature_columns=CONTEXT)),
+                ("lgbm_ctx", LGBMVol(horizons=(1, 5), feature_columns=CONTEXT)),
             ],
             horizons=(1, 5),
             lookback=250,

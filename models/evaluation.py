@@ -26,7 +26,7 @@ Definitions
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -191,6 +191,7 @@ def walk_forward(
     window_type: str = "rolling",
     refit_every: int = 1,
     purge: int | None = None,
+    own_schedule: Collection[str] = (),
     truth: pd.DataFrame | None = None,
     truth_col: str = "iv_var",
     min_obs: float | None = 250,
@@ -210,7 +211,10 @@ def walk_forward(
     horizons : horizons in periods.
     start, end : first and last origin (inclusive); None = the data's ends.
     window, window_type, refit_every, purge : estimation settings applied to every model
-        (see :meth:`BaseForecaster.walk_forward`).
+        (see :meth:`BaseForecaster.walk_forward`) except those in ``own_schedule``.
+    own_schedule : names of models that keep their own ``window``, ``window_type`` and
+        ``refit_every`` (e.g. LightGBM retrained every 21 periods on an expanding window, GARCH
+        re-estimated weekly and filtered daily); the purge still applies.
     truth : optional long frame (``ts``, ``symbol``, ``truth_col``) of true per-period variance.
     truth_col : the truth column.
     min_obs : rows with ``n_obs`` below this are dropped (set on every model that has ``min_obs``).
@@ -228,6 +232,8 @@ def walk_forward(
             raise TypeError(f"models[{name!r}] must be a BaseForecaster; got {type(m).__name__}")
     if benchmark is not None and benchmark not in models:
         raise ValueError(f"benchmark {benchmark!r} is not one of the models {list(models)}")
+    if unknown := [n for n in own_schedule if n not in models]:
+        raise ValueError(f"own_schedule names {unknown} are not among the models {list(models)}")
     if baselines is not None and (unknown := [b for b in baselines if b not in models]):
         raise ValueError(f"baselines {unknown} are not among the models {list(models)}")
     if not 0 < stress_quantile < 1:
@@ -244,15 +250,16 @@ def walk_forward(
         m = clone(model)
         if "min_obs" in m.get_params(deep=False):
             m.set_params(min_obs=min_obs)
+        own = name in own_schedule
         try:
             fcs = m.walk_forward(
                 data,
                 hs,
                 start=start,
                 end=end,
-                window=window,
-                window_type=window_type,
-                refit_every=refit_every,
+                window=None if own else window,
+                window_type=None if own else window_type,
+                refit_every=None if own else refit_every,
                 purge=purge,
             )
         except MissingInputsError as exc:

@@ -355,7 +355,8 @@ def evaluate(
     start: Annotated[str | None, typer.Option(help="First forecast origin (date).")] = None,
     end: Annotated[str | None, typer.Option(help="Last forecast origin (date).")] = None,
     window: Annotated[int | None, typer.Option(help="Estimation window (observations).")] = None,
-    models: Annotated[str | None, typer.Option(help="Comma-separated subset of the ladder.")] = None,
+    models: Annotated[str | None, typer.Option(
+        help="Comma-separated models: any of the ladder, plus the learned lgbm, har_boost, qlike_combo.")] = None,
     config: ConfigOpt = None,
 ) -> None:
     """Walk-forward evaluation of every model against the baseline ladder; prints the comparison."""

@@ -93,6 +93,7 @@ class EvaluateConfig(_Config):
     window_type: str = Field("rolling", pattern="^(rolling|expanding)$")
     refit_every: int = Field(1, ge=1)
     garch_refit_every: int = Field(5, ge=1, description="GARCH re-estimation cadence (filter daily)")
-    models: tuple[str, ...] = ()
+    models: tuple[str, ...] = Field((), description="models to run (default: the ladder); the ladder's names "
+                                   "and the learned lgbm, har_boost, qlike_combo")
     mcs_reps: int = Field(1000, ge=100)
     seed: int = 0

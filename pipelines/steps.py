@@ -185,14 +185,45 @@ def ladder(cfg: Any, *, has_close: bool) -> dict[str, Any]:
         g = {"window": cfg.window, "refit_every": cfg.garch_refit_every, "min_obs": None}
         models["garch_1_1"] = GarchVol(vol="GARCH", dist="normal", **g)
         models["gjr_t"] = GarchVol(vol="GJR", o=1, dist="t", **g)
+    learned = learned_models(cfg)
     if cfg.models:
-        unknown = sorted(set(cfg.models) - set(models))
+        unknown = sorted(set(cfg.models) - set(models) - set(learned))
         if unknown:
             from features.schema import DataError
 
-            raise DataError(f"unknown model(s) {unknown}; available: {sorted(models)}")
-        models = {k: v for k, v in models.items() if k in cfg.models}
+            raise DataError(f"unknown model(s) {unknown}; available: {sorted(models)} and "
+                            f"the learned models {sorted(learned)}")
+        models = {k: v for k, v in {**models, **learned}.items() if k in cfg.models}
     return models
+
+
+LEARNED = ("lgbm", "har_boost", "qlike_combo")
+"""Learned models ``dprm evaluate --models`` can add to the ladder; each keeps its own schedule."""
+
+
+def learned_models(cfg: Any) -> dict[str, Any]:
+    """LightGBM (direct log-variance, expanding window retrained every 21 periods), LightGBM on the
+    log-HAR-DoW residual, and the QLIKE-weighted combination of log-HAR-DoW and two LightGBMs (the
+    daily crypto champion's specification, ``benchmarks/eval_daily_crypto.py``)."""
+    from models.combine import HARBoostVol, QLIKEWeightedVol
+    from models.har import LogHARDoWVol
+    from models.lgbm import LGBMVol
+
+    hs = tuple(cfg.horizons)
+    dow = {"window": cfg.window, "window_type": cfg.window_type, "refit_every": cfg.refit_every,
+           "min_obs": None, "horizons": hs}
+    return {
+        "lgbm": LGBMVol(horizons=hs, min_obs=None, random_state=cfg.seed),
+        "har_boost": HARBoostVol(base=LogHARDoWVol(window=500, window_type="expanding", min_obs=None,
+                                                   horizons=hs),
+                                 horizons=hs, min_obs=None, random_state=cfg.seed),
+        "qlike_combo": QLIKEWeightedVol(
+            members=[("log_har_dow", LogHARDoWVol(**dow)),
+                     ("lgbm", LGBMVol(horizons=hs, min_obs=None, random_state=cfg.seed)),
+                     ("lgbm_offw", LGBMVol(horizons=hs, offset_feature="lrv_w", min_obs=None,
+                                           random_state=cfg.seed))],
+            horizons=hs, lookback=250, power=8.0, min_obs=None),
+    }
 
 
 def load_truth(store: DataStore, dataset: str, freq: str) -> pd.DataFrame | None:
@@ -230,9 +261,12 @@ def evaluate(home: Path, dataset: str, cfg: Any) -> tuple[Any, Path]:
         for m in models.values():
             if "window" in m.get_params():
                 m.set_params(window=window)
+    own = [k for k in models if k in LEARNED or k.startswith(("garch", "gjr"))]
     result = walk_forward(models, data, horizons=tuple(cfg.horizons), start=cfg.start, end=cfg.end,
                           window=window, window_type=cfg.window_type, refit_every=cfg.refit_every,
-                          truth=truth, min_obs=None, mcs_reps=cfg.mcs_reps, random_state=cfg.seed)
+                          own_schedule=own, baselines=[k for k in models if k not in LEARNED] or None,
+                          truth=truth, min_obs=None, mcs_reps=cfg.mcs_reps,
+                          random_state=cfg.seed)
     out = write_evaluation(home, dataset, cfg, result, extra={"window_used": window,
                                                               "input_fingerprint": store.fingerprint(dataset)})
     return result, out

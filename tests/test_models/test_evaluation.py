@@ -240,6 +240,7 @@ def test_generic_model_alongside_fast_ones(data):
             r"truth is missing column\(s\) \['iv_var'\]",
         ),
         ({"stress_quantile": 1.0}, "stress_quantile must be in"),
+        ({"own_schedule": ["lgbm"]}, r"own_schedule names \['lgbm'\] are not among the models"),
     ],
 )
 def test_errors(data, kw, match):
@@ -247,6 +248,34 @@ def test_errors(data, kw, match):
     args.update(kw)
     with pytest.raises((ValueError, TypeError), match=match):
         walk_forward(data=data, **args)
+
+
+def test_own_schedule_keeps_a_models_window_and_refit_cadence(data):
+    d = data[data["symbol"] == "BTCUSDT"]
+    start = d["ts"].iloc[450]
+    weekly = HARVol(window=200, window_type="expanding", refit_every=7)
+    common = {"horizons": (1,), "start": start, "mcs_reps": 50}
+    own = walk_forward(
+        {"weekly": weekly, "har": HARVol()}, d, window=300, own_schedule=["weekly"], **common
+    )
+    direct = walk_forward(
+        {"weekly": HARVol(), "har": HARVol()},
+        d,
+        window=200,
+        window_type="expanding",
+        refit_every=7,
+        **common,
+    )
+    shared = walk_forward({"weekly": weekly, "har": HARVol()}, d, window=300, **common)
+
+    def fc(res, name):
+        f = res.forecasts
+        return f[f["model_id"] == name].set_index("origin_ts")["forecast_var"]
+
+    # the own-schedule model equals the same settings given to everyone; the others keep the shared
+    pd.testing.assert_series_equal(fc(own, "weekly"), fc(direct, "weekly"))
+    pd.testing.assert_series_equal(fc(own, "har"), fc(shared, "har"))
+    assert not np.allclose(fc(own, "weekly"), fc(shared, "weekly"))
 
 
 def test_refit_every_origin_ladder_is_fast(rng):

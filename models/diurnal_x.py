@@ -27,30 +27,20 @@ from typing import ClassVar
 import numpy as np
 import pandas as pd
 
-from features.schema import RV, SYMBOL, TS, TS_DTYPE, to_utc_ns
+from features.schema import RV
 from models.base import (
     Boolean,
+    ColumnNames,
     Horizons,
     Interval,
     MissingInputsError,
     Options,
     SymbolPanel,
+    attach_columns,
     prepare_panels,
 )
 from models.diurnal import DiurnalHARVol, _LagHAR
 from models.lgbm import LGBMVol, PooledDesign
-
-
-class _ColumnNames:
-    """Constraint: a sequence (not a string) of column names."""
-
-    def accepts(self, value: object) -> bool:
-        """True for a list/tuple of strings."""
-        return isinstance(value, list | tuple) and all(isinstance(v, str) for v in value)
-
-    def describe(self) -> str:
-        """The constraint in words (for the error message)."""
-        return "a sequence of column names"
 
 
 class _LagHARX(_LagHAR):
@@ -90,47 +80,6 @@ class _LagHARX(_LagHAR):
         return [*names, *self.exog], np.column_stack([Z, E])
 
 
-def attach_columns(
-    panels: dict[str, SymbolPanel], X: pd.DataFrame, columns: Sequence[str], owner: str
-) -> dict[str, SymbolPanel]:
-    """Add the ``columns`` of ``X`` (aligned on ``symbol`` and ``ts``) to each panel's data.
-
-    Parameters
-    ----------
-    panels : cleaned panels from :func:`models.base.prepare_panels`.
-    X : the long frame the panels came from; columns : names to attach (NaN allowed).
-    owner : the model's name, for error messages.
-
-    Returns
-    -------
-    New panels (same rows) whose ``data`` also holds ``columns`` as float arrays.
-    """
-    cols = list(columns)
-    if not cols:
-        return panels
-    missing = [c for c in cols if c not in X.columns]
-    if missing:
-        raise MissingInputsError(
-            f"{owner} needs exogenous column(s) {missing}; got columns {list(X.columns)}"
-        )
-    ts = X[TS] if str(X[TS].dtype) == TS_DTYPE else to_utc_ns(X[TS])
-    frame = pd.DataFrame(
-        {c: pd.to_numeric(X[c], errors="raise").to_numpy(dtype="float64") for c in cols}
-    )
-    frame.index = pd.MultiIndex.from_arrays(
-        [X[SYMBOL].astype("str").to_numpy(), pd.DatetimeIndex(ts.array)]
-    )
-    out = {}
-    for sym, p in panels.items():
-        sub = frame.xs(sym, level=0) if sym in frame.index.get_level_values(0) else frame.iloc[:0]
-        sub = sub[~sub.index.duplicated(keep="last")].reindex(p.ts)
-        data = dict(p.data)
-        for c in cols:
-            data[c] = sub[c].to_numpy(dtype="float64")
-        out[sym] = SymbolPanel(sym, p.ts, data, p.period, p.n_dropped)
-    return out
-
-
 class DiurnalHARXVol(DiurnalHARVol):
     """Diurnal HAR with exogenous regressors (see module docs).
 
@@ -145,7 +94,7 @@ class DiurnalHARXVol(DiurnalHARVol):
         "horizons": [Horizons()],
         "lags": [Horizons()],
         "log": [Boolean()],
-        "exog": [_ColumnNames()],
+        "exog": [ColumnNames()],
         "profile_stat": [Options(("mean", "log"))],
         "profile_window": [Interval(int, 1, None), None],
         "min_profile_obs": [Interval(int, 1, None)],

@@ -40,7 +40,7 @@ origin the window's cross-products ``X'X``, ``X'y`` are window sums computed wit
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -52,10 +52,12 @@ from features.schema import BV, N_OBS, RQ, RS_NEG, RS_POS, RV
 from models.base import (
     BaseForecaster,
     Boolean,
+    ColumnNames,
     Horizons,
     Interval,
     Options,
     SymbolPanel,
+    attach_columns,
     backward_mean,
     target_mean,
 )
@@ -462,6 +464,54 @@ class LogHARDoWVol(LogHARVol):
 
     model_id: ClassVar[str] = "log_har_dow"
     _dow: ClassVar[bool] = True
+
+
+class LogHARDoWXVol(LogHARDoWVol):
+    """Log-HAR-DoW with exogenous regressors (HAR-X): columns of ``X`` known at each origin's close
+    (e.g. the log ratio of the last hours' realized variance to the day's, a market-wide surprise).
+
+    The ``exog`` columns enter the log regression as they are, so they must be centred so that 0
+    means "no news" (e.g. a log ratio minus its trailing mean); a missing value is that neutral 0
+    (the context may exist for part of the history only), never a dropped row. With ``exog=()`` the
+    model is exactly :class:`LogHARDoWVol`.
+
+    Parameters
+    ----------
+    exog : names of the exogenous columns (NaN allowed).
+    Others as :class:`HARBase`.
+    """
+
+    model_id: ClassVar[str] = "log_har_dow_x"
+    _parameter_constraints: ClassVar[dict] = {
+        **HARBase._parameter_constraints,
+        "exog": [ColumnNames()],
+    }
+
+    def __init__(
+        self,
+        horizons: Sequence[int] = (1, 5, 22),
+        window: int = 1000,
+        window_type: str = "rolling",
+        refit_every: int = 1,
+        min_obs: float | None = 250,
+        insanity_filter: bool = True,
+        exog: Sequence[str] = (),
+    ) -> None:
+        super().__init__(horizons, window, window_type, refit_every, min_obs, insanity_filter)
+        self.exog = exog
+
+    def _panels(
+        self, X: pd.DataFrame, period: Mapping[str, pd.Timedelta] | None = None
+    ) -> dict[str, SymbolPanel]:
+        # exogenous values may be negative or NaN: they must not drop rows
+        return attach_columns(super()._panels(X, period), X, self.exog, type(self).__name__)
+
+    def _regressors(self, panel: SymbolPanel) -> tuple[list[str], np.ndarray]:
+        names, Z = super()._regressors(panel)
+        if not self.exog:
+            return names, Z
+        ex = [np.nan_to_num(panel.col(c), nan=0.0, posinf=0.0, neginf=0.0) for c in self.exog]
+        return [*names, *self.exog], np.column_stack([Z, *ex])
 
 
 def _jump(panel: SymbolPanel) -> np.ndarray:

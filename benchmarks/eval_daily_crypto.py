@@ -45,7 +45,15 @@ from features.readers import read_source  # noqa: E402
 from features.schema import RV, SYMBOL, TS  # noqa: E402
 from models.base import prepare_panels, target_mean  # noqa: E402
 from models.combine import HARBoostVol, QLIKEWeightedVol  # noqa: E402
-from models.har import HARQDoWVol, HARQVol, HARVol, LogHARDoWVol, LogHARVol, SHARVol  # noqa: E402
+from models.har import (  # noqa: E402
+    HARQDoWVol,
+    HARQVol,
+    HARVol,
+    LogHARDoWVol,
+    LogHARDoWXVol,
+    LogHARVol,
+    SHARVol,
+)
 from models.lgbm import LGBMVol  # noqa: E402
 from models.losses import diebold_mariano, model_confidence_set, qlike  # noqa: E402
 
@@ -159,6 +167,13 @@ def add_context(X: pd.DataFrame, data: Path = DATA) -> pd.DataFrame:
     with np.errstate(divide="ignore", invalid="ignore"):
         out["rec_l1h_ratio"] = np.log(rec[:, 0] * 24 + 1e-12) - lrv
         out["rec_l4h_ratio"] = np.log(rec[:, 1] * 6 + 1e-12) - lrv
+    # centred recency for linear models (0 = no news): the log ratio minus its trailing mean (250
+    # past values, at least 30), the symbol's own where it has intraday bars, else BTC's (market)
+    g = out.groupby(SYMBOL, sort=False)["rec_l4h_ratio"]
+    trail = g.transform(lambda s: s.rolling(250, min_periods=30).mean())
+    own = out["rec_l4h_ratio"] - trail
+    mkt = out[TS].map(pd.Series(own.to_numpy(), index=out[TS])[out[SYMBOL].to_numpy() == "BTCUSDT"])
+    out["rec4_x"] = own.fillna(mkt)
     # BTC/USD daily return (Coinbase), the candle of date D stamped at D + 1 day
     bd = pd.read_parquet(data / "btcusd_daily_bitstamp_coinbase_2011_2025" / "btcusd_1d.parquet")
     ret = np.log(bd["close"]).diff()
@@ -243,6 +258,17 @@ def make_models(period: str) -> dict[str, object]:
                 ("lgbm_offw", LGBMVol(horizons=(1, 5), offset_feature="lrv_w")),
                 ("har_boost_ctx", HARBoostVol(base=base, horizons=(1, 5), feature_columns=CONTEXT)),
                 ("lgbm_ctx", LGBMVol(horizons=(1, 5), feature_columns=CONTEXT)),
+            ],
+            horizons=(1, 5),
+            lookback=250,
+            power=8.0,
+        ),
+        "log_har_dow_x": LogHARDoWXVol(window=w, exog=["rec4_x"]),
+        "combo3x_p8": QLIKEWeightedVol(
+            members=[
+                ("log_har_dow_x", LogHARDoWXVol(window=w, exog=["rec4_x"])),
+                ("lgbm", LGBMVol(horizons=(1, 5))),
+                ("lgbm_offw", LGBMVol(horizons=(1, 5), offset_feature="lrv_w")),
             ],
             horizons=(1, 5),
             lookback=250,

@@ -85,3 +85,23 @@ def test_ingest_real_file_then_validate_and_list(tmp_path, data_dir) -> None:
     assert rep["tables"]["realized_1d"]["rows_out"] == 3012
     r = run(["data", "list"], home)
     assert "BTCUSDT" in r.stdout and "realized_1d" in r.stdout
+
+
+def test_evaluate_adds_a_learned_model_on_its_own_schedule(tmp_path, data_dir) -> None:
+    import pandas as pd
+
+    src = data_dir / "binance_daily_realized_measures_btc_eth_2018_2026" / "btc_measures.csv"
+    home = tmp_path / "home"
+    r = run(["evaluate", "--data", str(src), "--models", "log_har_dow,harq,lgbm,nope"], home)
+    assert r.returncode == 2 and "unknown model(s) ['nope']" in r.stderr and "lgbm" in r.stderr
+    r = run(["evaluate", "--data", str(src), "--models", "log_har_dow,harq,lgbm", "--horizons", "1",
+             "--start", "2025-09-01", "--end", "2026-03-30"], home)
+    assert r.returncode == 0, r.stderr
+    out = Path(r.stdout.split("wrote")[-1].replace("\n", "").strip())
+    fc = pd.read_parquet(out / "forecasts.parquet")
+    assert set(fc["model_id"]) == {"log_har_dow", "harq", "lgbm"}
+    summary = pd.read_csv(out / "summary.csv")
+    # the ratio is relative to the best ladder model, never to the learned one
+    assert set(summary["benchmark"].dropna()) <= {"log_har_dow", "harq"}
+    lg = fc[(fc["model_id"] == "lgbm") & fc["evaluated"]]
+    assert len(lg) > 150 and lg["forecast_var"].gt(0).all()

@@ -44,6 +44,7 @@ from features.microstructure import implied_vol_features  # noqa: E402
 from features.readers import read_source  # noqa: E402
 from features.schema import RV, SYMBOL, TS  # noqa: E402
 from models.base import prepare_panels, target_mean  # noqa: E402
+from models.calibrate import empirical_quantiles  # noqa: E402
 from models.combine import HARBoostVol, QLIKEWeightedVol  # noqa: E402
 from models.har import (  # noqa: E402
     HARQDoWVol,
@@ -75,8 +76,9 @@ CONTEXT = [
     "btc_ret_d",
     "btc_absret_ratio",
 ]
-CHAMPION = "combo3_p8"
-"""Chosen on the selection period (best mean QLIKE ratio to log-HAR-DoW over BTC/ETH x h=1/5)."""
+CHAMPION = "log_har_dow_x"
+"""Chosen on the selection period (best mean QLIKE ratio to log-HAR-DoW over BTC/ETH x h=1/5);
+session 1's champion was ``combo3_p8``."""
 CONFIG_LOG = """
 Configurations and where they were run (selection = 2020-01-01..2021-12-31, chosen there only)
   evaluation, before the protocol: lgbm (defaults)
@@ -93,6 +95,13 @@ Session 2 (the 15-minute 16-asset panel added as a recency source: ETH and BTC 2
   Context is thin in the selection period (DVOL from 2021-03, no funding, recency for BTC only),
   so selection cannot reward it; on the evaluation period, where it exists, the context models
   (run once above) are the best at h=1.
+Session 2, linear context: log_har_dow_x = log-HAR-DoW-X with rec4_x (the last 4 hours' RV ratio
+  minus its trailing mean; the symbol's own, else BTC's), combo3x_p8 = combo3_p8 with
+  log_har_dow_x in place of log_har_dow. Selection (726 origins, mean ratio over the 4 cells):
+  log_har_dow_x BTC 0.970 / 0.985, ETH 0.988 / 0.996 (mean 0.9846); combo3x_p8 0.956 / 1.028,
+  0.932 / 1.029 (0.9861); combo3_p8 0.982 / 1.042, 0.940 / 1.033 (0.9993)
+  -> champion log_har_dow_x. Evaluation, once each: log_har_dow_x, combo3x_p8 (and the ladder,
+  combo3_p8, lgbm, lgbm_ctx, har_boost_ctx re-run with the 15m recency source).
 """
 
 
@@ -366,13 +375,44 @@ def score(
     return pd.DataFrame(rows)
 
 
+COVERAGE_MODELS = ("log_har_dow", "log_har_dow_x", "combo3x_p8", "lgbm")
+
+
+def oos_coverage(fcs: dict[str, dict], X: pd.DataFrame, horizons: tuple[int, ...]) -> pd.DataFrame:
+    """95% / 99% interval coverage of :func:`models.calibrate.empirical_quantiles` per model,
+    symbol and horizon (the models of ``COVERAGE_MODELS`` that were run)."""
+    panels = prepare_panels(X, [RV], min_obs=250, owner="eval")
+    rows = []
+    for m in (m for m in COVERAGE_MODELS if m in fcs):
+        for sym, fc in fcs[m].items():
+            p = panels[sym]
+            cal = empirical_quantiles(fc, p.ts, p.col(RV), window=500, min_history=100)
+            pos = p.ts.get_indexer(cal.variance.index)
+            for h in horizons:
+                y = target_mean(p.col(RV), h)[pos]
+                ok = np.isfinite(y)
+                q = {lv: cal.quantiles[lv][h].to_numpy()[ok] for lv in cal.quantiles}
+                yy = y[ok]
+                rows.append(
+                    {
+                        "model": m,
+                        "symbol": sym,
+                        "h": h,
+                        "n": int(ok.sum()),
+                        "cov95": float(np.mean((yy >= q[0.025]) & (yy <= q[0.975]))),
+                        "cov99": float(np.mean((yy >= q[0.005]) & (yy <= q[0.995]))),
+                    }
+                )
+    return pd.DataFrame(rows)
+
+
 def main(argv: list[str] | None = None) -> pd.DataFrame:
     """Run the chosen models on the chosen period and print the table."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--period", choices=list(PERIODS), default="evaluation")
     ap.add_argument(
         "--models",
-        default=f"ladder,{CHAMPION},lgbm,lgbm_ctx,har_boost_ctx",
+        default=f"ladder,{CHAMPION},combo3x_p8,combo3_p8,lgbm,lgbm_ctx,har_boost_ctx",
         help="comma-separated names; 'ladder' = the six HAR-family baselines",
     )
     ap.add_argument("--horizons", default="1,5")
@@ -423,6 +463,13 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
         print(
             g.sort_values("qlike")[cols].to_string(index=False, float_format=lambda v: f"{v:.4f}")
         )
+    cov = oos_coverage(fcs, X, hs)
+    if len(cov):
+        print(
+            "\nPredictive intervals from each model's own past out-of-sample errors "
+            "(models/calibrate.py; last 500 errors, from the 100th on)"
+        )
+        print(cov.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     print("\nwall time per model (s): " + ", ".join(f"{k} {v:.1f}" for k, v in times.items()))
     print(CONFIG_LOG)
     return table

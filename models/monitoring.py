@@ -256,7 +256,8 @@ def coverage_check(
 def psi(reference: object, current: object, *, bins: int = 10) -> float:
     """Population stability index ``sum((c_i - r_i) ln(c_i / r_i))`` of ``current`` vs ``reference``.
 
-    Bin edges are the reference's quantiles (at most ``bins`` bins; tied quantiles merged), with open
+    Bin edges are the reference's order-statistic quantiles (``inverted_cdf``: unchanged by any
+    increasing transform; at most ``bins`` bins ``(e_{k-1}, e_k]``, tied quantiles merged), with open
     outer bins; shares are floored at :data:`PSI_EPS`. Non-finite values are ignored.
 
     Parameters
@@ -273,12 +274,13 @@ def psi(reference: object, current: object, *, bins: int = 10) -> float:
         raise ValueError(
             f"psi needs finite values in both samples; got {r.size} reference and {c.size} current"
         )
-    inner = np.unique(np.quantile(r, np.linspace(0, 1, int(bins) + 1)[1:-1]))
+    levels = np.arange(1, int(bins)) / int(bins)  # k / bins exactly (linspace drifts by an ulp)
+    inner = np.unique(np.quantile(r, levels, method="inverted_cdf"))
     r_share = (
-        np.bincount(np.searchsorted(inner, r, side="right"), minlength=inner.size + 1) / r.size
+        np.bincount(np.searchsorted(inner, r, side="left"), minlength=inner.size + 1) / r.size
     )
     c_share = (
-        np.bincount(np.searchsorted(inner, c, side="right"), minlength=inner.size + 1) / c.size
+        np.bincount(np.searchsorted(inner, c, side="left"), minlength=inner.size + 1) / c.size
     )
     r_share = np.maximum(r_share, PSI_EPS)
     c_share = np.maximum(c_share, PSI_EPS)

@@ -220,6 +220,7 @@ def make_models(period: str) -> dict[str, object]:
         "shar": SHARVol(window=w),
     }
     base = LogHARDoWVol(window=500, window_type="expanding")
+    hb_ctx = ("har_boost_ctx", HARBoostVol(base=base, horizons=(1, 5), feature_columns=CONTEXT))
     return {
         **ladder,
         "lgbm": LGBMVol(horizons=(1, 5)),
@@ -239,65 +240,36 @@ def make_models(period: str) -> dict[str, object]:
         "combo_dow_lgbmreg_p2": _combo(w, LGBMVol(horizons=(1, 5), **REG), power=2.0),
         "combo_dow_lgbmreg_eq": _combo(w, LGBMVol(horizons=(1, 5), **REG), power=0.0),
         "combo_dow_lgbm_p8": _combo(w, LGBMVol(horizons=(1, 5)), power=8.0),
-        "combo3_p8": QLIKEWeightedVol(
-            members=[
-                ("log_har_dow", LogHARDoWVol(window=w)),
-                ("lgbm", LGBMVol(horizons=(1, 5))),
-                ("lgbm_offw", LGBMVol(horizons=(1, 5), offset_feature="lrv_w")),
-            ],
-            horizons=(1, 5),
-            lookback=250,
+        "combo3_p8": _combo3(("log_har_dow", LogHARDoWVol(window=w)), power=8.0),
+        "combo4_p8": _combo3(("log_har_dow", LogHARDoWVol(window=w)), power=8.0, extra=[hb_ctx]),
+        "combo5_p8": _combo3(
+            ("log_har_dow", LogHARDoWVol(window=w)),
             power=8.0,
-        ),
-        "combo4_p8": QLIKEWeightedVol(
-            members=[
-                ("log_har_dow", LogHARDoWVol(window=w)),
-                ("lgbm", LGBMVol(horizons=(1, 5))),
-                ("lgbm_offw", LGBMVol(horizons=(1, 5), offset_feature="lrv_w")),
-                ("har_boost_ctx", HARBoostVol(base=base, horizons=(1, 5), feature_columns=CONTEXT)),
-            ],
-            horizons=(1, 5),
-            lookback=250,
-            power=8.0,
-        ),
-        "combo5_p8": QLIKEWeightedVol(
-            members=[
-                ("log_har_dow", LogHARDoWVol(window=w)),
-                ("lgbm", LGBMVol(horizons=(1, 5))),
-                ("lgbm_offw", LGBMVol(horizons=(1, 5), offset_feature="lrv_w")),
-                ("har_boost_ctx", HARBoostVol(base=base, horizons=(1, 5), feature_columns=CONTEXT)),
-                ("lgbm_ctx", LGBMVol(horizons=(1, 5), feature_columns=CONTEXT)),
-            ],
-            horizons=(1, 5),
-            lookback=250,
-            power=8.0,
+            extra=[hb_ctx, ("lgbm_ctx", LGBMVol(horizons=(1, 5), feature_columns=CONTEXT))],
         ),
         "log_har_dow_x": LogHARDoWXVol(window=w, exog=["rec4_x"]),
-        "combo3x_p8": QLIKEWeightedVol(
-            members=[
-                ("log_har_dow_x", LogHARDoWXVol(window=w, exog=["rec4_x"])),
-                ("lgbm", LGBMVol(horizons=(1, 5))),
-                ("lgbm_offw", LGBMVol(horizons=(1, 5), offset_feature="lrv_w")),
-            ],
-            horizons=(1, 5),
-            lookback=250,
-            power=8.0,
+        "combo3x_p8": _combo3(
+            ("log_har_dow_x", LogHARDoWXVol(window=w, exog=["rec4_x"])), power=8.0
         ),
-        "combo3_p2": QLIKEWeightedVol(
-            members=[
-                ("log_har_dow", LogHARDoWVol(window=w)),
-                ("lgbm", LGBMVol(horizons=(1, 5))),
-                ("lgbm_offw", LGBMVol(horizons=(1, 5), offset_feature="lrv_w")),
-            ],
-            horizons=(1, 5),
-            lookback=250,
-            power=2.0,
-        ),
+        "combo3_p2": _combo3(("log_har_dow", LogHARDoWVol(window=w)), power=2.0),
     }
 
 
 REG = {"num_leaves": 7, "min_child_samples": 100, "learning_rate": 0.02, "reg_lambda": 5.0}
 """A more regularised LightGBM (shallower trees, larger leaves, slower learning)."""
+
+
+def _combo3(
+    first: tuple[str, object], power: float, extra: list[tuple[str, object]] | None = None
+) -> QLIKEWeightedVol:
+    """QLIKE-weighted combination of ``first``, LightGBM, LightGBM with a weekly offset (+ extra)."""
+    members = [
+        first,
+        ("lgbm", LGBMVol(horizons=(1, 5))),
+        ("lgbm_offw", LGBMVol(horizons=(1, 5), offset_feature="lrv_w")),
+        *(extra or []),
+    ]
+    return QLIKEWeightedVol(members=members, horizons=(1, 5), lookback=250, power=power)
 
 
 def _combo(w: int, ml: LGBMVol, power: float) -> QLIKEWeightedVol:

@@ -165,6 +165,11 @@ def main() -> None:
     ap.add_argument("--horizons", default="1,24")
     ap.add_argument("--mcs-reps", type=int, default=200)
     ap.add_argument("--no-filtered", action="store_true", help="skip the 5-minute filtered model")
+    ap.add_argument(
+        "--truth-input",
+        action="store_true",
+        help="infeasibility check: models see the TRUE hourly iv_var as rv_var (no measurement noise)",
+    )
     args = ap.parse_args()
     horizons = tuple(int(h) for h in args.horizons.split(","))
     freq = "1h"
@@ -175,6 +180,10 @@ def main() -> None:
     rm = realized_measures(sim.trades, bar=freq, grid=args.grid, kernel=False)
     rm = _with_counts(rm, _trade_counts(sim.bars_1m, freq))
     truth = truth_var(sim, freq)
+    if args.truth_input:
+        t = truth.set_index([SYMBOL, TS])["iv_var"]
+        rm["rv_var"] = t.reindex(pd.MultiIndex.from_frame(rm[[SYMBOL, TS]])).to_numpy()
+        rm = rm[rm["rv_var"] > 0].reset_index(drop=True)
     t1 = time.perf_counter()
     res = walk_forward(
         _models(args.window),

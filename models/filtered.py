@@ -296,7 +296,7 @@ class FilteredLogVol(BaseForecaster):
         sl = slice(lo, hi + 1)
         c = cal[sl]
         ok1 = np.isfinite(y1[sl])
-        beta = _ols(c[ok1], y1[sl][ok1])
+        beta = np.linalg.lstsq(c[ok1], y1[sl][ok1], rcond=None)[0]
         u1 = y1[sl] - c @ beta
         beta_act = None
         w_rv = 1.0
@@ -304,7 +304,7 @@ class FilteredLogVol(BaseForecaster):
         u = u1
         if y2 is not None:
             ok2 = np.isfinite(y2[sl])
-            beta_act = _ols(c[ok2], y2[sl][ok2])
+            beta_act = np.linalg.lstsq(c[ok2], y2[sl][ok2], rcond=None)[0]
             u2 = y2[sl] - c @ beta_act
             both = np.isfinite(u1) & np.isfinite(u2)
             a, b = u1[both], u2[both]
@@ -431,7 +431,7 @@ class FilteredLogVol(BaseForecaster):
         out = np.full(raw.shape, np.nan)
         rv0 = np.where(np.isfinite(rv), rv, np.nan)
         for c, h in enumerate(harr):
-            tgt = _nan_target_mean(rv0, int(h))
+            tgt = target_mean(rv0, int(h))
             ratio = tgt / raw[:, c]
             ok = np.isfinite(ratio)
             cs = np.concatenate([[0.0], np.cumsum(np.where(ok, ratio, 0.0))])
@@ -526,18 +526,3 @@ class FilteredLogVol(BaseForecaster):
         ok = opos >= need
         out[ok] = f[opos[ok]][:, order]
         return out, None
-
-
-def _nan_target_mean(x: np.ndarray, h: int) -> np.ndarray:
-    """Forward mean over t+1..t+h, NaN when any value in the window is missing."""
-    return target_mean(x, h)
-
-
-def _ols(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """OLS coefficients from the normal equations (pseudo-inverse when singular)."""
-    xtx = x.T @ x
-    xty = x.T @ y
-    try:
-        return np.linalg.solve(xtx, xty)
-    except np.linalg.LinAlgError:
-        return np.linalg.pinv(xtx) @ xty

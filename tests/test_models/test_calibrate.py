@@ -77,5 +77,7 @@ def test_errors(rng):
         empirical_quantiles(fc, ts, np.ones(50), window=10, min_history=20)
     with pytest.raises(ValueError, match="no origin of X has 60 earlier"):
         empirical_quantiles(fc, ts, np.ones(50), window=100, min_history=60)
+    with pytest.raises(ValueError, match="ts has 50 rows but rv_var has 49"):
+        empirical_quantiles(fc, ts, np.ones(49))
     with pytest.raises(ValueError, match="is not a row of ts"):
         empirical_quantiles(fc, ts[1:], np.ones(49))

@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from features.errors import DataError  # re-exported: its historical home
+
 # ---- column names --------------------------------------------------------------------------
 TS = "ts"
 SYMBOL = "symbol"
@@ -66,31 +68,6 @@ TS_DTYPE = "datetime64[ns, UTC]"
 
 BUY, SELL, UNKNOWN_SIDE = 1, -1, 0
 BID_SIDE, ASK_SIDE = 1, -1
-
-
-class DataError(ValueError):
-    """Bad input data: the message names the file, line, column, value and what was expected."""
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        source: str | None = None,
-        line: int | None = None,
-        column: str | None = None,
-    ) -> None:
-        self.source = source
-        self.line = line
-        self.column = column
-        where = []
-        if source is not None:
-            where.append(str(source))
-        if line is not None:
-            where.append(f"line {line}")
-        if column is not None:
-            where.append(f"column '{column}'")
-        prefix = ", ".join(where)
-        super().__init__(f"{prefix}: {message}" if prefix else message)
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,7 @@ import pandas as pd
 from sklearn.base import BaseEstimator, clone
 from sklearn.utils.validation import check_is_fitted
 
+from features.errors import ModelError
 from features.schema import CLOSE, N_OBS, RV, SYMBOL, TS, TS_DTYPE, to_utc_ns
 from models.forecast import VolForecast, default_annualization, format_period
 
@@ -66,7 +67,7 @@ def resolve_horizons(est: Any, horizons: Sequence[int] | None) -> tuple[int, ...
     return hs
 
 
-class MissingInputsError(ValueError):
+class MissingInputsError(ModelError):
     """The data lack columns a model needs (its ``required_inputs``)."""
 
 

@@ -63,6 +63,7 @@ from sklearn.covariance import LedoitWolf
 from sklearn.utils.validation import check_is_fitted
 
 from features.covariance import is_psd, nearest_correlation, realized_covariance
+from features.errors import ModelError
 from features.schema import CLOSE, PRICE, SYMBOL, TS
 from models.base import Constraint, Horizons, Interval, Options, resolve_horizons, validate_param
 from models.corr_forecast import CorrForecast
@@ -88,7 +89,7 @@ FISHER_CLIP = 0.999
 """Realized correlations are clipped to [-0.999, 0.999] before the Fisher z transform."""
 
 
-class MissingCorrInputsError(ValueError):
+class MissingCorrInputsError(ModelError):
     """The panel lacks an input a correlation model needs (realized covariances)."""
 
 

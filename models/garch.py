@@ -78,6 +78,7 @@ from arch.utility.exceptions import ConvergenceWarning
 from scipy import integrate
 from sklearn.utils.validation import check_is_fitted
 
+from features.errors import ModelError
 from features.schema import CLOSE, SYMBOL, TS, TS_DTYPE, to_utc_ns
 from models.base import (
     SQ_RET,
@@ -103,7 +104,7 @@ _T = TypeVar("_T")
 _R = TypeVar("_R")
 
 
-class GarchFitError(ValueError):
+class GarchFitError(ModelError):
     """A GARCH estimation or forecast failed and ``fallback="raise"`` was asked for."""
 
 

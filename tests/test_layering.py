@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 ALLOWED = {
     "features": set(),
     "models": {"features"},
-    "margin": {"models.forecast", "features.schema"},
+    "margin": {"models.forecast", "features.schema", "features.symbols", "features.errors"},
     "pipelines": {"features", "models", "margin"},
 }
 

@@ -669,7 +669,8 @@ def _print_surface(rep: Any) -> None:
     from rich.table import Table
 
     con = _console()
-    con.print(f"implied-volatility smiles (raw SVI) of {rep.data}", highlight=False, soft_wrap=True)
+    con.print("implied-volatility smiles (raw SVI), per expiry", highlight=False)
+    con.print(f"data: {rep.data}", highlight=False, soft_wrap=True)
     src = {"underlying": "fut", "parity": "pcp", "parity (interpolated)": "pcp*"}
     for u in rep.underlyings:
         d = u.to_dict()

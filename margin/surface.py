@@ -17,7 +17,8 @@ The fit is parametrized as ``(w_min, b, rho, m, s)`` with ``a = w_min - b s sqrt
 and box bounds ``w_min >= 0``, ``0 <= b <= 2``, ``|rho| < 1``, ``s > 0``: the minimum of
 ``w`` is ``w_min``, so total variance is never negative, and ``b (1 + |rho|) <= 4`` (Roger Lee's
 moment bound on the wings) holds for every admissible point. ``scipy.optimize.least_squares``
-(trust-region reflective, a few starting points, the best cost kept) does the fitting.
+(trust-region reflective; eight starting points on the quotes alone, the best one then polished
+with the butterfly penalty below) does the fitting.
 
 What the fit targets (the weighting rules)
 ------------------------------------------
@@ -327,12 +328,12 @@ def _fit_svi(k: NDArray, target: NDArray, scale: NDArray, weight: NDArray, t_yr:
 
     sw = np.sqrt(weight)
 
-    def residuals(x: NDArray) -> NDArray:
+    def residuals(x: NDArray, penalized: bool) -> NDArray:
         p = _from_fit_vector(x)
         w = p.total_variance(k)
         vol = np.sqrt(np.maximum(w, 1e-16) / t_yr)
         r = (vol - target) / scale * sw
-        if penalty > 0:
+        if penalized:
             with np.errstate(all="ignore"):
                 g = p.g(k_grid)
             r = np.concatenate([r, penalty * np.maximum(-np.nan_to_num(g, neginf=-1e3), 0.0)])
@@ -344,13 +345,18 @@ def _fit_svi(k: NDArray, target: NDArray, scale: NDArray, weight: NDArray, t_yr:
     lb = np.array([0.0, 0.0, -0.999, float(k.min()) - kr, 1e-3 * kr])
     ub = np.array([max(w_hi, 1e-8), 2.0, 0.999, float(k.max()) + kr, 2 * kr + 0.5])
     best = None
+    # several starts on the quotes alone, then the best polished with the butterfly penalty
     for m0, s0, r0 in itertools.product((0.0, float(np.median(k))), (0.1 * kr, 0.5 * kr),
                                         (-0.5, 0.3)):
         x0 = np.clip([0.8 * w_atm, max(0.2 * w_atm / s0, 1e-4), r0, m0, s0], lb + 1e-9, ub - 1e-9)
-        res = least_squares(residuals, x0, bounds=(lb, ub), x_scale="jac", max_nfev=1000)
+        res = least_squares(residuals, x0, bounds=(lb, ub), x_scale="jac", max_nfev=1000,
+                            args=(False,))
         if best is None or res.cost < best.cost:
             best = res
     assert best is not None
+    if penalty > 0:
+        best = least_squares(residuals, np.clip(best.x, lb, ub), bounds=(lb, ub), x_scale="jac",
+                             max_nfev=1000, args=(True,))
     return _from_fit_vector(best.x), float(best.cost)
 
 

@@ -191,6 +191,42 @@ def test_no_bid_quotes_are_dropped_and_stale_ones_weighted_down() -> None:
     assert frame["fit_px"].notna().all()
 
 
+def test_marks_without_ivs_are_inverted_and_never_weighted_by_age() -> None:
+    code = "2024-06-28"
+    truth = SVIParams(a=0.1, b=0.2, rho=-0.4, m=-0.1, sigma=0.5)
+    q = chain({code: (truth, 2359.9)}, marks_only=True)
+    q[MARK_IV] = np.nan  # prices but no IVs: the IVs come from the inversion
+    q[TS] = SNAP - pd.Timedelta(days=300)  # a listing time, not an observation: no stale rule
+    fit = fit_slice(q, expiry=q[EXPIRY].iloc[0], t_yr=t_of(code), forward=2359.9,
+                    forward_source="parity", snapshot=SNAP)
+    assert fit.target == "mark_iv" and (fit.quotes["weight"] == 1.0).all()
+    for name in ("a", "b", "rho", "m", "sigma"):
+        assert getattr(fit.params, name) == pytest.approx(getattr(truth, name), abs=2e-4), name
+
+
+def test_parity_forward_is_interpolated_for_an_expiry_without_puts() -> None:
+    three = {**_two_expiries(),
+             "2024-02-23": (SVIParams(0.25 * t_of("2024-02-23"), 0.08, -0.2, 0.0, 0.15), 2269.04)}
+    frame = chain(three, underlying_px=2222.19)
+    frame = frame[~((frame[EXPIRY].dt.month == 2) & (frame[OPTION_TYPE] == "P"))]
+    surf = fit_surface(frame, underlying="ETH", snapshot=SNAP)
+    feb = surf.slices[1]
+    assert feb.forward_source == "parity (interpolated)"
+    t1, t2, t3 = (s.t_yr for s in surf.slices)
+    f1, f3 = surf.slices[0].forward, surf.slices[2].forward
+    expect = np.exp(np.log(f1) + (np.log(f3) - np.log(f1)) * (t2 - t1) / (t3 - t1))
+    assert feb.forward == pytest.approx(expect, rel=1e-12)
+
+
+def test_no_call_put_pair_anywhere_means_no_forward() -> None:
+    frame = chain(_two_expiries(), underlying_px=2222.19)
+    frame = frame[frame[OPTION_TYPE] == "C"]
+    surf = fit_surface(frame, underlying="ETH", snapshot=SNAP, forward_source="parity")
+    assert surf.slices == ()
+    assert [f.reason for f in surf.failures] == [FailureReason.MISSING_PRICE] * 2
+    assert "no call/put pair" in surf.failures[0].message
+
+
 def test_too_few_quotes_is_a_failure() -> None:
     code = "2024-03-29"
     q = chain({code: (CLEAN, 2294.0)}, strikes_per=4)
@@ -234,6 +270,9 @@ def test_surface_interpolates_total_variance_and_prices_off_the_surface() -> Non
     mid = 0.25 * a.t_yr + 0.75 * b.t_yr
     np.testing.assert_allclose(surf.total_variance(k, mid), 0.25 * a.params.total_variance(k)
                                + 0.75 * b.params.total_variance(k), rtol=1e-12)
+    # before the first expiry the first slice's vols are kept (w scales with t)
+    np.testing.assert_allclose(surf.total_variance(k, a.t_yr / 4),
+                               a.params.total_variance(k) / 4, rtol=1e-12)
     # past the last expiry the last slice's vols are kept
     far = 2 * b.t_yr
     np.testing.assert_allclose(surf.total_variance(k, far) / far,

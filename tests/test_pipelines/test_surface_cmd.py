@@ -113,3 +113,10 @@ def test_unknown_data_exits_2(tmp_path, data_dir) -> None:
     r = run(["surface", "--data", str(tmp_path / "nothing-here")], tmp_path, data_dir)
     assert r.returncode == 2
     assert "is neither a dataset" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_help_lists_the_options(tmp_path, data_dir) -> None:
+    r = run(["surface", "--help"], tmp_path, data_dir)
+    assert r.returncode == 0
+    for opt in ("--data", "--as-of", "--underlying", "--forward", "--dvol", "--json"):
+        assert opt in r.stdout

@@ -35,8 +35,10 @@ def _utc(value: object, what: str) -> pd.Timestamp:
     try:
         t = pd.Timestamp(value)
     except (ValueError, TypeError) as exc:
-        raise ConfigError(f"The '{what}' option must be a timestamp such as 2024-01-08T12:00. "
-                          f"Got {value!r} instead.") from exc
+        raise ConfigError(
+            f"The '{what}' option must be a timestamp such as 2024-01-08T12:00. "
+            f"Got {value!r} instead."
+        ) from exc
     if t is pd.NaT:
         raise ConfigError(f"The '{what}' option must be a timestamp. Got {value!r} instead.")
     return t.tz_localize("UTC") if t.tzinfo is None else t.tz_convert("UTC")
@@ -46,8 +48,11 @@ def _read_raw(path: Path, kind: str) -> pd.DataFrame:
     """Every chunk of schema ``kind`` in a raw file or folder, through the readers."""
     from features.readers import list_sources, read_source
 
-    files = ([(f, fmt) for f, fmt, _ in list_sources(path) if fmt is not None]
-             if path.is_dir() else [(path, None)])
+    files = (
+        [(f, fmt) for f, fmt, _ in list_sources(path) if fmt is not None]
+        if path.is_dir()
+        else [(path, None)]
+    )
     frames = [c.frame for f, fmt in files for c in read_source(f, fmt) if c.kind == kind]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
@@ -58,17 +63,24 @@ def load_options(data: str, store: DataStore) -> tuple[pd.DataFrame, str]:
     if data in store.datasets():
         tables = store.manifest(data)["tables"]
         if OPTIONS_TABLE not in tables:
-            raise DataError(f"dataset '{data}' has no '{OPTIONS_TABLE}' table; tables: "
-                            f"{sorted(tables)}; expected an option chain (e.g. Deribit snapshots)")
+            raise DataError(
+                f"dataset '{data}' has no '{OPTIONS_TABLE}' table; tables: "
+                f"{sorted(tables)}; expected an option chain (e.g. Deribit snapshots)"
+            )
         return store.read(data, OPTIONS_TABLE), data
     path = Path(data)
     if not path.exists():
-        raise DataError(f"'{data}' is neither a dataset in {store.root} ({store.datasets()}) "
-                        "nor a file or folder")
+        raise DataError(
+            f"'{data}' is neither a dataset in {store.root} ({store.datasets()}) "
+            "nor a file or folder"
+        )
     frame = _read_raw(path, "options")
     if frame.empty:
-        raise DataError(f"no option chain in {path}; expected Deribit option snapshots "
-                        "(formats deribit_option_chain, deribit_options_marks)", source=str(path))
+        raise DataError(
+            f"no option chain in {path}; expected Deribit option snapshots "
+            "(formats deribit_option_chain, deribit_options_marks)",
+            source=str(path),
+        )
     return frame, str(path)
 
 
@@ -141,8 +153,11 @@ class SurfaceReport:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready report."""
-        return {"data": self.data, "as_of": None if self.as_of is None else self.as_of.isoformat(),
-                "underlyings": [u.to_dict() for u in self.underlyings]}
+        return {
+            "data": self.data,
+            "as_of": None if self.as_of is None else self.as_of.isoformat(),
+            "underlyings": [u.to_dict() for u in self.underlyings],
+        }
 
 
 def plot_surface(surface: VolSurface, path: Path) -> Path:
@@ -166,23 +181,49 @@ def plot_surface(surface: VolSurface, path: Path) -> Path:
         # out-of-the-money quotes only: the in-the-money twin of a strike repeats its vol
         used, other = q[q["used"]], q[~q["used"] & (q["dropped"] != "in the money")]
         if s.target == "bid_ask":
-            for part, colour, label in ((other, "0.7", "bid-ask (not fitted)"),
-                                        (used, "tab:blue", "bid-ask (fit)")):
+            for part, colour, label in (
+                (other, "0.7", "bid-ask (not fitted)"),
+                (used, "tab:blue", "bid-ask (fit)"),
+            ):
                 part = part[np.isfinite(part["bid_iv"]) & np.isfinite(part["ask_iv"])]
                 if len(part):
-                    ax.vlines(part["k"], part["bid_iv"] * 100, part["ask_iv"] * 100,
-                              colors=colour, lw=2.2, label=label)
+                    ax.vlines(
+                        part["k"],
+                        part["bid_iv"] * 100,
+                        part["ask_iv"] * 100,
+                        colors=colour,
+                        lw=2.2,
+                        label=label,
+                    )
             out = used[used["inside"] == 0]
             if len(out):
-                ax.plot(out["k"], out["fit_vol"] * 100, "x", color="tab:red", ms=6,
-                        label="fit outside spread")
+                ax.plot(
+                    out["k"],
+                    out["fit_vol"] * 100,
+                    "x",
+                    color="tab:red",
+                    ms=6,
+                    label="fit outside spread",
+                )
         else:
             rest = other[np.isfinite(other["mark_iv"])]
             if len(rest):
-                ax.plot(rest["k"], rest["mark_iv"] * 100, "o", ms=3, color="0.65",
-                        label="mark IV (not fitted)")
-            ax.plot(used["k"], used["mark_iv"] * 100, "o", ms=3.5, color="tab:blue",
-                    label="mark IV (fit)")
+                ax.plot(
+                    rest["k"],
+                    rest["mark_iv"] * 100,
+                    "o",
+                    ms=3,
+                    color="0.65",
+                    label="mark IV (not fitted)",
+                )
+            ax.plot(
+                used["k"],
+                used["mark_iv"] * 100,
+                "o",
+                ms=3.5,
+                color="tab:blue",
+                label="mark IV (fit)",
+            )
         ax.plot(s.k_grid, s.vol(s.k_grid) * 100, color="tab:orange", lw=1.6, label="SVI fit")
         lo, hi = used["k"].min(), used["k"].max()
         pad = 0.15 * (hi - lo) + 1e-3
@@ -190,16 +231,27 @@ def plot_surface(surface: VolSurface, path: Path) -> Path:
         vis = s.vol(np.linspace(lo - pad, hi + pad, 50)) * 100
         ref = (used["ask_iv"] if s.target == "bid_ask" else used["mark_iv"]) * 100
         top = float(np.nanmax([vis.max(), np.nanmax(ref)]))
-        bot = float(np.nanmin([vis.min(), np.nanmin(used["bid_iv"] * 100)
-                               if s.target == "bid_ask" else np.nanmin(ref)]))
+        bot = float(
+            np.nanmin(
+                [
+                    vis.min(),
+                    np.nanmin(used["bid_iv"] * 100) if s.target == "bid_ask" else np.nanmin(ref),
+                ]
+            )
+        )
         ax.set_ylim(max(0.0, bot - 0.08 * (top - bot) - 1), top + 0.08 * (top - bot) + 1)
         days = s.t_yr * 365
-        quality = (f"{s.inside_pct:.0f}% in spread" if s.target == "bid_ask"
-                   else f"RMSE {s.rmse_vol_pts:.2f} vp")
+        quality = (
+            f"{s.inside_pct:.0f}% in spread"
+            if s.target == "bid_ask"
+            else f"RMSE {s.rmse_vol_pts:.2f} vp"
+        )
         flags = ("" if s.butterfly.ok else " BFLY") + (
-            "" if s.calendar is None or s.calendar.ok else " CAL")
-        ax.set_title(f"{s.expiry:%d%b%y}".upper() + f" ({days:.1f} d): {quality}{flags}",
-                     fontsize=9)
+            "" if s.calendar is None or s.calendar.ok else " CAL"
+        )
+        ax.set_title(
+            f"{s.expiry:%d%b%y}".upper() + f" ({days:.1f} d): {quality}{flags}", fontsize=9
+        )
         ax.grid(alpha=0.3)
         ax.tick_params(labelsize=8)
     for ax in axes[:, 0]:
@@ -212,10 +264,21 @@ def plot_surface(surface: VolSurface, path: Path) -> Path:
             if lab not in labels:
                 handles.append(h)
                 labels.append(lab)
-    fig.legend(handles, labels, loc="upper center", ncol=len(labels), fontsize=8, frameon=False,
-               bbox_to_anchor=(0.5, 1.0))
-    fig.suptitle(f"{surface.underlying} implied-volatility smiles (raw SVI) at "
-                 f"{surface.snapshot:%Y-%m-%d %H:%M} UTC", y=1.03, fontsize=11)
+    fig.legend(
+        handles,
+        labels,
+        loc="upper center",
+        ncol=len(labels),
+        fontsize=8,
+        frameon=False,
+        bbox_to_anchor=(0.5, 1.0),
+    )
+    fig.suptitle(
+        f"{surface.underlying} implied-volatility smiles (raw SVI) at "
+        f"{surface.snapshot:%Y-%m-%d %H:%M} UTC",
+        y=1.03,
+        fontsize=11,
+    )
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
@@ -239,8 +302,9 @@ def surface_report(
     ``home/reports/surface/``. See the module docstring for the snapshot rules."""
     store = DataStore(home / "data")
     chain, label = load_options(data, store)
-    chain = chain.assign(**{TS: pd.to_datetime(chain[TS], utc=True),
-                            EXPIRY: pd.to_datetime(chain[EXPIRY], utc=True)})
+    chain = chain.assign(
+        **{TS: pd.to_datetime(chain[TS], utc=True), EXPIRY: pd.to_datetime(chain[EXPIRY], utc=True)}
+    )
     t_asof = None if as_of is None else _utc(as_of, "as-of")
     names = sorted(chain[UNDERLYING].unique())
     if underlying is not None:
@@ -255,28 +319,57 @@ def surface_report(
             rows = rows[rows[TS] <= t_asof]
         if rows.empty:
             first = chain.loc[chain[UNDERLYING] == u, TS].min()
-            out.append(UnderlyingReport(u, None, None, None, None, (Failure(
-                FailureReason.MISSING_INPUTS, u,
-                f"no {u} option rows at or before {t_asof.isoformat() if t_asof else '-'}; "
-                f"the first is at {first.isoformat()}"),)))
+            out.append(
+                UnderlyingReport(
+                    u,
+                    None,
+                    None,
+                    None,
+                    None,
+                    (
+                        Failure(
+                            FailureReason.MISSING_INPUTS,
+                            u,
+                            f"no {u} option rows at or before {t_asof.isoformat() if t_asof else '-'}; "
+                            f"the first is at {first.isoformat()}",
+                        ),
+                    ),
+                )
+            )
             continue
         snap = pd.Timestamp(rows[TS].max())
         at = t_asof or snap
         dv = dvol_at(dvol_bars, u, at) if dvol_bars is not None else None
         if t_asof is not None and t_asof - snap > MAX_SNAPSHOT_AGE:
-            out.append(UnderlyingReport(u, snap, None, dv, None, (Failure(
-                FailureReason.STALE, u,
-                f"the latest {u} chain at or before {t_asof.isoformat()} is from "
-                f"{snap.isoformat()}, older than {MAX_SNAPSHOT_AGE}; not fitted",
-                {"snapshot": snap.isoformat(), "as_of": t_asof.isoformat()}),)))
+            out.append(
+                UnderlyingReport(
+                    u,
+                    snap,
+                    None,
+                    dv,
+                    None,
+                    (
+                        Failure(
+                            FailureReason.STALE,
+                            u,
+                            f"the latest {u} chain at or before {t_asof.isoformat()} is from "
+                            f"{snap.isoformat()}, older than {MAX_SNAPSHOT_AGE}; not fitted",
+                            {"snapshot": snap.isoformat(), "as_of": t_asof.isoformat()},
+                        ),
+                    ),
+                )
+            )
             continue
-        surf = fit_surface(rows, underlying=u, snapshot=snap,
-                           forward_source=forward_source,  # type: ignore[arg-type]
-                           params=params)
+        surf = fit_surface(
+            rows,
+            underlying=u,
+            snapshot=snap,
+            forward_source=forward_source,  # type: ignore[arg-type]
+            params=params,
+        )
         n_off = int(sum((~s.quotes["used"]).sum() for s in surf.slices))
         png = None
         if plot and surf.slices:
-            png = plot_surface(surf, home / "reports" / "surface" /
-                               f"{u}_{snap:%Y%m%dT%H%M%S}.png")
+            png = plot_surface(surf, home / "reports" / "surface" / f"{u}_{snap:%Y%m%dT%H%M%S}.png")
         out.append(UnderlyingReport(u, snap, surf, dv, png, (), n_off))
     return SurfaceReport(label, t_asof, tuple(out))

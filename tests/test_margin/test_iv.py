@@ -92,10 +92,17 @@ def test_against_quantlib_black_formula_implied_std_dev(rng) -> None:
         pytest.param(100.0, 95.0, 100.0, False, "upper", id="put-at-strike"),
     ],
 )
-def test_prices_outside_the_bounds_get_an_arbitrage_failure(price, forward, strike, is_call,
-                                                           bound) -> None:
-    res = implied_vol([5.0, price, 5.0], [100.0, forward, 100.0], 100.0, 0.5,
-                      [True, is_call, False], names=["A", "B", "C"])
+def test_prices_outside_the_bounds_get_an_arbitrage_failure(
+    price, forward, strike, is_call, bound
+) -> None:
+    res = implied_vol(
+        [5.0, price, 5.0],
+        [100.0, forward, 100.0],
+        100.0,
+        0.5,
+        [True, is_call, False],
+        names=["A", "B", "C"],
+    )
     assert res.failures[0] is None and res.failures[2] is None
     fail = res.failures[1]
     assert fail is not None and fail.reason is FailureReason.ARBITRAGE
@@ -119,12 +126,18 @@ def test_inverse_bounds_are_in_coin() -> None:
     ("kw", "reason", "text"),
     [
         pytest.param({"price": float("nan")}, FailureReason.NON_FINITE, "price is nan", id="nan"),
-        pytest.param({"forward": float("inf")}, FailureReason.NON_FINITE, "forward is inf",
-                     id="inf-forward"),
-        pytest.param({"strike": 0.0}, FailureReason.INVALID_VALUE, "strike 0.0 must be > 0",
-                     id="zero-strike"),
-        pytest.param({"forward": -5.0}, FailureReason.INVALID_VALUE, "forward -5.0 must be > 0",
-                     id="negative-forward"),
+        pytest.param(
+            {"forward": float("inf")}, FailureReason.NON_FINITE, "forward is inf", id="inf-forward"
+        ),
+        pytest.param(
+            {"strike": 0.0}, FailureReason.INVALID_VALUE, "strike 0.0 must be > 0", id="zero-strike"
+        ),
+        pytest.param(
+            {"forward": -5.0},
+            FailureReason.INVALID_VALUE,
+            "forward -5.0 must be > 0",
+            id="negative-forward",
+        ),
         pytest.param({"t_yr": 0.0}, FailureReason.EXPIRED, "expired", id="expired"),
     ],
 )

@@ -44,9 +44,16 @@ GJ_ARBITRAGE = SVIParams(a=-0.0410, b=0.1331, rho=0.3060, m=0.3586, sigma=0.4153
 CLEAN = SVIParams(a=0.04, b=0.1, rho=-0.3, m=0.0, sigma=0.2)
 
 
-def chain(slices: dict[str, tuple[SVIParams, float]], *, half_vol: float = 0.01,
-          underlying_px: float | None = None, strikes_per: int = 25, no_bid: int = 0,
-          stale: int = 0, marks_only: bool = False) -> pd.DataFrame:
+def chain(
+    slices: dict[str, tuple[SVIParams, float]],
+    *,
+    half_vol: float = 0.01,
+    underlying_px: float | None = None,
+    strikes_per: int = 25,
+    no_bid: int = 0,
+    stale: int = 0,
+    marks_only: bool = False,
+) -> pd.DataFrame:
     """A synthetic Deribit-style chain (coin prices): per expiry code, (SVI params, forward)."""
     rows = []
     for code, (p, fwd) in slices.items():
@@ -64,22 +71,34 @@ def chain(slices: dict[str, tuple[SVIParams, float]], *, half_vol: float = 0.01,
                 otm = (k >= fwd) if call else (k < fwd)
                 if otm and i < no_bid:
                     bid = np.nan
-                ts = SNAP - pd.Timedelta(hours=5) if (otm and stale and i >= strikes_per - stale) \
+                ts = (
+                    SNAP - pd.Timedelta(hours=5)
+                    if (otm and stale and i >= strikes_per - stale)
                     else SNAP
-                rows.append({
-                    TS: ts, SYMBOL: f"ETH-{code}-{k}-{typ}", UNDERLYING: "ETH", EXPIRY: exp,
-                    STRIKE: k, OPTION_TYPE: typ,
-                    BID_PX: np.nan if marks_only else bid, ASK_PX: np.nan if marks_only else ask,
-                    MARK_PX: mark, MARK_IV: vol if marks_only else np.nan,
-                    UNDERLYING_PX: fwd if underlying_px is None else underlying_px,
-                    OPEN_INTEREST: 1.0,
-                })
+                )
+                rows.append(
+                    {
+                        TS: ts,
+                        SYMBOL: f"ETH-{code}-{k}-{typ}",
+                        UNDERLYING: "ETH",
+                        EXPIRY: exp,
+                        STRIKE: k,
+                        OPTION_TYPE: typ,
+                        BID_PX: np.nan if marks_only else bid,
+                        ASK_PX: np.nan if marks_only else ask,
+                        MARK_PX: mark,
+                        MARK_IV: vol if marks_only else np.nan,
+                        UNDERLYING_PX: fwd if underlying_px is None else underlying_px,
+                        OPEN_INTEREST: 1.0,
+                    }
+                )
     return pd.DataFrame(rows)
 
 
 def t_of(code: str) -> float:
-    return ((pd.Timestamp(code, tz="UTC") + pd.Timedelta(hours=8) - SNAP).total_seconds()
-            / (365 * 86400))
+    return (pd.Timestamp(code, tz="UTC") + pd.Timedelta(hours=8) - SNAP).total_seconds() / (
+        365 * 86400
+    )
 
 
 # ---- SVI and the checks ----------------------------------------------------------------------
@@ -147,8 +166,14 @@ def test_svi_recovers_known_parameters_from_bid_ask_quotes() -> None:
     t = t_of(code)
     truth = SVIParams(a=0.02 * t / 0.12, b=0.12, rho=-0.35, m=0.05, sigma=0.25)
     q = chain({code: (truth, 2269.0)}, strikes_per=31)
-    fit = fit_slice(q, expiry=q[EXPIRY].iloc[0], t_yr=t, forward=2269.0,
-                    forward_source="underlying", snapshot=SNAP)
+    fit = fit_slice(
+        q,
+        expiry=q[EXPIRY].iloc[0],
+        t_yr=t,
+        forward=2269.0,
+        forward_source="underlying",
+        snapshot=SNAP,
+    )
     assert not isinstance(fit, Failure)
     got = fit.params
     for name in ("a", "b", "rho", "m", "sigma"):
@@ -167,8 +192,14 @@ def test_svi_recovers_known_parameters_from_marks() -> None:
     code = "2024-06-28"
     truth = SVIParams(a=0.1, b=0.2, rho=-0.4, m=-0.1, sigma=0.5)
     q = chain({code: (truth, 2359.9)}, marks_only=True)
-    fit = fit_slice(q, expiry=q[EXPIRY].iloc[0], t_yr=t_of(code), forward=2359.9,
-                    forward_source="parity", snapshot=SNAP)
+    fit = fit_slice(
+        q,
+        expiry=q[EXPIRY].iloc[0],
+        t_yr=t_of(code),
+        forward=2359.9,
+        forward_source="parity",
+        snapshot=SNAP,
+    )
     assert fit.target == "mark_iv" and np.isnan(fit.inside_pct)
     for name in ("a", "b", "rho", "m", "sigma"):
         assert getattr(fit.params, name) == pytest.approx(getattr(truth, name), abs=2e-4), name
@@ -179,8 +210,14 @@ def test_no_bid_quotes_are_dropped_and_stale_ones_weighted_down() -> None:
     code = "2024-03-29"
     p = SVIParams(a=0.03, b=0.15, rho=-0.3, m=0.0, sigma=0.3)
     q = chain({code: (p, 2294.0)}, no_bid=3, stale=2)
-    fit = fit_slice(q, expiry=q[EXPIRY].iloc[0], t_yr=t_of(code), forward=2294.0,
-                    forward_source="underlying", snapshot=SNAP)
+    fit = fit_slice(
+        q,
+        expiry=q[EXPIRY].iloc[0],
+        t_yr=t_of(code),
+        forward=2294.0,
+        forward_source="underlying",
+        snapshot=SNAP,
+    )
     assert fit.dropped == {"no bid": 3}
     frame = fit.quotes
     assert (frame.loc[frame["dropped"] == "no bid", "used"] == False).all()  # noqa: E712
@@ -197,16 +234,24 @@ def test_marks_without_ivs_are_inverted_and_never_weighted_by_age() -> None:
     q = chain({code: (truth, 2359.9)}, marks_only=True)
     q[MARK_IV] = np.nan  # prices but no IVs: the IVs come from the inversion
     q[TS] = SNAP - pd.Timedelta(days=300)  # a listing time, not an observation: no stale rule
-    fit = fit_slice(q, expiry=q[EXPIRY].iloc[0], t_yr=t_of(code), forward=2359.9,
-                    forward_source="parity", snapshot=SNAP)
+    fit = fit_slice(
+        q,
+        expiry=q[EXPIRY].iloc[0],
+        t_yr=t_of(code),
+        forward=2359.9,
+        forward_source="parity",
+        snapshot=SNAP,
+    )
     assert fit.target == "mark_iv" and (fit.quotes["weight"] == 1.0).all()
     for name in ("a", "b", "rho", "m", "sigma"):
         assert getattr(fit.params, name) == pytest.approx(getattr(truth, name), abs=2e-4), name
 
 
 def test_parity_forward_is_interpolated_for_an_expiry_without_puts() -> None:
-    three = {**_two_expiries(),
-             "2024-02-23": (SVIParams(0.25 * t_of("2024-02-23"), 0.08, -0.2, 0.0, 0.15), 2269.04)}
+    three = {
+        **_two_expiries(),
+        "2024-02-23": (SVIParams(0.25 * t_of("2024-02-23"), 0.08, -0.2, 0.0, 0.15), 2269.04),
+    }
     frame = chain(three, underlying_px=2222.19)
     frame = frame[~((frame[EXPIRY].dt.month == 2) & (frame[OPTION_TYPE] == "P"))]
     surf = fit_surface(frame, underlying="ETH", snapshot=SNAP)
@@ -230,8 +275,14 @@ def test_no_call_put_pair_anywhere_means_no_forward() -> None:
 def test_too_few_quotes_is_a_failure() -> None:
     code = "2024-03-29"
     q = chain({code: (CLEAN, 2294.0)}, strikes_per=4)
-    res = fit_slice(q, expiry=q[EXPIRY].iloc[0], t_yr=t_of(code), forward=2294.0,
-                    forward_source="underlying", snapshot=SNAP)
+    res = fit_slice(
+        q,
+        expiry=q[EXPIRY].iloc[0],
+        t_yr=t_of(code),
+        forward=2294.0,
+        forward_source="underlying",
+        snapshot=SNAP,
+    )
     assert isinstance(res, Failure) and res.reason is FailureReason.MISSING_INPUTS
     assert "at least 5 needed" in res.message
 
@@ -240,21 +291,29 @@ def test_fit_params_are_validated() -> None:
     with pytest.raises(ConfigError, match="'stale_weight' parameter of FitParams must be in"):
         FitParams(stale_weight=0.0)
     with pytest.raises(ConfigError, match="'forward_source' parameter must be one of"):
-        fit_surface(chain({"2024-03-29": (CLEAN, 2294.0)}), underlying="ETH", snapshot=SNAP,
-                    forward_source="index")  # type: ignore[arg-type]
+        fit_surface(
+            chain({"2024-03-29": (CLEAN, 2294.0)}),
+            underlying="ETH",
+            snapshot=SNAP,
+            forward_source="index",
+        )  # type: ignore[arg-type]
 
 
 def _two_expiries() -> dict[str, tuple[SVIParams, float]]:
     t1, t2 = t_of("2024-01-26"), t_of("2024-03-29")
-    return {"2024-01-26": (SVIParams(0.5 * 0.5 * t1, 0.05, -0.2, 0.0, 0.1), 2241.65),
-            "2024-03-29": (SVIParams(0.5 * 0.5 * t2, 0.12, -0.2, 0.0, 0.2), 2293.97)}
+    return {
+        "2024-01-26": (SVIParams(0.5 * 0.5 * t1, 0.05, -0.2, 0.0, 0.1), 2241.65),
+        "2024-03-29": (SVIParams(0.5 * 0.5 * t2, 0.12, -0.2, 0.0, 0.2), 2293.97),
+    }
 
 
-@pytest.mark.parametrize(("index", "rule"), [(None, "underlying"), (2222.19, "parity")],
-                         ids=["futures-price", "index-price"])
+@pytest.mark.parametrize(
+    ("index", "rule"),
+    [(None, "underlying"), (2222.19, "parity")],
+    ids=["futures-price", "index-price"],
+)
 def test_auto_forward_uses_the_file_future_only_when_parity_agrees(index, rule) -> None:
-    surf = fit_surface(chain(_two_expiries(), underlying_px=index), underlying="ETH",
-                       snapshot=SNAP)
+    surf = fit_surface(chain(_two_expiries(), underlying_px=index), underlying="ETH", snapshot=SNAP)
     assert [s.forward_source for s in surf.slices] == [rule, rule]
     assert [s.forward for s in surf.slices] == pytest.approx([2241.65, 2293.97], rel=1e-9)
     assert surf.slices[0].calendar is None
@@ -265,32 +324,45 @@ def test_surface_interpolates_total_variance_and_prices_off_the_surface() -> Non
     surf = fit_surface(chain(_two_expiries()), underlying="ETH", snapshot=SNAP)
     a, b = surf.slices
     k = np.array([-0.2, 0.0, 0.15])
-    np.testing.assert_allclose(surf.total_variance(k, a.t_yr), a.params.total_variance(k),
-                               rtol=1e-12)
+    np.testing.assert_allclose(
+        surf.total_variance(k, a.t_yr), a.params.total_variance(k), rtol=1e-12
+    )
     mid = 0.25 * a.t_yr + 0.75 * b.t_yr
-    np.testing.assert_allclose(surf.total_variance(k, mid), 0.25 * a.params.total_variance(k)
-                               + 0.75 * b.params.total_variance(k), rtol=1e-12)
+    np.testing.assert_allclose(
+        surf.total_variance(k, mid),
+        0.25 * a.params.total_variance(k) + 0.75 * b.params.total_variance(k),
+        rtol=1e-12,
+    )
     # before the first expiry the first slice's vols are kept (w scales with t)
-    np.testing.assert_allclose(surf.total_variance(k, a.t_yr / 4),
-                               a.params.total_variance(k) / 4, rtol=1e-12)
+    np.testing.assert_allclose(
+        surf.total_variance(k, a.t_yr / 4), a.params.total_variance(k) / 4, rtol=1e-12
+    )
     # past the last expiry the last slice's vols are kept
     far = 2 * b.t_yr
-    np.testing.assert_allclose(surf.total_variance(k, far) / far,
-                               b.params.total_variance(k) / b.t_yr, rtol=1e-12)
+    np.testing.assert_allclose(
+        surf.total_variance(k, far) / far, b.params.total_variance(k) / b.t_yr, rtol=1e-12
+    )
     strike = np.array([2000.0, 2300.0, 2600.0])
     px = surf.price(strike, b.expiry, [False, True, True])
     vol = np.sqrt(b.params.total_variance(np.log(strike / b.forward)) / b.t_yr)
-    np.testing.assert_allclose(px, black76_price(b.forward, strike, b.t_yr, vol,
-                                                 [False, True, True], inverse=True), rtol=1e-12)
+    np.testing.assert_allclose(
+        px,
+        black76_price(b.forward, strike, b.t_yr, vol, [False, True, True], inverse=True),
+        rtol=1e-12,
+    )
     assert surf.forward(b.expiry) == pytest.approx(b.forward, rel=1e-12)
     with pytest.raises(ConfigError, match="'t_yr' argument must be > 0"):
         surf.total_variance(k, 0.0)
 
 
 def test_dvol_at_or_before_as_of() -> None:
-    bars = pd.DataFrame({
-        TS: pd.to_datetime(["2024-01-07", "2024-01-08", "2024-01-09"], utc=True),
-        SYMBOL: ["ETH-DVOL"] * 3, CLOSE: [60.0, 62.5, 70.0]})
+    bars = pd.DataFrame(
+        {
+            TS: pd.to_datetime(["2024-01-07", "2024-01-08", "2024-01-09"], utc=True),
+            SYMBOL: ["ETH-DVOL"] * 3,
+            CLOSE: [60.0, 62.5, 70.0],
+        }
+    )
     v = dvol_at(bars, "eth", "2024-01-08 11:19")
     assert v.vol == pytest.approx(0.625) and v.ts == pd.Timestamp("2024-01-08", tz="UTC")
     assert dvol_at(bars, "ETH", "2024-01-09").vol == pytest.approx(0.70)
@@ -323,8 +395,11 @@ def test_real_eth_chain_fitted_inside_the_bid_ask_spread(data_dir) -> None:
     in_vol = (used["fit_vol"] >= used["bid_iv"]) & (used["fit_vol"] <= used["ask_iv"])
     assert (in_vol == used["inside"].astype(bool)).all()
     assert all(s.butterfly.ok for s in surf.slices)
-    assert [s.expiry.strftime("%d%b%y").upper() for s in surf.slices
-            if s.calendar is not None and not s.calendar.ok] == ["12JAN24"]
+    assert [
+        s.expiry.strftime("%d%b%y").upper()
+        for s in surf.slices
+        if s.calendar is not None and not s.calendar.ok
+    ] == ["12JAN24"]
 
 
 @pytest.mark.slow

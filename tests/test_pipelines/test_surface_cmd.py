@@ -15,8 +15,9 @@ DPRM = [sys.executable, "-m", "pipelines.cli"]
 ETH_FILE = "eth_option_chain_2024-01-08.parquet"
 
 
-def run(args: list[str], home: Path, data_dir: Path, columns: int = 200
-        ) -> subprocess.CompletedProcess:
+def run(
+    args: list[str], home: Path, data_dir: Path, columns: int = 200
+) -> subprocess.CompletedProcess:
     env = dict(os.environ, DPRM_HOME=str(home), DPRM_DATA_DIR=str(data_dir), COLUMNS=str(columns))
     return subprocess.run([*DPRM, *args], capture_output=True, text=True, env=env, timeout=600)
 
@@ -42,12 +43,22 @@ def test_json_report_on_the_raw_snapshots(tmp_path, data_dir, snapshots) -> None
     assert btc["inside_pct"] is None  # marks only: no spread to be inside
     assert {s["forward_source"] for s in btc["slices"]} == {"parity"}
     for s in eth["slices"]:
-        assert set(s) >= {"expiry", "forward", "n_quotes", "rmse_vol_pts", "inside_pct",
-                          "butterfly", "calendar", "params"}
+        assert set(s) >= {
+            "expiry",
+            "forward",
+            "n_quotes",
+            "rmse_vol_pts",
+            "inside_pct",
+            "butterfly",
+            "calendar",
+            "params",
+        }
     # DVOL at or before each snapshot, from the real file, independently read
     dvol = pd.read_parquet(data_dir / "deribit_dvol_daily_2021_2025h1" / "dvol_daily.parquet")
-    eth_day = dvol[(dvol["symbol"].str.upper() == "ETH")
-                   & (pd.to_datetime(dvol["date"]) == pd.Timestamp("2024-01-07"))]
+    eth_day = dvol[
+        (dvol["symbol"].str.upper() == "ETH")
+        & (pd.to_datetime(dvol["date"]) == pd.Timestamp("2024-01-07"))
+    ]
     assert eth["dvol"]["vol"] == pytest.approx(float(eth_day["close"].iloc[0]) / 100, rel=1e-12)
     assert eth["dvol"]["ts"].startswith("2024-01-08T00:00")
     for u in (eth, btc):
@@ -75,17 +86,22 @@ def test_table_fits_80_columns_and_names_the_plot(tmp_path, data_dir, snapshots)
 
 @pytest.mark.slow
 def test_store_dataset_gives_the_same_fit_and_stale_chains_are_not_fitted(
-        tmp_path, data_dir, snapshots) -> None:
-    r = run(["data", "ingest", str(snapshots / ETH_FILE), "--dataset", "ethopt"], tmp_path, data_dir)
+    tmp_path, data_dir, snapshots
+) -> None:
+    r = run(
+        ["data", "ingest", str(snapshots / ETH_FILE), "--dataset", "ethopt"], tmp_path, data_dir
+    )
     assert r.returncode == 0, r.stderr
-    r = run(["surface", "--data", "ethopt", "--as-of", "2024-01-08T12:00", "--json"], tmp_path,
-            data_dir)
+    r = run(
+        ["surface", "--data", "ethopt", "--as-of", "2024-01-08T12:00", "--json"], tmp_path, data_dir
+    )
     assert r.returncode == 0, r.stderr
     eth = json.loads(r.stdout)["underlyings"][0]
     assert eth["inside_pct"] == pytest.approx(100 * 309 / 326, abs=1e-9)
     # two days later the same chain is stale: reported, not fitted
-    r = run(["surface", "--data", "ethopt", "--as-of", "2024-01-10T12:00", "--json"], tmp_path,
-            data_dir)
+    r = run(
+        ["surface", "--data", "ethopt", "--as-of", "2024-01-10T12:00", "--json"], tmp_path, data_dir
+    )
     assert r.returncode == 0, r.stderr
     eth = json.loads(r.stdout)["underlyings"][0]
     assert eth["slices"] == [] and eth["png"] is None
@@ -96,11 +112,13 @@ def test_store_dataset_gives_the_same_fit_and_stale_chains_are_not_fitted(
 @pytest.mark.parametrize(
     ("args", "text"),
     [
-        pytest.param(["--as-of", "not-a-time"], "'as-of' option must be a timestamp",
-                     id="bad-as-of"),
+        pytest.param(
+            ["--as-of", "not-a-time"], "'as-of' option must be a timestamp", id="bad-as-of"
+        ),
         pytest.param(["--underlying", "SOL"], "underlying 'SOL' not in", id="unknown-underlying"),
-        pytest.param(["--forward", "index"], "'forward_source' parameter must be one of",
-                     id="bad-forward"),
+        pytest.param(
+            ["--forward", "index"], "'forward_source' parameter must be one of", id="bad-forward"
+        ),
     ],
 )
 def test_bad_options_exit_2_with_one_line(tmp_path, data_dir, snapshots, args, text) -> None:

@@ -294,6 +294,9 @@ class SmileFit:
         mark-only chains. inside_all_pct : the same over every two-sided quote of the expiry
         (calls and puts, in and out of the money).
     butterfly, calendar : the checks (calendar against the previous expiry; None for the first).
+    iv_failures : the quote prices (bid, ask, mid, mark) with no implied volatility, one
+        :class:`Failure` each (subject ``"SYMBOL side"``), e.g. an in-the-money bid under
+        intrinsic value (``ARBITRAGE``).
     quotes : per option of the expiry: symbol, strike, k, option_type, bid/ask/mid/mark IVs,
         weight, used, fit_vol, fit_px, inside (the frame the plot and the tests read).
     """
@@ -313,6 +316,7 @@ class SmileFit:
     calendar: ArbitrageCheck | None
     k_grid: NDArray[np.float64] = field(repr=False)
     quotes: pd.DataFrame = field(repr=False)
+    iv_failures: tuple[Failure, ...] = ()
 
     def vol(self, k: ArrayLike) -> NDArray[np.float64]:
         """Fitted implied vol at log-moneyness ``k``."""
@@ -335,7 +339,15 @@ class SmileFit:
             "params": self.params.to_dict(),
             "butterfly": self.butterfly.to_dict(),
             "calendar": None if self.calendar is None else self.calendar.to_dict(),
+            "iv_failures": _count_reasons(self.iv_failures),
         }
+
+
+def _count_reasons(failures: Sequence[Failure]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for f in failures:
+        out[f.reason.value] = out.get(f.reason.value, 0) + 1
+    return out
 
 
 def _none_if_nan(x: float) -> float | None:
@@ -438,25 +450,32 @@ def fit_slice(
     }
     bid, ask, mark, mark_iv = col[BID_PX], col[ASK_PX], col[MARK_PX], col[MARK_IV]
 
-    def inv(px: NDArray) -> NDArray:
+    iv_failures: list[Failure] = []
+
+    def inv(px: NDArray, side: str, wanted: NDArray | None = None) -> NDArray:
         have = np.isfinite(px) & (px > 0)
+        if wanted is not None:
+            have &= wanted
         out = np.full(n, np.nan)
         if have.any():
-            out[have] = implied_vol(
+            res = implied_vol(
                 px[have],
                 f_arr[have],
                 strike[have],
                 t_arr[have],
                 is_call[have],
                 inverse=inverse,
-                names=[nm for nm, h in zip(names, have, strict=True) if h],
-            ).vol
+                names=[f"{nm} {side}" for nm, h in zip(names, have, strict=True) if h],
+            )
+            out[have] = res.vol
+            iv_failures.extend(res.failed())
         return out
 
     two_sided = np.isfinite(bid) & np.isfinite(ask) & (bid > 0) & (ask > bid)
-    bid_iv, ask_iv = inv(bid), inv(ask)
-    mid_iv = inv(np.where(two_sided, (bid + ask) / 2, np.nan))
-    mark_vol = np.where(np.isfinite(mark_iv) & (mark_iv > 0), mark_iv, inv(mark))
+    bid_iv, ask_iv = inv(bid, "bid"), inv(ask, "ask")
+    mid_iv = inv(np.where(two_sided, (bid + ask) / 2, np.nan), "mid")
+    have_iv = np.isfinite(mark_iv) & (mark_iv > 0)
+    mark_vol = np.where(have_iv, mark_iv, inv(mark, "mark", ~have_iv))
     otm = np.where(is_call, strike >= forward, strike < forward)
     k = np.log(strike / forward)
     use_bid_ask = bool((two_sided & otm).any())
@@ -559,6 +578,7 @@ def fit_slice(
         calendar=None,
         k_grid=k_grid,
         quotes=frame,
+        iv_failures=tuple(iv_failures),
     )
 
 

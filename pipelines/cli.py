@@ -699,6 +699,14 @@ def _print_surface(rep: Any) -> None:
             else:
                 con.print(f"marks only: fit error in vol points against the venue's mark IVs "
                           f"({d['n_quotes']} quotes)", highlight=False)
+            bad: dict[str, int] = {}
+            for s in u.surface.slices:
+                for f in s.iv_failures:
+                    bad[f.reason.value] = bad.get(f.reason.value, 0) + 1
+            if bad:
+                con.print(f"{sum(bad.values())} quote prices have no implied vol ("
+                          + ", ".join(f"{r}: {c}" for r, c in sorted(bad.items()))
+                          + "), e.g. bids under intrinsic", style="dim", highlight=False)
             con.print(f"{d['n_priced_off_surface']} options not in the fit (in the money or no "
                       "usable quote) priced off the surface", style="dim", highlight=False)
             con.print("fwd: fut = the chain's future, pcp = put-call parity (* interpolated); "

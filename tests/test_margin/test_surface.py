@@ -272,6 +272,30 @@ def test_no_call_put_pair_anywhere_means_no_forward() -> None:
     assert "no call/put pair" in surf.failures[0].message
 
 
+def test_a_bid_under_intrinsic_is_an_arbitrage_failure_of_that_quote() -> None:
+    code = "2024-03-29"
+    q = chain({code: (CLEAN, 2294.0)})
+    itm_put = q[(q[OPTION_TYPE] == "P") & (q[STRIKE] > 2294.0)].index[-1]
+    sym = q.loc[itm_put, SYMBOL]
+    intrinsic = (q.loc[itm_put, STRIKE] - 2294.0) / 2294.0
+    q.loc[itm_put, BID_PX] = 0.5 * intrinsic
+    fit = fit_slice(
+        q,
+        expiry=q[EXPIRY].iloc[0],
+        t_yr=t_of(code),
+        forward=2294.0,
+        forward_source="underlying",
+        snapshot=SNAP,
+    )
+    # the bid and the mid between it and the ask (time value << intrinsic / 2) have no IV
+    assert [f.subject for f in fit.iv_failures] == [f"{sym} bid", f"{sym} mid"]
+    assert {f.reason for f in fit.iv_failures} == {FailureReason.ARBITRAGE}
+    assert fit.iv_failures[0].details["bound"] == "lower"
+    assert fit.summary()["iv_failures"] == {"arbitrage": 2}
+    row = fit.quotes[fit.quotes[SYMBOL] == sym].iloc[0]
+    assert np.isnan(row["bid_iv"]) and np.isfinite(row["ask_iv"])
+
+
 def test_too_few_quotes_is_a_failure() -> None:
     code = "2024-03-29"
     q = chain({code: (CLEAN, 2294.0)}, strikes_per=4)
@@ -395,6 +419,10 @@ def test_real_eth_chain_fitted_inside_the_bid_ask_spread(data_dir) -> None:
     in_vol = (used["fit_vol"] >= used["bid_iv"]) & (used["fit_vol"] <= used["ask_iv"])
     assert (in_vol == used["inside"].astype(bool)).all()
     assert all(s.butterfly.ok for s in surf.slices)
+    # measured: 61 quote prices without an IV, all outside the no-arbitrage bounds (ITM bids
+    # under intrinsic), each a per-option failure
+    fails = [f for s in surf.slices for f in s.iv_failures]
+    assert len(fails) == 61 and {f.reason for f in fails} == {FailureReason.ARBITRAGE}
     assert [
         s.expiry.strftime("%d%b%y").upper()
         for s in surf.slices

@@ -706,11 +706,12 @@ def _print_surface(rep: Any) -> None:
             if bad:
                 con.print(f"{sum(bad.values())} quote prices have no implied vol ("
                           + ", ".join(f"{r}: {c}" for r, c in sorted(bad.items()))
-                          + "), e.g. bids under intrinsic", style="dim", highlight=False)
-            con.print(f"{d['n_priced_off_surface']} options not in the fit (in the money or no "
-                      "usable quote) priced off the surface", style="dim", highlight=False)
-            con.print("fwd: fut = the chain's future, pcp = put-call parity (* interpolated); "
-                      "bfly: g(k) >= 0, cal: w(k) >= previous expiry's", style="dim",
+                          + ")", style="dim", highlight=False)
+            con.print(f"{d['n_priced_off_surface']} options not fitted (ITM or no usable quote) "
+                      "priced off the surface", style="dim", highlight=False)
+            con.print("fwd: fut = the chain's future, pcp = put-call parity (* interpolated)",
+                      style="dim", highlight=False)
+            con.print("bfly: g(k) >= 0; cal: w(k) >= the previous expiry's", style="dim",
                       highlight=False)
         if isinstance(d["dvol"], dict) and "vol" in d["dvol"]:
             con.print(f"DVOL {d['dvol']['vol'] * 100:.1f}% ({d['dvol']['symbol']}, day closing "

@@ -119,7 +119,9 @@ class Instrument:
     Attributes
     ----------
     name : the venue name or a descriptive name (unique per instrument).
-    underlying : a key of :data:`UNDERLYINGS`.
+    underlying : the underlying's name, a key of :data:`UNDERLYINGS` for every parsed name (an
+        instrument described in a portfolio file may name another; :func:`underlying_of` then
+        raises).
     contract_size : units of underlying per contract (linear, inverse options) or USD face value
         per contract (inverse futures and perpetuals).
     settlement : :class:`Settlement`.
@@ -133,10 +135,9 @@ class Instrument:
     venue: str = ""
 
     def __post_init__(self) -> None:
-        if self.underlying not in UNDERLYINGS:
-            raise DataError(
-                f"unknown underlying {self.underlying!r} of instrument {self.name!r}; expected one of "
-                f"{sorted(UNDERLYINGS)}", column="underlying")
+        if not isinstance(self.underlying, str) or not self.underlying.strip():
+            raise DataError(f"underlying of instrument {self.name!r} must be a non-empty string. "
+                            f"Got {self.underlying!r} instead.", column="underlying")
         if not (math.isfinite(self.contract_size) and self.contract_size > 0):
             raise DataError(f"contract_size of {self.name!r} must be a finite number > 0. "
                             f"Got {self.contract_size!r} instead.", column="contract_size")
@@ -231,8 +232,18 @@ def _utc(ts: object) -> pd.Timestamp:
 
 
 def underlying_of(instrument: Instrument) -> Underlying:
-    """The :data:`UNDERLYINGS` row of an instrument (its store symbols)."""
-    return UNDERLYINGS[instrument.underlying]
+    """The :data:`UNDERLYINGS` row of an instrument (its store symbols).
+
+    Raises
+    ------
+    DataError : the underlying is not in the table.
+    """
+    u = UNDERLYINGS.get(instrument.underlying)
+    if u is None:
+        raise DataError(f"instrument {instrument.name!r}: underlying {instrument.underlying!r} is "
+                        f"not in the underlying table; expected one of {sorted(UNDERLYINGS)}",
+                        column="underlying")
+    return u
 
 
 # ---- contract sizes (venues' published specifications) ---------------------------------------

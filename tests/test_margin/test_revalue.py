@@ -242,3 +242,17 @@ def test_scenario_and_revalue_errors():
         revalue(book, scen([1.0]), block=0)
     with pytest.raises(DataError, match=r"scenario_idx must lie in \[0, 1\)"):
         position_pnl(book, scen([1.0]), [3])
+
+
+def test_kernel_normal_cdf_and_exp_against_scipy_and_numpy():
+    from scipy.special import ndtr
+
+    from margin.revalue import ncdf
+
+    x = np.concatenate([np.linspace(-40.0, 40.0, 4001), [-1.0, 1.0, -1e-300, 0.0, 8.0 * math.sqrt(2)],
+                        np.random.default_rng(2).normal(0.0, 3.0, 4000)])
+    got = np.array([ncdf(v) for v in x])
+    want = ndtr(x)
+    np.testing.assert_allclose(got, want, rtol=0, atol=3e-16)
+    tail = want > 1e-300  # relative accuracy in the lower tail too
+    np.testing.assert_allclose(got[tail], want[tail], rtol=5e-15)

@@ -332,8 +332,9 @@ _SQRTH = 0.7071067811865476
 
 @njit(cache=True, inline="always", error_model="numpy")
 def _exp(x: float) -> float:
-    """exp(x) for x in [-708, 709] (2 ulp): x = n ln2 + r, |r| <= ln2/2, degree-12 Taylor in r,
-    2^n from the exponent bits. Vectorizable (no libm call)."""
+    """exp(x) (2 ulp) for x in [-708, 709], x clamped to that range: x = n ln2 + r,
+    |r| <= ln2/2, degree-12 Taylor in r, 2^n from the exponent bits. Vectorizable (no libm)."""
+    x = min(max(x, -708.0), 709.0)
     nf = math.floor(x * _LOG2E + 0.5)
     r = x - nf * _LN2_HI - nf * _LN2_LO
     p = 1.0 / 479001600.0
@@ -355,9 +356,12 @@ def _exp(x: float) -> float:
 @njit(cache=True, inline="always", error_model="numpy")
 def ncdf(a: float) -> float:
     """Standard normal CDF, branch-free and vectorizable (the kernel's; the benchmark's floor
-    uses it too). Cephes ``ndtr`` (S. L. Moshier; the algorithm scipy.special.ndtr uses): erf by
-    the rational T/U for |a| < sqrt 2, erfc by P/Q (< 8 sqrt 2) or R/S beyond, times exp(-a^2/2);
-    all branches computed and blended. Absolute error ~1e-16 (tested against scipy)."""
+    uses it too). Cephes ``ndtr``'s rational approximations (S. L. Moshier; the algorithm of
+    scipy.special.ndtr): erf by T/U for |a| < sqrt 2, else erfc by P/Q times exp(-a^2/2), both
+    computed and blended. Cephes switches to a third fit (R/S) beyond |a| = 8 sqrt 2, where the
+    tail is below 1e-29; P/Q is kept there (absolute error still ~1e-16: the kernel needs
+    absolute, not tail-relative, accuracy). Tested against scipy: absolute error <= 3e-16, and
+    relative 5e-15 down to a = -11."""
     x = a * _SQRTH
     z = abs(x)
     zz = z * z
@@ -388,24 +392,9 @@ def ncdf(a: float) -> float:
     q = q * z + 2.24633760818710981792e3
     q = q * z + 1.65666309194161350182e3
     q = q * z + 5.57535340817727675546e2
-    r = 5.64189583547755073984e-1
-    r = r * z + 1.27536670759978104416e0
-    r = r * z + 5.01905042251180477414e0
-    r = r * z + 6.16021097993053585195e0
-    r = r * z + 7.40974269950448939160e0
-    r = r * z + 2.97886665372100240670e0
-    s = z + 2.26052863220117276590e0
-    s = s * z + 9.39603524938001434673e0
-    s = s * z + 1.20489539808096656605e1
-    s = s * z + 1.70814450747565897222e1
-    s = s * z + 9.60896809063285878198e0
-    s = s * z + 3.36907645100081516050e0
     wc = (z < 1.0) * 1.0  # erf branch
-    ws = (z < 8.0) * 1.0  # P/Q rather than R/S
-    num = x * t * wc + (p * ws + r * (1.0 - ws)) * (1.0 - wc)
-    den = u * wc + (q * ws + s * (1.0 - ws)) * (1.0 - wc)
-    ratio = num / den
-    tail = 0.5 * _exp(-min(zz, 708.0)) * ratio * ((zz < 708.0) * 1.0)  # 0.5 erfc(z)
+    ratio = (x * t * wc + p * (1.0 - wc)) / (u * wc + q * (1.0 - wc))
+    tail = 0.5 * _exp(-zz) * ratio  # 0.5 erfc(z); exp clamps at exp(-708)
     wp = (x > 0.0) * 1.0
     tail = tail * (1.0 - wp) + (1.0 - tail) * wp
     return (0.5 + 0.5 * ratio) * wc + tail * (1.0 - wc)
@@ -428,8 +417,9 @@ def _fill(rows, s0, lns0, log_ret, vol_shift, basis, funding, lns1, s1, vs, bs, 
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def _inst_row(i, kind, inverse, und, bucket, size, strike, lnk, sign, tau1, sqtau1, bt1, disc1,
-              vol0, price0, value0, ratio, lns1, s1, vs, bs, fu, tmp):
-    """tmp[j] = USD P&L of one contract of instrument i in the block's scenario j."""
+              vol0, price0, value0, ratio, lns1, s1, vs, bs, fu, tmp, fwd):
+    """tmp[j] = USD P&L of one contract of instrument i in the block's scenario j (fwd: scratch
+    for the options' forwards)."""
     nb = tmp.shape[0]
     u = und[i]
     k = kind[i]
@@ -467,6 +457,7 @@ def _inst_row(i, kind, inverse, und, bucket, size, strike, lnk, sign, tau1, sqta
         for j in range(nb):
             lnf = lrow[j] + b + brow[j] * t1
             f1 = _exp(lnf)
+            fwd[j] = f1
             sq = max(v0 + vrow[j], 0.0) * sqt
             wl = (sq > 0.0) * 1.0  # alive (time and vol left); else intrinsic
             sqs = sq + (1.0 - wl)
@@ -477,8 +468,7 @@ def _inst_row(i, kind, inverse, und, bucket, size, strike, lnk, sign, tau1, sqta
             tmp[j] = v
         if inv:
             for j in range(nb):
-                f1 = _exp(lrow[j] + b + brow[j] * t1)
-                tmp[j] = sz * (tmp[j] / f1 - val0) * srow[j]
+                tmp[j] = sz * (tmp[j] / fwd[j] - val0) * srow[j]
         else:
             for j in range(nb):
                 tmp[j] = sz * (tmp[j] - val0)
@@ -500,14 +490,14 @@ def _portfolio_kernel(qty, kind, inverse, und, bucket, size, strike, lnk, sign, 
         bs, fu = np.empty((n_u, nb)), np.empty((n_u, nb))
         vs = np.empty((n_buckets, nb))
         _fill(rows, s0, lns0, log_ret, vol_shift, basis, funding, lns1, s1, vs, bs, fu)
-        tmp = np.empty(nb)
+        tmp, fwd = np.empty(nb), np.empty(nb)
         acc = np.zeros(nb)
         for i in range(qty.shape[0]):  # fixed order: identical sums for any thread count
             q = qty[i]
             if q == 0.0:
                 continue
             _inst_row(i, kind, inverse, und, bucket, size, strike, lnk, sign, tau1, sqtau1, bt1,
-                      disc1, vol0, price0, value0, ratio, lns1, s1, vs, bs, fu, tmp)
+                      disc1, vol0, price0, value0, ratio, lns1, s1, vs, bs, fu, tmp, fwd)
             for j in range(nb):
                 acc[j] += q * tmp[j]
         for j in range(nb):
@@ -529,10 +519,10 @@ def _unit_kernel(scen, kind, inverse, und, bucket, size, strike, lnk, sign, tau1
         bs, fu = np.empty((n_u, nb)), np.empty((n_u, nb))
         vs = np.empty((n_buckets, nb))
         _fill(scen[lo:hi], s0, lns0, log_ret, vol_shift, basis, funding, lns1, s1, vs, bs, fu)
-        tmp = np.empty(nb)
+        tmp, fwd = np.empty(nb), np.empty(nb)
         for i in range(kind.shape[0]):
             _inst_row(i, kind, inverse, und, bucket, size, strike, lnk, sign, tau1, sqtau1, bt1,
-                      disc1, vol0, price0, value0, ratio, lns1, s1, vs, bs, fu, tmp)
+                      disc1, vol0, price0, value0, ratio, lns1, s1, vs, bs, fu, tmp, fwd)
             for j in range(nb):
                 out[i, lo + j] = tmp[j] / s1[ccy, j] if ccy >= 0 else tmp[j]
 
@@ -624,6 +614,7 @@ def revalue_scalar(book: Book, scenarios: ScenarioSet, s: int, *,
                    margin_currency: str = "USD") -> float:
     """Reference: the portfolio P&L in scenario ``s``, in pure Python with
     :func:`~margin.pricing.black76_scalar` (slow; for tests and the benchmark's baseline)."""
+    _kernel_args(book, scenarios, margin_currency)  # the same checks as the kernel
     cols = {u: scenarios.underlyings.index(u) for u in book.underlyings}
     s1 = {u: book.spot[k] * math.exp(scenarios.log_return[s, cols[u]])
           for k, u in enumerate(book.underlyings)}

@@ -154,9 +154,10 @@ def floor_kernel(qty, disc, strike, sign, f1, d1, d2, block, out):
         acc = np.zeros(hi - lo)
         for i in range(qty.shape[0]):
             q, sg, k, d = qty[i], sign[i], strike[i], disc[i]
-            fr, d1r, d2r = f1[i], d1[i], d2[i]
-            for j in range(lo, hi):
-                acc[j - lo] += q * d * sg * (fr[j] * ncdf(sg * d1r[j]) - k * ncdf(sg * d2r[j]))
+            # 0-based loops over row slices: indices provably >= 0, so loads stay contiguous
+            fr, d1r, d2r = f1[i, lo:hi], d1[i, lo:hi], d2[i, lo:hi]
+            for j in range(hi - lo):
+                acc[j] += q * d * sg * (fr[j] * ncdf(sg * d1r[j]) - k * ncdf(sg * d2r[j]))
         out[lo:hi] = acc
 
 

@@ -135,10 +135,19 @@ class Book:
         return len(self.position_index)
 
 
-def _finite_pos(x: float, what: str, name: str) -> float:
-    v = float(x)
+def _as_float(x: object) -> float:
+    """float(x), NaN for anything that is not a number (the caller's check then names it)."""
+    try:
+        return float(x)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _finite_pos(x: object, what: str, name: str) -> float:
+    v = _as_float(x)
     if not (math.isfinite(v) and v > 0):
-        raise DataError(f"{what} of {name!r} must be a finite number > 0. Got {x!r} instead.",
+        shown = v if isinstance(x, int | float | np.number) else x
+        raise DataError(f"{what} of {name!r} must be a finite number > 0. Got {shown!r} instead.",
                         column=what)
     return v
 
@@ -172,9 +181,9 @@ def build_book(
     pos_idx = np.empty(len(positions), dtype=np.int64)
     pos_q = np.empty(len(positions), dtype=np.float64)
     for j, (inst, q) in enumerate(positions):
-        qf = float(q)
+        qf = _as_float(q)
         if not math.isfinite(qf):
-            raise DataError(f"quantity of position {j} ({inst.name!r}) must be finite. "
+            raise DataError(f"quantity of position {j} ({inst.name!r}) must be a finite number. "
                             f"Got {q!r} instead.", column="quantity")
         i = index.get(inst.name)
         if i is None:
@@ -222,14 +231,14 @@ def build_book(
             arr["basis_ann"][i] = math.log(p / s0[und[i]]) / t
         if k == KIND_OPTION:
             assert isinstance(inst, Option)
-            v = float(mi.vol)
+            v = _as_float(mi.vol)
             if not (math.isfinite(v) and v >= 0):
                 raise DataError(f"vol of option {inst.name!r} must be a finite number >= 0. "
                                 f"Got {mi.vol!r} instead.", column="vol")
             if not (isinstance(mi.vol_bucket, int | np.integer) and mi.vol_bucket >= 0):
                 raise DataError(f"vol_bucket of option {inst.name!r} must be an integer >= 0. "
                                 f"Got {mi.vol_bucket!r} instead.", column="vol_bucket")
-            if not math.isfinite(float(mi.rate)):
+            if not math.isfinite(_as_float(mi.rate)):
                 raise DataError(f"rate of option {inst.name!r} must be finite. Got {mi.rate!r}.",
                                 column="rate")
             arr["vol"][i], arr["rate"][i] = v, float(mi.rate)

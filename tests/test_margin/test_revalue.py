@@ -198,7 +198,7 @@ def test_duplicate_positions_aggregate():
 def test_build_book_errors():
     opt = parse_instrument("BTC-27DEC24-50000-C")
     ok = {opt.name: MarketInputs(97_000.0, 0.5)}
-    with pytest.raises(DataError, match="quantity of position 0 .* must be finite. Got nan"):
+    with pytest.raises(DataError, match="quantity of position 0 .* must be a finite number. Got nan"):
         build_book([(opt, float("nan"))], ok, {"BTC": 96_000.0}, AS_OF)
     with pytest.raises(DataError, match="no market inputs for instrument 'BTC-27DEC24-50000-C'"):
         build_book([(opt, 1.0)], {}, {"BTC": 96_000.0}, AS_OF)
@@ -256,3 +256,15 @@ def test_kernel_normal_cdf_and_exp_against_scipy_and_numpy():
     np.testing.assert_allclose(got, want, rtol=0, atol=3e-16)
     tail = x > -11.0  # relative accuracy in the lower tail down to 1e-28
     np.testing.assert_allclose(got[tail], want[tail], rtol=5e-15)
+
+
+def test_non_numeric_inputs_are_data_errors():
+    opt = parse_instrument("BTC-27DEC24-50000-C")
+    with pytest.raises(DataError, match="price of 'BTC-27DEC24-50000-C' must be a finite number "
+                                        "> 0. Got 'abc' instead"):
+        build_book([(opt, 1.0)], {opt.name: MarketInputs("abc", 0.5)}, {"BTC": 1.0}, AS_OF)
+    with pytest.raises(DataError, match="quantity of position 0 .* Got 'x' instead"):
+        build_book([(opt, "x")], {opt.name: MarketInputs(1.0, 0.5)}, {"BTC": 1.0}, AS_OF)
+    with pytest.raises(DataError, match="vol of option 'BTC-27DEC24-50000-C' must be a finite "
+                                        "number >= 0. Got 'high' instead"):
+        build_book([(opt, 1.0)], {opt.name: MarketInputs(1.0, "high")}, {"BTC": 1.0}, AS_OF)

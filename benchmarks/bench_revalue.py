@@ -215,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     pnl, t_full = best(lambda: revalue(book, sc))
     pnl_opt, t_opt = best(lambda: revalue(obook, sc), "opt")
     numba.set_num_threads(1)
-    pnl_1t, t_opt_1t = best(lambda: revalue(obook, sc))
+    pnl_1t, t_opt_1t = best(lambda: revalue(obook, sc), "opt_1t")
     numba.set_num_threads(args.threads)
     assert pnl_1t.tobytes() == pnl_opt.tobytes(), "1 and N threads differ"
 
@@ -265,7 +265,8 @@ def main(argv: list[str] | None = None) -> int:
           f"(b) {r_opt / (n_opt * n_b / t_b):.1f}x  (c) {r_opt / (n_opt * n_c / t_c):.2f} "
           "(goal >= 1/3)")
     print(f"kernel, options only, per CPU-second (all threads' CPU time): "
-          f"{n_opt * n_s / cpu['opt'] / 1e6:.1f} M/s")
+          f"{n_opt * n_s / cpu['opt'] / 1e6:.1f} M/s at {args.threads} threads, "
+          f"{n_opt * n_s / cpu['opt_1t'] / 1e6:.1f} M/s at 1")
     print(f"speed-up {args.threads} threads / 1 thread: {t_opt_1t / t_opt:.2f}x; identical bytes: yes")
     print(f"peak extra RSS during the whole-book kernel: {mem.extra_mb:.1f} MB "
           f"(the positions x scenarios matrix would be {full_mb:,.0f} MB)")

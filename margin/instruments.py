@@ -119,7 +119,9 @@ class Instrument:
     Attributes
     ----------
     name : the venue name or a descriptive name (unique per instrument).
-    underlying : a key of :data:`UNDERLYINGS`.
+    underlying : the underlying's name, a key of :data:`UNDERLYINGS` for every parsed name (an
+        instrument described in a portfolio file may name another; :func:`underlying_of` then
+        raises).
     contract_size : units of underlying per contract (linear, inverse options) or USD face value
         per contract (inverse futures and perpetuals).
     settlement : :class:`Settlement`.
@@ -133,15 +135,15 @@ class Instrument:
     venue: str = ""
 
     def __post_init__(self) -> None:
-        if self.underlying not in UNDERLYINGS:
-            raise DataError(
-                f"unknown underlying {self.underlying!r} of instrument {self.name!r}; expected one of "
-                f"{sorted(UNDERLYINGS)}", column="underlying")
+        if not isinstance(self.underlying, str) or not self.underlying.strip():
+            raise DataError(f"underlying of instrument {self.name!r} must be a non-empty string. "
+                            f"Got {self.underlying!r} instead.", column="underlying")
         if not (math.isfinite(self.contract_size) and self.contract_size > 0):
             raise DataError(f"contract_size of {self.name!r} must be a finite number > 0. "
                             f"Got {self.contract_size!r} instead.", column="contract_size")
         if not isinstance(self.settlement, Settlement):
-            object.__setattr__(self, "settlement", Settlement(self.settlement))
+            object.__setattr__(self, "settlement", _enum(Settlement, self.settlement,
+                                                         "settlement", self.name))
 
     @property
     def inverse(self) -> bool:
@@ -209,7 +211,9 @@ class Option(Instrument):
         super().__post_init__()
         object.__setattr__(self, "expiry_ts", _utc(self.expiry_ts))
         if not isinstance(self.right, OptionRight):
-            object.__setattr__(self, "right", OptionRight(self.right))
+            r = self.right
+            r = {"CALL": "C", "PUT": "P"}.get(r.upper(), r.upper()) if isinstance(r, str) else r
+            object.__setattr__(self, "right", _enum(OptionRight, r, "right", self.name))
         if not (math.isfinite(self.strike) and self.strike > 0):
             raise DataError(f"strike of {self.name!r} must be a finite number > 0. "
                             f"Got {self.strike!r} instead.", column="strike")
@@ -225,14 +229,37 @@ class Option(Instrument):
         return self.right is OptionRight.CALL
 
 
+def _enum(cls: type[StrEnum], value: object, field: str, name: str) -> StrEnum:
+    try:
+        return cls(value.lower() if cls is Settlement and isinstance(value, str) else value)
+    except ValueError as e:
+        raise DataError(f"{field} of {name!r} must be one of {[m.value for m in cls]}. "
+                        f"Got {value!r} instead.", column=field) from e
+
+
 def _utc(ts: object) -> pd.Timestamp:
-    t = pd.Timestamp(ts)
+    try:
+        t = pd.Timestamp(ts)
+    except (TypeError, ValueError) as e:
+        raise DataError(f"expiry must be a timestamp. Got {ts!r} instead.", column="expiry") from e
+    if t is pd.NaT:
+        raise DataError(f"expiry must be a timestamp. Got {ts!r} instead.", column="expiry")
     return t.tz_localize("UTC") if t.tzinfo is None else t.tz_convert("UTC")
 
 
 def underlying_of(instrument: Instrument) -> Underlying:
-    """The :data:`UNDERLYINGS` row of an instrument (its store symbols)."""
-    return UNDERLYINGS[instrument.underlying]
+    """The :data:`UNDERLYINGS` row of an instrument (its store symbols).
+
+    Raises
+    ------
+    DataError : the underlying is not in the table.
+    """
+    u = UNDERLYINGS.get(instrument.underlying)
+    if u is None:
+        raise DataError(f"instrument {instrument.name!r}: underlying {instrument.underlying!r} is "
+                        f"not in the underlying table; expected one of {sorted(UNDERLYINGS)}",
+                        column="underlying")
+    return u
 
 
 # ---- contract sizes (venues' published specifications) ---------------------------------------

@@ -921,64 +921,58 @@ def oos_frames(
     variance over the next ``cfg.horizon`` periods), ``forecast_var`` (the champion) and
     ``b_<name>`` per baseline (plus the champion's quantile columns, when it has them).
 
-    Origins up to the champion's training end take the walk-forward forecasts of its evaluation run
-    (each issued by a model fitted on data before its origin); later origins take the registered
-    champion with its fixed parameters and baselines fitted on data up to the training end. No
-    forecast is an in-sample fit.
+    The champion's forecasts at origins up to its training end are the walk-forward forecasts of
+    its evaluation run (each issued by a model fitted on data before its origin); at later origins
+    they are the registered champion's, with its fixed parameters. Baselines are walked forward on
+    the data (refitted before each origin). No forecast is an in-sample fit.
     """
     h = int(cfg.horizon)
-    names = [champion.primary, *cfg.baselines]
     parts: list[pd.DataFrame] = []
     if evaluation is not None and not evaluation.empty:
-        ev = evaluation[(evaluation["horizon"] == h) & evaluation["model_id"].isin(names)]
+        ev = evaluation[
+            (evaluation["horizon"] == h) & (evaluation["model_id"].astype(str) == champion.primary)
+        ]
         if train_end is not None:
             ev = ev[_utc_ns(ev["origin_ts"]) <= _stamp_ns(train_end)]
         parts.append(ev)
-    post = _post_training(data, train_end, TS)
-    if not post.empty:
+    if not _post_training(data, train_end, TS).empty:
         table = champion.predict(data, origins="all")
         table = table[(table["model_id"] == champion.primary) & (table["horizon"] == h)]
         parts.append(_post_training(table, train_end, "origin_ts"))
-        fit_rows = data[_utc_ns(data[TS]) <= _stamp_ns(train_end)]
-        for name, spec in cfg.baselines.items():
-            for sym, g in fit_rows.groupby(SYMBOL, sort=True):
-                est = build_model(spec).fit(g)
-                full = data[data[SYMBOL] == sym]
-                fc = est.predict(full, horizons=(h,))
-                fc = fc[sym] if isinstance(fc, dict) else fc
-                t = fc.to_frame().assign(model_id=name)
-                parts.append(_post_training(t, train_end, "origin_ts"))
-    frames: dict[str, pd.DataFrame] = {}
     if not parts:
-        return frames
+        return {}
     long = pd.concat(parts, ignore_index=True)
     long = long.assign(origin_ns=_utc_ns(long["origin_ts"]), symbol=long["symbol"].astype(str))
     qcols = [c for c in long.columns if c.startswith("q_")]
+    frames: dict[str, pd.DataFrame] = {}
     for sym, g in data.groupby(SYMBOL, sort=True):
         g = g.sort_values(TS)
+        champ = long[long["symbol"] == str(sym)].drop_duplicates("origin_ns", keep="last")
+        if champ.empty:
+            continue
         frame = pd.DataFrame(
             {
                 "origin_ns": _utc_ns(g[TS]),
                 "y": target_mean(g[RV].to_numpy(dtype="float64"), h),
             }
         )
-        mine = long[long["symbol"] == str(sym)]
-        champ = mine[mine["model_id"] == champion.primary].drop_duplicates("origin_ns", keep="last")
         frame = frame.merge(
             champ[["origin_ns", "forecast_var", *qcols]], on="origin_ns", how="left"
         )
-        for name in cfg.baselines:
-            b = mine[mine["model_id"] == name].drop_duplicates("origin_ns", keep="last")
+        has = np.flatnonzero(frame["forecast_var"].notna().to_numpy())
+        frame = frame.iloc[has[0] :].reset_index(drop=True)  # one row per period from the first
+        start = pd.Timestamp(int(frame["origin_ns"].iloc[0]), tz="UTC")
+        for name, spec in cfg.baselines.items():
+            fc = build_model(spec).walk_forward(g, horizons=(h,), start=start)
+            fc = fc[str(sym)] if isinstance(fc, dict) else fc
+            b = fc.variance[h]
             frame = frame.merge(
-                b[["origin_ns", "forecast_var"]].rename(columns={"forecast_var": f"b_{name}"}),
+                pd.DataFrame({"origin_ns": _utc_ns(b.index), f"b_{name}": b.to_numpy()}),
                 on="origin_ns",
                 how="left",
             )
-        has = np.flatnonzero(frame["forecast_var"].notna().to_numpy())
-        frame = frame.iloc[has[0] :] if has.size else frame.iloc[0:0]  # one row per period
         frame.insert(0, "origin_ts", pd.to_datetime(frame.pop("origin_ns"), utc=True))
-        if not frame.empty:
-            frames[str(sym)] = frame.reset_index(drop=True)
+        frames[str(sym)] = frame
     return frames
 
 

@@ -134,15 +134,16 @@ def monitor(cfg: MonitorFlowConfig = MonitorFlowConfig()) -> Any:
     if out["status"] == "ok":
         return out
     log = get_run_logger()
-    for line in out["breach_lines"]:
-        log.error("monitoring %s/%s: %s", cfg.dataset, cfg.freq, line)
     log.error(
-        "monitoring breach on %s/%s (report %s)%s",
+        "monitoring breach on %s/%s: %s (report %s)%s",
         cfg.dataset,
         cfg.freq,
+        out["breaches"],
         out["markdown_path"],
         "; forecasting switched to the baseline" if out["switched_to_baseline"] else "",
     )
+    for line in out["breach_lines"]:
+        log.error("breach on %s/%s: %s", cfg.dataset, cfg.freq, line)
     if cfg.fail_on_breach:
         return Failed(message=f"monitoring breach: {out['breaches']}", data=out)
     return out

@@ -1101,7 +1101,13 @@ def monitor_step(home: Path | str, cfg: MonitorFlowConfig) -> MonitorOutcome:
             train_end_ts=end or "unknown",
         )
         evaluation = _evaluation_forecasts(home, info.get("evaluation_run_id"))
-        checks += _quality_checks(champion, data, cfg, train_end, evaluation)
+        model_checks = _quality_checks(champion, data, cfg, train_end, evaluation)
+        if not model_checks:
+            context["model_checks"] = (
+                "skipped: no out-of-sample forecasts of the champion (its evaluation run logged "
+                "none and no data arrived after its training end)"
+            )
+        checks += model_checks
     valid = feats[feats["valid"].astype(bool)] if "valid" in feats.columns else feats
     checks += _feature_drift_checks(valid, home, cfg, train_end)
     report = mon.MonitorReport(tuple(checks), pd.Timestamp.now(tz="UTC"), context)

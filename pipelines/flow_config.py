@@ -208,6 +208,21 @@ class MonitorFlowConfig(Target):
     fallback_on_breach: bool = Field(True, description="switch forecasting to the baseline")
     fail_on_breach: bool = Field(True, description="end the flow run Failed on a breach")
 
+    @field_validator("now")
+    @classmethod
+    def _clock(cls, v: str | None) -> str | None:
+        if v is None or v == "data":
+            return v
+        import pandas as pd
+
+        try:
+            pd.Timestamp(v)
+        except (ValueError, TypeError):
+            raise ValueError(
+                f"expected 'data' or a UTC time such as '2025-03-01T00:00Z'; got {v!r}"
+            ) from None
+        return v
+
 
 CYCLE_STEPS = ("ingest", "features", "train", "forecast", "monitor")
 """The steps of ``daily_cycle``, in order."""

@@ -506,6 +506,7 @@ def forecast_drift_check(
     max_psi: float = 0.25,
     bins: int = 10,
     min_obs: int = 50,
+    min_reference: int | None = None,
     symbol: str | None = None,
 ) -> Check:
     """PSI of ``log(realized / forecast)`` in the scored window against the reference.
@@ -517,6 +518,9 @@ def forecast_drift_check(
     max_psi : breach above this PSI.
     bins : quantile bins of the reference.
     min_obs : fewer finite values in either sample -> a non-breaching check with NaN.
+    min_reference : fewer reference values than this -> not tested either (None = ``min_obs``).
+        The PSI of two samples from one distribution is about ``(bins - 1) (1/n_scored +
+        1/n_reference)``, so a short reference alone makes it cross the limit.
     symbol : recorded on the check.
     """
     if not max_psi > 0:
@@ -527,14 +531,16 @@ def forecast_drift_check(
     c = np.asarray(scored_ratio, dtype="float64").reshape(-1)
     r, c = r[np.isfinite(r)], c[np.isfinite(c)]
     name, thr = "drift:log_rv_ratio", f"<= {max_psi:g}"
-    if min(r.size, c.size) < min_obs:
+    need_r = min_obs if min_reference is None else max(min_obs, int(min_reference))
+    if c.size < min_obs or r.size < need_r:
         return Check(
             name,
             symbol,
             math.nan,
             thr,
             False,
-            f"{c.size} scored and {r.size} earlier out-of-sample origins (< {min_obs}); not tested",
+            f"{c.size} scored and {r.size} earlier out-of-sample origins (needs {min_obs} and "
+            f"{need_r}); not tested",
         )
     value = psi(r, c, bins=bins)
     breached = bool(value > max_psi)
@@ -579,7 +585,8 @@ def forecast_checks(
     horizon : forecast horizon in periods.
     window : scored origins of the QLIKE, Mincer-Zarnowitz and coverage checks.
     drift_window : scored origins of the drift check; its reference is every earlier origin whose
-        target was complete before the first scored origin (the last ``drift_reference``).
+        target was complete before the first scored origin (the last ``drift_reference``), and
+        at least ``drift_window`` of them are needed (else the check is "not tested").
     max_qlike_ratio, mz_slope_min, mz_slope_max, coverage_alpha, max_psi : the thresholds.
     mz_log : run the Mincer-Zarnowitz regression on logs (see :func:`mz_check`).
     symbol : recorded on the checks.
@@ -638,7 +645,13 @@ def forecast_checks(
         np.isfinite(ratio), window=drift_window, horizon=horizon, reference=drift_reference
     )
     checks.append(
-        forecast_drift_check(ratio[d_ref], ratio[d_scored], max_psi=max_psi, symbol=symbol)
+        forecast_drift_check(
+            ratio[d_ref],
+            ratio[d_scored],
+            max_psi=max_psi,
+            min_reference=drift_window,
+            symbol=symbol,
+        )
     )
     return checks
 

@@ -825,9 +825,11 @@ def forecast_step(home: Path | str, cfg: ForecastFlowConfig) -> ForecastOutcome:
 # =================================================================================================
 # monitor
 # =================================================================================================
-FALLBACK_CHECKS = ("qlike_ratio", "mz_slope", "coverage", "drift:log_rv_ratio")
-"""Breaches of these checks (the champion's out-of-sample quality) switch forecasting to the
-baseline; data checks (freshness, feature drift) fail the run but a baseline would not fix them."""
+FALLBACK_CHECKS = ("qlike_ratio", "mz_slope", "coverage")
+"""Breaches of these checks (the champion worse than a baseline, or miscalibrated) switch
+forecasting to the baseline. The others fail the run but a baseline would not fix them: a stale
+feed, or forecast errors that drifted from their history while the champion may still beat every
+baseline (drift is the early warning; QLIKE and MZ decide the switch)."""
 
 
 @dataclass

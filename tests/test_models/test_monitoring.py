@@ -302,6 +302,11 @@ def test_forecast_drift_check_is_the_psi_of_the_log_ratio(rng: np.random.Generat
     assert high.breached and "forecasts are too high" in high.detail
     few = mon.forecast_drift_check(ref[:10], low)
     assert math.isnan(few.value) and not few.breached and "not tested" in few.detail
+    short = mon.forecast_drift_check(ref[:200], low, min_reference=250)
+    assert math.isnan(short.value) and not short.breached
+    assert short.detail == (
+        "250 scored and 200 earlier out-of-sample origins (needs 50 and 250); not tested"
+    )
     with pytest.raises(ValueError, match="'max_psi' parameter of forecast_drift_check must be"):
         mon.forecast_drift_check(ref, low, max_psi=0)
 
@@ -337,6 +342,9 @@ def test_forecast_checks_score_the_last_window_and_compare_with_earlier_origins(
     z = np.log(known["y"] / known["forecast_var"]).to_numpy()
     assert checks[2].value == pytest.approx(mon.psi(z[:-200], z[-200:]), rel=1e-12)
     assert not any(c.breached for c in checks)
+    # a reference shorter than the drift window is not tested (PSI noise ~ 1/n_reference)
+    short = mon.forecast_checks(fr.tail(400), window=250, drift_window=250)
+    assert math.isnan(short[-1].value) and "not tested" in short[-1].detail
     with pytest.raises(ValueError, match="needs columns 'y', 'forecast_var' and at least one"):
         mon.forecast_checks(fr.drop(columns=["b_rw"]))
 

@@ -285,6 +285,29 @@ def test_split_windows_by_hand() -> None:
         mon.split_windows(known, window=2, horizon=0)
 
 
+@settings(max_examples=60, deadline=None)
+@given(
+    known=st.lists(st.booleans(), min_size=0, max_size=60),
+    window=st.integers(1, 20),
+    horizon=st.integers(1, 6),
+)
+def test_split_windows_reference_is_scored_before_the_window(
+    known: list[bool], window: int, horizon: int
+) -> None:
+    k = np.array(known, dtype=bool)
+    scored, ref = mon.split_windows(k, window=window, horizon=horizon)
+    pos = np.flatnonzero(k)
+    assert scored.tolist() == pos[-window:].tolist()
+    assert k[ref].all() and np.all(np.diff(ref) > 0)
+    if scored.size:
+        # every reference target is complete before the first scored origin, and no earlier known
+        # origin with a complete target is left out
+        assert np.all(ref + horizon <= scored[0])
+        assert set(ref.tolist()) == {int(i) for i in pos if i + horizon <= scored[0]}
+    else:
+        assert ref.size == 0
+
+
 def test_log_ratio_is_nan_where_undefined() -> None:
     got = mon.log_ratio([2.0, 0.0, np.nan, 3.0], [1.0, 1.0, 1.0, -1.0])
     assert got[0] == pytest.approx(math.log(2.0)) and np.isnan(got[1:]).all()

@@ -1,25 +1,37 @@
 """Monitoring maths for a deployed volatility forecaster: pure functions, no I/O, no engines.
 
-Each check returns a :class:`Check` (name, symbol, value, threshold, breached, detail) and a
+Each check returns a :class:`Check` (name, symbol, value, threshold, breached, detail, unit) and a
 :class:`MonitorReport` collects them with a JSON and a markdown rendering. The monitor flow
 (:mod:`pipelines.flows`) computes the inputs and decides what a breach does.
 
-Checks
-------
+What is checked, and on what
+----------------------------
+Everything about the model is measured on **out-of-sample** forecasts: each forecast was issued by
+a model fitted on data strictly before its origin. :func:`forecast_checks` takes one symbol's series
+of origins (realized target ``y``, the champion's forecast, the baselines' forecasts) and splits it
+(:func:`split_windows`) into the **scored window** (the last ``window`` origins with a known target)
+and the **reference** (origins whose targets were complete before the first scored origin).
+
 - **Rolling QLIKE vs the best baseline** (:func:`qlike_check`): mean QLIKE of the champion over the
-  last ``window`` origins divided by the lowest mean QLIKE of the baselines over the same origins.
-  Breach when the ratio exceeds ``max_ratio`` (1.10: the champion is 10% worse than the simplest
+  scored window divided by the lowest mean QLIKE of the baselines over the same origins. Breach
+  when the ratio exceeds ``max_ratio`` (1.10: the champion is 10% worse than the simplest
   alternative).
 - **Mincer-Zarnowitz slope** (:func:`mz_check`): OLS slope of realized on forecast variance
   (Newey-West lag ``h - 1``). Breach when it leaves ``[slope_min, slope_max]``.
 - **Interval coverage** (:func:`coverage_check`): share of realized values inside a forecast
   interval, with an exact two-sided binomial test against the nominal coverage. Breach when the
   p-value is below ``alpha``.
-- **Feature drift** (:func:`psi`, :func:`drift_check`): population stability index of the current
-  window against the training window, with quantile bins of the reference (so it is invariant to
-  monotone transforms such as logs). Breach above ``max_psi`` (0.25 is the usual "major shift").
-- **Data freshness** (:func:`freshness_check`): age of the latest observation at ``now``. Breach when
-  it exceeds ``max_age`` (the schedule's period plus a grace period).
+- **Forecast-error drift** (:func:`forecast_drift_check`): population stability index of
+  ``log(realized / forecast)`` over the scored window against the reference. When the model is
+  healthy this ratio is stationary (its distribution does not move with the volatility level,
+  unlike realized variance itself); a level shift the model does not follow, or forecasts off by a
+  factor, move it. Breach above ``max_psi`` (0.25 is the usual "major shift").
+- **Feed freshness** (:func:`freshness_check`): age at ``now`` of the latest *live* observation
+  (:func:`last_live_ts`: a bar in which the price moved). A feed that stopped (no new rows) and a
+  frozen feed (new rows repeating the same price) both age. Breach when the age exceeds ``max_age``.
+- **Feature drift** (:func:`psi`, :func:`drift_check`): PSI of a raw feature against a reference
+  window. It describes the data, not the model: realized variance moves with every volatility
+  regime, so the monitor runs it only on request (``drift_features``).
 """
 
 from __future__ import annotations
@@ -51,6 +63,7 @@ class Check:
     threshold : the limit as text, e.g. "<= 1.1" or "in [0.5, 1.5]".
     breached : True when ``value`` violates ``threshold``.
     detail : one line a person can act on.
+    unit : unit of ``value`` ("hours" for freshness; "" for a plain number).
     """
 
     name: str
@@ -59,6 +72,60 @@ class Check:
     threshold: str
     breached: bool
     detail: str
+    unit: str = ""
+
+    @property
+    def value_text(self) -> str:
+        """``value`` as a person reads it: a duration for hours, else a fixed-point number."""
+        if self.unit == "hours" and math.isfinite(self.value):
+            return format_duration(pd.Timedelta(hours=self.value))
+        return format_number(self.value)
+
+    def line(self) -> str:
+        """One line: the check, its symbol, value, limit and detail."""
+        return (
+            f"{self.name} [{self.symbol or 'all'}] = {self.value_text} "
+            f"(limit {self.threshold}): {self.detail}"
+        )
+
+
+def format_number(x: float) -> str:
+    """A number without scientific notation: 3 decimals below 1000, thousands separators above."""
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "n/a"
+    if math.isinf(x):
+        return "inf" if x > 0 else "-inf"
+    return f"{x:,.0f}" if abs(x) >= 1000 else f"{x:.3f}"
+
+
+def format_duration(td: pd.Timedelta | str) -> str:
+    """A duration as a person reads it: "45 minutes", "7.5 hours", "4 days", "2,893 days (7.9 years)".
+
+    Below 2 hours in minutes, below 2 days in hours, otherwise in days (with years above one year);
+    at most one decimal, none when whole.
+    """
+    t = pd.Timedelta(td)
+    sign = "-" if t < pd.Timedelta(0) else ""
+    t = abs(t)
+
+    def num(x: float) -> str:
+        r = round(x, 1)
+        return f"{r:,.0f}" if r == int(r) else f"{r:,.1f}"
+
+    def unit(x: float, word: str) -> str:
+        return f"{num(x)} {word}" + ("" if num(x) == "1" else "s")
+
+    minutes = t / pd.Timedelta("1min")
+    if minutes < 120:
+        return sign + unit(minutes, "minute")
+    hours = t / pd.Timedelta("1h")
+    if hours < 48:
+        return sign + unit(hours, "hour")
+    days = t / pd.Timedelta("1D")
+    out = sign + unit(days, "day")
+    if days >= 365.25:
+        out += f" ({num(days / 365.25)} years)"
+    return out
 
 
 def _finite_pairs(name: str, *arrays: object) -> list[np.ndarray]:
@@ -165,12 +232,15 @@ def mz_check(
     slope_min: float = 0.5,
     slope_max: float = 1.5,
     min_obs: int = 30,
+    log: bool = False,
     symbol: str | None = None,
 ) -> Check:
     """Mincer-Zarnowitz slope of realized on forecast variance (HAC lag ``horizon - 1``).
 
     A calibrated forecast has slope 1; a slope far below 1 means forecasts move too much, far above
-    1 that they move too little. Fewer than ``min_obs`` pairs -> a non-breaching check with NaN.
+    1 that they move too little. With ``log`` the regression is of ``ln y`` on ``ln f`` (slope 1
+    too for a calibrated forecast with multiplicative errors; not dominated by a few jump periods
+    as the levels regression is). Fewer than ``min_obs`` pairs -> a non-breaching check with NaN.
     """
     if not slope_min < 1 < slope_max:
         raise ValueError(
@@ -187,10 +257,11 @@ def mz_check(
             False,
             f"only {ya.size} forecast/realized pairs (< {min_obs}); slope not estimated",
         )
-    res = mincer_zarnowitz(ya, fa, lag=max(int(horizon) - 1, 0))
+    res = mincer_zarnowitz(ya, fa, lag=max(int(horizon) - 1, 0), log=log)
     breached = bool(not slope_min <= res.beta <= slope_max)
     detail = (
-        f"slope {res.beta:.3f} (HAC s.e. {res.beta_se:.3f}), intercept {res.alpha:.3g}, "
+        f"{'log ' if log else ''}slope {res.beta:.3f} (HAC s.e. {res.beta_se:.3f}), "
+        f"intercept {format_number(res.alpha) if log else f'{res.alpha:.3g}'}, "
         f"R^2 {res.r2:.3f}, n {res.n}"
     )
     return Check("mz_slope", symbol, res.beta, thr, breached, detail)
@@ -276,12 +347,8 @@ def psi(reference: object, current: object, *, bins: int = 10) -> float:
         )
     levels = np.arange(1, int(bins)) / int(bins)  # k / bins exactly (linspace drifts by an ulp)
     inner = np.unique(np.quantile(r, levels, method="inverted_cdf"))
-    r_share = (
-        np.bincount(np.searchsorted(inner, r, side="left"), minlength=inner.size + 1) / r.size
-    )
-    c_share = (
-        np.bincount(np.searchsorted(inner, c, side="left"), minlength=inner.size + 1) / c.size
-    )
+    r_share = np.bincount(np.searchsorted(inner, r, side="left"), minlength=inner.size + 1) / r.size
+    c_share = np.bincount(np.searchsorted(inner, c, side="left"), minlength=inner.size + 1) / c.size
     r_share = np.maximum(r_share, PSI_EPS)
     c_share = np.maximum(c_share, PSI_EPS)
     return float(np.sum((c_share - r_share) * np.log(c_share / r_share)))
@@ -321,22 +388,50 @@ def drift_check(
     return Check(name, symbol, value, f"<= {max_psi:g}", breached, detail)
 
 
+def last_live_ts(ts: object, rv_var: object) -> pd.Timestamp | None:
+    """The latest time the feed showed new information: the last bar whose realized variance is
+    finite and > 0 (the price moved in it). None when there is no such bar.
+
+    A frozen feed that keeps publishing the last price produces bars with zero realized variance;
+    they do not count as live.
+    """
+    t = pd.DatetimeIndex(pd.to_datetime(np.asarray(ts)))
+    v = np.asarray(rv_var, dtype="float64")
+    if t.shape != v.shape:
+        raise ValueError(f"last_live_ts: ts has shape {t.shape} but rv_var has shape {v.shape}")
+    live = np.isfinite(v) & (v > 0)
+    if not live.any():
+        return None
+    return pd.Timestamp(t[live].max())
+
+
 def freshness_check(
     latest_ts: pd.Timestamp | None,
     now: pd.Timestamp,
     max_age: pd.Timedelta | str,
     *,
+    last_row_ts: pd.Timestamp | None = None,
     symbol: str | None = None,
 ) -> Check:
-    """Age of the latest observation at ``now`` (hours in ``value``); breach above ``max_age``."""
+    """Age of the latest live observation at ``now`` (``value`` in hours); breach above ``max_age``.
+
+    Parameters
+    ----------
+    latest_ts : the latest live observation (:func:`last_live_ts`); None = none at all.
+    now : the monitoring clock.
+    max_age : the longest acceptable age (the schedule's period plus a grace period).
+    last_row_ts : the latest row of the feed, live or not; when it is later than ``latest_ts``
+        the detail says the rows since repeat the same price (a frozen feed).
+    symbol : recorded on the check.
+    """
     limit = pd.Timedelta(max_age)
     if limit <= pd.Timedelta(0):
         raise ValueError(
             f"The 'max_age' parameter of freshness_check must be > 0. Got {max_age!r} instead."
         )
-    thr = f"age <= {limit}"
+    thr = f"age <= {format_duration(limit)}"
     if latest_ts is None or pd.isna(latest_ts):
-        return Check("freshness", symbol, math.inf, thr, True, "no data at all")
+        return Check("freshness", symbol, math.inf, thr, True, "no live data at all", "hours")
     latest, ref = pd.Timestamp(latest_ts), pd.Timestamp(now)
     if (latest.tz is None) != (ref.tz is None):
         raise ValueError(
@@ -345,8 +440,220 @@ def freshness_check(
         )
     age = ref - latest
     breached = bool(age > limit)
-    detail = f"latest observation {latest} is {age} old at {ref}"
-    return Check("freshness", symbol, age / pd.Timedelta("1h"), thr, breached, detail)
+    detail = f"latest live row {_ts_text(latest)}, clock {_ts_text(ref)}"
+    if last_row_ts is not None and pd.Timestamp(last_row_ts) > latest:
+        detail += f"; the rows up to {_ts_text(pd.Timestamp(last_row_ts))} repeat the same price"
+    return Check("freshness", symbol, age / pd.Timedelta("1h"), thr, breached, detail, "hours")
+
+
+def _ts_text(ts: pd.Timestamp) -> str:
+    t = pd.Timestamp(ts)
+    if t.tz is not None:
+        return t.tz_convert("UTC").strftime("%Y-%m-%d %H:%M UTC")
+    return t.strftime("%Y-%m-%d %H:%M")
+
+
+# ---- out-of-sample forecast checks ---------------------------------------------------------------
+def log_ratio(y: object, f: object) -> np.ndarray:
+    """``log(y / f)``: NaN where either is not finite and > 0."""
+    ya, fa = _finite_pairs("log_ratio", y, f)
+    ok = np.isfinite(ya) & np.isfinite(fa) & (ya > 0) & (fa > 0)
+    out = np.full(ya.shape, np.nan)
+    out[ok] = np.log(ya[ok] / fa[ok])
+    return out
+
+
+def split_windows(
+    known: object, *, window: int, horizon: int = 1, reference: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Positions of the scored window and of its out-of-sample reference.
+
+    Parameters
+    ----------
+    known : bool per origin (one row per period, in time order): the origin has a usable pair.
+    window : the scored window: the last ``window`` known origins.
+    horizon : forecast horizon in periods; the target of origin ``i`` is complete at ``i + h``.
+    reference : keep only the last ``reference`` reference origins; None = all of them.
+
+    Returns
+    -------
+    (scored, reference) integer positions. Reference origins ``i`` have ``i + horizon <= s``, with
+    ``s`` the first scored origin: their targets were complete before the scored window began.
+    """
+    k = np.asarray(known, dtype=bool).reshape(-1)
+    if int(window) != window or window < 1:
+        raise ValueError(
+            f"The 'window' parameter of split_windows must be an int >= 1. Got {window!r} instead."
+        )
+    if int(horizon) != horizon or horizon < 1:
+        raise ValueError(
+            f"The 'horizon' parameter of split_windows must be an int >= 1. Got {horizon!r} instead."
+        )
+    pos = np.flatnonzero(k)
+    scored = pos[-int(window) :]
+    if scored.size == 0:
+        return scored, scored
+    ref = pos[pos + int(horizon) <= scored[0]]
+    if reference is not None:
+        ref = ref[-int(reference) :]
+    return scored, ref
+
+
+def forecast_drift_check(
+    reference_ratio: object,
+    scored_ratio: object,
+    *,
+    max_psi: float = 0.25,
+    bins: int = 10,
+    min_obs: int = 50,
+    min_reference: int | None = None,
+    symbol: str | None = None,
+) -> Check:
+    """PSI of ``log(realized / forecast)`` in the scored window against the reference.
+
+    Parameters
+    ----------
+    reference_ratio, scored_ratio : ``log(y / f)`` (:func:`log_ratio`) of the reference and the
+        scored origins; non-finite values are ignored.
+    max_psi : breach above this PSI.
+    bins : quantile bins of the reference.
+    min_obs : fewer finite values in either sample -> a non-breaching check with NaN.
+    min_reference : fewer reference values than this -> not tested either (None = ``min_obs``).
+        The PSI of two samples from one distribution is about ``(bins - 1) (1/n_scored +
+        1/n_reference)``, so a short reference alone makes it cross the limit.
+    symbol : recorded on the check.
+    """
+    if not max_psi > 0:
+        raise ValueError(
+            f"The 'max_psi' parameter of forecast_drift_check must be > 0. Got {max_psi!r} instead."
+        )
+    r = np.asarray(reference_ratio, dtype="float64").reshape(-1)
+    c = np.asarray(scored_ratio, dtype="float64").reshape(-1)
+    r, c = r[np.isfinite(r)], c[np.isfinite(c)]
+    name, thr = "drift:log_rv_ratio", f"<= {max_psi:g}"
+    need_r = min_obs if min_reference is None else max(min_obs, int(min_reference))
+    if c.size < min_obs or r.size < need_r:
+        return Check(
+            name,
+            symbol,
+            math.nan,
+            thr,
+            False,
+            f"{c.size} scored and {r.size} earlier out-of-sample origins (needs {min_obs} and "
+            f"{need_r}); not tested",
+        )
+    value = psi(r, c, bins=bins)
+    breached = bool(value > max_psi)
+    med_c, med_r = float(np.exp(np.median(c))), float(np.exp(np.median(r)))
+    detail = (
+        f"realized/forecast median {med_c:.2f} over the last {c.size} origins vs {med_r:.2f} "
+        f"over {r.size} earlier out-of-sample origins, PSI {value:.3f}"
+    )
+    if breached:
+        detail += (
+            (": forecasts are too low" if med_c > med_r else ": forecasts are too high")
+            if abs(math.log(med_c / med_r)) > 0.1
+            else ": the error distribution changed shape"
+        )
+    return Check(name, symbol, value, thr, breached, detail)
+
+
+def forecast_checks(
+    frame: pd.DataFrame,
+    *,
+    horizon: int = 1,
+    window: int = 250,
+    drift_window: int = 250,
+    drift_reference: int | None = None,
+    max_qlike_ratio: float = 1.10,
+    mz_slope_min: float = 0.5,
+    mz_slope_max: float = 1.5,
+    mz_log: bool = True,
+    coverage_alpha: float = 0.01,
+    max_psi: float = 0.25,
+    symbol: str | None = None,
+) -> list[Check]:
+    """Every model check of one symbol on its out-of-sample forecasts.
+
+    Parameters
+    ----------
+    frame : one row per origin in time order (one per period; rows may hold NaN), with ``y`` (the
+        realized target of the origin, NaN while unknown), ``forecast_var`` (the champion's
+        forecast), one ``b_<name>`` column per baseline (at least one) and optionally two quantile
+        columns ``q_<level>`` of the realized target (an interval for the coverage check). Every
+        forecast must have been issued by a model fitted on data before its origin.
+    horizon : forecast horizon in periods.
+    window : scored origins of the QLIKE, Mincer-Zarnowitz and coverage checks.
+    drift_window : scored origins of the drift check; its reference is every earlier origin whose
+        target was complete before the first scored origin (the last ``drift_reference``), and
+        at least ``drift_window`` of them are needed (else the check is "not tested").
+    max_qlike_ratio, mz_slope_min, mz_slope_max, coverage_alpha, max_psi : the thresholds.
+    mz_log : run the Mincer-Zarnowitz regression on logs (see :func:`mz_check`).
+    symbol : recorded on the checks.
+
+    Returns
+    -------
+    [qlike_ratio, mz_slope, (coverage,) drift:log_rv_ratio].
+    """
+    base_cols = [c for c in frame.columns if c.startswith("b_")]
+    if "y" not in frame.columns or "forecast_var" not in frame.columns or not base_cols:
+        raise ValueError(
+            "forecast_checks needs columns 'y', 'forecast_var' and at least one 'b_<baseline>'; "
+            f"got {list(frame.columns)}"
+        )
+    qcols = sorted(
+        (c for c in frame.columns if c.startswith("q_") and frame[c].notna().any()),
+        key=lambda c: float(c[2:]),
+    )
+    cols = ["y", "forecast_var", *base_cols]
+    num = frame[cols].to_numpy(dtype="float64", na_value=np.nan)
+    known = np.isfinite(num).all(axis=1) & (num > 0).all(axis=1)
+    scored, _ = split_windows(known, window=window, horizon=horizon)
+    part = frame.iloc[scored]
+    y = part["y"].to_numpy(dtype="float64")
+    f = part["forecast_var"].to_numpy(dtype="float64")
+    base = {c[2:]: part[c].to_numpy(dtype="float64") for c in base_cols}
+    checks = [
+        qlike_check(y, f, base, window=window, max_ratio=max_qlike_ratio, symbol=symbol),
+        mz_check(
+            y,
+            f,
+            horizon=horizon,
+            slope_min=mz_slope_min,
+            slope_max=mz_slope_max,
+            log=mz_log,
+            symbol=symbol,
+        ),
+    ]
+    if len(qcols) >= 2:
+        lo, hi = qcols[0], qcols[-1]
+        qa = part[[lo, hi]].to_numpy(dtype="float64", na_value=np.nan)
+        ok = np.isfinite(qa).all(axis=1)
+        checks.append(
+            coverage_check(
+                y[ok],
+                qa[ok, 0],
+                qa[ok, 1],
+                nominal=float(hi[2:]) - float(lo[2:]),
+                alpha=coverage_alpha,
+                symbol=symbol,
+            )
+        )
+    pair = frame[["y", "forecast_var"]].to_numpy(dtype="float64", na_value=np.nan)
+    ratio = log_ratio(pair[:, 0], pair[:, 1])
+    d_scored, d_ref = split_windows(
+        np.isfinite(ratio), window=drift_window, horizon=horizon, reference=drift_reference
+    )
+    checks.append(
+        forecast_drift_check(
+            ratio[d_ref],
+            ratio[d_scored],
+            max_psi=max_psi,
+            min_reference=drift_window,
+            symbol=symbol,
+        )
+    )
+    return checks
 
 
 def _clean(x: object) -> object:
@@ -413,7 +720,8 @@ class MonitorReport:
         if self.breaches:
             lines += ["## Breaches", ""]
             lines += [
-                f"- **{c.name}** ({c.symbol or 'all'}): {c.detail} (limit {c.threshold})"
+                f"- **{c.name}** ({c.symbol or 'all'}): {c.value_text}, {c.detail} "
+                f"(limit {c.threshold})"
                 for c in self.breaches
             ]
             lines.append("")
@@ -424,7 +732,7 @@ class MonitorReport:
             "|---|---|---|---|---|---|",
         ]
         for c in self.checks:
-            v = "" if math.isnan(c.value) else f"{c.value:.4g}"
+            v = "" if math.isnan(c.value) else c.value_text
             lines.append(
                 f"| {c.name} | {c.symbol or 'all'} | {v} | {c.threshold} | "
                 f"{'yes' if c.breached else 'no'} | {c.detail} |"
@@ -433,8 +741,10 @@ class MonitorReport:
 
 
 def summarize_breaches(checks: Sequence[Check]) -> str:
-    """One line naming each breached check, e.g. "qlike_ratio[BTC]=1.3 (<= 1.1); freshness=50 ..."."""
+    """One line naming each breached check, e.g. "qlike_ratio[BTC]=1.300 (<= 1.1); freshness..."."""
     parts = [
-        f"{c.name}[{c.symbol or 'all'}]={c.value:.4g} ({c.threshold})" for c in checks if c.breached
+        f"{c.name}[{c.symbol or 'all'}]={c.value_text} ({c.threshold})"
+        for c in checks
+        if c.breached
     ]
     return "; ".join(parts) if parts else "no breach"

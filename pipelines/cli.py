@@ -596,20 +596,67 @@ def forecast(
 def monitor(
     dataset: Annotated[str | None, typer.Option(help="Dataset (default: embedded).")] = None,
     freq: Annotated[str | None, typer.Option(help="Frequency of the feature rows.")] = None,
+    now: Annotated[str | None, typer.Option(
+        help="Clock for freshness: a UTC time, or 'data' for the data's end (replaying history); "
+             "default: the wall clock.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
     config: ConfigOpt = None,
 ) -> None:
-    """Check the champion (rolling QLIKE vs the best baseline, MZ slope, coverage) and the data
-    (drift, freshness); a breach fails the run and, if configured, switches to the baseline."""
+    """Check the champion on out-of-sample forecasts (QLIKE vs the best baseline, Mincer-Zarnowitz
+    slope, coverage, drift of log(realized/forecast)) and the feed (freshness of the latest live
+    row). Exit 0: no breach; 1: a breach (one line per breached check on stderr); 2: bad input."""
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "CRITICAL")  # the lines below say it all
+    from rich.console import Console
+
     from pipelines.config import load_config
     from pipelines.flow_config import MonitorFlowConfig
     from pipelines.flows import run_monitor
 
-    cfg = load_config(MonitorFlowConfig, config, "monitor", dataset=dataset, freq=freq)
+    cfg = load_config(MonitorFlowConfig, config, "monitor", dataset=dataset, freq=freq, now=now)
     with _console().status("running the monitor flow"):
         out = run_monitor(cfg)
-    _print_flow("monitor", out)
-    if out.get("state") not in (None, "Completed"):
+    report = out["report"]
+    if as_json:
+        import json
+
+        _console().print_json(json.dumps(report, default=str))
+    else:
+        _print_monitor(cfg, out)
+    if report["status"] != "ok":
+        err = Console(stderr=True, highlight=False, soft_wrap=True)
+        for line in out.get("breach_lines", []):
+            err.print(f"[bold red]breach:[/] {line}")
         raise typer.Exit(code=1)
+
+
+def _print_monitor(cfg: Any, out: dict) -> None:
+    """The checks as an 80-column table (details of breaches go to stderr, one line each)."""
+    from rich.table import Table
+
+    from models.monitoring import Check
+
+    report = out["report"]
+    ctx = report.get("context", {})
+    con = _console()
+    status = "OK" if report["status"] == "ok" else "BREACH"
+    con.print(
+        f"monitor {cfg.dataset}/{cfg.freq}: [bold]{status}[/] "
+        f"({report['n_breaches']} breach(es) of {report['n_checks']} checks); "
+        f"{ctx.get('champion', '')}",
+        highlight=False,
+    )
+    table = Table(box=None, pad_edge=False)
+    for col in ("check", "symbol", "value", "limit", "result"):
+        table.add_column(col, overflow="fold")
+    for c in report["checks"]:
+        value = c["value"]
+        value = float("nan") if value is None else float(value)
+        chk = Check(c["name"], c["symbol"], value, c["threshold"], c["breached"], c["detail"],
+                    c.get("unit", ""))
+        table.add_row(chk.name, chk.symbol or "all", chk.value_text, chk.threshold,
+                      "[bold red]BREACH[/]" if chk.breached else "ok")
+    con.print(table)
+    con.print(f"report: {out.get('markdown_path', '')}", highlight=False, soft_wrap=True)
 
 
 @app.command("deploy")

@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from features.build import FeatureSpec, FeatureStore
+from features.errors import ConfigError
 from features.schema import BV, CLOSE, RQ, RS_NEG, RS_POS, RV, SYMBOL, TS, DataError
 from features.store import (
     DataStore,
@@ -825,8 +826,10 @@ def forecast_step(home: Path | str, cfg: ForecastFlowConfig) -> ForecastOutcome:
 # monitor
 # =================================================================================================
 FALLBACK_CHECKS = ("qlike_ratio", "mz_slope", "coverage")
-"""Breaches of these checks (the champion's quality) switch forecasting to the baseline; data
-checks (drift, freshness) fail the run but a baseline would not fix them."""
+"""Breaches of these checks (the champion worse than a baseline, or miscalibrated) switch
+forecasting to the baseline. The others fail the run but a baseline would not fix them: a stale
+feed, or forecast errors that drifted from their history while the champion may still beat every
+baseline (drift is the early warning; QLIKE and MZ decide the switch)."""
 
 
 @dataclass
@@ -844,6 +847,7 @@ class MonitorOutcome:
         return {
             "status": "ok" if self.report.ok else "breach",
             "breaches": mon.summarize_breaches(self.report.checks),
+            "breach_lines": [c.line() for c in self.report.breaches],
             "json_path": self.json_path,
             "markdown_path": self.markdown_path,
             "switched_to_baseline": self.switched_to_baseline,
@@ -860,74 +864,154 @@ def resolve_now(now: str | None, latest_ts: pd.Timestamp | None) -> pd.Timestamp
         if latest_ts is None:
             raise DataError("monitor now='data' needs data; the feature frame is empty")
         return pd.Timestamp(latest_ts)
-    ts = pd.Timestamp(now)
+    try:
+        ts = pd.Timestamp(now)
+    except (ValueError, TypeError):
+        raise ConfigError(
+            f"monitor 'now' must be 'data' or a time such as '2025-03-01T00:00Z'; got {now!r}"
+        ) from None
     return ts.tz_localize("UTC") if ts.tz is None else ts.tz_convert("UTC")
 
 
-def _quality_checks(champion: Any, data: pd.DataFrame, cfg: MonitorFlowConfig) -> list[mon.Check]:
+def _utc_ns(ts: Any) -> np.ndarray:
+    """UTC nanoseconds of timestamps (naive ones are UTC), as int64."""
+    return pd.DatetimeIndex(pd.to_datetime(pd.Series(np.asarray(ts)), utc=True)).asi8
+
+
+def _stamp_ns(ts: pd.Timestamp) -> int:
+    t = pd.Timestamp(ts)
+    return (t.tz_localize("UTC") if t.tz is None else t).value
+
+
+def _evaluation_forecasts(home: Path, run_id: str | None) -> pd.DataFrame | None:
+    """The walk-forward (out-of-sample) forecasts logged by the champion's evaluation run, or None
+    when the version names no evaluation run or the run holds none."""
+    if not run_id:
+        return None
+    import tempfile
+
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    from models import registry
+
+    client = MlflowClient(registry.init_store(home))
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            path = client.download_artifacts(run_id, "evaluation/forecasts.parquet", tmp)
+        except (MlflowException, OSError):
+            return None
+        return pd.read_parquet(path)
+
+
+def _post_training(table: pd.DataFrame, train_end: pd.Timestamp | None, col: str) -> pd.DataFrame:
+    if train_end is None:
+        return table.iloc[0:0]
+    return table[_utc_ns(table[col]) > _stamp_ns(train_end)]
+
+
+def oos_frames(
+    champion: Any,
+    data: pd.DataFrame,
+    cfg: MonitorFlowConfig,
+    *,
+    train_end: pd.Timestamp | None,
+    evaluation: pd.DataFrame | None,
+) -> dict[str, pd.DataFrame]:
+    """Per symbol, the out-of-sample forecast series the model checks score
+    (:func:`models.monitoring.forecast_checks`): one row per origin with ``y`` (the realized mean
+    variance over the next ``cfg.horizon`` periods), ``forecast_var`` (the champion) and
+    ``b_<name>`` per baseline (plus the champion's quantile columns, when it has them).
+
+    The champion's forecasts at origins up to its training end are the walk-forward forecasts of
+    its evaluation run (each issued by a model fitted on data before its origin); at later origins
+    they are the registered champion's, with its fixed parameters. Baselines are walked forward on
+    the data (refitted before each origin). No forecast is an in-sample fit.
+    """
     h = int(cfg.horizon)
-    table = champion.predict(data, origins="all")
-    table = table[(table["model_id"] == champion.primary) & (table["horizon"] == h)]
-    qcols = sorted(
-        (c for c in table.columns if c.startswith("q_") and table[c].notna().any()),
-        key=lambda c: float(c[2:]),
-    )
-    checks: list[mon.Check] = []
+    parts: list[pd.DataFrame] = []
+    if evaluation is not None and not evaluation.empty:
+        ev = evaluation[
+            (evaluation["horizon"] == h) & (evaluation["model_id"].astype(str) == champion.primary)
+        ]
+        if train_end is not None:
+            ev = ev[_utc_ns(ev["origin_ts"]) <= _stamp_ns(train_end)]
+        parts.append(ev)
+    if not _post_training(data, train_end, TS).empty:
+        table = champion.predict(data, origins="all")
+        table = table[(table["model_id"] == champion.primary) & (table["horizon"] == h)]
+        parts.append(_post_training(table, train_end, "origin_ts"))
+    if not parts:
+        return {}
+    long = pd.concat(parts, ignore_index=True)
+    long = long.assign(origin_ns=_utc_ns(long["origin_ts"]), symbol=long["symbol"].astype(str))
+    qcols = [c for c in long.columns if c.startswith("q_")]
+    frames: dict[str, pd.DataFrame] = {}
     for sym, g in data.groupby(SYMBOL, sort=True):
         g = g.sort_values(TS)
+        champ = long[long["symbol"] == str(sym)].drop_duplicates("origin_ns", keep="last")
+        if champ.empty:
+            continue
         frame = pd.DataFrame(
-            {"origin_ts": g[TS].to_numpy(), "y": target_mean(g[RV].to_numpy(dtype="float64"), h)}
+            {
+                "origin_ns": _utc_ns(g[TS]),
+                "y": target_mean(g[RV].to_numpy(dtype="float64"), h),
+            }
         )
-        ch = table[table["symbol"] == sym][["origin_ts", "forecast_var", *qcols]]
-        frame = frame.merge(ch, on="origin_ts", how="inner")
+        frame = frame.merge(
+            champ[["origin_ns", "forecast_var", *qcols]], on="origin_ns", how="left"
+        )
+        has = np.flatnonzero(frame["forecast_var"].notna().to_numpy())
+        frame = frame.iloc[has[0] :].reset_index(drop=True)  # one row per period from the first
+        start = pd.Timestamp(int(frame["origin_ns"].iloc[0]), tz="UTC")
         for name, spec in cfg.baselines.items():
-            est = build_model(spec).fit(g)
-            fc = est.predict(g, horizons=(h,))
-            fc = fc[sym] if isinstance(fc, dict) else fc
-            b = fc.variance[h].rename(f"b_{name}").rename_axis("origin_ts").reset_index()
-            frame = frame.merge(b, on="origin_ts", how="inner")
-        num = frame.drop(columns=["origin_ts"]).to_numpy(dtype="float64")
-        frame = frame[np.isfinite(num).all(axis=1) & (num > 0).all(axis=1)].tail(cfg.window)
-        y = frame["y"].to_numpy()
-        f = frame["forecast_var"].to_numpy()
-        base = {n: frame[f"b_{n}"].to_numpy() for n in cfg.baselines}
-        checks.append(
-            mon.qlike_check(
-                y, f, base, window=cfg.window, max_ratio=cfg.max_qlike_ratio, symbol=str(sym)
+            fc = build_model(spec).walk_forward(g, horizons=(h,), start=start)
+            fc = fc[str(sym)] if isinstance(fc, dict) else fc
+            b = fc.variance[h]
+            frame = frame.merge(
+                pd.DataFrame({"origin_ns": _utc_ns(b.index), f"b_{name}": b.to_numpy()}),
+                on="origin_ns",
+                how="left",
             )
+        frame.insert(0, "origin_ts", pd.to_datetime(frame.pop("origin_ns"), utc=True))
+        frames[str(sym)] = frame
+    return frames
+
+
+def _quality_checks(
+    champion: Any,
+    data: pd.DataFrame,
+    cfg: MonitorFlowConfig,
+    train_end: pd.Timestamp | None,
+    evaluation: pd.DataFrame | None,
+) -> list[mon.Check]:
+    frames = oos_frames(champion, data, cfg, train_end=train_end, evaluation=evaluation)
+    checks: list[mon.Check] = []
+    for sym in sorted(frames):
+        checks += mon.forecast_checks(
+            frames[sym],
+            horizon=int(cfg.horizon),
+            window=cfg.window,
+            drift_window=cfg.drift_window,
+            drift_reference=cfg.drift_reference,
+            max_qlike_ratio=cfg.max_qlike_ratio,
+            mz_slope_min=cfg.mz_slope_min,
+            mz_slope_max=cfg.mz_slope_max,
+            mz_log=cfg.mz_log,
+            coverage_alpha=cfg.coverage_alpha,
+            max_psi=cfg.max_psi,
+            symbol=sym,
         )
-        checks.append(
-            mon.mz_check(
-                y,
-                f,
-                horizon=h,
-                slope_min=cfg.mz_slope_min,
-                slope_max=cfg.mz_slope_max,
-                symbol=str(sym),
-            )
-        )
-        if len(qcols) >= 2:
-            lo, hi = qcols[0], qcols[-1]
-            nominal = float(hi[2:]) - float(lo[2:])
-            checks.append(
-                mon.coverage_check(
-                    y,
-                    frame[lo].to_numpy(),
-                    frame[hi].to_numpy(),
-                    nominal=nominal,
-                    alpha=cfg.coverage_alpha,
-                    symbol=str(sym),
-                )
-            )
     return checks
 
 
-def _drift_checks(
-    home: Path, cfg: MonitorFlowConfig, train_end: pd.Timestamp | None
+def _feature_drift_checks(
+    feats: pd.DataFrame, home: Path, cfg: MonitorFlowConfig, train_end: pd.Timestamp | None
 ) -> list[mon.Check]:
-    feats = _ws(home).features.read(cfg.dataset, cfg.freq)
-    if "valid" in feats.columns:
-        feats = feats[feats["valid"].astype(bool)]
+    """Optional PSI of raw features (``cfg.drift_features``) against the rows before the recent
+    ``cfg.drift_window`` (up to the champion's training end). Describes the data, not the model."""
+    if not cfg.drift_features:
+        return []
     checks = []
     for sym, g in feats.groupby(SYMBOL, sort=True):
         if str(sym) not in feature_symbols(home, cfg.dataset, cfg.freq):
@@ -957,19 +1041,43 @@ def _drift_checks(
     return checks
 
 
+def _freshness_checks(
+    feats: pd.DataFrame, symbols: Sequence[str], now: pd.Timestamp, cfg: MonitorFlowConfig
+) -> list[mon.Check]:
+    """Per symbol: age of the latest live row (realized variance > 0) at ``now``."""
+    if feats.empty or not symbols:
+        return [mon.freshness_check(None, now, cfg.max_age)]
+    checks = []
+    for sym in symbols:
+        g = feats[feats[SYMBOL] == sym]
+        if "valid" in g.columns:
+            g = g[g["valid"].astype(bool)]
+        last_row = None if g.empty else pd.Timestamp(g[TS].max())
+        live = mon.last_live_ts(g[TS], g[RV]) if not g.empty else None
+        checks.append(
+            mon.freshness_check(live, now, cfg.max_age, last_row_ts=last_row, symbol=str(sym))
+        )
+    return checks
+
+
 def monitor_step(home: Path | str, cfg: MonitorFlowConfig) -> MonitorOutcome:
     """Run every check, write the report (JSON + markdown) and, on a breach of a champion-quality
     check with ``fallback_on_breach``, switch forecasting to the baseline (state file, with the
     reason). Switching back happens only through the promotion gate (:func:`register_and_promote`).
+
+    The model checks score out-of-sample forecasts only (:func:`oos_frames`); freshness is the age
+    of each symbol's latest live row (:func:`models.monitoring.last_live_ts`).
     """
     from models import registry
 
     home = Path(home).resolve()
     ws = _ws(home)
     data = model_frame(home, cfg.dataset, cfg.freq)
-    latest = None if data.empty else pd.Timestamp(data[TS].max())
+    feats = ws.features.read(cfg.dataset, cfg.freq)
+    symbols = feature_symbols(home, cfg.dataset, cfg.freq)
+    latest = None if feats.empty else pd.Timestamp(feats[TS].max())
     now = resolve_now(cfg.now, latest)
-    checks = [mon.freshness_check(latest, now, cfg.max_age)]
+    checks = _freshness_checks(feats, symbols, now, cfg)
     champion = _try_load_champion(home, cfg.model_name)
     context: dict[str, Any] = {
         "dataset": cfg.dataset,
@@ -978,6 +1086,7 @@ def monitor_step(home: Path | str, cfg: MonitorFlowConfig) -> MonitorOutcome:
         "now": now.isoformat(),
         "latest_ts": None if latest is None else latest.isoformat(),
         "window": cfg.window,
+        "drift_window": cfg.drift_window,
         "baselines": list(cfg.baselines),
     }
     train_end = None
@@ -993,8 +1102,16 @@ def monitor_step(home: Path | str, cfg: MonitorFlowConfig) -> MonitorOutcome:
             model_uri=ref.uri,
             train_end_ts=end or "unknown",
         )
-        checks += _quality_checks(champion, data, cfg)
-    checks += _drift_checks(home, cfg, train_end)
+        evaluation = _evaluation_forecasts(home, info.get("evaluation_run_id"))
+        model_checks = _quality_checks(champion, data, cfg, train_end, evaluation)
+        if not model_checks:
+            context["model_checks"] = (
+                "skipped: no out-of-sample forecasts of the champion (its evaluation run logged "
+                "none and no data arrived after its training end)"
+            )
+        checks += model_checks
+    valid = feats[feats["valid"].astype(bool)] if "valid" in feats.columns else feats
+    checks += _feature_drift_checks(valid, home, cfg, train_end)
     report = mon.MonitorReport(tuple(checks), pd.Timestamp.now(tz="UTC"), context)
     state = forecast_source(home, cfg.model_name)
     fallback = [c for c in report.breaches if c.name in FALLBACK_CHECKS]

@@ -169,7 +169,13 @@ class ForecastFlowConfig(Target):
 
 
 class MonitorFlowConfig(Target):
-    """``monitor``: checks of the champion and the data; thresholds of :mod:`models.monitoring`."""
+    """``monitor``: checks of the champion and the data; thresholds of :mod:`models.monitoring`.
+
+    The model checks score out-of-sample forecasts over the last ``window`` origins (QLIKE ratio,
+    Mincer-Zarnowitz slope, coverage) and ``drift_window`` origins (PSI of log(realized/forecast)
+    against the earlier out-of-sample origins); freshness is the age of each symbol's latest live
+    row (realized variance > 0) at ``now``.
+    """
 
     model_name: str = "dprm-forecaster"
     horizon: int = Field(1, gt=0)
@@ -180,20 +186,42 @@ class MonitorFlowConfig(Target):
     max_qlike_ratio: float = Field(1.10, gt=0)
     mz_slope_min: float = 0.5
     mz_slope_max: float = 1.5
+    mz_log: bool = Field(True, description="Mincer-Zarnowitz regression on logs (robust to jumps)")
     coverage_alpha: float = Field(0.01, gt=0, lt=1)
-    drift_features: tuple[str, ...] = ("rv_var",)
-    drift_window: int = Field(60, gt=1, description="recent rows compared with the training window")
+    drift_window: int = Field(
+        250, gt=1, description="recent origins whose log(realized/forecast) is tested for drift"
+    )
     drift_reference: int | None = Field(
         None,
         gt=1,
-        description="training rows (before the recent window, up to the champion's "
-        "data end) the recent rows are compared with; None = all of them",
+        description="earlier out-of-sample origins (targets complete before the recent window) "
+        "the recent ones are compared with; None = all of them",
+    )
+    drift_features: tuple[str, ...] = Field(
+        (), description="raw features whose PSI is also checked (describes the data, not the model)"
     )
     max_psi: float = Field(0.25, gt=0)
-    max_age: str = Field("4D", description="breach when the latest row is older than this")
-    now: str | None = Field(None, description="clock for freshness (None: the wall clock)")
+    max_age: str = Field("4D", description="breach when the latest live row is older than this")
+    now: str | None = Field(
+        None, description="clock for freshness (None: the wall clock; 'data': the data's end)"
+    )
     fallback_on_breach: bool = Field(True, description="switch forecasting to the baseline")
     fail_on_breach: bool = Field(True, description="end the flow run Failed on a breach")
+
+    @field_validator("now")
+    @classmethod
+    def _clock(cls, v: str | None) -> str | None:
+        if v is None or v == "data":
+            return v
+        import pandas as pd
+
+        try:
+            pd.Timestamp(v)
+        except (ValueError, TypeError):
+            raise ValueError(
+                f"expected 'data' or a UTC time such as '2025-03-01T00:00Z'; got {v!r}"
+            ) from None
+        return v
 
 
 CYCLE_STEPS = ("ingest", "features", "train", "forecast", "monitor")

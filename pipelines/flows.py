@@ -16,7 +16,7 @@ Functions for the command line (each returns a JSON-ready summary)::
     run_build_features(cfg=None, runner=None) -> dict
     run_train(cfg=None, runner=None) -> dict
     run_forecast(cfg=None) -> dict
-    run_monitor(cfg=None) -> dict           # "state": "Failed" on a breach
+    run_monitor(cfg=None) -> dict           # "status": "breach" and "state": "Failed" on a breach
     run_cycle(cfg=None) -> dict             # the demo: the whole cycle
     demo_cycle_config(dataset="embedded") -> CycleConfig   # "embedded" (1D) or "sim" (1h)
 """
@@ -27,10 +27,13 @@ from pipelines.flow_config import engine_environment
 
 engine_environment()
 
+import json  # noqa: E402
+from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
 from prefect import flow, get_run_logger, unmapped  # noqa: E402
 from prefect.futures import wait  # noqa: E402
+from prefect.states import Failed  # noqa: E402
 from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
 
 from pipelines import cycle  # noqa: E402
@@ -123,24 +126,26 @@ def forecast(cfg: ForecastFlowConfig = ForecastFlowConfig()) -> dict[str, Any]:
 
 
 @flow(name="dprm-monitor", task_runner=ThreadPoolTaskRunner())
-def monitor(cfg: MonitorFlowConfig = MonitorFlowConfig()) -> dict[str, Any]:
-    """Monitoring checks and report; a breach logs an error, may switch forecasting to the
-    baseline, and ends the run Failed (``fail_on_breach``)."""
+def monitor(cfg: MonitorFlowConfig = MonitorFlowConfig()) -> Any:
+    """Monitoring checks and report; a breach logs one ERROR line per breached check, may switch
+    forecasting to the baseline, and (``fail_on_breach``) ends the run in a Failed state that
+    carries the summary: a breach is an outcome, not an exception, so no traceback is logged."""
     out = monitor_task(_home(), cfg)
-    if out["status"] != "ok":
-        log = get_run_logger()
-        log.error(
-            "monitoring breach on %s/%s: %s (report %s)%s",
-            cfg.dataset,
-            cfg.freq,
-            out["breaches"],
-            out["markdown_path"],
-            "; forecasting switched to the baseline" if out["switched_to_baseline"] else "",
-        )
-        if cfg.fail_on_breach:
-            raise MonitoringBreach(
-                f"monitoring breach: {out['breaches']} (report {out['json_path']})"
-            )
+    if out["status"] == "ok":
+        return out
+    log = get_run_logger()
+    log.error(
+        "monitoring breach on %s/%s: %s (report %s)%s",
+        cfg.dataset,
+        cfg.freq,
+        out["breaches"],
+        out["markdown_path"],
+        "; forecasting switched to the baseline" if out["switched_to_baseline"] else "",
+    )
+    for line in out["breach_lines"]:
+        log.error("breach on %s/%s: %s", cfg.dataset, cfg.freq, line)
+    if cfg.fail_on_breach:
+        return Failed(message=f"monitoring breach: {out['breaches']}", data=out)
     return out
 
 
@@ -220,12 +225,16 @@ def run_forecast(cfg: ForecastFlowConfig | None = None) -> dict[str, Any]:
 
 
 def run_monitor(cfg: MonitorFlowConfig | None = None) -> dict[str, Any]:
-    """Run the monitor flow; ``state`` is "Failed" on a breach (``error`` says which checks)."""
+    """Run the monitor flow; ``status`` "ok" or "breach", ``state`` "Failed" on a breach with
+    ``fail_on_breach``, ``report`` the report written by this run. An exception inside the flow
+    (bad input, a bug) is raised again here, never reported as a breach."""
     cfg = cfg or MonitorFlowConfig()
-    out = _run(monitor, cfg, None)
-    latest = cycle.read_latest_report(_home(), cfg.dataset, cfg.freq)
-    if latest is not None:
-        out.setdefault("report", latest)
+    state = monitor(cfg, return_state=True)
+    result = state.result(raise_on_failure=False)
+    if isinstance(result, BaseException):
+        raise result
+    out = {"state": state.name, **result}
+    out["report"] = json.loads(Path(result["json_path"]).read_text())
     return out
 
 

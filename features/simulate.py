@@ -314,7 +314,8 @@ class DerivativesConfig(BaseModel):
         ``truth_interval`` dividing one day).
     option_weekly, option_monthly, option_quarterly : how many of the next Friday, monthly and
         quarterly expiries the chain lists (>= 0, at least one in total).
-    strikes_per_expiry : target number of strikes per expiry (>= 3).
+    strikes_per_expiry : target number of strikes added around the forward per expiry and snapshot
+        (>= 3); a strike once listed stays listed until its expiry, as on Deribit.
     strike_range_sd : strikes span ``F exp(+-strike_range_sd sqrt(w_atm))`` (> 0).
     iv_premium : implied over expected realized volatility (the variance risk premium, >= 1 typical,
         > 0).
@@ -1837,12 +1838,18 @@ def _derivatives(
     fwd = spot * np.exp(basis[bi, und] * tau_s * _NS / year_ns)
     parts: dict[str, list[Any]] = {c: [] for c in ("row", "strike")}
     n_k = der.strikes_per_expiry
-    for r in range(len(theta)):
+    listed: dict[tuple[int, int], np.ndarray] = {}  # (underlying, expiry) -> strikes listed so far
+    for r in range(len(theta)):  # rows in time order per underlying
         sd = math.sqrt(theta[r])
-        lo, hi = fwd[r] * math.exp(-der.strike_range_sd * sd), fwd[r] * math.exp(der.strike_range_sd * sd)
+        lo = fwd[r] * math.exp(-der.strike_range_sd * sd)
+        hi = fwd[r] * math.exp(der.strike_range_sd * sd)
         step = _nice_step((hi - lo) / (n_k - 1))
         ks = np.arange(math.ceil(lo / step), math.floor(hi / step) + 1) * step
         ks = np.round(ks[ks > 0], 10)
+        # a listed strike stays listed until its expiry, as on Deribit
+        key = (int(und[r]), int(rep_e[r]))
+        ks = np.union1d(listed.get(key, ks[:0]), ks)
+        listed[key] = ks
         parts["row"].append(np.full(len(ks), r))
         parts["strike"].append(ks)
     row = np.repeat(np.concatenate(parts["row"]), 2)

@@ -9,8 +9,9 @@ underlying (a key of :data:`margin.instruments.UNDERLYINGS`) it holds:
   put-call parity on the option chain (each says which);
 - ``marks``: mark (or last) prices per store symbol: perpetuals, futures, options;
 - ``funding``: the perpetual's funding rate per funding period (and its annualized carry);
-- ``vol_surface``: an object with ``implied_vol(expiry, strike)`` (the smile fit of
-  :mod:`margin.surface`, or any :class:`VolSurface`), ``vol_index`` (DVOL, as a fraction);
+- ``vol_surface``: an object with ``implied_vol(strike, expiry)`` (the smile fit of
+  :class:`margin.surface.VolSurface`, or anything with that method), ``vol_index`` (DVOL, as a
+  fraction);
 - ``rate``: the continuously compounded rate options are discounted with (crypto: Deribit's
   convention r = 0; equity indices: only when given, the store holds no rates).
 
@@ -22,7 +23,8 @@ reads the failure's ``reason``, never its message. Pure code: no I/O.
 Forwards for an expiry with no listed point (:meth:`MarketState.forward`): linear interpolation of
 ``ln F`` in time between the two nearest known points (the spot/index at ``as_of`` is the point at
 time 0); beyond the last point, the last point's annualized basis; with no points, the perpetual's
-funding carry ``S exp(carry_ann tau)``; with none of these, a ``MISSING_PRICE`` failure.
+funding carry ``S exp(carry_ann tau)``; for an equity index with a given rate and dividend yield,
+``S exp((r - q) tau)``; with none of these, a ``MISSING_PRICE`` failure.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Protocol, runtime_checkable
 
+import numpy as np
 import pandas as pd
 
 from features.errors import Failure, FailureReason
@@ -58,8 +61,8 @@ def _utc(ts: object) -> pd.Timestamp:
 class VolSurface(Protocol):
     """What the market state needs of an implied-volatility surface."""
 
-    def implied_vol(self, expiry: pd.Timestamp, strike: float) -> float:
-        """Annualized Black implied volatility (a fraction) for ``expiry`` and ``strike``."""
+    def implied_vol(self, strike: Any, expiry: object) -> Any:
+        """Annualized Black implied volatility (a fraction) for strikes (USD) at ``expiry``."""
         ...
 
 
@@ -165,6 +168,7 @@ class UnderlyingState:
         from (and its time).
     vol_index : implied-volatility index (DVOL/VIX) as a fraction, or None.
     rate : discount rate (fraction, continuously compounded), or None when unknown.
+    dividend_yield : continuous dividend yield of an equity index (fraction), or None.
     """
 
     underlying: str
@@ -177,14 +181,15 @@ class UnderlyingState:
     vol_surface_source: Quote | None = None
     vol_index: Quote | None = None
     rate: Quote | None = None
+    dividend_yield: Quote | None = None
 
     def __post_init__(self) -> None:
         fw = {_utc(k): v for k, v in dict(self.forwards).items()}
         object.__setattr__(self, "forwards", _frozen_map(dict(sorted(fw.items()))))
         object.__setattr__(self, "marks", _frozen_map(self.marks))
         if self.vol_surface is not None and not isinstance(self.vol_surface, VolSurface):
-            raise TypeError(f"vol_surface of {self.underlying} must have implied_vol(expiry, "
-                            f"strike); got {type(self.vol_surface).__name__}")
+            raise TypeError(f"vol_surface of {self.underlying} must have implied_vol(strike, "
+                            f"expiry); got {type(self.vol_surface).__name__}")
 
     @property
     def reference(self) -> Quote | None:
@@ -202,6 +207,7 @@ class UnderlyingState:
             "marks": {k: v.to_dict() for k, v in sorted(self.marks.items())},
             "funding": q(self.funding), "vol_surface": q(self.vol_surface_source),
             "vol_index": q(self.vol_index), "rate": q(self.rate),
+            "dividend_yield": q(self.dividend_yield),
         }
 
 
@@ -289,7 +295,13 @@ class MarketState:
             carry = u.funding.carry_ann
             return Forward(exp, ref.value * math.exp(carry * tau),
                            f"spot with funding carry {carry:.4f}/yr", min(ref.ts, u.funding.rate.ts))
-        missing = "spot/index price" if ref is None else "future, option chain or funding rate"
+        if ref is not None and u.rate is not None and u.dividend_yield is not None:
+            carry = u.rate.value - u.dividend_yield.value
+            return Forward(exp, ref.value * math.exp(carry * tau),
+                           f"spot with carry rate - dividend yield = {carry:.4f}/yr",
+                           min(ref.ts, u.rate.ts, u.dividend_yield.ts))
+        missing = ("spot/index price" if ref is None else
+                   "future, option chain, funding rate or rate and dividend yield")
         return Failure(FailureReason.MISSING_PRICE, subject,
                        f"no forward for {underlying} expiring {exp}: no {missing} at "
                        f"{self.as_of}", {"field": "expiry", "value": str(exp)})
@@ -345,7 +357,7 @@ class MarketState:
         if u.rate is None:
             return Failure(FailureReason.MISSING_INPUTS, name, f"no mark and no interest rate "
                            f"for {opt.underlying} at {self.as_of}", {"field": "rate"})
-        vol = float(u.vol_surface.implied_vol(opt.expiry, opt.strike))
+        vol = float(np.asarray(u.vol_surface.implied_vol(opt.strike, opt.expiry)).reshape(-1)[0])
         if not (math.isfinite(vol) and vol >= 0):
             return Failure(FailureReason.NON_FINITE, name, f"the vol surface gives {vol!r} for "
                            f"strike {opt.strike} expiring {opt.expiry}", {"field": "vol"})

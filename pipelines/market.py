@@ -18,7 +18,8 @@ options       per option symbol the last row of the ``options`` table, unexpired
               forward per expiry by put-call parity (median over the strikes nearest the spot:
               coin quotes ``F = K / (1 - (C - P))``, USD quotes ``F = K + (C - P)``) where no
               future expires then
-vol surface   a fitter passed in (``surface_fitter(chain, state_so_far, as_of)``), else none
+vol surface   :func:`fit_vol_surface` (:func:`margin.surface.fit_surface`, SVI per expiry) on the
+              chain, or a ``surface_fitter(chain, state_so_far, as_of)`` passed in
 vol index     close of the underlying's ``vol_index`` symbol (DVOL, percent -> fraction)
 rate          crypto: 0 (Deribit's convention, recorded as such); others: ``rates`` given in the
               config, else missing
@@ -70,6 +71,8 @@ class MarketStateConfig(BaseModel):
     max_age : inputs older than this get a ``STALE`` failure (kept).
     rates : underlying -> continuously compounded annual rate, for non-crypto underlyings (the
         store holds no rates).
+    dividend_yields : underlying -> continuous annual dividend yield of an equity index (with its
+        rate it gives the forward ``S exp((r - q) tau)`` where no future is stored).
     underlyings : restrict to these underlyings (default: every one with data).
     parity_strikes : strikes nearest the spot used for put-call parity forwards.
     """
@@ -80,6 +83,7 @@ class MarketStateConfig(BaseModel):
     chain_lookback: str = "400D"
     max_age: str = "1D"
     rates: dict[str, float] = Field(default_factory=dict)
+    dividend_yields: dict[str, float] = Field(default_factory=dict)
     underlyings: tuple[str, ...] = ()
     parity_strikes: int = Field(3, ge=1)
 
@@ -154,7 +158,8 @@ def build_market_state(
     lookback = _td("lookback", cfg.lookback)
     chain_lookback = _td("chain_lookback", cfg.chain_lookback)
     max_age = _td("max_age", cfg.max_age)
-    unknown = [u for u in (*cfg.underlyings, *cfg.rates) if u not in UNDERLYINGS]
+    unknown = [u for u in (*cfg.underlyings, *cfg.rates, *cfg.dividend_yields)
+               if u not in UNDERLYINGS]
     if unknown:
         raise ConfigError(f"unknown underlying {unknown[0]!r}; expected one of "
                           f"{sorted(UNDERLYINGS)}")
@@ -355,27 +360,52 @@ def build_market_state(
             fail(FailureReason.MISSING_INPUTS, f"{name}/rate", f"no interest rate for {name}: the "
                  "store holds none; pass rates={" + repr(name) + ": r} (CLI: --rate "
                  f"{name}=0.04)", field="rate")
+        dividend_yield = None
+        if name in cfg.dividend_yields:
+            dividend_yield = Quote(cfg.dividend_yields[name], "fraction",
+                                   "config: dividend_yields", t)
+        elif u.asset_class != "crypto":
+            fail(FailureReason.MISSING_INPUTS, f"{name}/dividend_yield", f"no dividend yield "
+                 f"for {name}: the store holds none; pass dividend_yields={{{name!r}: q}} (CLI: "
+                 f"--dividend-yield {name}=0.015)", field="dividend_yield")
         for q, what in ((spot, "spot"), (index, "index")):
             stale(name, what, q)
         state = UnderlyingState(name, spot=spot, index=index, forwards=forwards, marks=marks,
-                                funding=funding, vol_index=vol_index, rate=rate)
-        if chain is not None and surface_fitter is not None:
-            fitted = surface_fitter(chain.drop(columns="source_table"), state, t)
+                                funding=funding, vol_index=vol_index, rate=rate,
+                                dividend_yield=dividend_yield)
+        fitter = surface_fitter if surface_fitter is not None else fit_vol_surface
+        if chain is not None:
+            fitted = fitter(chain.drop(columns="source_table"), state, t)
             if isinstance(fitted, Failure):
                 failures.append(fitted)
             else:
+                failures.extend(getattr(fitted, "failures", ()))
                 state = UnderlyingState(
                     name, spot=spot, index=index, forwards=forwards, marks=marks, funding=funding,
                     vol_surface=fitted,
                     vol_surface_source=Quote(float(len(chain)), "options",
                                              f"surface fitted to {len(chain)} {name} options",
                                              chain[S.TS].max()),
-                    vol_index=vol_index, rate=rate)
-        elif chain is not None:
-            fail(FailureReason.MISSING_INPUTS, f"{name}/vol_surface", f"{name} has an option "
-                 "chain but no surface fitter was given; options without a mark cannot be priced")
+                    vol_index=vol_index, rate=rate, dividend_yield=dividend_yield)
         states[name] = state
     return MarketState(t, states, tuple(failures), source=f"store:{dataset}")
+
+
+def fit_vol_surface(chain: pd.DataFrame, state: UnderlyingState,
+                    as_of: pd.Timestamp) -> Any:
+    """The default surface fitter: :func:`margin.surface.fit_surface` on the chain (coin prices
+    for crypto); a surface with no fitted expiry is a ``FIT_FAILED`` failure."""
+    from margin.surface import fit_surface
+
+    name = state.underlying
+    inverse = UNDERLYINGS[name].asset_class == "crypto"
+    surface = fit_surface(chain, underlying=name, snapshot=as_of, inverse=inverse)
+    if not surface.slices:
+        reasons = "; ".join(str(f) for f in surface.failures[:3])
+        return Failure(FailureReason.FIT_FAILED, f"{name}/vol_surface",
+                       f"no expiry of the {name} chain could be fitted ({reasons})",
+                       {"n_failures": len(surface.failures)})
+    return surface
 
 
 def _parity_forwards(chain: pd.DataFrame, ref: Quote | None, *, coin: bool,

@@ -680,12 +680,21 @@ def portfolio_show(
     import json
 
     from features.errors import Failure
-    from pipelines.market import MarketStateConfig, build_market_state, read_portfolio
+    from pipelines.market import (
+        MarketStateConfig,
+        build_market_state,
+        dataset_end,
+        read_portfolio,
+    )
 
-    cfg = MarketStateConfig(rates=_pairs(rate, "--rate"),
-                            dividend_yields=_pairs(dividend_yield, "--dividend-yield"))
-    market = build_market_state(_store(), data, as_of, cfg)
-    pf = read_portfolio(file, market)
+    store = _store()
+    rates, yields = _pairs(rate, "--rate"), _pairs(dividend_yield, "--dividend-yield")
+    t = dataset_end(store, data) if as_of is None else as_of
+    pf = read_portfolio(file, t)  # first: a bad file fails before any market data is read
+    # the market state of the portfolio's underlyings only (one smile fit per underlying)
+    unds = tuple(sorted({p.instrument.underlying for p in pf.positions}))
+    cfg = MarketStateConfig(rates=rates, dividend_yields=yields, underlyings=unds)
+    market = build_market_state(store, data, t, cfg)
     prices = {p.id: market.price(p.instrument) for p in pf.positions}
     unds = sorted({p.instrument.underlying for p in pf.positions})
     market_failures = [f for u in unds for f in market.failures_for(u)]

@@ -26,14 +26,14 @@ rate          crypto: 0 (Deribit's convention, recorded as such); others: ``rate
 ============  ==================================================================================
 
 A value older than ``max_age`` is kept and a ``STALE`` failure recorded; nothing older than
-``lookback`` (``chain_lookback`` for options, whose rows the Deribit marks file stamps by their
-last trade) is searched.
+``lookback`` (``chain_lookback`` for options) is searched, so a chain weeks old is missing, not
+current.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +67,9 @@ class MarketStateConfig(BaseModel):
     Attributes
     ----------
     lookback : how far before ``as_of`` prices are searched.
-    chain_lookback : how far before ``as_of`` option rows are searched.
+    chain_lookback : how far before ``as_of`` option rows are searched (default: ``lookback``;
+        the Deribit BTC marks file stamps rows by their last trade, up to a year before its
+        snapshot, so reading it whole takes ``chain_lookback="400D"``).
     max_age : inputs older than this get a ``STALE`` failure (kept).
     rates : underlying -> continuously compounded annual rate, for non-crypto underlyings (the
         store holds no rates).
@@ -80,7 +82,7 @@ class MarketStateConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     lookback: str = "10D"
-    chain_lookback: str = "400D"
+    chain_lookback: str | None = None
     max_age: str = "1D"
     rates: dict[str, float] = Field(default_factory=dict)
     dividend_yields: dict[str, float] = Field(default_factory=dict)
@@ -156,7 +158,8 @@ def build_market_state(
     man = store.require(dataset)
     t = dataset_end(store, dataset) if as_of is None else _utc(as_of)
     lookback = _td("lookback", cfg.lookback)
-    chain_lookback = _td("chain_lookback", cfg.chain_lookback)
+    chain_lookback = lookback if cfg.chain_lookback is None else _td("chain_lookback",
+                                                                     cfg.chain_lookback)
     max_age = _td("max_age", cfg.max_age)
     unknown = [u for u in (*cfg.underlyings, *cfg.rates, *cfg.dividend_yields)
                if u not in UNDERLYINGS]
@@ -439,13 +442,15 @@ def _parity_forwards(chain: pd.DataFrame, ref: Quote | None, *, coin: bool,
     return out
 
 
-def read_portfolio(path: Path, market: MarketState) -> Portfolio:
-    """Read a portfolio file (``.csv`` or ``.json``) and validate it against ``market``.
+def read_portfolio(path: Path, as_of: MarketState | object) -> Portfolio:
+    """Read a portfolio file (``.csv`` or ``.json``) and validate it at ``as_of`` (a market
+    state's, or a time).
 
     Raises
     ------
     DataError : the file cannot be read, its suffix is neither .csv nor .json, or its structure
         (columns, top-level JSON shape) is wrong; bad rows are failures in the result instead.
+    FileNotFoundError : no such file.
     """
     path = Path(path)
     suffix = path.suffix.lower()
@@ -457,15 +462,5 @@ def read_portfolio(path: Path, market: MarketState) -> Portfolio:
     except UnicodeDecodeError as exc:
         raise DataError(f"not UTF-8 text ({exc.reason} at byte {exc.start})",
                         source=str(path)) from None
-    return parse_portfolio(text, suffix[1:], as_of=market.as_of, source=str(path),
-                           name=path.stem)
-
-
-def state_summary(market: MarketState) -> Mapping[str, Any]:
-    """A compact per-underlying summary (spot, perp mark, funding, forwards and marks counted)."""
-    out = {}
-    for name, u in sorted(market.underlyings.items()):
-        out[name] = {"spot": None if u.spot is None else u.spot.value,
-                     "forwards": len(u.forwards), "marks": len(u.marks),
-                     "funding": None if u.funding is None else u.funding.rate.value}
-    return out
+    t = as_of.as_of if isinstance(as_of, MarketState) else _utc(as_of)
+    return parse_portfolio(text, suffix[1:], as_of=t, source=str(path), name=path.stem)

@@ -53,9 +53,30 @@ last diffusion step and the regime at the close. :func:`conditional_iv` turns it
 conditional expectation of the future ``iv_var`` (the forecasting floor of the oracle in
 ``models.oracle``); recording it draws no random numbers, so every other frame is unchanged.
 
+Derivatives (:class:`DerivativesConfig`, default for BTCUSDT and ETHUSDT)
+------------------------------------------------------------------------
+Written on the efficient price ``S`` of the spot symbol (the "index"), sampled at each derivatives
+bar close (1 minute):
+
+- Perpetual ``<SPOT>-PERP`` (table ``funding``): ``mark = S exp(p)`` with ``p`` an OU log premium;
+  ``funding_rate`` is the current period's rate by Binance's formula ``P + clamp(I - P, -c, c)``
+  (``P`` the average premium index ``mark / S - 1`` since the period began, ``I`` the interest
+  component), capped; at a funding time it is the rate paid.
+- Inverse futures ``<COIN>-<DDMMMYY>`` (Deribit names; table ``futures_1m``, OHLC without volume):
+  the next ``futures_monthly`` last-Friday and ``futures_quarterly`` quarter-end expiries (08:00 UTC),
+  ``F = S exp(b tau)`` with ``b`` an OU annualized basis, listed until their expiry bar (``F = S``).
+- Option chain (table ``options``) every ``options_every``: the next weekly/monthly/quarterly
+  expiries, strikes around the forward ``F = S exp(b tau)`` (kept listed until expiry), calls and
+  puts, marks by undiscounted Black-76 in the coin (Deribit's convention), ``mark_iv`` the SSVI smile
+  whose at-the-money total variance ``theta = iv_premium^2 E[integrated variance to expiry | state]``
+  (:func:`expected_variance`: the smile follows the volatility state) and whose skew is
+  ``smile_rho_stress`` in the stress regime, else ``smile_rho_calm``; bid/ask at the mid vol (mark
+  vol + noise) -+ a half spread that widens in the wings, on the coin tick.
+
 All randomness comes from the generator passed to :func:`simulate`; each model component draws from
 its own child stream (``Generator.spawn``), so for example changing the quote rate leaves the price
-path unchanged.
+path unchanged; the derivatives draw from an eighth stream spawned after the others, so the spot
+market is bit-identical with or without them.
 """
 
 from __future__ import annotations
@@ -800,7 +821,9 @@ def simulate(config: SimConfig, random_state: int | np.random.Generator) -> SimR
     -------
     SimResult
         Canonical trades, quotes, book snapshots and 1-minute bars with the ground truth (integrated
-        variance, jump variance, correlation matrices and the regime per truth bar and per day).
+        variance, jump variance, correlation matrices and the regime per truth bar and per day), and
+        the derivatives tables (funding, futures bars, options) when ``config.derivatives`` lists
+        underlyings.
     """
     if not isinstance(config, SimConfig):
         raise _fail("simulate", "config", "a SimConfig", type(config).__name__)

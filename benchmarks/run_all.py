@@ -3,7 +3,7 @@
     python benchmarks/run_all.py [--full]
 
 Without ``--full`` each benchmark runs its ``--quick`` size (minutes in all); with it, the sizes the
-issues name (50M trades, 100 GARCH fits, 1M LightGBM rows, a 20M-row ingest): tens of minutes.
+issues name (50M trades, 100 GARCH fits, 1M LightGBM rows, a 20M-row ingest, 10k options x 10k scenarios): tens of minutes.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHES = ["bench_ingest.py", "bench_features.py", "bench_garch.py", "bench_lgbm.py", "bench_flows.py"]
+BENCHES = ["bench_ingest.py", "bench_features.py", "bench_garch.py", "bench_lgbm.py", "bench_flows.py",
+           "bench_revalue.py"]
 
 
 def main() -> int:

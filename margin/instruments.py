@@ -142,7 +142,8 @@ class Instrument:
             raise DataError(f"contract_size of {self.name!r} must be a finite number > 0. "
                             f"Got {self.contract_size!r} instead.", column="contract_size")
         if not isinstance(self.settlement, Settlement):
-            object.__setattr__(self, "settlement", Settlement(self.settlement))
+            object.__setattr__(self, "settlement", _enum(Settlement, self.settlement,
+                                                         "settlement", self.name))
 
     @property
     def inverse(self) -> bool:
@@ -210,7 +211,9 @@ class Option(Instrument):
         super().__post_init__()
         object.__setattr__(self, "expiry_ts", _utc(self.expiry_ts))
         if not isinstance(self.right, OptionRight):
-            object.__setattr__(self, "right", OptionRight(self.right))
+            r = self.right
+            r = {"CALL": "C", "PUT": "P"}.get(r.upper(), r.upper()) if isinstance(r, str) else r
+            object.__setattr__(self, "right", _enum(OptionRight, r, "right", self.name))
         if not (math.isfinite(self.strike) and self.strike > 0):
             raise DataError(f"strike of {self.name!r} must be a finite number > 0. "
                             f"Got {self.strike!r} instead.", column="strike")
@@ -226,8 +229,21 @@ class Option(Instrument):
         return self.right is OptionRight.CALL
 
 
+def _enum(cls: type[StrEnum], value: object, field: str, name: str) -> StrEnum:
+    try:
+        return cls(value.lower() if cls is Settlement and isinstance(value, str) else value)
+    except ValueError as e:
+        raise DataError(f"{field} of {name!r} must be one of {[m.value for m in cls]}. "
+                        f"Got {value!r} instead.", column=field) from e
+
+
 def _utc(ts: object) -> pd.Timestamp:
-    t = pd.Timestamp(ts)
+    try:
+        t = pd.Timestamp(ts)
+    except (TypeError, ValueError) as e:
+        raise DataError(f"expiry must be a timestamp. Got {ts!r} instead.", column="expiry") from e
+    if t is pd.NaT:
+        raise DataError(f"expiry must be a timestamp. Got {ts!r} instead.", column="expiry")
     return t.tz_localize("UTC") if t.tzinfo is None else t.tz_convert("UTC")
 
 

@@ -41,6 +41,8 @@ import pandas as pd
 from numpy.typing import ArrayLike, NDArray
 from scipy.special import ndtr
 
+from features.errors import DataError
+
 __all__ = [
     "SECONDS_PER_YEAR",
     "Greeks",
@@ -87,6 +89,20 @@ def _prep(forward: ArrayLike, strike: ArrayLike, t_yr: ArrayLike, vol: ArrayLike
     return f, k, t, v, c, r
 
 
+def _check(f: NDArray[np.float64], k: NDArray[np.float64], t: NDArray[np.float64],
+           v: NDArray[np.float64], r: NDArray[np.float64]) -> None:
+    """Raise DataError naming the first bad input (forward/strike > 0, vol >= 0, all finite)."""
+    for name, a, lo, strict in (("forward", f, 0.0, True), ("strike", k, 0.0, True),
+                                ("vol", v, 0.0, False), ("t_yr", t, -np.inf, False),
+                                ("rate", r, -np.inf, False)):
+        bad = ~np.isfinite(a) | ((a <= lo) if strict else (a < lo))
+        if bad.any():
+            i = np.flatnonzero(bad.ravel())[0]
+            want = "finite" + (f" and {'>' if strict else '>='} {lo:g}" if np.isfinite(lo) else "")
+            raise DataError(f"{name} must be {want}. Got {float(a.ravel()[i])!r} at element {i}.",
+                            column=name)
+
+
 def intrinsic(forward: ArrayLike, strike: ArrayLike, is_call: ArrayLike) -> NDArray[np.float64]:
     """Undiscounted intrinsic value max(F - K, 0) (call) or max(K - F, 0) (put), USD."""
     f = np.asarray(forward, dtype=np.float64)
@@ -122,6 +138,7 @@ def black76_greeks(forward: ArrayLike, strike: ArrayLike, t_yr: ArrayLike, vol: 
     left as empty arrays.
     """
     f, k, t, v, c, r = _prep(forward, strike, t_yr, vol, is_call, rate)
+    _check(f, k, t, v, r)
     sign = np.where(c, 1.0, -1.0)
     live = (t > 0) & (v > 0)
     tt = np.where(live, t, 1.0)
@@ -161,6 +178,9 @@ def black76_scalar(forward: float, strike: float, t_yr: float, vol: float, is_ca
                    rate: float = 0.0, *, inverse: bool = False) -> float:
     """Reference Black-76 price of one option (pure Python, ``math.erfc``); units as
     :func:`black76_price`."""
+    if not (forward > 0 and strike > 0 and vol >= 0 and math.isfinite(forward + strike + vol)
+            and math.isfinite(t_yr) and math.isfinite(rate)):
+        _check(*(np.asarray([x], dtype=np.float64) for x in (forward, strike, t_yr, vol, rate)))
     disc = math.exp(-rate * max(t_yr, 0.0))
     if t_yr <= 0.0 or vol <= 0.0:
         iv = max(forward - strike, 0.0) if is_call else max(strike - forward, 0.0)

@@ -20,6 +20,7 @@ from margin.instruments import (
 )
 
 UTC8 = pd.Timestamp("2024-12-27 08:00", tz="UTC")
+LIN = Settlement.LINEAR
 
 
 @pytest.mark.parametrize(
@@ -111,6 +112,13 @@ def test_constructor_validation():
         Spot("x", "")
     with pytest.raises(DataError, match="underlying 'DOGGO' is not in the underlying table"):
         underlying_of(Spot("x", "DOGGO"))  # a described instrument may name any underlying
+    with pytest.raises(DataError, match=r"right of 'x' must be one of \['C', 'P'\]. Got 'X'"):
+        Option("x", "BTC", 1.0, LIN, "", UTC8, 1.0, "x")
+    with pytest.raises(DataError, match=r"settlement of 'x' must be one of \['linear', 'inverse'\]"):
+        Spot("x", "BTC", 1.0, "quanto")
+    with pytest.raises(DataError, match="expiry must be a timestamp. Got 'soon' instead"):
+        Future("x", "BTC", 1.0, LIN, "", "soon")
+    assert Option("x", "BTC", 1.0, "Linear", "", UTC8, 1.0, "call").right is OptionRight.CALL
     o = Option("x", "BTC", 1.0, "inverse", "", "2024-12-27 08:00", 100.0, "P")
     assert o.settlement is Settlement.INVERSE and o.right is OptionRight.PUT
     assert o.expiry == UTC8  # naive timestamps are UTC

@@ -157,3 +157,25 @@ def test_year_fraction_act365():
     a = pd.Timestamp("2024-12-20 08:00", tz="UTC")
     assert year_fraction(a, a + pd.Timedelta(hours=6)) == 6 * 3600 / SECONDS_PER_YEAR
     assert year_fraction(a, a - pd.Timedelta(days=1)) == -1 / 365
+
+
+@pytest.mark.parametrize(
+    ("args", "match"),
+    [
+        ((-1.0, 100.0, 1.0, 0.2), r"forward must be finite and > 0. Got -1.0 at element 0"),
+        ((100.0, 0.0, 1.0, 0.2), r"strike must be finite and > 0. Got 0.0"),
+        ((100.0, 100.0, 1.0, -0.2), r"vol must be finite and >= 0. Got -0.2"),
+        ((100.0, 100.0, float("nan"), 0.2), r"t_yr must be finite. Got nan"),
+        ((100.0, 100.0, 1.0, float("inf")), r"vol must be finite and >= 0. Got inf"),
+    ],
+    ids=["forward", "strike", "vol", "t_yr", "vol-inf"],
+)
+def test_bad_inputs_raise_data_error(args, match):
+    from features.errors import DataError
+
+    with pytest.raises(DataError, match=match):
+        black76_price(*args, True)
+    with pytest.raises(DataError, match=match):
+        black76_scalar(*args, True)
+    with pytest.raises(DataError, match=r"forward must be finite and > 0. Got -5.0 at element 2"):
+        black76_greeks([1.0, 2.0, -5.0], 1.0, 1.0, 0.2, True)

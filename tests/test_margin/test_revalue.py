@@ -198,7 +198,7 @@ def test_duplicate_positions_aggregate():
 def test_build_book_errors():
     opt = parse_instrument("BTC-27DEC24-50000-C")
     ok = {opt.name: MarketInputs(97_000.0, 0.5)}
-    with pytest.raises(DataError, match="quantity of position 0 .* must be finite. Got nan"):
+    with pytest.raises(DataError, match="quantity of position 0 .* must be a finite number. Got nan"):
         build_book([(opt, float("nan"))], ok, {"BTC": 96_000.0}, AS_OF)
     with pytest.raises(DataError, match="no market inputs for instrument 'BTC-27DEC24-50000-C'"):
         build_book([(opt, 1.0)], {}, {"BTC": 96_000.0}, AS_OF)
@@ -242,3 +242,29 @@ def test_scenario_and_revalue_errors():
         revalue(book, scen([1.0]), block=0)
     with pytest.raises(DataError, match=r"scenario_idx must lie in \[0, 1\)"):
         position_pnl(book, scen([1.0]), [3])
+
+
+def test_kernel_normal_cdf_and_exp_against_scipy_and_numpy():
+    from scipy.special import ndtr
+
+    from margin.revalue import ncdf
+
+    x = np.concatenate([np.linspace(-40.0, 40.0, 4001), [-1.0, 1.0, -1e-300, 0.0, 8.0 * math.sqrt(2)],
+                        np.random.default_rng(2).normal(0.0, 3.0, 4000)])
+    got = np.array([ncdf(v) for v in x])
+    want = ndtr(x)
+    np.testing.assert_allclose(got, want, rtol=0, atol=3e-16)
+    tail = x > -11.0  # relative accuracy in the lower tail down to 1e-28
+    np.testing.assert_allclose(got[tail], want[tail], rtol=5e-15)
+
+
+def test_non_numeric_inputs_are_data_errors():
+    opt = parse_instrument("BTC-27DEC24-50000-C")
+    with pytest.raises(DataError, match="price of 'BTC-27DEC24-50000-C' must be a finite number "
+                                        "> 0. Got 'abc' instead"):
+        build_book([(opt, 1.0)], {opt.name: MarketInputs("abc", 0.5)}, {"BTC": 1.0}, AS_OF)
+    with pytest.raises(DataError, match="quantity of position 0 .* Got 'x' instead"):
+        build_book([(opt, "x")], {opt.name: MarketInputs(1.0, 0.5)}, {"BTC": 1.0}, AS_OF)
+    with pytest.raises(DataError, match="vol of option 'BTC-27DEC24-50000-C' must be a finite "
+                                        "number >= 0. Got 'high' instead"):
+        build_book([(opt, 1.0)], {opt.name: MarketInputs(1.0, "high")}, {"BTC": 1.0}, AS_OF)

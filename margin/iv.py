@@ -62,8 +62,12 @@ def _lbr() -> tuple[object, tuple[type[BaseException], ...]]:
     import vollib.helpers.exceptions as vexc
     import vollib.lets_be_rational as lbr
 
-    errors = (lbr.AboveMaximumException, lbr.BelowIntrinsicException, vexc.PriceIsAboveMaximum,
-              vexc.PriceIsBelowIntrinsic)
+    errors = (
+        lbr.AboveMaximumException,
+        lbr.BelowIntrinsicException,
+        vexc.PriceIsAboveMaximum,
+        vexc.PriceIsBelowIntrinsic,
+    )
     return lbr.implied_volatility_from_a_transformed_rational_guess, errors
 
 
@@ -94,14 +98,17 @@ def implied_vol(
     -------
     ImpliedVols with ``vol`` of shape (n_options,) and one failure slot per option.
     """
-    p, f, k, t, c, r = (np.asarray(a, dtype=float) for a in
-                        np.broadcast_arrays(price, forward, strike, t_yr, is_call, rate))
+    p, f, k, t, c, r = (
+        np.asarray(a, dtype=float)
+        for a in np.broadcast_arrays(price, forward, strike, t_yr, is_call, rate)
+    )
     p, f, k, t, r = (a.ravel() for a in (p, f, k, t, r))
     c = c.ravel().astype(bool)
     n = p.size
     if names is not None and len(names) != n:
-        raise ValueError(f"The 'names' parameter must have one name per option ({n}). "
-                         f"Got {len(names)} instead.")
+        raise ValueError(
+            f"The 'names' parameter must have one name per option ({n}). Got {len(names)} instead."
+        )
     label = list(names) if names is not None else [f"option[{i}]" for i in range(n)]
     with np.errstate(all="ignore"):
         disc = np.exp(-r * np.where(np.isfinite(t), np.maximum(t, 0.0), 0.0))
@@ -114,51 +121,97 @@ def implied_vol(
     kind = "coin" if inverse else "USD"
     for i in range(n):
         typ = "call" if c[i] else "put"
-        details = {"price": float(p[i]), "forward": float(f[i]), "strike": float(k[i]),
-                   "t_yr": float(t[i]), "option_type": typ, "rate": float(r[i])}
-        bad = next((nm for nm, v in (("price", p[i]), ("forward", f[i]), ("strike", k[i]),
-                                     ("t_yr", t[i]), ("rate", r[i])) if not np.isfinite(v)), None)
+        details = {
+            "price": float(p[i]),
+            "forward": float(f[i]),
+            "strike": float(k[i]),
+            "t_yr": float(t[i]),
+            "option_type": typ,
+            "rate": float(r[i]),
+        }
+        bad = next(
+            (
+                nm
+                for nm, v in (
+                    ("price", p[i]),
+                    ("forward", f[i]),
+                    ("strike", k[i]),
+                    ("t_yr", t[i]),
+                    ("rate", r[i]),
+                )
+                if not np.isfinite(v)
+            ),
+            None,
+        )
         if bad is not None:
-            failures[i] = Failure(FailureReason.NON_FINITE, label[i],
-                                  f"{bad} is {details[bad]}; expected a finite number", details)
+            failures[i] = Failure(
+                FailureReason.NON_FINITE,
+                label[i],
+                f"{bad} is {details[bad]}; expected a finite number",
+                details,
+            )
             continue
         if f[i] <= 0 or k[i] <= 0:
             nm = "forward" if f[i] <= 0 else "strike"
-            failures[i] = Failure(FailureReason.INVALID_VALUE, label[i],
-                                  f"{nm} {details[nm]} must be > 0", details)
+            failures[i] = Failure(
+                FailureReason.INVALID_VALUE, label[i], f"{nm} {details[nm]} must be > 0", details
+            )
             continue
         if t[i] <= 0:
-            failures[i] = Failure(FailureReason.EXPIRED, label[i],
-                                  f"t_yr {t[i]} <= 0: expired, no implied volatility", details)
+            failures[i] = Failure(
+                FailureReason.EXPIRED,
+                label[i],
+                f"t_yr {t[i]} <= 0: expired, no implied volatility",
+                details,
+            )
             continue
         lo, hi = intrinsic[i], upper[i]
         if not undisc[i] > lo:
             failures[i] = Failure(
-                FailureReason.ARBITRAGE, label[i],
+                FailureReason.ARBITRAGE,
+                label[i],
                 f"{typ} price {p[i]:.6g} {kind} is at or below intrinsic value "
                 f"({lo * disc[i] / (f[i] if inverse else 1.0):.6g} {kind}): no implied volatility",
-                {**details, "bound": "lower"})
+                {**details, "bound": "lower"},
+            )
             continue
         if not undisc[i] < hi:
             failures[i] = Failure(
-                FailureReason.ARBITRAGE, label[i],
+                FailureReason.ARBITRAGE,
+                label[i],
                 f"{typ} price {p[i]:.6g} {kind} is at or above its upper bound "
                 f"({hi * disc[i] / (f[i] if inverse else 1.0):.6g} {kind}): no implied volatility",
-                {**details, "bound": "upper"})
+                {**details, "bound": "upper"},
+            )
             continue
         try:
             with np.errstate(all="ignore"):
-                v = float(invert(float(undisc[i]), float(f[i]), float(k[i]), float(t[i]),
-                                 1.0 if c[i] else -1.0))
+                v = float(
+                    invert(
+                        float(undisc[i]),
+                        float(f[i]),
+                        float(k[i]),
+                        float(t[i]),
+                        1.0 if c[i] else -1.0,
+                    )
+                )
         except errors:
-            failures[i] = Failure(FailureReason.ARBITRAGE, label[i],
-                                  f"{typ} price {p[i]:.6g} {kind} lies outside the no-arbitrage "
-                                  "bounds at machine precision: no implied volatility", details)
+            failures[i] = Failure(
+                FailureReason.ARBITRAGE,
+                label[i],
+                f"{typ} price {p[i]:.6g} {kind} lies outside the no-arbitrage "
+                "bounds at machine precision: no implied volatility",
+                details,
+            )
             continue
         if not (np.isfinite(v) and v > 0):
-            failures[i] = Failure(FailureReason.NON_FINITE, label[i],
-                                  f"the inversion returned {v} for price {p[i]:.6g} {kind}; "
-                                  "expected a positive finite volatility", details)
+            failures[i] = Failure(
+                FailureReason.NON_FINITE,
+                label[i],
+                f"the inversion returned {v} for price {p[i]:.6g} {kind}; "
+                "expected a positive finite volatility",
+                details,
+            )
             continue
         vol[i] = v
     return ImpliedVols(vol, tuple(failures))

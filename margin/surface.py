@@ -17,7 +17,8 @@ The fit is parametrized as ``(w_min, b, rho, m, s)`` with ``a = w_min - b s sqrt
 and box bounds ``w_min >= 0``, ``0 <= b <= 2``, ``|rho| < 1``, ``s > 0``: the minimum of
 ``w`` is ``w_min``, so total variance is never negative, and ``b (1 + |rho|) <= 4`` (Roger Lee's
 moment bound on the wings) holds for every admissible point. ``scipy.optimize.least_squares``
-(trust-region reflective, a few starting points, the best cost kept) does the fitting.
+(trust-region reflective; eight starting points on the quotes alone, the best one then polished
+with the butterfly penalty below) does the fitting.
 
 What the fit targets (the weighting rules)
 ------------------------------------------
@@ -167,14 +168,19 @@ class ArbitrageCheck:
 
     def to_dict(self) -> dict[str, object]:
         """JSON-ready dict."""
-        return {"ok": self.ok, "min_value": self.min_value, "at_k": self.at_k,
-                "k_range": list(self.k_range)}
+        return {
+            "ok": self.ok,
+            "min_value": self.min_value,
+            "at_k": self.at_k,
+            "k_range": list(self.k_range),
+        }
 
 
 def _verdict(values: NDArray, k: NDArray, tol: float) -> ArbitrageCheck:
     i = int(np.argmin(values))
-    return ArbitrageCheck(bool(values[i] >= -tol), float(values[i]), float(k[i]),
-                          (float(k.min()), float(k.max())))
+    return ArbitrageCheck(
+        bool(values[i] >= -tol), float(values[i]), float(k[i]), (float(k.min()), float(k.max()))
+    )
 
 
 def butterfly_check(params: SVIParams, k: ArrayLike, *, tol: float = 1e-10) -> ArbitrageCheck:
@@ -183,16 +189,24 @@ def butterfly_check(params: SVIParams, k: ArrayLike, *, tol: float = 1e-10) -> A
     return _verdict(params.g(kk), kk, tol)
 
 
-def calendar_check(earlier: SVIParams, later: SVIParams, k: ArrayLike, *,
-                   tol: float = 1e-10) -> ArbitrageCheck:
+def calendar_check(
+    earlier: SVIParams, later: SVIParams, k: ArrayLike, *, tol: float = 1e-10
+) -> ArbitrageCheck:
     """No calendar arbitrage between two slices on grid ``k``: ``w_later(k) >= w_earlier(k)``."""
     kk = np.asarray(k, dtype=float)
     return _verdict(later.total_variance(kk) - earlier.total_variance(kk), kk, tol)
 
 
 # ---- forwards --------------------------------------------------------------------------------
-def parity_forward(strike: ArrayLike, call_px: ArrayLike, put_px: ArrayLike, *,
-                   inverse: bool = True, near: float | None = None, n_strikes: int = 3) -> float:
+def parity_forward(
+    strike: ArrayLike,
+    call_px: ArrayLike,
+    put_px: ArrayLike,
+    *,
+    inverse: bool = True,
+    near: float | None = None,
+    n_strikes: int = 3,
+) -> float:
     """The forward implied by put-call parity, median over the strikes nearest the money.
 
     ``inverse`` (coin prices c = V/F, undiscounted as on Deribit): ``C - P = 1 - K/F``, so
@@ -257,8 +271,10 @@ class FitParams:
             ("forward_tol", self.forward_tol > 0, "> 0"),
         ):
             if not ok:
-                raise ConfigError(f"The '{name}' parameter of FitParams must be {want}. "
-                                  f"Got {getattr(self, name)!r} instead.")
+                raise ConfigError(
+                    f"The '{name}' parameter of FitParams must be {want}. "
+                    f"Got {getattr(self, name)!r} instead."
+                )
 
 
 @dataclass(frozen=True)
@@ -278,6 +294,9 @@ class SmileFit:
         mark-only chains. inside_all_pct : the same over every two-sided quote of the expiry
         (calls and puts, in and out of the money).
     butterfly, calendar : the checks (calendar against the previous expiry; None for the first).
+    iv_failures : the quote prices (bid, ask, mid, mark) with no implied volatility, one
+        :class:`Failure` each (subject ``"SYMBOL side"``), e.g. an in-the-money bid under
+        intrinsic value (``ARBITRAGE``).
     quotes : per option of the expiry: symbol, strike, k, option_type, bid/ask/mid/mark IVs,
         weight, used, fit_vol, fit_px, inside (the frame the plot and the tests read).
     """
@@ -297,6 +316,7 @@ class SmileFit:
     calendar: ArbitrageCheck | None
     k_grid: NDArray[np.float64] = field(repr=False)
     quotes: pd.DataFrame = field(repr=False)
+    iv_failures: tuple[Failure, ...] = ()
 
     def vol(self, k: ArrayLike) -> NDArray[np.float64]:
         """Fitted implied vol at log-moneyness ``k``."""
@@ -305,34 +325,55 @@ class SmileFit:
     def summary(self) -> dict[str, object]:
         """JSON-ready figures of the slice (no per-quote data)."""
         return {
-            "expiry": self.expiry.isoformat(), "t_yr": self.t_yr, "forward": self.forward,
-            "forward_source": self.forward_source, "target": self.target,
-            "n_quotes": self.n_quotes, "dropped": dict(self.dropped),
-            "rmse_vol_pts": self.rmse_vol_pts, "inside_pct": _none_if_nan(self.inside_pct),
+            "expiry": self.expiry.isoformat(),
+            "t_yr": self.t_yr,
+            "forward": self.forward,
+            "forward_source": self.forward_source,
+            "target": self.target,
+            "n_quotes": self.n_quotes,
+            "dropped": dict(self.dropped),
+            "rmse_vol_pts": self.rmse_vol_pts,
+            "inside_pct": _none_if_nan(self.inside_pct),
             "inside_all_pct": _none_if_nan(self.inside_all_pct),
-            "atm_vol": float(self.vol(0.0)), "params": self.params.to_dict(),
+            "atm_vol": float(self.vol(0.0)),
+            "params": self.params.to_dict(),
             "butterfly": self.butterfly.to_dict(),
             "calendar": None if self.calendar is None else self.calendar.to_dict(),
+            "iv_failures": _count_reasons(self.iv_failures),
         }
+
+
+def _count_reasons(failures: Sequence[Failure]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for f in failures:
+        out[f.reason.value] = out.get(f.reason.value, 0) + 1
+    return out
 
 
 def _none_if_nan(x: float) -> float | None:
     return None if not np.isfinite(x) else float(x)
 
 
-def _fit_svi(k: NDArray, target: NDArray, scale: NDArray, weight: NDArray, t_yr: float,
-             k_grid: NDArray, penalty: float) -> tuple[SVIParams, float]:
+def _fit_svi(
+    k: NDArray,
+    target: NDArray,
+    scale: NDArray,
+    weight: NDArray,
+    t_yr: float,
+    k_grid: NDArray,
+    penalty: float,
+) -> tuple[SVIParams, float]:
     """Least-squares raw SVI on ``(vol - target) / scale * sqrt(weight)`` + butterfly penalty."""
     from scipy.optimize import least_squares
 
     sw = np.sqrt(weight)
 
-    def residuals(x: NDArray) -> NDArray:
+    def residuals(x: NDArray, penalized: bool) -> NDArray:
         p = _from_fit_vector(x)
         w = p.total_variance(k)
         vol = np.sqrt(np.maximum(w, 1e-16) / t_yr)
         r = (vol - target) / scale * sw
-        if penalty > 0:
+        if penalized:
             with np.errstate(all="ignore"):
                 g = p.g(k_grid)
             r = np.concatenate([r, penalty * np.maximum(-np.nan_to_num(g, neginf=-1e3), 0.0)])
@@ -344,13 +385,26 @@ def _fit_svi(k: NDArray, target: NDArray, scale: NDArray, weight: NDArray, t_yr:
     lb = np.array([0.0, 0.0, -0.999, float(k.min()) - kr, 1e-3 * kr])
     ub = np.array([max(w_hi, 1e-8), 2.0, 0.999, float(k.max()) + kr, 2 * kr + 0.5])
     best = None
-    for m0, s0, r0 in itertools.product((0.0, float(np.median(k))), (0.1 * kr, 0.5 * kr),
-                                        (-0.5, 0.3)):
+    # several starts on the quotes alone, then the best polished with the butterfly penalty
+    for m0, s0, r0 in itertools.product(
+        (0.0, float(np.median(k))), (0.1 * kr, 0.5 * kr), (-0.5, 0.3)
+    ):
         x0 = np.clip([0.8 * w_atm, max(0.2 * w_atm / s0, 1e-4), r0, m0, s0], lb + 1e-9, ub - 1e-9)
-        res = least_squares(residuals, x0, bounds=(lb, ub), x_scale="jac", max_nfev=1000)
+        res = least_squares(
+            residuals, x0, bounds=(lb, ub), x_scale="jac", max_nfev=1000, args=(False,)
+        )
         if best is None or res.cost < best.cost:
             best = res
     assert best is not None
+    if penalty > 0:
+        best = least_squares(
+            residuals,
+            np.clip(best.x, lb, ub),
+            bounds=(lb, ub),
+            x_scale="jac",
+            max_nfev=1000,
+            args=(True,),
+        )
     return _from_fit_vector(best.x), float(best.cost)
 
 
@@ -390,23 +444,38 @@ def fit_slice(
     f_arr = np.full(n, forward)
     t_arr = np.full(n, t_yr)
     names = q[SYMBOL].astype(str).tolist()
-    col = {c: (q[c].to_numpy(float) if c in q.columns else np.full(n, np.nan))
-           for c in (BID_PX, ASK_PX, MARK_PX, MARK_IV)}
+    col = {
+        c: (q[c].to_numpy(float) if c in q.columns else np.full(n, np.nan))
+        for c in (BID_PX, ASK_PX, MARK_PX, MARK_IV)
+    }
     bid, ask, mark, mark_iv = col[BID_PX], col[ASK_PX], col[MARK_PX], col[MARK_IV]
 
-    def inv(px: NDArray) -> NDArray:
+    iv_failures: list[Failure] = []
+
+    def inv(px: NDArray, side: str, wanted: NDArray | None = None) -> NDArray:
         have = np.isfinite(px) & (px > 0)
+        if wanted is not None:
+            have &= wanted
         out = np.full(n, np.nan)
         if have.any():
-            out[have] = implied_vol(px[have], f_arr[have], strike[have], t_arr[have],
-                                    is_call[have], inverse=inverse,
-                                    names=[nm for nm, h in zip(names, have, strict=True) if h]).vol
+            res = implied_vol(
+                px[have],
+                f_arr[have],
+                strike[have],
+                t_arr[have],
+                is_call[have],
+                inverse=inverse,
+                names=[f"{nm} {side}" for nm, h in zip(names, have, strict=True) if h],
+            )
+            out[have] = res.vol
+            iv_failures.extend(res.failed())
         return out
 
     two_sided = np.isfinite(bid) & np.isfinite(ask) & (bid > 0) & (ask > bid)
-    bid_iv, ask_iv = inv(bid), inv(ask)
-    mid_iv = inv(np.where(two_sided, (bid + ask) / 2, np.nan))
-    mark_vol = np.where(np.isfinite(mark_iv) & (mark_iv > 0), mark_iv, inv(mark))
+    bid_iv, ask_iv = inv(bid, "bid"), inv(ask, "ask")
+    mid_iv = inv(np.where(two_sided, (bid + ask) / 2, np.nan), "mid")
+    have_iv = np.isfinite(mark_iv) & (mark_iv > 0)
+    mark_vol = np.where(have_iv, mark_iv, inv(mark, "mark", ~have_iv))
     otm = np.where(is_call, strike >= forward, strike < forward)
     k = np.log(strike / forward)
     use_bid_ask = bool((two_sided & otm).any())
@@ -420,8 +489,12 @@ def fit_slice(
         no_ask = ~(np.isfinite(ask) & (ask > 0))
         crossed = ~no_bid & ~no_ask & (ask <= bid)
         no_iv = two_sided & ~(np.isfinite(bid_iv) & np.isfinite(ask_iv))
-        for mask, why in ((no_iv, "no implied vol"), (crossed, "crossed or locked"),
-                          (no_ask, "no ask"), (no_bid, "no bid")):
+        for mask, why in (
+            (no_iv, "no implied vol"),
+            (crossed, "crossed or locked"),
+            (no_ask, "no ask"),
+            (no_bid, "no bid"),
+        ):
             reason[otm & mask & (reason == "")] = why
         ts = pd.to_datetime(q[TS], utc=True)
         stale = ((snapshot - ts) > cfg.stale_after).to_numpy()
@@ -441,17 +514,21 @@ def fit_slice(
     for why in reason[otm & ~used]:
         dropped[why] = dropped.get(why, 0) + 1
     if int(used.sum()) < cfg.min_quotes:
-        return Failure(FailureReason.MISSING_INPUTS, subject,
-                       f"{int(used.sum())} usable quotes; at least {cfg.min_quotes} needed to fit "
-                       f"an SVI smile (dropped: {dropped or 'none'})",
-                       {"expiry": expiry.isoformat(), "n_quotes": int(used.sum()),
-                        "dropped": dropped})
+        return Failure(
+            FailureReason.MISSING_INPUTS,
+            subject,
+            f"{int(used.sum())} usable quotes; at least {cfg.min_quotes} needed to fit "
+            f"an SVI smile (dropped: {dropped or 'none'})",
+            {"expiry": expiry.isoformat(), "n_quotes": int(used.sum()), "dropped": dropped},
+        )
     ku = k[used]
     sd = float(np.interp(0.0, ku, centre[used]) * np.sqrt(t_yr))
-    k_grid = np.linspace(ku.min() - cfg.k_margin_sd * sd, ku.max() + cfg.k_margin_sd * sd,
-                         cfg.grid_points)
-    svi, _ = _fit_svi(ku, centre[used], scale[used], weight[used], t_yr, k_grid,
-                      cfg.butterfly_penalty)
+    k_grid = np.linspace(
+        ku.min() - cfg.k_margin_sd * sd, ku.max() + cfg.k_margin_sd * sd, cfg.grid_points
+    )
+    svi, _ = _fit_svi(
+        ku, centre[used], scale[used], weight[used], t_yr, k_grid, cfg.butterfly_penalty
+    )
     fit_vol = np.sqrt(np.maximum(svi.total_variance(k), 0.0) / t_yr)
     fit_px = black76_price(f_arr, strike, t_arr, fit_vol, is_call, inverse=inverse)
     inside = np.where(two_sided, (fit_px >= bid) & (fit_px <= ask), False)
@@ -464,18 +541,44 @@ def fit_slice(
         inside_all = float(inside[two_sided].mean() * 100)
     else:
         inside_pct = inside_all = float("nan")
-    frame = pd.DataFrame({
-        SYMBOL: names, STRIKE: strike, "k": k, OPTION_TYPE: q[OPTION_TYPE].to_numpy(),
-        BID_PX: bid, ASK_PX: ask, MARK_PX: mark, "bid_iv": bid_iv, "ask_iv": ask_iv,
-        "mid_iv": mid_iv, "mark_iv": mark_vol, "weight": weight, "used": used,
-        "dropped": reason, "fit_vol": fit_vol, "fit_px": fit_px,
-        "inside": np.where(two_sided, inside, np.nan),
-    })
+    frame = pd.DataFrame(
+        {
+            SYMBOL: names,
+            STRIKE: strike,
+            "k": k,
+            OPTION_TYPE: q[OPTION_TYPE].to_numpy(),
+            BID_PX: bid,
+            ASK_PX: ask,
+            MARK_PX: mark,
+            "bid_iv": bid_iv,
+            "ask_iv": ask_iv,
+            "mid_iv": mid_iv,
+            "mark_iv": mark_vol,
+            "weight": weight,
+            "used": used,
+            "dropped": reason,
+            "fit_vol": fit_vol,
+            "fit_px": fit_px,
+            "inside": np.where(two_sided, inside, np.nan),
+        }
+    )
     return SmileFit(
-        expiry=expiry, t_yr=t_yr, forward=forward, forward_source=forward_source, params=svi,
-        target=target_kind, n_quotes=int(used.sum()), dropped=dropped, rmse_vol_pts=rmse,
-        inside_pct=inside_pct, inside_all_pct=inside_all,
-        butterfly=butterfly_check(svi, k_grid), calendar=None, k_grid=k_grid, quotes=frame,
+        expiry=expiry,
+        t_yr=t_yr,
+        forward=forward,
+        forward_source=forward_source,
+        params=svi,
+        target=target_kind,
+        n_quotes=int(used.sum()),
+        dropped=dropped,
+        rmse_vol_pts=rmse,
+        inside_pct=inside_pct,
+        inside_all_pct=inside_all,
+        butterfly=butterfly_check(svi, k_grid),
+        calendar=None,
+        k_grid=k_grid,
+        quotes=frame,
+        iv_failures=tuple(iv_failures),
     )
 
 
@@ -536,17 +639,24 @@ class VolSurface:
         k = np.log(np.asarray(strike, dtype=float) / self.forward(expiry))
         return np.sqrt(self.total_variance(k, t) / t)
 
-    def price(self, strike: ArrayLike, expiry: object, is_call: ArrayLike, *,
-              inverse: bool = True) -> NDArray[np.float64]:
+    def price(
+        self, strike: ArrayLike, expiry: object, is_call: ArrayLike, *, inverse: bool = True
+    ) -> NDArray[np.float64]:
         """Black-76 price off the surface (coin if ``inverse``, else USD), rate 0."""
         t = self._t(expiry)
         f = self.forward(expiry)
-        return black76_price(f, strike, t, self.implied_vol(strike, expiry), is_call,
-                             inverse=inverse)
+        return black76_price(
+            f, strike, t, self.implied_vol(strike, expiry), is_call, inverse=inverse
+        )
 
 
-def _forwards(chain: pd.DataFrame, times: dict[pd.Timestamp, float], source: ForwardSource,
-              cfg: FitParams, inverse: bool) -> tuple[dict[pd.Timestamp, float], str]:
+def _forwards(
+    chain: pd.DataFrame,
+    times: dict[pd.Timestamp, float],
+    source: ForwardSource,
+    cfg: FitParams,
+    inverse: bool,
+) -> tuple[dict[pd.Timestamp, float], str]:
     """Per-expiry forwards and the rule used (``underlying`` or ``parity``)."""
     under: dict[pd.Timestamp, float] = {}
     parity: dict[pd.Timestamp, float] = {}
@@ -561,12 +671,18 @@ def _forwards(chain: pd.DataFrame, times: dict[pd.Timestamp, float], source: For
         frame = pd.DataFrame({STRIKE: g[STRIKE], OPTION_TYPE: g[OPTION_TYPE], "px": px})
         wide = frame.pivot_table(index=STRIKE, columns=OPTION_TYPE, values="px", aggfunc="last")
         if {"C", "P"} <= set(wide.columns):
-            parity[exp] = parity_forward(wide.index.to_numpy(float), wide["C"].to_numpy(),
-                                         wide["P"].to_numpy(), inverse=inverse, near=under[exp])
+            parity[exp] = parity_forward(
+                wide.index.to_numpy(float),
+                wide["C"].to_numpy(),
+                wide["P"].to_numpy(),
+                inverse=inverse,
+                near=under[exp],
+            )
     parity = {e: f for e, f in parity.items() if np.isfinite(f)}
     if source == "auto":
-        agree = bool(parity) and all(abs(under[e] / f - 1) <= cfg.forward_tol
-                                     for e, f in parity.items())
+        agree = bool(parity) and all(
+            abs(under[e] / f - 1) <= cfg.forward_tol for e, f in parity.items()
+        )
         source = "underlying" if agree else "parity"
     if source == "underlying":
         return under, "underlying"
@@ -604,30 +720,47 @@ def fit_surface(
     """
     cfg = params or FitParams()
     if forward_source not in ("auto", "parity", "underlying"):
-        raise ConfigError(f"The 'forward_source' parameter must be one of auto, parity, "
-                          f"underlying. Got {forward_source!r} instead.")
+        raise ConfigError(
+            f"The 'forward_source' parameter must be one of auto, parity, "
+            f"underlying. Got {forward_source!r} instead."
+        )
     snap = pd.Timestamp(snapshot)
     snap = snap.tz_localize("UTC") if snap.tzinfo is None else snap
     live = chain[(chain[UNDERLYING] == underlying) & (chain[EXPIRY] > snap) & (chain[TS] <= snap)]
     live = live.sort_values(TS, kind="stable").drop_duplicates(SYMBOL, keep="last")
-    times = {e: (e - snap).total_seconds() / SECONDS_PER_YEAR for e in sorted(live[EXPIRY].unique())}
+    times = {
+        e: (e - snap).total_seconds() / SECONDS_PER_YEAR for e in sorted(live[EXPIRY].unique())
+    }
     fwd, rule = _forwards(live, times, forward_source, cfg, inverse)
     slices: list[SmileFit] = []
     failures: list[Failure] = []
     for exp in times:
         subject = f"{underlying}/{exp:%d%b%y}".upper()
         if exp not in fwd or not np.isfinite(fwd[exp]):
-            failures.append(Failure(FailureReason.MISSING_PRICE, subject,
-                                    "no forward: no call/put pair for put-call parity in the "
-                                    "chain", {"expiry": exp.isoformat()}))
+            failures.append(
+                Failure(
+                    FailureReason.MISSING_PRICE,
+                    subject,
+                    "no forward: no call/put pair for put-call parity in the chain",
+                    {"expiry": exp.isoformat()},
+                )
+            )
             continue
         src = rule
         if rule == "parity":
             g = live[live[EXPIRY] == exp]
             src = "parity" if {"C", "P"} <= set(g[OPTION_TYPE]) else "parity (interpolated)"
-        res = fit_slice(live[live[EXPIRY] == exp], expiry=exp, t_yr=times[exp],
-                        forward=fwd[exp], forward_source=src, snapshot=snap, params=cfg,
-                        inverse=inverse, subject=subject)
+        res = fit_slice(
+            live[live[EXPIRY] == exp],
+            expiry=exp,
+            t_yr=times[exp],
+            forward=fwd[exp],
+            forward_source=src,
+            snapshot=snap,
+            params=cfg,
+            inverse=inverse,
+            subject=subject,
+        )
         if isinstance(res, Failure):
             failures.append(res)
         else:
@@ -665,10 +798,16 @@ def dvol_at(bars: pd.DataFrame, underlying: str, as_of: object) -> DvolValue | F
     rows = bars[(bars[SYMBOL] == sym) & (bars[TS] <= t)]
     if rows.empty:
         first = bars.loc[bars[SYMBOL] == sym, TS].min() if (bars[SYMBOL] == sym).any() else None
-        return Failure(FailureReason.MISSING_INPUTS, sym,
-                       f"no DVOL value at or before {t.isoformat()}"
-                       + (f"; first is {first.isoformat()}" if first is not None else
-                          f"; symbols: {sorted(bars[SYMBOL].unique())}"),
-                       {"as_of": t.isoformat()})
+        return Failure(
+            FailureReason.MISSING_INPUTS,
+            sym,
+            f"no DVOL value at or before {t.isoformat()}"
+            + (
+                f"; first is {first.isoformat()}"
+                if first is not None
+                else f"; symbols: {sorted(bars[SYMBOL].unique())}"
+            ),
+            {"as_of": t.isoformat()},
+        )
     last = rows.loc[rows[TS].idxmax()]
     return DvolValue(sym, float(last[CLOSE]) / 100.0, pd.Timestamp(last[TS]))

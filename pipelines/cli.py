@@ -738,6 +738,88 @@ def portfolio_show(
             con.print(f"  {f}", highlight=False, style="dim")
 
 
+# ---- implied-volatility surface ------------------------------------------------------------
+@app.command("surface")
+@clean_errors
+def surface(
+    data: Annotated[str, typer.Option("--data", help="Dataset with an options table, or a file/folder of option snapshots.")],
+    as_of: Annotated[str | None, typer.Option("--as-of", help="Timestamp (UTC); default: each underlying's latest snapshot.")] = None,
+    underlying: Annotated[str | None, typer.Option(help="Only this underlying (BTC, ETH).")] = None,
+    forward: Annotated[str, typer.Option(help="Forward source: auto, parity or underlying.")] = "auto",
+    dvol: Annotated[str | None, typer.Option(help="DVOL dataset or file (default: the data's own, else DPRM_DATA_DIR's).")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Fit a raw-SVI smile per expiry, check butterfly/calendar arbitrage, print the fit, plot it."""
+    import json
+
+    from pipelines.config import dprm_home
+    from pipelines.surface import surface_report
+
+    rep = surface_report(data, home=dprm_home(), as_of=as_of, underlying=underlying,
+                         forward_source=forward, dvol=dvol)
+    if json_out:
+        typer.echo(json.dumps(rep.to_dict(), indent=1, default=str))
+        return
+    _print_surface(rep)
+
+
+def _print_surface(rep: Any) -> None:
+    from rich.table import Table
+
+    con = _console()
+    con.print("implied-volatility smiles (raw SVI), per expiry", highlight=False)
+    con.print(f"data: {rep.data}", highlight=False, soft_wrap=True)
+    src = {"underlying": "fut", "parity": "pcp", "parity (interpolated)": "pcp*"}
+    for u in rep.underlyings:
+        d = u.to_dict()
+        head = f"[bold]{u.underlying}[/] chain"
+        if u.snapshot is not None:
+            head += f" at {u.snapshot:%Y-%m-%d %H:%M:%S} UTC"
+        con.print(head, highlight=False)
+        if u.surface is not None and u.surface.slices:
+            t = Table(box=None, padding=(0, 1), header_style="bold")
+            for c in ("expiry", "days", "forward", "fwd", "n", "rmse vp", "in %", "all %",
+                      "atm %", "bfly", "cal"):
+                t.add_column(c, justify="left" if c in ("expiry", "fwd") else "right")
+            for s in u.surface.slices:
+                pct = "-" if s.target != "bid_ask" else f"{s.inside_pct:.0f}"
+                allp = "-" if s.target != "bid_ask" else f"{s.inside_all_pct:.0f}"
+                cal = "-" if s.calendar is None else ("ok" if s.calendar.ok else "ARB")
+                t.add_row(f"{s.expiry:%d%b%y}".upper(), f"{s.t_yr * 365:.1f}", f"{s.forward:,.1f}",
+                          src.get(s.forward_source, s.forward_source), str(s.n_quotes),
+                          f"{s.rmse_vol_pts:.2f}", pct, allp, f"{float(s.vol(0.0)) * 100:.1f}",
+                          "ok" if s.butterfly.ok else "ARB", cal)
+            con.print(t)
+            target = u.surface.slices[0].target
+            if target == "bid_ask" and d["inside_pct"] is not None:
+                con.print(f"fitted prices inside bid-ask: {d['inside_pct']:.1f}% of "
+                          f"{d['n_quotes']} strikes (rmse vs mid IV)", highlight=False)
+            else:
+                con.print(f"marks only: fit error in vol points against the venue's mark IVs "
+                          f"({d['n_quotes']} quotes)", highlight=False)
+            bad: dict[str, int] = {}
+            for s in u.surface.slices:
+                for f in s.iv_failures:
+                    bad[f.reason.value] = bad.get(f.reason.value, 0) + 1
+            if bad:
+                con.print(f"{sum(bad.values())} quote prices have no implied vol ("
+                          + ", ".join(f"{r}: {c}" for r, c in sorted(bad.items()))
+                          + ")", style="dim", highlight=False)
+            con.print(f"{d['n_priced_off_surface']} options not fitted (ITM or no usable quote) "
+                      "priced off the surface", style="dim", highlight=False)
+            con.print("fwd: fut = the chain's future, pcp = put-call parity (* interpolated)",
+                      style="dim", highlight=False)
+            con.print("bfly: g(k) >= 0; cal: w(k) >= the previous expiry's", style="dim",
+                      highlight=False)
+        if isinstance(d["dvol"], dict) and "vol" in d["dvol"]:
+            con.print(f"DVOL {d['dvol']['vol'] * 100:.1f}% ({d['dvol']['symbol']}, day closing "
+                      f"{d['dvol']['ts'][:16].replace('T', ' ')} UTC)", highlight=False)
+        for f in d["failures"] + ([d["dvol"]] if isinstance(d["dvol"], dict) and "reason" in d["dvol"] else []):
+            con.print(f"[yellow]{f['subject']}: {f['message']} [{f['reason']}][/]", highlight=False)
+        if u.png is not None:
+            con.print(f"wrote {u.png}", highlight=False, soft_wrap=True)
+
+
 # ---- demo ---------------------------------------------------------------------------------
 @app.command("demo")
 @clean_errors

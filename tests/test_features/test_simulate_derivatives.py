@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from pydantic import ValidationError
 from scipy.stats import norm
 
@@ -271,3 +273,39 @@ def test_black76_undiscounted_limits() -> None:
     sd = 0.3
     np.testing.assert_allclose(black76_undiscounted(100.0, 100.0, sd**2, True),
                                100 * (2 * norm.cdf(sd / 2) - 1), rtol=1e-14)
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    underlyings=st.sampled_from([("BTCUSDT",), ("ETHUSDT",), ("BTCUSDT", "ETHUSDT")]),
+    rho=st.floats(-0.9, 0.5),
+    premium=st.floats(0.8, 1.5),
+)
+def test_chain_invariants_property(seed: int, underlyings: tuple[str, ...], rho: float,
+                                   premium: float) -> None:
+    """Any seed, skew and premium: parity holds on the marks, bid <= ask, a listed strike stays
+    listed, and every vol and price is finite and non-negative."""
+    der = DerivativesConfig(underlyings=underlyings, smile_rho_calm=rho, smile_rho_stress=rho,
+                            smile_eta=min(0.7, 2 / (1 + abs(rho))), iv_premium=premium)
+    cfg = SimConfig(n_days=1, base_step="60s", book_every="5min", derivatives=der).select(
+        "BTCUSDT", "ETHUSDT")
+    res = simulate(cfg, seed)
+    o = res.options
+    validate(o, "options")
+    wide = o.pivot_table(index=["ts", "underlying", "expiry", "strike"], columns="option_type",
+                         values=["mark_px", "underlying_px"])
+    f = wide[("underlying_px", "C")]
+    k = wide.index.get_level_values("strike")
+    np.testing.assert_allclose(wide[("mark_px", "C")] - wide[("mark_px", "P")], (f - k) / f,
+                               atol=1e-12)
+    has_bid = o["bid_px"].notna()
+    assert (o.loc[has_bid, "bid_px"] <= o.loc[has_bid, "ask_px"]).all()
+    assert set(o["underlying"]) == {u.removesuffix("USDT") for u in underlyings}
+    # a strike listed for an expiry at one snapshot is quoted at every later one
+    for (_, _), g in o.groupby(["underlying", "expiry"]):
+        snaps = sorted(g["ts"].unique())
+        for a, b in zip(snaps, snaps[1:], strict=False):
+            assert set(g.loc[g["ts"] == a, "strike"]) <= set(g.loc[g["ts"] == b, "strike"])
+    assert np.isfinite(o["mark_iv"]).all() and (o["mark_iv"] > 0).all()
+    assert (o["mark_px"] >= 0).all() and (o["ask_px"] >= der.option_tick).all()

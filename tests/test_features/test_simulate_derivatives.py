@@ -101,6 +101,26 @@ def test_spot_market_identical_with_and_without_derivatives() -> None:
     assert a.options is not None and len(a.options) > 0
 
 
+# digests of the spot frames computed with the simulator before derivatives existed (commit
+# 39d7b93), SimConfig(n_days=1, base_step="10s").select("BTCUSDT", "ETHUSDT"), seed 5
+PRE_DERIVATIVES_DIGESTS = {
+    "trades": "c09a99a9e8845bf8", "quotes": "2d860a665e964b47", "book": "02fcce27a90d42da",
+    "bars_1m": "f5c392777fcdd535", "truth_bars": "ec2764b2f41fcd98",
+    "truth_corr": "f70f71e1a07166ab", "truth_daily": "a3fa558ea8275730",
+    "truth_state": "044fe498b7ea9a50",
+}
+
+
+def test_spot_market_bit_identical_to_the_simulator_before_derivatives() -> None:
+    import hashlib
+
+    res = simulate(SimConfig(n_days=1, base_step="10s").select("BTCUSDT", "ETHUSDT"), 5)
+    got = {name: hashlib.blake2b(pd.util.hash_pandas_object(getattr(res, name), index=False)
+                                 .to_numpy().tobytes(), digest_size=8).hexdigest()
+           for name in SPOT}
+    assert got == PRE_DERIVATIVES_DIGESTS
+
+
 # ---- contract --------------------------------------------------------------------------------
 
 

@@ -53,9 +53,30 @@ last diffusion step and the regime at the close. :func:`conditional_iv` turns it
 conditional expectation of the future ``iv_var`` (the forecasting floor of the oracle in
 ``models.oracle``); recording it draws no random numbers, so every other frame is unchanged.
 
+Derivatives (:class:`DerivativesConfig`, default for BTCUSDT and ETHUSDT)
+------------------------------------------------------------------------
+Written on the efficient price ``S`` of the spot symbol (the "index"), sampled at each derivatives
+bar close (1 minute):
+
+- Perpetual ``<SPOT>-PERP`` (table ``funding``): ``mark = S exp(p)`` with ``p`` an OU log premium;
+  ``funding_rate`` is the current period's rate by Binance's formula ``P + clamp(I - P, -c, c)``
+  (``P`` the average premium index ``mark / S - 1`` since the period began, ``I`` the interest
+  component), capped; at a funding time it is the rate paid.
+- Inverse futures ``<COIN>-<DDMMMYY>`` (Deribit names; table ``futures_1m``, OHLC without volume):
+  the next ``futures_monthly`` last-Friday and ``futures_quarterly`` quarter-end expiries (08:00 UTC),
+  ``F = S exp(b tau)`` with ``b`` an OU annualized basis, listed until their expiry bar (``F = S``).
+- Option chain (table ``options``) every ``options_every``: the next weekly/monthly/quarterly
+  expiries, strikes around the forward ``F = S exp(b tau)`` (kept listed until expiry), calls and
+  puts, marks by undiscounted Black-76 in the coin (Deribit's convention), ``mark_iv`` the SSVI smile
+  whose at-the-money total variance ``theta = iv_premium^2 E[integrated variance to expiry | state]``
+  (:func:`expected_variance`: the smile follows the volatility state) and whose skew is
+  ``smile_rho_stress`` in the stress regime, else ``smile_rho_calm``; bid/ask at the mid vol (mark
+  vol + noise) -+ a half spread that widens in the wings, on the coin tick.
+
 All randomness comes from the generator passed to :func:`simulate`; each model component draws from
 its own child stream (``Generator.spawn``), so for example changing the quote rate leaves the price
-path unchanged.
+path unchanged; the derivatives draw from an eighth stream spawned after the others, so the spot
+market is bit-identical with or without them.
 """
 
 from __future__ import annotations
@@ -75,15 +96,22 @@ from features.schema import (
     BID_PX,
     BID_SZ,
     CLOSE,
+    EXPIRY,
+    FUNDING_RATE,
     HIGH,
+    INDEX_PX,
     LEVEL,
     LOW,
+    MARK_IV,
+    MARK_PX,
     OPEN,
+    OPTION_TYPE,
     PRICE,
     PX,
     QUOTE_VOLUME,
     SIDE,
     SIZE,
+    STRIKE,
     SYMBOL,
     SZ,
     TAKER_BUY_VOLUME,
@@ -91,12 +119,21 @@ from features.schema import (
     TRADE_ID,
     TS,
     TS_DTYPE,
+    UNDERLYING,
+    UNDERLYING_PX,
     VOLUME,
     conform,
 )
 
 __all__ = [
     "DEFAULT_ASSETS",
+    "DerivativesConfig",
+    "black76_undiscounted",
+    "coin_of",
+    "deribit_code",
+    "deribit_expiries",
+    "expected_variance",
+    "ssvi_total_var",
     "IV",
     "JUMP_VAR",
     "QV",
@@ -270,6 +307,123 @@ def _timedelta(owner: str, name: str, value: str) -> pd.Timedelta:
     return td
 
 
+class DerivativesConfig(BaseModel):
+    """Parameters of the simulated crypto derivatives (perpetual, inverse futures, option chain).
+
+    Each listed spot symbol gets a perpetual, Deribit-style inverse futures and an option chain, all
+    written on the efficient price of the spot symbol (the "index"); see :func:`simulate`'s
+    "Derivatives" notes. Every field has a default; ``underlyings=()`` turns derivatives off.
+
+    Attributes
+    ----------
+    underlyings : spot symbols (among the simulated assets) that get derivatives; a symbol that
+        :meth:`SimConfig.select` drops is dropped here too.
+    bar : bar length of the futures bars and of the perpetual's mark/funding rows (a multiple of
+        ``base_step`` that divides one day).
+    premium_mean_bps, premium_sd_bps, premium_half_life_hours : stationary mean, standard deviation
+        and half-life of the perpetual's log premium of mark over index (basis points; sd >= 0,
+        half-life > 0).
+    funding_interval : funding period (a multiple of ``bar`` dividing one day; 8h on Binance).
+    funding_interest : interest component per funding period (0.0001 = 0.01%, Binance's).
+    funding_clamp : bound of ``interest - premium`` in the funding formula (>= 0).
+    funding_cap : bound of the absolute funding rate per period (> 0).
+    basis_mean_ann, basis_sd_ann, basis_half_life_days : the futures' annualized log basis
+        ``ln(F / S) / tau``: stationary mean, standard deviation (>= 0) and half-life (> 0).
+    futures_monthly, futures_quarterly : how many of the next monthly (last Friday) and quarterly
+        (last Friday of Mar/Jun/Sep/Dec) expiries are listed as futures at any time (>= 0).
+    options_every : interval between option-chain snapshots (a multiple of ``bar`` and of
+        ``truth_interval`` dividing one day).
+    option_weekly, option_monthly, option_quarterly : how many of the next Friday, monthly and
+        quarterly expiries the chain lists (>= 0, at least one in total).
+    strikes_per_expiry : target number of strikes added around the forward per expiry and snapshot
+        (>= 3); a strike once listed stays listed until its expiry, as on Deribit.
+    strike_range_sd : strikes span ``F exp(+-strike_range_sd sqrt(w_atm))`` (> 0).
+    iv_premium : implied over expected realized volatility (the variance risk premium, >= 1 typical,
+        > 0).
+    smile_rho_calm, smile_rho_stress : SSVI correlation (skew) in the calm and stress regimes, in
+        (-1, 1).
+    smile_eta, smile_gamma : SSVI power-law curvature ``phi(theta) = eta theta^-gamma
+        (1 + theta)^(gamma - 1)``; ``eta (1 + |rho|) <= 2`` and ``0 < gamma <= 1/2`` keep the
+        smile free of static arbitrage (Gatheral and Jacquier 2014).
+    option_half_spread_vol : half bid-ask spread in volatility units at the money (0.01 = 1 vol
+        point); it widens in the wings (>= 0).
+    option_quote_noise_vol : standard deviation of the quotes' mid around the mark, in volatility
+        units (>= 0).
+    option_tick : price tick of the options in the coin (> 0); a bid below one tick is no bid.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    underlyings: tuple[str, ...] = ("BTCUSDT", "ETHUSDT")
+    bar: str = "1min"
+    premium_mean_bps: float = 2.0
+    premium_sd_bps: float = 6.0
+    premium_half_life_hours: float = 4.0
+    funding_interval: str = "8h"
+    funding_interest: float = 0.0001
+    funding_clamp: float = 0.0005
+    funding_cap: float = 0.0075
+    basis_mean_ann: float = 0.08
+    basis_sd_ann: float = 0.03
+    basis_half_life_days: float = 7.0
+    futures_monthly: int = 2
+    futures_quarterly: int = 2
+    options_every: str = "4h"
+    option_weekly: int = 2
+    option_monthly: int = 2
+    option_quarterly: int = 2
+    strikes_per_expiry: int = 11
+    strike_range_sd: float = 2.5
+    iv_premium: float = 1.1
+    smile_rho_calm: float = -0.2
+    smile_rho_stress: float = -0.5
+    smile_eta: float = 0.7
+    smile_gamma: float = 0.5
+    option_half_spread_vol: float = 0.01
+    option_quote_noise_vol: float = 0.002
+    option_tick: float = 0.0001
+
+    @model_validator(mode="after")
+    def _validate(self) -> DerivativesConfig:
+        owner = "DerivativesConfig"
+        if len(set(self.underlyings)) != len(self.underlyings):
+            raise _fail(owner, "underlyings", "a tuple of unique symbols", self.underlyings)
+        day = pd.Timedelta(days=1)
+        bar = _timedelta(owner, "bar", self.bar)
+        if day.value % bar.value:
+            raise _fail(owner, "bar", "a duration dividing one day", self.bar)
+        for name in ("funding_interval", "options_every"):
+            td = _timedelta(owner, name, getattr(self, name))
+            if td.value % bar.value or day.value % td.value:
+                raise _fail(
+                    owner, name, f"a multiple of bar={self.bar} that divides one day",
+                    getattr(self, name),
+                )
+        for name in ("premium_half_life_hours", "basis_half_life_days", "strike_range_sd",
+                     "iv_premium", "option_tick", "funding_cap"):
+            _check(owner, name, getattr(self, name), gt=0)
+        for name in ("premium_sd_bps", "basis_sd_ann", "funding_clamp",
+                     "option_half_spread_vol", "option_quote_noise_vol"):
+            _check(owner, name, getattr(self, name), ge=0)
+        for name in ("premium_mean_bps", "basis_mean_ann", "funding_interest"):
+            _check(owner, name, getattr(self, name))
+        for name in ("futures_monthly", "futures_quarterly", "option_weekly", "option_monthly",
+                     "option_quarterly"):
+            if getattr(self, name) < 0:
+                raise _fail(owner, name, ">= 0", getattr(self, name))
+        if self.option_weekly + self.option_monthly + self.option_quarterly < 1:
+            raise _fail(owner, "option_weekly", "> 0 when option_monthly and option_quarterly "
+                        "are 0 (the chain needs an expiry)", self.option_weekly)
+        if self.strikes_per_expiry < 3:
+            raise _fail(owner, "strikes_per_expiry", ">= 3", self.strikes_per_expiry)
+        for name in ("smile_rho_calm", "smile_rho_stress"):
+            _check(owner, name, getattr(self, name), gt=-1, lt=1)
+        _check(owner, "smile_gamma", self.smile_gamma, gt=0, le=0.5)
+        rho = max(abs(self.smile_rho_calm), abs(self.smile_rho_stress))
+        _check(owner, "smile_eta", self.smile_eta, gt=0, le=2.0 / (1.0 + rho))
+        return self
+
+
 class SimConfig(BaseModel):
     """Parameters of :func:`simulate`; every field has a default (the demo market).
 
@@ -310,6 +464,9 @@ class SimConfig(BaseModel):
     trade_size_sigma : log-normal sigma of trade notionals (>= 0).
     level_gap_spread_mult : distance between book levels in units of the current spread (> 0; at least
         one tick).
+    derivatives : the simulated perpetuals, inverse futures and option chains
+        (:class:`DerivativesConfig`); they draw from their own random stream, so the spot market
+        above is identical with or without them.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -344,6 +501,7 @@ class SimConfig(BaseModel):
     noise_1m_vol_mult: float = 0.1
     trade_size_sigma: float = 1.0
     level_gap_spread_mult: float = 1.0
+    derivatives: DerivativesConfig = DerivativesConfig()
 
     @model_validator(mode="after")
     def _validate(self) -> SimConfig:
@@ -413,6 +571,17 @@ class SimConfig(BaseModel):
         _check(owner, "weekend_var_ratio", self.weekend_var_ratio, gt=0, le=1)
         _check(owner, "stress_var_mult", self.stress_var_mult, ge=1)
         _check(owner, "stress_jump_mult", self.stress_jump_mult, ge=1)
+        der = self.derivatives
+        unknown = [u for u in der.underlyings if u not in symbols]
+        if unknown:
+            raise _fail(owner, "derivatives", f"underlyings among the assets {symbols}", unknown[0])
+        if der.underlyings:
+            if pd.Timedelta(der.bar).value % step.value:
+                raise _fail(owner, "derivatives", f"a bar that is a multiple of base_step="
+                            f"{self.base_step}", der.bar)
+            if pd.Timedelta(der.options_every).value % pd.Timedelta(self.truth_interval).value:
+                raise _fail(owner, "derivatives", f"options_every a multiple of truth_interval="
+                            f"{self.truth_interval}", der.options_every)
         return self
 
     @property
@@ -435,7 +604,12 @@ class SimConfig(BaseModel):
         for s in symbols:
             if s not in by_symbol:
                 raise _fail("SimConfig.select", "symbols", f"among {list(by_symbol)}", s)
-        return self.model_copy(update={"assets": tuple(by_symbol[s] for s in symbols)})
+        der = self.derivatives.model_copy(
+            update={"underlyings": tuple(u for u in self.derivatives.underlyings if u in symbols)}
+        )
+        return self.model_copy(
+            update={"assets": tuple(by_symbol[s] for s in symbols), "derivatives": der}
+        )
 
 
 @dataclass(frozen=True, eq=False)
@@ -456,6 +630,13 @@ class SimResult:
         (``ts, symbol, vol_fast_common, vol_slow_common, vol_fast_idio, vol_slow_idio, stressed``):
         the input of :func:`conditional_iv`. Kept out of :meth:`truth` (whose keys are the evaluation
         targets); None when the result was built without it.
+    funding : kind "funding": per perpetual (``BTCUSDT-PERP``) and derivatives bar close, the
+        funding rate of the current funding period as known then (at a funding time, the rate
+        paid), ``mark_px`` and ``index_px``; None without derivatives.
+    futures_bars : kind "bars": per inverse future (``BTC-28MAR25``) and bar close while listed,
+        the OHLC of its price (no volume: the futures are not traded in the simulation).
+    options : kind "options": the option chain snapshots (Deribit names and units: prices in the
+        coin, ``underlying_px`` the forward, ``mark_iv`` a fraction).
     """
 
     config: SimConfig
@@ -467,15 +648,30 @@ class SimResult:
     truth_corr: pd.DataFrame
     truth_daily: pd.DataFrame
     truth_state: pd.DataFrame | None = None
+    funding: pd.DataFrame | None = None
+    futures_bars: pd.DataFrame | None = None
+    options: pd.DataFrame | None = None
 
     def tables(self) -> dict[str, tuple[str, pd.DataFrame]]:
-        """Market tables for the store: table name -> (table kind, canonical frame)."""
-        return {
+        """Market tables for the store: table name -> (table kind, canonical frame).
+
+        The spot market ("trades", "quotes", "book", "bars_1m") and, when derivatives were
+        simulated, "funding" (perpetual funding, mark and index), "futures_1m" (inverse futures'
+        bars, a table the feature build does not read as spot prices) and "options" (the chain).
+        """
+        out = {
             "trades": ("trades", self.trades),
             "quotes": ("quotes", self.quotes),
             "book": ("book", self.book),
             "bars_1m": ("bars", self.bars_1m),
         }
+        if self.funding is not None:
+            out["funding"] = ("funding", self.funding)
+        if self.futures_bars is not None:
+            out["futures_1m"] = ("bars", self.futures_bars)
+        if self.options is not None:
+            out["options"] = ("options", self.options)
+        return out
 
     def truth(self) -> dict[str, pd.DataFrame]:
         """Ground-truth frames: "truth_bars", "truth_corr" and "truth_daily"."""
@@ -625,7 +821,9 @@ def simulate(config: SimConfig, random_state: int | np.random.Generator) -> SimR
     -------
     SimResult
         Canonical trades, quotes, book snapshots and 1-minute bars with the ground truth (integrated
-        variance, jump variance, correlation matrices and the regime per truth bar and per day).
+        variance, jump variance, correlation matrices and the regime per truth bar and per day), and
+        the derivatives tables (funding, futures bars, options) when ``config.derivatives`` lists
+        underlyings.
     """
     if not isinstance(config, SimConfig):
         raise _fail("simulate", "config", "a SimConfig", type(config).__name__)
@@ -696,6 +894,10 @@ def simulate(config: SimConfig, random_state: int | np.random.Generator) -> SimR
     close_steps = (np.arange(bpd) + 1) * spb - 1  # last diffusion step of each truth bar
     steps = np.arange(spd)
     levels = np.arange(1, cfg.book_levels + 1)
+    der = cfg.derivatives
+    der_idx = [cfg.symbols.index(u) for u in der.underlyings]
+    der_spb = round(pd.Timedelta(der.bar).value / dt_ns)  # diffusion steps per derivatives bar
+    der_ohlc_days: list[np.ndarray] = []
 
     for day in range(cfg.n_days):
         day_ns = start_ns + day * _DAY_S * _NS
@@ -757,6 +959,12 @@ def simulate(config: SimConfig, random_state: int | np.random.Generator) -> SimR
         x = x_state + np.cumsum(dx, axis=0)
         x_state = x[-1].copy()
         del dx
+        if der_idx:  # efficient log-price OHLC per derivatives bar (no random draws)
+            lp = (log_p0[der_idx] + x[:, der_idx]).reshape(-1, der_spb, len(der_idx))
+            der_ohlc_days.append(
+                np.stack([lp[:, 0], lp.max(axis=1), lp.min(axis=1), lp[:, -1]], axis=-1)
+            )
+            del lp
 
         # truth
         iv_days.append(var_step.reshape(bpd, spb, n).sum(axis=1))
@@ -865,15 +1073,20 @@ def simulate(config: SimConfig, random_state: int | np.random.Generator) -> SimR
         pairs,
         spb * dt_ns,
     )
-    truth_state = _state_frame(
-        cfg,
-        np.concatenate(state_fast_days),
-        np.concatenate(state_slow_days),
-        np.concatenate(state_stress_days),
-        spb * dt_ns,
-    )
+    state_fast = np.concatenate(state_fast_days)
+    state_slow = np.concatenate(state_slow_days)
+    state_stress = np.concatenate(state_stress_days)
+    truth_state = _state_frame(cfg, state_fast, state_slow, state_stress, spb * dt_ns)
+    funding = futures = options = None
+    if der_idx:
+        # spawned after the seven market streams: the market above is unchanged by derivatives
+        (rng_der,) = rng.spawn(1)
+        funding, futures, options = _derivatives(
+            cfg, rng_der, np.concatenate(der_ohlc_days), state_fast, state_slow, state_stress
+        )
     return SimResult(
-        cfg, trades, quotes, book, bars, truth_bars, truth_corr, truth_daily, truth_state
+        cfg, trades, quotes, book, bars, truth_bars, truth_corr, truth_daily, truth_state,
+        funding, futures, options,
     )
 
 
@@ -1335,3 +1548,374 @@ def _mc_iv(
     var = np.exp(2.0 * f - 2.0 * factor_var) * mult  # (n_steps, r * n_paths)
     var = var.reshape(n_steps, r, n_paths).mean(axis=2).T  # (r, n_steps)
     return np.cumsum(base[:, None] * cal * var, axis=1)
+
+
+# ---------------------------------------------------------------------------------------------
+# derivatives: perpetual with funding, inverse futures, option chain
+# ---------------------------------------------------------------------------------------------
+
+_MONTH_CODES = ("JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC")
+_EXPIRY_HOUR = pd.Timedelta(hours=8)  # Deribit expiries settle at 08:00 UTC
+_QUOTES = ("USDT", "USDC", "USD")
+
+
+def coin_of(symbol: str) -> str:
+    """The coin of a simulated spot symbol ("BTCUSDT" -> "BTC"; a symbol without a quote suffix
+    is its own coin)."""
+    for q in _QUOTES:
+        if symbol.endswith(q) and len(symbol) > len(q):
+            return symbol[: -len(q)]
+    return symbol
+
+
+def deribit_code(expiry: pd.Timestamp) -> str:
+    """Deribit's expiry code of a date, day without a leading zero ("28MAR25", "7FEB25")."""
+    return f"{expiry.day}{_MONTH_CODES[expiry.month - 1]}{expiry.year % 100:02d}"
+
+
+def deribit_expiries(start: pd.Timestamp, end: pd.Timestamp, kind: str) -> pd.DatetimeIndex:
+    """Deribit expiry times (08:00 UTC) in ``[start, end]``.
+
+    ``kind`` is "weekly" (every Friday), "monthly" (the last Friday of each month) or
+    "quarterly" (the last Friday of March, June, September and December).
+    """
+    if kind not in ("weekly", "monthly", "quarterly"):
+        raise _fail("deribit_expiries", "kind", "one of 'weekly', 'monthly', 'quarterly'", kind)
+    days = pd.date_range(start.normalize(), end.normalize(), freq="D")
+    fridays = days[days.dayofweek == 4]
+    if kind != "weekly":
+        fridays = fridays[(fridays + pd.Timedelta(days=7)).month != fridays.month]
+    if kind == "quarterly":
+        fridays = fridays[fridays.month % 3 == 0]
+    exp = (fridays + _EXPIRY_HOUR).as_unit("ns")
+    return exp[(exp >= start) & (exp <= end)]
+
+
+def _next_k(expiries_ns: np.ndarray, t_ns: np.ndarray, k: int, *, strict: bool) -> np.ndarray:
+    """Boolean (len(t_ns), len(expiries_ns)): expiry j is among the next ``k`` at time t
+    (``> t`` when strict, else ``>= t``)."""
+    first = np.searchsorted(expiries_ns, t_ns, side="right" if strict else "left")
+    rank = np.arange(len(expiries_ns))[None, :] - first[:, None]
+    return (rank >= 0) & (rank < k)
+
+
+def ssvi_total_var(
+    k: np.ndarray, theta: np.ndarray, rho: np.ndarray, eta: float, gamma: float
+) -> np.ndarray:
+    """SSVI total implied variance ``w(k) = theta/2 (1 + rho phi k + sqrt((phi k + rho)^2 + 1 -
+    rho^2))`` with ``phi = eta theta^-gamma (1 + theta)^(gamma - 1)`` (Gatheral and Jacquier 2014).
+
+    ``k`` is the log-moneyness ``ln(K / F)``, ``theta`` the at-the-money total variance
+    ``sigma_atm^2 tau`` (broadcast against ``k``); ``w(0) = theta``.
+    """
+    phi = eta * theta ** (-gamma) * (1.0 + theta) ** (gamma - 1.0)
+    return 0.5 * theta * (1.0 + rho * phi * k + np.sqrt((phi * k + rho) ** 2 + 1.0 - rho * rho))
+
+
+def black76_undiscounted(
+    forward: np.ndarray, strike: np.ndarray, total_var: np.ndarray, is_call: np.ndarray
+) -> np.ndarray:
+    """Black-76 price without discounting (Deribit's convention, rate 0), in the forward's units.
+
+    ``total_var`` is ``sigma^2 tau``; at zero total variance the price is the intrinsic value.
+    """
+    from scipy.special import ndtr
+
+    f, kk = np.asarray(forward, float), np.asarray(strike, float)
+    sd = np.sqrt(np.maximum(np.asarray(total_var, float), 0.0))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        d1 = np.where(sd > 0, (np.log(f / kk) + 0.5 * sd * sd) / np.where(sd > 0, sd, 1.0), 0.0)
+    d2 = d1 - sd
+    call = np.where(sd > 0, f * ndtr(d1) - kk * ndtr(d2), np.maximum(f - kk, 0.0))
+    put = call - (f - kk)  # put-call parity, undiscounted
+    return np.where(is_call, call, np.maximum(put, 0.0))
+
+
+def _expected_var(
+    cfg: SimConfig,
+    sym: np.ndarray,
+    cols: dict[str, np.ndarray],
+    tau_s: np.ndarray,
+    *,
+    jumps: bool,
+    n_nodes: int = 400,
+) -> np.ndarray:
+    """E[integrated variance over (t, t + tau_s)] per row, without the intraday and weekday
+    calendar (both average to 1 over whole days/weeks): trapezoid on a geometric grid."""
+    dyn = _dynamics(cfg)
+    base_var_s = np.array([a.vol_ann**2 / (_YEAR_DAYS * _DAY_S) for a in cfg.assets])[sym]
+    u = np.concatenate([[0.0], np.geomspace(1e-7, 1.0, n_nodes)])
+    s = tau_s[:, None] * u[None, :]
+    g_f = 0.5 ** (s / (cfg.vol_fast_half_life_hours * 3600.0))
+    g_s = 0.5 ** (s / (cfg.vol_slow_half_life_days * _DAY_S))
+    a = dyn.w_common * cols[VOL_FAST_COMMON] + dyn.w_idio * cols[VOL_FAST_IDIO]
+    b = dyn.w_common * cols[VOL_SLOW_COMMON] + dyn.w_idio * cols[VOL_SLOW_IDIO]
+    log_factor = 2.0 * (a[:, None] * g_f + b[:, None] * g_s) - 2.0 * (
+        cfg.vol_fast_sd**2 * g_f**2 + cfg.vol_slow_sd**2 * g_s**2
+    )
+    ra, rb = dyn.to_stress_rate, dyn.to_calm_rate
+    pi = ra / (ra + rb)
+    p = pi + (cols[STRESSED][:, None] - pi) * np.exp(-(ra + rb) * s)
+    rate = base_var_s[:, None] * np.exp(log_factor) * (1.0 + (cfg.stress_var_mult - 1.0) * p)
+    if jumps and cfg.jumps_per_day > 0:
+        jump_var = (cfg.jump_sd_daily_vol_mult**2) * base_var_s * _DAY_S
+        lam = cfg.jumps_per_day / _DAY_S * (1.0 + (cfg.stress_jump_mult - 1.0) * p)
+        rate = rate + lam * jump_var[:, None]
+    return np.trapezoid(rate, s, axis=1)
+
+
+def expected_variance(
+    config: SimConfig,
+    state: pd.DataFrame,
+    horizon_s: float | list[float] | tuple[float, ...],
+    *,
+    jumps: bool = True,
+) -> pd.DataFrame:
+    """Expected integrated variance over the next ``horizon_s`` seconds given the hidden state:
+    the at-the-money total variance of the simulated option smiles (before ``iv_premium``).
+
+    Like :func:`conditional_iv` (both factors' mean reversion and the calm/stress chain) but in
+    continuous time over any horizon, without the intraday and weekday calendar (which averages
+    to 1 over whole days and weeks) and, with ``jumps`` (default), plus the expected jump variance
+    (intensity x squared jump size, regime-weighted), as an option prices it.
+
+    Parameters
+    ----------
+    config : the configuration that produced the state.
+    state : rows of ``SimResult.truth_state`` (``symbol`` and :data:`STATE_COLUMNS`).
+    horizon_s : one or several horizons in seconds (> 0).
+    jumps : add the expected jump variance.
+
+    Returns
+    -------
+    DataFrame indexed like ``state``, one column per horizon: total variance (log-return units^2).
+    """
+    owner = "expected_variance"
+    if not isinstance(config, SimConfig):
+        raise _fail(owner, "config", "a SimConfig", type(config).__name__)
+    missing = [c for c in (SYMBOL, *STATE_COLUMNS) if c not in state.columns]
+    if missing:
+        raise _fail(owner, "state", f"a frame with columns {missing}", list(state.columns))
+    hs = [horizon_s] if isinstance(horizon_s, (int, float)) else list(horizon_s)
+    if not hs or any(not math.isfinite(h) or h <= 0 for h in hs):
+        raise _fail(owner, "horizon_s", "a positive number of seconds or a list of them", horizon_s)
+    unknown = sorted(set(state[SYMBOL].astype(str)) - set(config.symbols))
+    if unknown:
+        raise _fail(owner, "state", f"rows of the symbols {list(config.symbols)}", unknown[0])
+    sym = state[SYMBOL].astype(str).map({s: i for i, s in enumerate(config.symbols)}).to_numpy()
+    cols = {c: state[c].to_numpy(dtype=float) for c in STATE_COLUMNS}
+    out = np.column_stack(
+        [_expected_var(config, sym, cols, np.full(len(state), float(h)), jumps=jumps) for h in hs]
+    )
+    return pd.DataFrame(out, index=state.index, columns=pd.Index(hs, name="horizon_s"))
+
+
+def _nice_step(x: float) -> float:
+    """The smallest 1, 2, 2.5, 5 x 10^n at or above ``x`` (> 0)."""
+    e = 10.0 ** math.floor(math.log10(x))
+    for m in (1.0, 2.0, 2.5, 5.0, 10.0):
+        if m * e >= x * (1 - 1e-12):
+            return m * e
+    return 10.0 * e  # pragma: no cover - the loop always returns
+
+
+def _strike_text(strike: float) -> str:
+    return str(int(strike)) if float(strike).is_integer() else repr(float(strike)).replace(".", "d")
+
+
+def _derivatives(
+    cfg: SimConfig,
+    rng: np.random.Generator,
+    ohlc: np.ndarray,
+    state_fast: np.ndarray,
+    state_slow: np.ndarray,
+    state_stress: np.ndarray,
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Funding, futures bars and option chain from the efficient log-price OHLC per derivatives
+    bar (shape (n_bars, n_underlyings, 4)) and the hidden variance state per truth bar."""
+    der = cfg.derivatives
+    rng_prem, rng_basis, rng_quote = rng.spawn(3)
+    start = cfg.start_ts
+    start_ns = start.value
+    bar_ns = pd.Timedelta(der.bar).value
+    n_bars, nd, _ = ohlc.shape
+    close_ns = start_ns + (np.arange(n_bars, dtype=np.int64) + 1) * bar_ns
+    bar_s = bar_ns / _NS
+    unds = der.underlyings
+    coins = [coin_of(u) for u in unds]
+    index_px = np.exp(ohlc[:, :, 3])
+
+    # perpetual: mark = index x exp(premium), premium an OU; Binance-style funding per period
+    sd_p = der.premium_sd_bps / 1e4
+    phi_p = 0.5 ** (bar_s / (der.premium_half_life_hours * 3600.0))
+    prem = der.premium_mean_bps / 1e4 + _ou(
+        rng_prem, n_bars, phi_p, sd_p, rng_prem.standard_normal(nd) * sd_p
+    )
+    mark_px = index_px * np.exp(prem)
+    bpi = round(pd.Timedelta(der.funding_interval).value / bar_ns)
+    premium_index = np.expm1(prem)
+    cum = np.cumsum(premium_index, axis=0)
+    j = np.arange(n_bars)
+    first = (j // bpi) * bpi
+    before = np.where(first[:, None] > 0, cum[np.maximum(first - 1, 0)], 0.0)
+    avg = (cum - before) / (j - first + 1)[:, None]
+    rate = avg + np.clip(der.funding_interest - avg, -der.funding_clamp, der.funding_clamp)
+    rate = np.clip(rate, -der.funding_cap, der.funding_cap)
+    perp_symbols = tuple(f"{u}-PERP" for u in unds)
+    ts, codes, order = _order([close_ns] * nd)
+    funding = conform(
+        pd.DataFrame(
+            {
+                TS: _ts_column(ts[order]),
+                SYMBOL: _symbol_column(codes[order], perp_symbols),
+                FUNDING_RATE: rate.T.ravel()[order],
+                MARK_PX: mark_px.T.ravel()[order],
+                INDEX_PX: index_px.T.ravel()[order],
+            }
+        ),
+        "funding",
+    )
+
+    # inverse futures: F = S exp(basis x tau), basis an OU per underlying
+    end = start + pd.Timedelta(days=cfg.n_days)
+    far = end + pd.Timedelta(days=400)
+    sd_b = der.basis_sd_ann
+    phi_b = 0.5 ** (bar_s / (der.basis_half_life_days * _DAY_S))
+    basis = der.basis_mean_ann + _ou(
+        rng_basis, n_bars, phi_b, sd_b, rng_basis.standard_normal(nd) * sd_b
+    )
+    year_ns = _YEAR_DAYS * _DAY_S * _NS
+    monthly = deribit_expiries(start, far, "monthly")
+    quarterly = deribit_expiries(start, far, "quarterly")
+    fut_exp = monthly.union(quarterly)
+    live = np.zeros((n_bars, len(fut_exp)), dtype=bool)
+    for sel, k in ((monthly, der.futures_monthly), (quarterly, der.futures_quarterly)):
+        if k > 0:
+            cols_ = fut_exp.get_indexer(sel)
+            live[:, cols_] |= _next_k(sel.asi8, close_ns, k, strict=False)
+    fut_parts: dict[str, list[np.ndarray]] = {c: [] for c in ("ts", "sym", *"ohlc")}
+    fut_symbols: list[str] = []
+    for i, coin in enumerate(coins):
+        for jx, exp in enumerate(fut_exp):
+            rows = np.flatnonzero(live[:, jx])
+            if not len(rows):
+                continue
+            tau = (exp.value - close_ns[rows]) / year_ns
+            px = np.exp(ohlc[rows, i, :] + (basis[rows, i] * tau)[:, None])
+            fut_symbols.append(f"{coin}-{deribit_code(exp)}")
+            fut_parts["ts"].append(close_ns[rows])
+            fut_parts["sym"].append(np.full(len(rows), len(fut_symbols) - 1, np.int16))
+            for c, col in zip("ohlc", range(4), strict=True):
+                fut_parts[c].append(px[:, col])
+    f_ts = np.concatenate(fut_parts["ts"])
+    f_sym = np.concatenate(fut_parts["sym"])
+    order = np.lexsort((f_sym, f_ts))
+    futures = conform(
+        pd.DataFrame(
+            {
+                TS: _ts_column(f_ts[order]),
+                SYMBOL: _symbol_column(f_sym[order], tuple(fut_symbols)),
+                **{
+                    name: np.concatenate(fut_parts[c])[order]
+                    for name, c in ((OPEN, "o"), (HIGH, "h"), (LOW, "l"), (CLOSE, "c"))
+                },
+            }
+        ),
+        "bars",
+    )
+
+    # option chain: SSVI smile whose ATM total variance is the expected variance to expiry
+    every_ns = pd.Timedelta(der.options_every).value
+    truth_ns = pd.Timedelta(cfg.truth_interval).value
+    n_snap = cfg.n_days * _DAY_S * _NS // every_ns
+    snap_ns = start_ns + (np.arange(n_snap, dtype=np.int64) + 1) * every_ns
+    snap_bar = (snap_ns - start_ns) // bar_ns - 1
+    snap_truth = (snap_ns - start_ns) // truth_ns - 1
+    weekly = deribit_expiries(start, far, "weekly")
+    opt_exp = weekly.union(monthly)
+    live_o = np.zeros((n_snap, len(opt_exp)), dtype=bool)
+    for sel, k in ((weekly, der.option_weekly), (monthly, der.option_monthly),
+                   (quarterly, der.option_quarterly)):
+        if k > 0:
+            live_o[:, opt_exp.get_indexer(sel)] |= _next_k(sel.asi8, snap_ns, k, strict=True)
+    si, ei = np.nonzero(live_o)  # (snapshot, expiry) pairs, in time order
+    n_pairs = len(si)
+    rep_s, rep_e = np.tile(si, nd), np.tile(ei, nd)
+    und = np.repeat(np.arange(nd), n_pairs)
+    sym_idx = np.array([cfg.symbols.index(u) for u in unds])[und]
+    tb = snap_truth[rep_s]
+    cols = {
+        VOL_FAST_COMMON: state_fast[tb, 0],
+        VOL_FAST_IDIO: state_fast[tb, 1 + sym_idx],
+        VOL_SLOW_COMMON: state_slow[tb, 0],
+        VOL_SLOW_IDIO: state_slow[tb, 1 + sym_idx],
+        STRESSED: state_stress[tb].astype(float),
+    }
+    t_ns = snap_ns[rep_s]
+    exp_ns = opt_exp.asi8[rep_e]
+    tau_s = (exp_ns - t_ns) / _NS
+    theta = der.iv_premium**2 * _expected_var(cfg, sym_idx, cols, tau_s, jumps=True)
+    rho = np.where(cols[STRESSED] > 0.5, der.smile_rho_stress, der.smile_rho_calm)
+    bi = snap_bar[rep_s]
+    spot = index_px[bi, und]
+    fwd = spot * np.exp(basis[bi, und] * tau_s * _NS / year_ns)
+    parts: dict[str, list[Any]] = {c: [] for c in ("row", "strike")}
+    n_k = der.strikes_per_expiry
+    listed: dict[tuple[int, int], np.ndarray] = {}  # (underlying, expiry) -> strikes listed so far
+    for r in range(len(theta)):  # rows in time order per underlying
+        sd = math.sqrt(theta[r])
+        lo = fwd[r] * math.exp(-der.strike_range_sd * sd)
+        hi = fwd[r] * math.exp(der.strike_range_sd * sd)
+        step = _nice_step((hi - lo) / (n_k - 1))
+        ks = np.arange(math.ceil(lo / step), math.floor(hi / step) + 1) * step
+        ks = np.round(ks[ks > 0], 10)
+        # a listed strike stays listed until its expiry, as on Deribit
+        key = (int(und[r]), int(rep_e[r]))
+        ks = np.union1d(listed.get(key, ks[:0]), ks)
+        listed[key] = ks
+        parts["row"].append(np.full(len(ks), r))
+        parts["strike"].append(ks)
+    row = np.repeat(np.concatenate(parts["row"]), 2)
+    strike = np.repeat(np.concatenate(parts["strike"]), 2)
+    is_call = np.tile(np.array([True, False]), len(row) // 2)
+    f_r, th_r, rho_r, tau_r = fwd[row], theta[row], rho[row], tau_s[row]
+    kk = np.log(strike / f_r)
+    w = ssvi_total_var(kk, th_r, rho_r, der.smile_eta, der.smile_gamma)
+    tau_y = tau_r / (_YEAR_DAYS * _DAY_S)
+    iv = np.sqrt(w / tau_y)
+    mark = black76_undiscounted(f_r, strike, w, is_call) / f_r
+    mid_iv = iv + rng_quote.standard_normal(len(row)) * der.option_quote_noise_vol
+    half = der.option_half_spread_vol * (1.0 + 0.5 * np.abs(kk) / np.sqrt(th_r))
+    tick = der.option_tick
+    iv_bid = mid_iv - half
+    bid = black76_undiscounted(f_r, strike, np.maximum(iv_bid, 0.0) ** 2 * tau_y, is_call) / f_r
+    bid = np.round(np.floor(bid / tick + 1e-9) * tick, 10)
+    bid = np.where((iv_bid > 0) & (bid >= tick), bid, np.nan)
+    ask = black76_undiscounted(f_r, strike, (mid_iv + half) ** 2 * tau_y, is_call) / f_r
+    ask = np.maximum(np.round(np.ceil(ask / tick - 1e-9) * tick, 10), tick)
+    coin_r = np.array(coins)[und[row]]
+    exp_r = exp_ns[row]
+    names = [
+        f"{c}-{deribit_code(pd.Timestamp(e, tz='UTC'))}-{_strike_text(k)}-{'C' if call else 'P'}"
+        for c, e, k, call in zip(coin_r, exp_r, strike, is_call, strict=True)
+    ]
+    options = conform(
+        pd.DataFrame(
+            {
+                TS: _ts_column(t_ns[row]),
+                SYMBOL: pd.Series(names, dtype="str"),
+                UNDERLYING: pd.Series(coin_r, dtype="str"),
+                EXPIRY: _ts_column(exp_r),
+                STRIKE: strike,
+                OPTION_TYPE: pd.Series(np.where(is_call, "C", "P"), dtype="str"),
+                BID_PX: bid,
+                ASK_PX: ask,
+                MARK_PX: mark,
+                MARK_IV: iv,
+                UNDERLYING_PX: f_r,
+            }
+        ),
+        "options",
+    )
+    options = options.sort_values([TS, SYMBOL], kind="stable").reset_index(drop=True)
+    return funding, futures, options

@@ -29,6 +29,9 @@ models_app = typer.Typer(help="The model registry: list, show, promote, rollback
 app.add_typer(models_app, name="models")
 features_app = typer.Typer(help="The feature store: build and show feature frames.", no_args_is_help=True)
 app.add_typer(features_app, name="features")
+portfolio_app = typer.Typer(help="Portfolios: validate positions and price them at a market state.",
+                            no_args_is_help=True)
+app.add_typer(portfolio_app, name="portfolio")
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -685,6 +688,101 @@ def deploy(
         _console().print("serving the deployments from this process (Ctrl-C to stop)")
     names = do_deploy(cfg, work_pool=work_pool, serve=work_pool is None)
     _console().print(f"deployments: {', '.join(names)}")
+
+
+# ---- portfolio ----------------------------------------------------------------------------
+def _pairs(values: list[str] | None, option: str) -> dict[str, float]:
+    """``U=R`` options into a dict (ConfigError naming the option and value otherwise)."""
+    import math
+
+    from features.errors import ConfigError
+
+    out: dict[str, float] = {}
+    for v in values or []:
+        key, sep, num = v.partition("=")
+        try:
+            val = float(num)
+        except ValueError:
+            val = math.nan
+        if not sep or not key.strip() or not math.isfinite(val):
+            raise ConfigError(f"{option} must be UNDERLYING=NUMBER such as SP500=0.04. Got {v!r} instead.")
+        out[key.strip().upper()] = val
+    return out
+
+
+@portfolio_app.command("show")
+@clean_errors
+def portfolio_show(
+    file: Annotated[Path, typer.Argument(help="Portfolio file (.csv or .json).")],
+    data: Annotated[str, typer.Option("--data", help="Dataset of the canonical store.")] = "sim",
+    as_of: Annotated[str | None, typer.Option("--as-of", help="Market state time (UTC; default: "
+                                              "the dataset's last timestamp).")] = None,
+    rate: Annotated[list[str] | None, typer.Option("--rate", help="U=R: rate of a non-crypto "
+                                                   "underlying (repeatable).")] = None,
+    dividend_yield: Annotated[list[str] | None, typer.Option(
+        "--dividend-yield", help="U=Q: dividend yield of an equity index (repeatable).")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """List a portfolio's positions, parsed instruments, prices found and failures."""
+    import json
+
+    from features.errors import Failure
+    from pipelines.market import (
+        MarketStateConfig,
+        build_market_state,
+        dataset_end,
+        read_portfolio,
+    )
+
+    store = _store()
+    rates, yields = _pairs(rate, "--rate"), _pairs(dividend_yield, "--dividend-yield")
+    t = dataset_end(store, data) if as_of is None else as_of
+    pf = read_portfolio(file, t)  # first: a bad file fails before any market data is read
+    # the market state of the portfolio's underlyings only (one smile fit per underlying)
+    unds = tuple(sorted({p.instrument.underlying for p in pf.positions}))
+    cfg = MarketStateConfig(rates=rates, dividend_yields=yields, underlyings=unds)
+    market = build_market_state(store, data, t, cfg)
+    prices = {p.id: market.price(p.instrument) for p in pf.positions}
+    unds = sorted({p.instrument.underlying for p in pf.positions})
+    market_failures = [f for u in unds for f in market.failures_for(u)]
+    if json_out:
+        doc = {"portfolio": pf.to_dict(),
+               "prices": {k: v.to_dict() for k, v in prices.items()},
+               "market": {"as_of": market.as_of.isoformat(), "source": market.source,
+                          "failures": [f.to_dict() for f in market_failures]}}
+        typer.echo(json.dumps(doc, indent=2, default=str))
+        return
+    from rich.table import Table
+
+    con = _console()
+    con.print(f"{pf.name}: {len(pf.positions)} position(s) loaded, {len(pf.failures)} failed; "
+              f"market {market.source} at {market.as_of:%Y-%m-%d %H:%M} UTC")
+    t = Table(box=None, pad_edge=False, header_style="bold")
+    for col, just in (("id", "left"), ("instrument", "left"), ("type", "left"),
+                      ("expiry", "left"), ("qty", "right"), ("entry", "right"), ("price", "right")):
+        t.add_column(col, justify=just, overflow="fold")
+    for p in pf.positions:
+        inst = p.instrument
+        kind = type(inst).__name__.lower()[:4] + ("/inv" if inst.inverse else "/lin")
+        q = prices[p.id]
+        px = "-" if isinstance(q, Failure) else f"{q.value:.6g} {q.unit}"
+        t.add_row(p.id[:12], inst.name, kind,
+                  "" if inst.expiry is None else f"{inst.expiry:%Y-%m-%d}", f"{p.quantity:g}",
+                  "" if p.entry_price is None else f"{p.entry_price:g}", px)
+    con.print(t)
+    found = [(k, v) for k, v in prices.items() if not isinstance(v, Failure)]
+    if found:
+        con.print("[bold]price sources[/]")
+        for k, v in found:
+            con.print(f"  {k}: {v.source} @ {v.ts:%Y-%m-%d %H:%M}", highlight=False)
+    bad = [*pf.failures, *(v for v in prices.values() if isinstance(v, Failure))]
+    con.print(f"[bold]failures[/] ({len(bad)})" + ("" if bad else ": none"))
+    for f in bad:
+        con.print(f"  {f}", highlight=False)
+    if market_failures:
+        con.print(f"market-state notes for {', '.join(unds)} ({len(market_failures)}):")
+        for f in market_failures:
+            con.print(f"  {f}", highlight=False, style="dim")
 
 
 # ---- implied-volatility surface ------------------------------------------------------------

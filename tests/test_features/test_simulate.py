@@ -215,10 +215,13 @@ def test_component_streams_are_independent() -> None:
 
 def test_frames_follow_the_schema(sim: SimResult) -> None:
     tables = sim.tables()
-    assert set(tables) == {"trades", "quotes", "book", "bars_1m"}
+    spot = {"trades", "quotes", "book", "bars_1m"}
+    assert set(tables) == spot | {"funding", "futures_1m", "options"}
     for kind, frame in tables.values():
         validate(frame, kind)
         assert len(frame) > 0
+    for name in spot:
+        frame = tables[name][1]
         assert set(frame["symbol"].unique()) == set(sim.config.symbols)
         # sorted by time overall, hence per symbol
         assert frame["ts"].is_monotonic_increasing

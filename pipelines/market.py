@@ -1,0 +1,466 @@
+"""Build a :class:`~margin.market_state.MarketState` from the canonical store, and read portfolio
+files: the I/O half of ``margin.market_state`` and ``margin.portfolio``.
+
+:func:`build_market_state` reads, for each underlying of :data:`margin.instruments.UNDERLYINGS`
+with data in the dataset, only rows stamped at or before ``as_of`` (``DataStore.read(end=as_of)``):
+
+============  ==================================================================================
+input         where from (the first that has a value; the source is recorded)
+============  ==================================================================================
+spot          close of the underlying's ``spot`` symbol in any bars/levels table (latest ts)
+index         ``index_px`` of the perpetual's ``funding`` rows, else the spot
+perp mark     ``mark_px`` of ``funding``, else a ``mark_*`` bars table, else the perpetual's close
+funding       ``funding_rate`` of the last ``funding`` row; period 8h (Binance's) unless the rows
+              are at least 1h apart (realized funding), then their median spacing
+futures       close of every bars symbol that parses as a dated future of the underlying
+              (``BTC-28MAR25``, ``BTCUSDT_250328``): a mark and a forward point
+options       per option symbol the last row of the ``options`` table, unexpired; marks, and a
+              forward per expiry by put-call parity (median over the strikes nearest the spot:
+              coin quotes ``F = K / (1 - (C - P))``, USD quotes ``F = K + (C - P)``) where no
+              future expires then
+vol surface   :func:`fit_vol_surface` (:func:`margin.surface.fit_surface`, SVI per expiry) on the
+              chain, or a ``surface_fitter(chain, state_so_far, as_of)`` passed in
+vol index     close of the underlying's ``vol_index`` symbol (DVOL, percent -> fraction)
+rate          crypto: 0 (Deribit's convention, recorded as such); others: ``rates`` given in the
+              config, else missing
+============  ==================================================================================
+
+A value older than ``max_age`` is kept and a ``STALE`` failure recorded; nothing older than
+``lookback`` (``chain_lookback`` for options) is searched, so a chain weeks old is missing, not
+current.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field
+
+from features import schema as S
+from features.errors import ConfigError, DataError, Failure, FailureReason
+from features.store import DataStore
+from margin.instruments import UNDERLYINGS, Future, parse_instrument
+from margin.market_state import Forward, FundingQuote, MarketState, Quote, UnderlyingState
+from margin.portfolio import Portfolio, parse_portfolio
+
+__all__ = [
+    "MarketStateConfig",
+    "build_market_state",
+    "dataset_end",
+    "read_portfolio",
+]
+
+BINANCE_FUNDING_INTERVAL = pd.Timedelta(hours=8)
+"""Binance USDT-M (and Deribit's quoted) funding period, used when funding rows are ticker-like."""
+
+SurfaceFitter = Callable[[pd.DataFrame, UnderlyingState, pd.Timestamp], Any]
+
+
+class MarketStateConfig(BaseModel):
+    """Parameters of :func:`build_market_state` (every field defaulted).
+
+    Attributes
+    ----------
+    lookback : how far before ``as_of`` prices are searched.
+    chain_lookback : how far before ``as_of`` option rows are searched (default: ``lookback``;
+        the Deribit BTC marks file stamps rows by their last trade, up to a year before its
+        snapshot, so reading it whole takes ``chain_lookback="400D"``).
+    max_age : inputs older than this get a ``STALE`` failure (kept).
+    rates : underlying -> continuously compounded annual rate, for non-crypto underlyings (the
+        store holds no rates).
+    dividend_yields : underlying -> continuous annual dividend yield of an equity index (with its
+        rate it gives the forward ``S exp((r - q) tau)`` where no future is stored).
+    underlyings : restrict to these underlyings (default: every one with data).
+    parity_strikes : strikes nearest the spot used for put-call parity forwards.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    lookback: str = "10D"
+    chain_lookback: str | None = None
+    max_age: str = "1D"
+    rates: dict[str, float] = Field(default_factory=dict)
+    dividend_yields: dict[str, float] = Field(default_factory=dict)
+    underlyings: tuple[str, ...] = ()
+    parity_strikes: int = Field(3, ge=1)
+
+
+def _td(name: str, value: str) -> pd.Timedelta:
+    try:
+        td = pd.Timedelta(value)
+    except (ValueError, TypeError):
+        raise ConfigError(f"The '{name}' setting must be a duration such as '1D' or '6h'. "
+                          f"Got {value!r} instead.") from None
+    if pd.isna(td) or td <= pd.Timedelta(0):
+        raise ConfigError(f"The '{name}' setting must be a positive duration. Got {value!r} "
+                          "instead.")
+    return td
+
+
+def _utc(ts: object) -> pd.Timestamp:
+    try:
+        t = pd.Timestamp(ts)
+    except (ValueError, TypeError):
+        raise ConfigError(f"as_of must be a timestamp such as '2025-03-01T00:00Z'. Got {ts!r} "
+                          "instead.") from None
+    if pd.isna(t):
+        raise ConfigError(f"as_of must be a timestamp. Got {ts!r} instead.")
+    return t.tz_localize("UTC") if t.tzinfo is None else t.tz_convert("UTC")
+
+
+def dataset_end(store: DataStore, dataset: str) -> pd.Timestamp:
+    """The latest timestamp stored in ``dataset`` (the default ``as_of``)."""
+    man = store.require(dataset)
+    ends = [pd.Timestamp(m["max_ts"]) for t in man["tables"].values()
+            for m in t["partitions"].values()]
+    if not ends:
+        raise DataError(f"dataset '{dataset}' holds no rows")
+    return _utc(max(ends))
+
+
+def _last_rows(store: DataStore, dataset: str, table: str, symbols: list[str],
+               start: pd.Timestamp, as_of: pd.Timestamp, columns: list[str] | None = None,
+               ) -> pd.DataFrame:
+    """The last row at or before ``as_of`` (and at or after ``start``) of each symbol."""
+    f = store.read(dataset, table, symbols=symbols, start=start, end=as_of, columns=columns)
+    if f.empty:
+        return f
+    f = f[f[S.TS] <= as_of]
+    return f.sort_values([S.SYMBOL, S.TS], kind="stable").groupby(S.SYMBOL, sort=True).tail(1)
+
+
+def _quote(value: float, unit: str, source: str, ts: pd.Timestamp) -> Quote | None:
+    return Quote(value, unit, source, ts) if math.isfinite(value) and value > 0 else None
+
+
+def build_market_state(
+    store: DataStore,
+    dataset: str,
+    as_of: object | None = None,
+    config: MarketStateConfig | None = None,
+    *,
+    surface_fitter: SurfaceFitter | None = None,
+) -> MarketState:
+    """The market state of ``dataset`` at ``as_of`` (default: the dataset's last timestamp),
+    from data stamped at or before ``as_of`` only (rules in the module docstring).
+
+    Raises
+    ------
+    DataError : the dataset does not exist.
+    ConfigError : a bad setting (duration, unknown underlying, as_of).
+    """
+    cfg = config or MarketStateConfig()
+    man = store.require(dataset)
+    t = dataset_end(store, dataset) if as_of is None else _utc(as_of)
+    lookback = _td("lookback", cfg.lookback)
+    chain_lookback = lookback if cfg.chain_lookback is None else _td("chain_lookback",
+                                                                     cfg.chain_lookback)
+    max_age = _td("max_age", cfg.max_age)
+    unknown = [u for u in (*cfg.underlyings, *cfg.rates, *cfg.dividend_yields)
+               if u not in UNDERLYINGS]
+    if unknown:
+        raise ConfigError(f"unknown underlying {unknown[0]!r}; expected one of "
+                          f"{sorted(UNDERLYINGS)}")
+    tables: dict[str, dict] = man["tables"]
+    wanted = cfg.underlyings or tuple(UNDERLYINGS)
+    # which store symbols play which role for which underlying
+    roles: dict[str, list[tuple[str, str]]] = {}  # symbol -> [(underlying, role)]
+    for name in wanted:
+        u = UNDERLYINGS[name]
+        for role, sym in (("spot", u.spot), ("index", u.index), ("perpetual", u.perpetual),
+                          ("vol_index", u.vol_index)):
+            if sym is not None:
+                roles.setdefault(sym, []).append((name, role))
+    futures: dict[str, Future] = {}
+    for info in tables.values():
+        if info["kind"] not in ("bars", "levels"):
+            continue
+        for sym in info.get("symbols", {}):
+            if sym in roles or sym in futures:
+                continue
+            try:
+                inst = parse_instrument(sym)
+            except DataError:
+                continue
+            if isinstance(inst, Future) and inst.underlying in wanted:
+                futures[sym] = inst
+    start = t - lookback
+
+    # ---- bars and levels: closes of spot, perpetual, vol index, futures ---------------------
+    closes: dict[str, list[tuple[pd.Timestamp, float, str, bool]]] = {}  # sym -> (ts, px, src, mark)
+    for table, info in sorted(tables.items()):
+        if info["kind"] not in ("bars", "levels"):
+            continue
+        syms = [s for s in info.get("symbols", {}) if s in roles or s in futures]
+        if not syms:
+            continue
+        last = _last_rows(store, dataset, table, syms, start, t, [S.TS, S.SYMBOL, S.CLOSE])
+        for row in last.itertuples(index=False):
+            closes.setdefault(row.symbol, []).append(
+                (row.ts, float(row.close), f"{table}.close[{row.symbol}]",
+                 table.startswith("mark_")))
+
+    def latest(sym: str | None, *, marks_first: bool = False) -> tuple[pd.Timestamp, float, str] | None:
+        rows = closes.get(sym or "", [])
+        if marks_first and any(r[3] for r in rows):
+            rows = [r for r in rows if r[3]]
+        if not rows:
+            return None
+        ts, px, src, _ = max(rows, key=lambda r: r[0])
+        return ts, px, src
+
+    # ---- funding ---------------------------------------------------------------------------
+    funding_rows: dict[str, pd.Series] = {}
+    funding_interval: dict[str, tuple[pd.Timedelta, str]] = {}
+    perps = [UNDERLYINGS[n].perpetual for n in wanted if UNDERLYINGS[n].perpetual]
+    for table, info in sorted(tables.items()):
+        if info["kind"] != "funding":
+            continue
+        syms = [s for s in info.get("symbols", {}) if s in perps]
+        if not syms:
+            continue
+        f = store.read(dataset, table, symbols=syms, start=start, end=t)
+        f = f[f[S.TS] <= t]
+        for sym, g in f.groupby(S.SYMBOL, sort=True):
+            g = g.sort_values(S.TS, kind="stable")
+            funding_rows[str(sym)] = g.iloc[-1].rename(table)
+            gaps = g[S.TS].diff().dropna()
+            med = gaps.median() if len(gaps) else pd.NaT
+            if pd.notna(med) and med >= pd.Timedelta(hours=1):
+                funding_interval[str(sym)] = (med, f"median spacing of {table} rows")
+            else:
+                funding_interval[str(sym)] = (BINANCE_FUNDING_INTERVAL,
+                                              "Binance's 8h period (ticker-like rows)")
+
+    # ---- options -----------------------------------------------------------------------------
+    chains: dict[str, pd.DataFrame] = {}
+    for table, info in sorted(tables.items()):
+        if info["kind"] != "options":
+            continue
+        present = {p.split("/")[1].split("=", 1)[1] for p in info["partitions"]}
+        for name in wanted:
+            if name not in present:
+                continue
+            f = store.read(dataset, table, symbols=[name], start=t - chain_lookback, end=t)
+            f = f[(f[S.TS] <= t) & (f[S.EXPIRY] > t)]
+            if f.empty:
+                continue
+            f = f.sort_values([S.SYMBOL, S.TS], kind="stable").groupby(S.SYMBOL).tail(1)
+            chains[name] = f.assign(source_table=table).reset_index(drop=True)
+
+    # ---- assemble per underlying -------------------------------------------------------------
+    failures: list[Failure] = []
+    states: dict[str, UnderlyingState] = {}
+
+    def fail(reason: FailureReason, subject: str, message: str, **details: Any) -> None:
+        failures.append(Failure(reason, subject, message, details))
+
+    def stale(name: str, what: str, q: Quote | None) -> None:
+        if q is not None and t - q.ts > max_age:
+            fail(FailureReason.STALE, f"{name}/{what}", f"{what} from {q.source} is from {q.ts}, "
+                 f"older than max_age={cfg.max_age} at {t}", ts=str(q.ts), max_age=cfg.max_age)
+
+    for name in wanted:
+        u = UNDERLYINGS[name]
+        und_futures = {s: f for s, f in futures.items() if f.underlying == name and s in closes}
+        has_data = (u.spot in closes or (u.perpetual or "") in funding_rows
+                    or (u.perpetual or "") in closes or name in chains or bool(und_futures))
+        if not has_data:
+            if cfg.underlyings:
+                fail(FailureReason.MISSING_INPUTS, name, f"no data for {name} in dataset "
+                     f"'{dataset}' between {start} and {t}")
+            continue
+        spot = None
+        if (x := latest(u.spot)) is not None:
+            spot = _quote(x[1], "USD", x[2], x[0])
+        index = None
+        frow = funding_rows.get(u.perpetual or "")
+        if frow is not None and S.INDEX_PX in frow and pd.notna(frow[S.INDEX_PX]):
+            index = _quote(float(frow[S.INDEX_PX]), "USD", f"{frow.name}.index_px[{u.perpetual}]",
+                           frow[S.TS])
+        if index is None and u.index != u.spot and (x := latest(u.index)) is not None:
+            index = _quote(x[1], "USD", x[2], x[0])
+        if spot is None:
+            fail(FailureReason.MISSING_PRICE, f"{name}/spot", f"no {u.spot} price in "
+                 f"'{dataset}' between {start} and {t}", symbol=u.spot)
+        marks: dict[str, Quote] = {}
+        funding = None
+        if u.perpetual is not None:
+            mark = None
+            if frow is not None and S.MARK_PX in frow and pd.notna(frow[S.MARK_PX]):
+                mark = _quote(float(frow[S.MARK_PX]), "USD",
+                              f"{frow.name}.mark_px[{u.perpetual}]", frow[S.TS])
+            x = latest(u.perpetual, marks_first=True)
+            if x is not None and (mark is None or x[0] > mark.ts):
+                mark = _quote(x[1], "USD", x[2], x[0])
+            if mark is not None:
+                marks[u.perpetual] = mark
+                stale(name, "perpetual mark", mark)
+            elif u.asset_class == "crypto":
+                fail(FailureReason.MISSING_PRICE, f"{name}/perpetual", f"no {u.perpetual} mark "
+                     f"in '{dataset}' between {start} and {t}", symbol=u.perpetual)
+            if frow is not None and pd.notna(frow[S.FUNDING_RATE]):
+                interval, why = funding_interval[u.perpetual]
+                funding = FundingQuote(
+                    Quote(float(frow[S.FUNDING_RATE]), "per_period",
+                          f"{frow.name}.funding_rate[{u.perpetual}] (period {interval}: {why})",
+                          frow[S.TS]), interval)
+                stale(name, "funding rate", funding.rate)
+            elif u.asset_class == "crypto":
+                fail(FailureReason.MISSING_INPUTS, f"{name}/funding", f"no {u.perpetual} funding "
+                     f"rate in '{dataset}' between {start} and {t}", symbol=u.perpetual)
+        forwards: dict[pd.Timestamp, Forward] = {}
+        for sym, fut in sorted(und_futures.items()):
+            x = latest(sym)
+            if x is None or fut.expiry <= t:
+                continue
+            q = _quote(x[1], "USD", x[2], x[0])
+            if q is None:
+                continue
+            marks[sym] = q
+            forwards[fut.expiry] = Forward(fut.expiry, q.value, f"future {sym} ({x[2]})", q.ts)
+            stale(name, f"future {sym}", q)
+        chain = chains.get(name)
+        if chain is not None:
+            unit = name if u.asset_class == "crypto" else "USD"
+            if S.MARK_PX in chain.columns:
+                for row in chain.itertuples(index=False):
+                    if pd.notna(row.mark_px):
+                        marks[row.symbol] = Quote(float(row.mark_px), unit,
+                                                  f"{row.source_table}.mark_px[{row.symbol}]",
+                                                  row.ts)
+            ref = index or spot
+            for exp, fw in _parity_forwards(chain, ref, coin=u.asset_class == "crypto",
+                                            n_strikes=cfg.parity_strikes).items():
+                forwards.setdefault(exp, fw)
+            oldest = chain[S.TS].min()
+            if t - oldest > max_age:
+                n_old = int((t - chain[S.TS] > max_age).sum())
+                fail(FailureReason.STALE, f"{name}/options", f"{n_old} of {len(chain)} option "
+                     f"rows are older than max_age={cfg.max_age} (oldest {oldest})",
+                     n_stale=n_old, n_rows=len(chain))
+        else:
+            fail(FailureReason.MISSING_INPUTS, f"{name}/options", f"no unexpired {name} options "
+                 f"in '{dataset}' between {t - chain_lookback} and {t}")
+        vol_index = None
+        if u.vol_index is not None and (x := latest(u.vol_index)) is not None:
+            vol_index = _quote(x[1] / 100.0, "fraction", f"{x[2]} / 100", x[0])
+            stale(name, "vol index", vol_index)
+        elif u.vol_index is not None:
+            fail(FailureReason.MISSING_INPUTS, f"{name}/vol_index", f"no {u.vol_index} in "
+                 f"'{dataset}' between {start} and {t}", symbol=u.vol_index)
+        if name in cfg.rates:
+            rate = Quote(cfg.rates[name], "fraction", "config: rates", t)
+        elif u.asset_class == "crypto":
+            rate = Quote(0.0, "fraction", "convention: Deribit prices options with r = 0", t)
+        else:
+            rate = None
+            fail(FailureReason.MISSING_INPUTS, f"{name}/rate", f"no interest rate for {name}: the "
+                 "store holds none; pass rates={" + repr(name) + ": r} (CLI: --rate "
+                 f"{name}=0.04)", field="rate")
+        dividend_yield = None
+        if name in cfg.dividend_yields:
+            dividend_yield = Quote(cfg.dividend_yields[name], "fraction",
+                                   "config: dividend_yields", t)
+        elif u.asset_class != "crypto":
+            fail(FailureReason.MISSING_INPUTS, f"{name}/dividend_yield", f"no dividend yield "
+                 f"for {name}: the store holds none; pass dividend_yields={{{name!r}: q}} (CLI: "
+                 f"--dividend-yield {name}=0.015)", field="dividend_yield")
+        for q, what in ((spot, "spot"), (index, "index")):
+            stale(name, what, q)
+        state = UnderlyingState(name, spot=spot, index=index, forwards=forwards, marks=marks,
+                                funding=funding, vol_index=vol_index, rate=rate,
+                                dividend_yield=dividend_yield)
+        fitter = surface_fitter if surface_fitter is not None else fit_vol_surface
+        if chain is not None:
+            fitted = fitter(chain.drop(columns="source_table"), state, t)
+            if isinstance(fitted, Failure):
+                failures.append(fitted)
+            else:
+                failures.extend(getattr(fitted, "failures", ()))
+                state = UnderlyingState(
+                    name, spot=spot, index=index, forwards=forwards, marks=marks, funding=funding,
+                    vol_surface=fitted,
+                    vol_surface_source=Quote(float(len(chain)), "options",
+                                             f"surface fitted to {len(chain)} {name} options",
+                                             chain[S.TS].max()),
+                    vol_index=vol_index, rate=rate, dividend_yield=dividend_yield)
+        states[name] = state
+    return MarketState(t, states, tuple(failures), source=f"store:{dataset}")
+
+
+def fit_vol_surface(chain: pd.DataFrame, state: UnderlyingState,
+                    as_of: pd.Timestamp) -> Any:
+    """The default surface fitter: :func:`margin.surface.fit_surface` on the chain (coin prices
+    for crypto); a surface with no fitted expiry is a ``FIT_FAILED`` failure."""
+    from margin.surface import fit_surface
+
+    name = state.underlying
+    inverse = UNDERLYINGS[name].asset_class == "crypto"
+    surface = fit_surface(chain, underlying=name, snapshot=as_of, inverse=inverse)
+    if not surface.slices:
+        reasons = "; ".join(str(f) for f in surface.failures[:3])
+        return Failure(FailureReason.FIT_FAILED, f"{name}/vol_surface",
+                       f"no expiry of the {name} chain could be fitted ({reasons})",
+                       {"n_failures": len(surface.failures)})
+    return surface
+
+
+def _parity_forwards(chain: pd.DataFrame, ref: Quote | None, *, coin: bool,
+                     n_strikes: int) -> dict[pd.Timestamp, Forward]:
+    """Forward per expiry from put-call parity of the marks at the strikes nearest ``ref``."""
+    if S.MARK_PX not in chain.columns:
+        return {}
+    out: dict[pd.Timestamp, Forward] = {}
+    c = chain[chain[S.OPTION_TYPE] == "C"].set_index([S.EXPIRY, S.STRIKE])
+    p = chain[chain[S.OPTION_TYPE] == "P"].set_index([S.EXPIRY, S.STRIKE])
+    both = c[[S.MARK_PX, S.TS]].join(p[[S.MARK_PX, S.TS]], lsuffix="_c", rsuffix="_p",
+                                     how="inner").dropna()
+    for exp, g in both.groupby(level=0, sort=True):
+        k = g.index.get_level_values(1).to_numpy(dtype=float)
+        diff = (g["mark_px_c"] - g["mark_px_p"]).to_numpy(dtype=float)
+        centre = ref.value if ref is not None else float(np.median(k))
+        pick = np.argsort(np.abs(k - centre), kind="stable")[:n_strikes]
+        if coin:
+            ok = diff[pick] < 1.0
+            fw = k[pick][ok] / (1.0 - diff[pick][ok])
+        else:
+            fw = k[pick] + diff[pick]
+        fw = fw[np.isfinite(fw) & (fw > 0)]
+        if not len(fw):
+            continue
+        ts = min(g["ts_c"].iloc[pick].min(), g["ts_p"].iloc[pick].min())
+        exp_ts = pd.Timestamp(exp)
+        out[exp_ts] = Forward(exp_ts, float(np.median(fw)),
+                              f"put-call parity of marks ({len(fw)} strikes near "
+                              f"{centre:.6g})", ts)
+    return out
+
+
+def read_portfolio(path: Path, as_of: MarketState | object) -> Portfolio:
+    """Read a portfolio file (``.csv`` or ``.json``) and validate it at ``as_of`` (a market
+    state's, or a time).
+
+    Raises
+    ------
+    DataError : the file cannot be read, its suffix is neither .csv nor .json, or its structure
+        (columns, top-level JSON shape) is wrong; bad rows are failures in the result instead.
+    FileNotFoundError : no such file.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in (".csv", ".json"):
+        raise DataError(f"portfolio file {path} has suffix {path.suffix!r}; expected .csv or "
+                        ".json", source=str(path))
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"not UTF-8 text ({exc.reason} at byte {exc.start})",
+                        source=str(path)) from None
+    t = as_of.as_of if isinstance(as_of, MarketState) else _utc(as_of)
+    return parse_portfolio(text, suffix[1:], as_of=t, source=str(path), name=path.stem)

@@ -3,8 +3,10 @@
 Two kinds of rules:
 
 - **Rejecting** rules drop rows that cannot be market data: non-finite or non-positive prices and sizes
-  (``non_finite``, ``non_positive``, ``negative``), exact duplicates (``duplicates``), and rows sharing a
-  unique key with different values (``key_conflicts``: the last one read wins).
+  (``non_finite``, ``non_positive``, ``negative``), rows without a time (``missing_ts``) or without a
+  symbol (``empty_symbol``; options: without an underlying), exact duplicates (``duplicates``), and
+  rows sharing a unique key with different values (``key_conflicts``: the last one read wins). Every
+  dropped row is counted under one of them: ``rows_in = rows_out + the sum of the rejecting counts``.
 - **Flagging** rules keep the rows and report them: ``out_of_order`` (a row earlier than one read before
   it for the same symbol; the stored table is sorted), ``crossed``/``locked`` quotes or books,
   ``ohlc_inconsistent`` bars (high below open/close or low above), ``outliers`` (a jump of more than
@@ -86,7 +88,10 @@ class RuleCounts:
         }
 
 
-REJECT_RULES = ("non_finite", "non_positive", "negative", "duplicates", "key_conflicts")
+CLEANING_RULES = ("non_finite", "non_positive", "negative", "missing_ts", "empty_symbol")
+"""Rejecting rules applied to each row on its own (before any merge)."""
+REJECT_RULES = (*CLEANING_RULES, "duplicates", "key_conflicts")
+"""Every rule that drops a row; a row is dropped by exactly one of them."""
 FLAG_RULES = ("out_of_order", "crossed", "locked", "ohlc_inconsistent", "outliers", "gaps")
 
 
@@ -100,6 +105,31 @@ def _describe(frame: pd.DataFrame, mask: np.ndarray, col: str | None = None) -> 
         what = f" {col}={val!r}" if col is not None else ""
         out.append(f"{row[S.TS]} {row[S.SYMBOL]}{what}")
     return out
+
+
+def reject_missing_keys(frame: pd.DataFrame, kind: str, counts: RuleCounts) -> pd.DataFrame:
+    """Drop rows without a time (``missing_ts``) or with an empty symbol (``empty_symbol``; for
+    options also an empty underlying, which they are partitioned by); count each rule."""
+    if frame.empty:
+        return frame
+    no_ts = frame[S.TS].isna().to_numpy()
+    empty = np.zeros(len(frame), dtype=bool)
+    for col in (S.SYMBOL, S.UNDERLYING if kind == "options" else None):
+        if col is None or col not in frame.columns:
+            continue
+        v = frame[col]
+        empty |= v.isna().to_numpy() | (v.astype("str").str.strip() == "").fillna(True).to_numpy()
+    empty &= ~no_ts
+    if not (no_ts.any() or empty.any()):
+        return frame
+    if no_ts.any():
+        counts.add("missing_ts", int(no_ts.sum()),
+                   [f"row with {S.SYMBOL}={frame[S.SYMBOL].iloc[int(i)]!r}"
+                    for i in np.flatnonzero(no_ts)[:MAX_EXAMPLES]])
+    if empty.any():
+        counts.add("empty_symbol", int(empty.sum()),
+                   [f"{frame[S.TS].iloc[int(i)]} (empty symbol)" for i in np.flatnonzero(empty)[:MAX_EXAMPLES]])
+    return frame.loc[~(no_ts | empty)].reset_index(drop=True)
 
 
 def reject_invalid(frame: pd.DataFrame, kind: str, counts: RuleCounts) -> pd.DataFrame:

@@ -106,6 +106,13 @@ ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="TOML fil
 
 
 # ---- data ---------------------------------------------------------------------------------
+def _warn(message: str) -> None:
+    """Print a one-line warning on stderr."""
+    from rich.console import Console
+
+    Console(stderr=True).print(f"[bold yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+
+
 @data_app.command("ingest")
 @clean_errors
 def data_ingest(
@@ -117,15 +124,20 @@ def data_ingest(
     force: Annotated[bool, typer.Option(help="Re-read sources already ingested (idempotent).")] = False,
     config: ConfigOpt = None,
 ) -> None:
-    """Read raw files into the canonical store (streaming; raw files are never modified)."""
+    """Read raw files into the canonical store (streaming; atomic per file; raw files are never
+    modified). Re-running adds nothing; the same file under corrected options (--symbol, --mapping,
+    --format) replaces what the earlier options stored."""
     from features.ingest import ingest_file
     from features.readers import list_sources
+    from features.store import check_name
     from pipelines.config import IngestConfig, load_config
 
     cfg = load_config(IngestConfig, config, "ingest", force=force or None)
+    if dataset is not None:
+        check_name("dataset", dataset)
     options: dict[str, Any] = {}
-    if symbol:
-        options["symbol"] = symbol
+    if symbol is not None:
+        options["symbol"] = check_name("symbol", symbol)
     if mapping is not None:
         import tomllib
 
@@ -135,13 +147,18 @@ def data_ingest(
         if not p.exists():
             raise FileNotFoundError(2, "No such file or directory", str(p))
         if p.is_dir():
-            for f, detected, reason in list_sources(p):
+            found = list_sources(p)
+            for f, detected, reason in found:
                 if detected is None:
                     _console().print(f"[dim]skip {f}: {reason}[/]")
                 else:
                     files.append((f, detected))
+            if not any(detected for _, detected, _ in found):
+                _warn(f"{p}: no data files found in this folder; nothing ingested from it")
         else:
             files.append((p, fmt))
+    if not files:
+        return
     store = _store()
     reports = []
     with _progress() as prog:
@@ -160,49 +177,141 @@ def data_ingest(
     _print_ingest(reports, store)
 
 
+def _ingest_note(r: Any) -> str:
+    if r.skipped:
+        return "already ingested: nothing added"
+    if r.empty:
+        return "no data rows: nothing stored" if r.rows_read == 0 else "no row kept: nothing stored"
+    if r.replaced:
+        return f"replaced an earlier ingest of this file ({r.rows_removed:,} rows removed)"
+    return ""
+
+
 def _print_ingest(reports: list, store: Any) -> None:
     from rich.table import Table
+
+    from features.validate import CLEANING_RULES
 
     t = Table(title="Ingested")
     for c in ("source", "dataset", "tables", "rows read", "rows added", "rejected", "duplicates",
               "out of order", "note"):
         t.add_column(c, justify="right" if c.startswith(("rows", "rej", "dup", "out")) else "left")
     for r in reports:
-        rej = sum(c.counts.get(k, 0) for c in r.tables.values()
-                  for k in ("non_finite", "non_positive", "negative"))
+        rej = sum(c.counts.get(k, 0) for c in r.tables.values() for k in CLEANING_RULES)
         dup = sum(c.counts.get("duplicates", 0) + c.counts.get("key_conflicts", 0)
                   for c in r.tables.values())
         ooo = sum(c.counts.get("out_of_order", 0) for c in r.tables.values())
         t.add_row(Path(r.source).name, r.dataset, ",".join(sorted(r.tables)), f"{r.rows_read:,}",
-                  f"{r.rows_added:,}", f"{rej:,}", f"{dup:,}", f"{ooo:,}",
-                  "already ingested: nothing added" if r.skipped else "")
+                  f"{r.rows_added:,}", f"{rej:,}", f"{dup:,}", f"{ooo:,}", _ingest_note(r))
     con = _console()
     con.print(t)
-    for ds in sorted({r.dataset for r in reports}):
+    for r in reports:
+        dropped = r.dropped()
+        if dropped:
+            con.print(f"{Path(r.source).name}: {sum(dropped.values()):,} row(s) dropped: "
+                      + ", ".join(f"{k}={v:,}" for k, v in dropped.items()), highlight=False)
+        if r.empty:
+            what = ("is empty or has only a header" if r.rows_read == 0
+                    else "kept no row after cleaning")
+            _warn(f"{r.source} {what}; nothing stored"
+                  + ("" if store.exists(r.dataset) else f" and no dataset '{r.dataset}' created"))
+    for ds in sorted({r.dataset for r in reports if store.exists(r.dataset)}):
         con.print(f"wrote {store.path(ds)}")
+
+
+def _store_problem_exit(problems: list) -> None:
+    """Print each store problem as one error line on stderr and exit with code 2."""
+    from rich.console import Console
+
+    err = Console(stderr=True)
+    for p in problems:
+        for line in p.lines():
+            err.print(f"[bold red]error:[/] {line}", highlight=False, soft_wrap=True)
+    names = " ".join(p.dataset for p in problems)
+    err.print(f"[bold red]error:[/] run `dprm data repair {names}` to rebuild the manifest from the "
+              "files or re-ingest the affected sources", highlight=False, soft_wrap=True)
+    raise typer.Exit(code=2)
 
 
 @data_app.command("validate")
 @clean_errors
 def data_validate(
     datasets: Annotated[list[str] | None, typer.Argument(help="Datasets to validate (default: all).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
 ) -> None:
-    """Re-check stored datasets: print every rule's count and write validation.json beside the data."""
+    """Check the store against its manifest (orphaned, missing, stale partitions: exit 2), then
+    re-check the stored data: print every rule's count and write validation.json beside the data."""
+    import json
+
     from features.ingest import validate_dataset
+    from features.store import StoreInconsistent
 
     store = _store()
     names = datasets or store.datasets()
     if not names:
         _fail(f"no datasets in {store.root}; run `dprm data ingest PATH` or `dprm data simulate` first")
-    results = {}
-    with _progress() as prog:
-        task = prog.add_task("validating", total=len(names), rows=0)
-        for ds in names:
-            results[ds] = validate_dataset(store, ds)
-            prog.update(task, advance=1, rows=sum(c.rows_out for c in results[ds].values()))
-    _print_validation(results)
+    results, problems, docs = {}, [], []
     for ds in names:
-        _console().print(f"wrote {store.path(ds) / 'validation.json'}")
+        try:
+            if as_json:
+                results[ds] = validate_dataset(store, ds)
+            else:
+                with _console().status(f"validating {ds}"):
+                    results[ds] = validate_dataset(store, ds)
+        except StoreInconsistent as exc:
+            problems.append(exc.problems)
+            docs.append({"dataset": ds, "ok": False, "store": exc.problems.to_dict(), "tables": {}})
+            continue
+        docs.append({"dataset": ds, "ok": True,
+                     "store": {"dataset": ds, "ok": True, "orphaned": [], "missing": [], "stale": []},
+                     "tables": {t: c.to_dict() for t, c in results[ds].items()}})
+    if as_json:
+        typer.echo(json.dumps({"ok": not problems, "datasets": docs}, indent=2, default=str))
+    else:
+        if results:
+            _print_validation(results)
+        for ds in results:
+            _console().print(f"wrote {store.path(ds) / 'validation.json'}")
+    if problems:
+        if not as_json:
+            _store_problem_exit(problems)
+        raise typer.Exit(code=2)
+
+
+@data_app.command("repair")
+@clean_errors
+def data_repair(
+    datasets: Annotated[list[str] | None, typer.Argument(help="Datasets to repair (default: all).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print what was done as JSON.")] = False,
+) -> None:
+    """Make a dataset's manifest agree with its files: finish or roll back an interrupted ingest,
+    rebuild manifest entries from orphaned or stale files, and re-ingest the sources of missing
+    partitions. Says which it did; exit 2 if something could not be restored."""
+    import json
+
+    from features.ingest import repair_dataset
+
+    store = _store()
+    names = datasets or store.datasets()
+    if not names:
+        _fail(f"no datasets in {store.root}")
+    reports = [repair_dataset(store, ds) for ds in names]
+    if as_json:
+        typer.echo(json.dumps({"ok": all(r.ok for r in reports),
+                               "datasets": [r.to_dict() for r in reports]}, indent=2, default=str))
+    else:
+        for r in reports:
+            for line in r.lines():
+                _console().print(line, highlight=False, soft_wrap=True)
+    bad = [r for r in reports if not r.ok]
+    if bad:
+        if not as_json:
+            from rich.console import Console
+
+            Console(stderr=True).print(
+                f"[bold red]error:[/] {len(bad)} dataset(s) not fully restored: "
+                + ", ".join(r.dataset for r in bad), highlight=False, soft_wrap=True)
+        raise typer.Exit(code=2)
 
 
 def _print_validation(results: dict) -> None:

@@ -47,6 +47,7 @@ from sklearn.base import clone
 
 from features.covariance import is_psd
 from features.schema import TS
+from models.base import InsufficientHistoryError
 from models.corr import (
     BaseCorrForecaster,
     CorrPanel,
@@ -468,9 +469,11 @@ def walk_forward_corr(
     )
     hi = min(hi, t_len - 1 - hs[0])
     if lo > hi:
-        raise ValueError(
+        raise InsufficientHistoryError(
             f"no origin to evaluate: {t_len} periods, window {window}, horizons {list(hs)}; "
-            "use a longer sample or a shorter window"
+            "use a longer sample or a shorter window",
+            periods=t_len,
+            needed=int(window) + hs[0] + 1,
         )
     origins = np.arange(lo, hi + 1)
 

@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 from sklearn.base import clone
 
-from features.errors import Failure, FailureReason, ModelError
+from features.errors import ConfigError, Failure, FailureReason, ModelError
 from features.schema import RV, SYMBOL, TS
 from models.base import (
     BaseForecaster,
@@ -242,18 +242,18 @@ def walk_forward(
     random_state : seed or generator of the MCS bootstrap.
     """
     if not isinstance(models, Mapping) or not models:
-        raise ValueError("models must be a non-empty dict name -> BaseForecaster")
+        raise ConfigError("models must be a non-empty dict name -> BaseForecaster")
     for name, m in models.items():
         if not isinstance(m, BaseForecaster):
             raise TypeError(f"models[{name!r}] must be a BaseForecaster; got {type(m).__name__}")
     if benchmark is not None and benchmark not in models:
-        raise ValueError(f"benchmark {benchmark!r} is not one of the models {list(models)}")
+        raise ConfigError(f"benchmark {benchmark!r} is not one of the models {list(models)}")
     if unknown := [n for n in own_schedule if n not in models]:
-        raise ValueError(f"own_schedule names {unknown} are not among the models {list(models)}")
+        raise ConfigError(f"own_schedule names {unknown} are not among the models {list(models)}")
     if baselines is not None and (unknown := [b for b in baselines if b not in models]):
-        raise ValueError(f"baselines {unknown} are not among the models {list(models)}")
+        raise ConfigError(f"baselines {unknown} are not among the models {list(models)}")
     if not 0 < stress_quantile < 1:
-        raise ValueError(f"stress_quantile must be in (0, 1); got {stress_quantile}")
+        raise ConfigError(f"stress_quantile must be in (0, 1); got {stress_quantile}")
     hs = tuple(sorted(int(h) for h in horizons))
     rng = (
         random_state
@@ -340,7 +340,7 @@ def walk_forward(
     table.loc[counts.index, "evaluated"] = (counts == len(evaluated_models)).to_numpy()
     ev_rows = table[table["evaluated"]]
     if ev_rows.empty:
-        raise ValueError("no origin has forecasts from every model and a known target")
+        raise ModelError("no origin has forecasts from every model and a known target")
 
     spans = {}
     for sym, g in ev_rows.groupby("symbol"):

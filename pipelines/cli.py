@@ -204,7 +204,8 @@ def _show_table(title: str, columns: list[tuple[str, str, str]], rows: list[dict
 
 _JSON_TABLES: list[dict[str, Any]] = []
 
-MODELS_LIST_COLUMNS = ("name", "model", "version", "aliases", "status", "gate_status", "created_ts")
+MODELS_LIST_COLUMNS = ("name", "model", "version", "aliases", "status", "gate_status", "primary",
+                       "created_ts")
 """Columns of ``dprm models list`` shown at 80 columns (the others on wide terminals and in JSON)."""
 
 
@@ -337,7 +338,7 @@ def _print_ingest(reports: list, store: Any) -> None:
     _show_table("Ingested", [("source", "source", ""), ("dataset", "dataset", ""),
                              ("tables", "tables", "w"), ("rows_read", "rows read", "r"),
                              ("rows_added", "rows added", "r"), ("rejected", "rejected", "r"),
-                             ("duplicates", "dupli- cates", "r"),
+                             ("duplicates", "duplicates", "r"),
                              ("out_of_order", "out of order", "rw"), ("note", "note", "")],
                 rows, fmt={k: n for k in ("rows_read", "rows_added", "rejected", "duplicates",
                                           "out_of_order")})
@@ -505,6 +506,7 @@ def features_show(
     freq: Annotated[str, typer.Option(help="Frequency of the feature frame.")] = "1D",
     symbol: Annotated[str | None, typer.Option(help="Only this symbol.")] = None,
     rows: Annotated[int, typer.Option(help="Last rows to print.")] = 5,
+    json_out: JsonOpt = False,
 ) -> None:
     """Show a feature frame's manifest and its last rows."""
     from features.build import FeatureStore
@@ -518,8 +520,19 @@ def features_show(
               f"feature set {man['feature_set_version']}, input {man['input_fingerprint']}")
     con.print(f"rv source: {man['rv_source']}")
     con.print(f"columns: {', '.join(man['columns'])}")
-    with __import__("pandas").option_context("display.width", 200, "display.max_columns", 12):
-        con.print(frame.tail(rows).T.to_string())
+    tail = frame.tail(rows)
+    if _JSON["on"]:
+        _JSON_TABLES.append({"title": f"{dataset} {freq}", "manifest": man,
+                             "rows": [{k: _plain(v) for k, v in r.items()}
+                                      for r in tail.to_dict(orient="records")]})
+    else:  # one line per feature, as many of the last rows as fit the terminal
+        import pandas as pd
+
+        name_w = max(len(str(c)) for c in tail.columns) + 2
+        fit = max(1, (con.width - name_w) // 28)
+        with pd.option_context("display.width", con.width, "display.max_columns", fit + 1,
+                               "display.max_colwidth", 20):
+            con.print(tail.tail(fit).T.to_string(), soft_wrap=True)
     con.print(f"path: {fs.path(dataset, freq)}")
 
 
@@ -628,9 +641,9 @@ def _print_corr_evaluation(result: Any, dataset: str, cfg: Any) -> None:
     _show_table(f"{dataset} {cfg.freq}: correlation models (Stein loss on the covariance with a "
                 f"common vol forecast; GMV = realized variance of the minimum-variance portfolio)",
                 [("horizon", "h", "r"), ("model_id", "model", ""), ("n", "n", "r"),
-                 ("frobenius", "Frobe- nius", "rw"), ("stein_qlike", "Stein", "r"),
+                 ("frobenius", "Frobenius", "rw"), ("stein_qlike", "Stein", "r"),
                  ("stein_diff", "vs EWMA", "r"), ("gmv_ratio", "GMV ratio", "r"),
-                 ("mahalanobis_ratio", "Mahala- nobis", "rw"), ("psd_share", "PSD", "rw"),
+                 ("mahalanobis_ratio", "Mahalanobis", "rw"), ("psd_share", "PSD", "rw"),
                  ("dm_pvalue", "DM p", "r"), ("in_mcs", "MCS", "r")],
                 rows, fmt={"n": _num(",.0f"), "frobenius": _num(".3f"), "stein_qlike": _num(".3f"),
                            "stein_diff": _num("+.3f"), "gmv_ratio": _num(".3f"),

@@ -413,7 +413,7 @@ class BaseForecaster(BaseEstimator):
     # -- hooks for subclasses -----------------------------------------------------------------
     def min_history(self) -> int:
         """Rows an estimation window needs for the model's own estimate (fewer: the model can
-        only fall back or leave the origin out). Default 1; GARCH needs ``min_fit_obs + 1``."""
+        only fall back or leave the origin out). Default 1; GARCH needs ``min_fit_obs``."""
         return 1
 
     def _required_columns(self) -> tuple[str, ...]:

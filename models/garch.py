@@ -387,8 +387,8 @@ class GarchVol(BaseForecaster):
     }
 
     def min_history(self) -> int:
-        """``min_fit_obs`` returns need ``min_fit_obs + 1`` closes in the estimation window."""
-        return int(self.min_fit_obs) + 1
+        """``min_fit_obs``: each row of the estimation window carries one return."""
+        return int(self.min_fit_obs)
 
     def __init__(
         self,

@@ -96,7 +96,7 @@ from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 from sklearn.utils.validation import check_is_fitted
 
-from features.errors import ConfigError
+from features.errors import ConfigError, FailureReason
 from features.schema import (
     BV,
     CLOSE,
@@ -751,6 +751,7 @@ def _export_garch(est: Any) -> dict[str, Any]:
         f = st.fit
         out[sym] = {
             "reason": f.reason,
+            "code": f.code.value,
             "n_obs": f.n_obs,
             "scale": f.scale,
             "params": None
@@ -785,6 +786,7 @@ def _restore_garch(est: Any, state: dict[str, Any]) -> None:
             dict(s["dist_params"]),
             None,
             tuple(s["warnings"]),
+            FailureReason(s.get("code", FailureReason.FIT_FAILED.value)),
         )
         est.state_[sym] = GarchState(fit, pd.Series(dtype="float64", name="std_resid"))
     fits = {s: st.fit for s, st in est.state_.items()}

@@ -226,9 +226,9 @@ def _flush_json() -> None:
     """Write the tables collected under ``--json`` to stdout: one object, or a list of them."""
     import json
 
-    if not _JSON["on"]:
+    if not _JSON["on"] or not _JSON_TABLES:  # a command may print its own JSON (surface)
         return
-    out: Any = _JSON_TABLES[0] if len(_JSON_TABLES) == 1 else list(_JSON_TABLES)  # [] if none
+    out: Any = _JSON_TABLES[0] if len(_JSON_TABLES) == 1 else list(_JSON_TABLES)
     sys.stdout.write(json.dumps(out, default=str, indent=1) + "\n")
     sys.stdout.flush()
     _JSON_TABLES.clear()
@@ -427,6 +427,7 @@ def data_list(
     names = datasets or store.datasets()
     if not names:
         _console().print(f"no datasets in {store.root}")
+        _JSON_TABLES.append({"title": f"Datasets in {store.root}", "rows": []})
         return
     frames = [store.summary(ds) for ds in names]
     df = pd.concat(frames, ignore_index=True)
@@ -635,6 +636,21 @@ def _num(spec: str) -> Callable[[Any], str]:
     return lambda v: "-" if v is None or v != v else format(v, spec)
 
 
+def _print_failures(result: Any) -> None:
+    """The models an evaluation skipped, each with its Failure code (JSON: a "skipped models"
+    object)."""
+    from rich.markup import escape
+
+    failures = tuple(getattr(result, "failures", ()))
+    if _JSON["on"]:
+        _JSON_TABLES.append({"title": "skipped models",
+                             "failures": [f.to_dict() for f in failures]})
+        return
+    for f in failures:
+        _console().print(f"[yellow]skipped {escape(f.subject)} ({f.reason.value}):[/] "
+                         f"{escape(f.message)}", soft_wrap=True)
+
+
 def _print_corr_evaluation(result: Any, dataset: str, cfg: Any) -> None:
     s = result.summary().sort_values(["horizon", "stein_qlike"])
     rows = s.to_dict(orient="records")
@@ -649,11 +665,10 @@ def _print_corr_evaluation(result: Any, dataset: str, cfg: Any) -> None:
                            "stein_diff": _num("+.3f"), "gmv_ratio": _num(".3f"),
                            "mahalanobis_ratio": _num(".3f"), "psd_share": _num(".0%"),
                            "dm_pvalue": _num(".3f"), "in_mcs": lambda v: "yes" if v else "no"})
+    _print_failures(result)
 
 
 def _print_evaluation(result: Any, dataset: str, cfg: Any) -> None:
-    from rich.markup import escape
-
     from pipelines.report import summary_table
 
     targets = ["realized"] + (["truth"] if "truth" in set(result.losses["target"]) else [])
@@ -669,12 +684,8 @@ def _print_evaluation(result: Any, dataset: str, cfg: Any) -> None:
                     fmt={"n": _num(",.0f"), "qlike": _num(".4f"), "qlike_ratio": _num(".3f"),
                          "qlike_stressed": _num(".3f"), "dm_pvalue": _num(".3f"),
                          "in_mcs": lambda v: "yes" if v else "no"})
-    if _JSON["on"]:
-        _JSON_TABLES.append({"title": "skipped models",
-                             "failures": [f.to_dict() for f in result.failures]})
-    for f in result.failures:
-        _console().print(f"[yellow]skipped {escape(f.subject)} ({f.reason.value}):[/] "
-                         f"{escape(f.message)}", soft_wrap=True)
+
+    _print_failures(result)
     _console().print(f"configurations evaluated: {result.n_configurations}")
 
 
@@ -708,6 +719,7 @@ def models_list(json_out: JsonOpt = False) -> None:
     df = list_versions(home=_registry_home())
     if df.empty:
         _console().print("no registered versions; run `dprm train` first")
+        _JSON_TABLES.append({"title": "dprm-forecaster versions", "rows": []})
         return
     _print_frame("dprm-forecaster versions", df, MODELS_LIST_COLUMNS)
 
@@ -761,6 +773,11 @@ def _print_gate(res: Any) -> None:
                     fmt={"passed": lambda v: {True: "yes", False: "NO", None: "skipped"}[v],
                          "value": lambda v: "" if v is None else f"{v:.4g}",
                          "threshold": lambda v: "" if v is None else f"{v:.4g}"})
+    if _JSON["on"]:
+        _JSON_TABLES.append({"title": "result", "version": res.version, "promoted": res.promoted,
+                             "previous_champion": res.previous_champion,
+                             "reason": res.decision.reason if res.decision else
+                             res.log_entry.get("reason")})
     if res.promoted:
         con.print(f"[green]version {res.version} is now champion[/] (was {res.previous_champion})")
     else:

@@ -39,13 +39,13 @@ def test_garch_on_40_days_is_skipped_with_insufficient_history() -> None:
     data = daily(40)
     models = {"ewma": EWMAVol(min_obs=None), "rw": RandomWalkVol(min_obs=None),
               "garch_1_1": GarchVol(window=50, refit_every=5, min_obs=None)}
-    with pytest.warns(SkippedModelWarning, match=r"skips model 'garch_1_1': needs at least 251 "
+    with pytest.warns(SkippedModelWarning, match=r"skips model 'garch_1_1': needs at least 250 "
                                                  r"rows in its estimation window; has at most 40"):
         res = walk_forward(models, data, horizons=(1,), window=50, own_schedule=["garch_1_1"],
                            min_obs=None, mcs_reps=100)
     assert res.failures == (Failure(FailureReason.INSUFFICIENT_HISTORY, "garch_1_1",
                                     res.skipped["garch_1_1"]),)
-    assert res.skipped == {"garch_1_1": "needs at least 251 rows in its estimation window; has at "
+    assert res.skipped == {"garch_1_1": "needs at least 250 rows in its estimation window; has at "
                                         "most 40 (window 50, 40 rows per symbol)"}
     # never in a table, never in the MCS
     assert "garch_1_1" not in set(res.summary()["model_id"])
@@ -55,7 +55,7 @@ def test_garch_on_40_days_is_skipped_with_insufficient_history() -> None:
 
 def test_garch_with_enough_history_is_kept() -> None:
     data = daily(400)
-    assert GarchVol(min_fit_obs=250).min_history() == 251 and EWMAVol().min_history() == 1
+    assert GarchVol(min_fit_obs=250).min_history() == 250 and EWMAVol().min_history() == 1
     res = walk_forward({"ewma": EWMAVol(min_obs=None),
                         "garch": GarchVol(window=300, refit_every=20, min_obs=None)},
                        data, horizons=(1,), start=data["ts"].iloc[320], window=300,
@@ -76,7 +76,7 @@ def test_missing_inputs_is_a_failure_with_its_code() -> None:
 
 def test_no_model_evaluable_is_a_model_error_listing_the_failures() -> None:
     with pytest.raises(ModelError, match=r"no model could be evaluated: garch: needs at least "
-                                         r"251 rows"):
+                                         r"250 rows"):
         with pytest.warns(SkippedModelWarning):
             walk_forward({"garch": GarchVol(window=50)}, daily(30), horizons=(1,), window=50,
                          min_obs=None)
@@ -113,3 +113,14 @@ def test_correlation_too_short_raises_the_typed_error_with_its_periods() -> None
         evaluate_correlation_frame(frame, freq="1D", horizons=(1,), window=200, realized=False)
     assert info.value.periods == 119 and info.value.needed == 202
     assert isinstance(info.value, ModelError) and isinstance(info.value, ValueError)
+
+
+def test_skipped_correlation_models_are_failures_with_their_codes() -> None:
+    frame = daily(160, symbols=("BTCUSDT", "ETHUSDT"))[["ts", "symbol", "close"]]
+    with pytest.warns(UserWarning, match="walk_forward_corr skips model 'har_scalar'"):
+        res = evaluate_correlation_frame(frame, freq="1D", horizons=(1,), window=60,
+                                         realized=False)
+    codes = {f.subject: f.reason for f in res.failures}
+    assert codes["har_scalar"] is FailureReason.MISSING_INPUTS
+    assert {f.subject: f.message for f in res.failures} == dict(res.skipped)
+    assert not set(codes) & set(res.forecasts)

@@ -922,35 +922,63 @@ def _default_text(value: Any) -> str:
     return str(value)
 
 
+HELP_DEFAULTS: dict[str, dict[str, str]] = {
+    "data_simulate": {"days": "60", "seed": "7", "dataset": "sim"},
+    "features_build": {"freq": "1D", "grid": "5min"},
+    "evaluate": {"target": "volatility", "freq": "1D", "grid": "5min", "horizons": "1,5",
+                 "window": "1000", "models": "the ladder"},
+    "train": {"dataset": "embedded", "freq": "1D"},
+    "forecast": {"dataset": "embedded", "freq": "1D"},
+    "monitor": {"dataset": "embedded", "freq": "1D"},
+}
+"""The default ``--help`` shows for each option that, when not given, takes its value from the
+command's settings model (its Python default is None, so typer would show none). Kept as text so
+``--help`` need not import pydantic; :func:`config_help_defaults` derives the same table from the
+models and a test checks that the two agree."""
+
+HELP_CONFIGS: dict[str, tuple[str, str, dict[str, str]]] = {
+    "data_simulate": ("pipelines.config", "SimulateConfig", {"days": "n_days"}),
+    "features_build": ("pipelines.config", "FeaturesConfig", {}),
+    "evaluate": ("pipelines.config", "EvaluateConfig", {}),
+    "train": ("pipelines.flow_config", "TrainFlowConfig", {}),
+    "forecast": ("pipelines.flow_config", "ForecastFlowConfig", {}),
+    "monitor": ("pipelines.flow_config", "MonitorFlowConfig", {}),
+}
+"""Command -> (module, settings model, option -> field renames) behind :data:`HELP_DEFAULTS`."""
+
+
+def config_help_defaults() -> dict[str, dict[str, str]]:
+    """:data:`HELP_DEFAULTS` as the settings models define it (imports pydantic; for the test)."""
+    import importlib
+    import inspect
+
+    out: dict[str, dict[str, str]] = {}
+    for cmd, (module, model_name, renames) in HELP_CONFIGS.items():
+        model = getattr(importlib.import_module(module), model_name)
+        fn = inspect.unwrap(globals()[cmd])
+        row: dict[str, str] = {}
+        for name, param in inspect.signature(fn).parameters.items():
+            field = model.model_fields.get(renames.get(name, name))
+            if param.default is None and field is not None and field.default is not None:
+                text = _default_text(field.default)
+                row[name] = "the ladder" if (cmd, name) == ("evaluate", "models") else text
+        out[cmd] = row
+    return out
+
+
 def show_config_defaults() -> None:
-    """Make every ``--help`` show the default of each option that, when not given, takes its value
-    from the command's config model (an option whose Python default is None would otherwise show
-    no default). The defaults are read from the models, so help and behaviour cannot disagree."""
+    """Make every ``--help`` show :data:`HELP_DEFAULTS` (the settings models' defaults)."""
     import inspect
     import typing
 
-    from pipelines import config as c
-    from pipelines import flow_config as fc
-
-    commands: dict[Callable[..., Any], tuple[type, dict[str, str]]] = {
-        data_simulate: (c.SimulateConfig, {"days": "n_days"}),
-        features_build: (c.FeaturesConfig, {}),
-        evaluate: (c.EvaluateConfig, {}),
-        train: (fc.TrainFlowConfig, {}),
-        forecast: (fc.ForecastFlowConfig, {}),
-        monitor: (fc.MonitorFlowConfig, {}),
-    }
-    for fn, (model, renames) in commands.items():
-        target = inspect.unwrap(fn)
+    for cmd, defaults in HELP_DEFAULTS.items():
+        target = inspect.unwrap(globals()[cmd])
         hints = typing.get_type_hints(target, include_extras=True)
-        for name, param in inspect.signature(target).parameters.items():
-            field = model.model_fields.get(renames.get(name, name))
-            if param.default is not None or field is None or field.default is None:
-                continue
-            hint = hints.get(name)
+        for name, text in defaults.items():
+            hint = hints[name]
             for meta in getattr(hint, "__metadata__", ()):
                 if isinstance(meta, typer.models.OptionInfo):
-                    meta.show_default = _default_text(field.default)
+                    meta.show_default = text
                     # the evaluated annotation replaces the string one, so typer sees this
                     # OptionInfo (``from __future__ import annotations`` would rebuild it)
                     target.__annotations__[name] = hint

@@ -120,7 +120,8 @@ def known_formats() -> list[str]:
 def _sniff(path: Path) -> tuple[str, str] | None:
     """(format, module name) of the first module whose ``sniff`` recognises ``path``."""
     for name, mod in _modules():
-        fmt = mod.sniff(path)
+        with decoding(path):  # a damaged file is an error naming it, not a crash of the sniffer
+            fmt = mod.sniff(path)
         if fmt is not None:
             if fmt not in _formats():
                 raise DataError(

@@ -67,6 +67,16 @@ def test_corrupt_gzip_zlib_error(tmp_path: Path, mapping: Path) -> None:
                    "Error -3 while decompressing")
 
 
+def test_corrupt_gzip_inside_a_folder_names_the_file(tmp_path: Path) -> None:
+    raw = bytearray(gzip.compress(TRADES))
+    raw[20:60] = b"\x00" * 40
+    folder = tmp_path / "drop"
+    folder.mkdir()
+    (folder / "trades.csv.gz").write_bytes(bytes(raw))  # format detection reads its first line
+    one_line_error(run(["data", "ingest", str(folder)], tmp_path / "home"),
+                   f"{folder / 'trades.csv.gz'}: corrupt gzip data")
+
+
 def test_not_gzip_bad_gzip_file(tmp_path: Path, mapping: Path) -> None:
     p = tmp_path / "trades.csv.gz"
     p.write_bytes(b"plain text, not gzip\n" * 20)
@@ -147,6 +157,12 @@ def test_messages_name_the_cli_option_not_python(tmp_path: Path) -> None:
     assert "symbol=" not in line
 
 
+def test_help_defaults_are_the_settings_models_defaults() -> None:
+    from pipelines.cli import HELP_DEFAULTS, config_help_defaults
+
+    assert config_help_defaults() == HELP_DEFAULTS
+
+
 def test_every_help_shows_the_config_defaults(tmp_path: Path) -> None:
     from pipelines.config import EvaluateConfig, FeaturesConfig, SimulateConfig
 
@@ -155,7 +171,8 @@ def test_every_help_shows_the_config_defaults(tmp_path: Path) -> None:
     assert r.returncode == 0
     for text in (f"[default: ({ev.freq})]", f"[default: ({ev.grid})]",
                  f"[default: ({','.join(map(str, ev.horizons))})]", f"[default: ({ev.window})]",
-                 f"[default: ({ev.target})]", "[default: (the data's first)]"):
+                 f"[default: ({ev.target})]", "[default: (the data's first)]",
+                 "[default: (the ladder)]"):
         assert text in r.stdout, text
     r = run(["data", "simulate", "--help"], tmp_path, columns=200)
     sim = SimulateConfig()

@@ -268,7 +268,7 @@ def data_ingest(
     dataset: Annotated[str | None, typer.Option(help="Dataset name (default: the file's folder name).")] = None,
     fmt: Annotated[str | None, typer.Option("--format", help="Reader format (default: detected).")] = None,
     symbol: Annotated[str | None, typer.Option(help="Symbol, for files that do not name it.")] = None,
-    mapping: Annotated[Path | None, typer.Option(help="TOML column mapping for --format generic.", exists=True)] = None,
+    mapping: Annotated[Path | None, typer.Option(help="TOML file of reader options: the column mapping of --format generic; interval, snapshot, ticker, date of other formats.", exists=True)] = None,
     force: Annotated[bool, typer.Option(help="Re-read sources already ingested (idempotent).")] = False,
     config: ConfigOpt = None,
     json_out: JsonOpt = False,

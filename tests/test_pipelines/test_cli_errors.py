@@ -260,6 +260,7 @@ def ingested(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Path:
     return home
 
 
+@pytest.mark.slow
 def test_data_tables_at_80_columns_and_as_json(ingested: Path, data_dir: Path) -> None:
     ds = "binance_daily_realized_measures_btc_eth_2018_2026"
     src = data_dir / ds / "btc_measures.csv"
@@ -295,6 +296,7 @@ def test_data_tables_at_80_columns_and_as_json(ingested: Path, data_dir: Path) -
     _fits(r.stdout)
 
 
+@pytest.mark.slow
 def test_evaluate_at_80_columns_and_as_json(ingested: Path) -> None:
     ds = "binance_daily_realized_measures_btc_eth_2018_2026"
     args = ["evaluate", "--data", ds, "--models", "ewma_0.94,random_walk,log_har", "--horizons",

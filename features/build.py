@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from features import schema as S
+from features.errors import ConfigError
 from features.store import (
     DataStore,
     atomic_write_json,
@@ -69,12 +70,12 @@ class FeatureSpec:
             except ValueError:
                 ok = False
             if not ok:
-                raise ValueError(
+                raise ConfigError(
                     f"The '{name}' parameter of FeatureSpec must be a positive duration such as "
                     f"'1D' or '5min'. Got {getattr(self, name)!r} instead."
                 )
         if not 0 < self.min_coverage <= 1:
-            raise ValueError(
+            raise ConfigError(
                 f"The 'min_coverage' parameter of FeatureSpec must be in (0, 1]. "
                 f"Got {self.min_coverage!r} instead."
             )

@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from features.errors import ConfigError
 from features.schema import SYMBOL, TS, DataError, to_utc_ns
 from features.symbols import CALENDARS, Calendar
 
@@ -25,7 +26,7 @@ def _calendar(calendar: str) -> Calendar:
     try:
         return CALENDARS[calendar]
     except KeyError:
-        raise ValueError(
+        raise ConfigError(
             f"The 'calendar' parameter must be one of {sorted(CALENDARS)}. Got {calendar!r} instead."
         ) from None
 
@@ -115,7 +116,7 @@ def weekend_share(
     Series of floats in [0, 1], named ``weekend_share_{h}d``.
     """
     if not isinstance(horizon_days, int | np.integer) or horizon_days < 1:
-        raise ValueError(
+        raise ConfigError(
             f"The 'horizon_days' parameter must be an integer >= 1. Got {horizon_days!r} instead."
         )
     cal = _calendar(calendar)
@@ -182,15 +183,15 @@ def diurnal_profile(
     except (ValueError, TypeError):
         td = None
     if td is None or td <= pd.Timedelta(0) or _DAY.value % td.value != 0:
-        raise ValueError(
+        raise ConfigError(
             f"The 'bucket' parameter must be a positive duration dividing one day. Got {bucket!r} instead."
         )
     if window is not None and (not isinstance(window, int | np.integer) or window < 1):
-        raise ValueError(
+        raise ConfigError(
             f"The 'window' parameter must be None or an integer >= 1. Got {window!r} instead."
         )
     if not isinstance(min_obs, int | np.integer) or min_obs < 1:
-        raise ValueError(
+        raise ConfigError(
             f"The 'min_obs' parameter must be an integer >= 1. Got {min_obs!r} instead."
         )
     cal = _calendar(calendar)
@@ -259,7 +260,7 @@ def seasonally_adjust(frame: pd.DataFrame, value_col: str, profile: pd.Series) -
             column=value_col,
         )
     if not isinstance(profile, pd.Series) or not profile.index.equals(frame.index):
-        raise ValueError(
+        raise ConfigError(
             "The 'profile' parameter must be a Series aligned to frame.index (as returned by "
             "diurnal_profile(frame, ...)). Got a misaligned or non-Series value instead."
         )

@@ -146,6 +146,12 @@ class Failure:
     def __str__(self) -> str:
         return f"{self.subject}: {self.message} [{self.reason.value}]"
 
+    def note(self) -> str:
+        """The text a ``fallback_reason`` cell holds: the message and the code, without the subject
+        (the row already names it), e.g. ``"too few observations: 39 < 250 [insufficient_history]"``.
+        """
+        return f"{self.message} [{self.reason.value}]"
+
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (``reason`` as its code string)."""
         return {"reason": self.reason.value, "subject": self.subject, "message": self.message,

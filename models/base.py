@@ -37,7 +37,7 @@ import pandas as pd
 from sklearn.base import BaseEstimator, clone
 from sklearn.utils.validation import check_is_fitted
 
-from features.errors import ModelError
+from features.errors import ConfigError, DataError, ModelError
 from features.schema import CLOSE, N_OBS, RV, SYMBOL, TS, TS_DTYPE, to_utc_ns
 from models.forecast import VolForecast, default_annualization, format_period
 
@@ -54,13 +54,13 @@ def resolve_horizons(est: Any, horizons: Sequence[int] | None) -> tuple[int, ...
     if horizons is None:
         if specific:
             return est.horizons_
-        raise ValueError(f"{name}.predict needs horizons, e.g. (1, 5, 22)")
+        raise ConfigError(f"{name}.predict needs horizons, e.g. (1, 5, 22)")
     validate_param(name, "horizons", list(horizons), [Horizons()])
     hs = tuple(sorted(int(h) for h in horizons))
     if specific:
         unknown = [h for h in hs if h not in est.horizons_]
         if unknown:
-            raise ValueError(
+            raise ConfigError(
                 f"{name} was fitted for horizons {list(est.horizons_)}; "
                 f"got horizon(s) {unknown}. Set horizons={tuple(sorted(set(hs)))} and refit."
             )
@@ -69,6 +69,21 @@ def resolve_horizons(est: Any, horizons: Sequence[int] | None) -> tuple[int, ...
 
 class MissingInputsError(ModelError):
     """The data lack columns a model needs (its ``required_inputs``)."""
+
+
+class InsufficientHistoryError(ModelError):
+    """Too few observations to fit or forecast.
+
+    Attributes
+    ----------
+    periods : how many periods (rows) there are.
+    needed : how many would do, when known (else None).
+    """
+
+    def __init__(self, message: str, *, periods: int, needed: int | None = None) -> None:
+        self.periods = int(periods)
+        self.needed = None if needed is None else int(needed)
+        super().__init__(message)
 
 
 # ---- declarative parameter validation ------------------------------------------------------------
@@ -161,7 +176,8 @@ Constraint = Interval | Options | Boolean | Horizons | None
 
 
 def validate_param(owner: str, name: str, value: object, constraints: Sequence[Constraint]) -> None:
-    """Raise ``ValueError`` in scikit-learn's shape unless ``value`` meets one of ``constraints``.
+    """Raise :class:`~features.errors.ConfigError` (a ``ValueError``) in scikit-learn's shape
+    unless ``value`` meets one of ``constraints``.
 
     ``None`` in ``constraints`` means the parameter may be None.
     """
@@ -172,7 +188,7 @@ def validate_param(owner: str, name: str, value: object, constraints: Sequence[C
             return
     words = [c.describe() if c is not None else "None" for c in constraints]
     must = words[0] if len(words) == 1 else ", ".join(words[:-1]) + " or " + words[-1]
-    raise ValueError(f"The '{name}' parameter of {owner} must be {must}. Got {value!r} instead.")
+    raise ConfigError(f"The '{name}' parameter of {owner} must be {must}. Got {value!r} instead.")
 
 
 # ---- the per-symbol cleaned panel -----------------------------------------------------------------
@@ -212,9 +228,12 @@ class SymbolPanel:
 
 
 def infer_period(ts: pd.DatetimeIndex) -> pd.Timedelta:
-    """The most common spacing of ``ts`` (sorted); ``ValueError`` with fewer than two rows."""
+    """The most common spacing of ``ts`` (sorted); :class:`InsufficientHistoryError` (a
+    ``ValueError``) with fewer than two rows."""
     if len(ts) < 2:
-        raise ValueError(f"cannot infer the period from {len(ts)} row(s); need at least 2")
+        raise InsufficientHistoryError(
+            f"cannot infer the period from {len(ts)} row(s); need at least 2",
+            periods=len(ts), needed=2)
     diffs = pd.Series(np.diff(ts.asi8))
     return pd.Timedelta(int(diffs.mode().iloc[0]), unit="ns")
 
@@ -260,7 +279,7 @@ def prepare_panels(
             f"got columns {list(X.columns)}"
         )
     if len(X) == 0:
-        raise ValueError(f"{owner}: X has no rows")
+        raise DataError(f"{owner}: the data have no rows")
     ts_all = X[TS]
     if str(ts_all.dtype) != TS_DTYPE:
         ts_all = to_utc_ns(ts_all)
@@ -275,7 +294,7 @@ def prepare_panels(
         ts = pd.DatetimeIndex(g[TS])
         if ts.has_duplicates:
             dup = ts[ts.duplicated()][0]
-            raise ValueError(
+            raise DataError(
                 f"{owner}: symbol {sym} has duplicate ts {dup}; expected one row per period"
             )
         per = period.get(str(sym)) if isinstance(period, Mapping) else period
@@ -392,6 +411,11 @@ class BaseForecaster(BaseEstimator):
     _parameter_constraints: ClassVar[dict[str, list[Constraint]]] = {}
 
     # -- hooks for subclasses -----------------------------------------------------------------
+    def min_history(self) -> int:
+        """Rows an estimation window needs for the model's own estimate (fewer: the model can
+        only fall back or leave the origin out). Default 1; GARCH needs ``min_fit_obs``."""
+        return 1
+
     def _required_columns(self) -> tuple[str, ...]:
         """Columns needed with the current hyperparameters (default: ``required_inputs``)."""
         return tuple(self.required_inputs)
@@ -525,7 +549,7 @@ class BaseForecaster(BaseEstimator):
         out: dict[str, VolForecast] = {}
         for sym, panel in panels.items():
             if sym not in self.state_:
-                raise ValueError(
+                raise ModelError(
                     f"{type(self).__name__} was fitted on symbols {self.symbols_}; got symbol {sym!r}"
                 )
             var, reasons = self._predict_panel(panel, self.state_[sym], hs)
@@ -584,7 +608,7 @@ class BaseForecaster(BaseEstimator):
         if purge is not None:
             validate_param(name, "purge", purge, [Interval(int, 1, None)])
             if purge < max(hs):
-                raise ValueError(
+                raise ConfigError(
                     f"purge must be >= the longest horizon {max(hs)} so that no training target "
                     f"overlaps the origin; got purge={purge}"
                 )
@@ -614,10 +638,8 @@ class BaseForecaster(BaseEstimator):
             sub = SymbolPanel(sym, panel.ts[origins], {}, panel.period, 0)
             try:
                 out[sym] = self._build(sub, var, reasons, hs, sub.ts)
-            except ValueError as exc:
-                if "no origin" in str(exc):
-                    continue
-                raise
+            except InsufficientHistoryError:
+                continue
         return out
 
     def _build(
@@ -630,9 +652,10 @@ class BaseForecaster(BaseEstimator):
     ) -> VolForecast:
         ok = np.isfinite(var).all(axis=1) & (var > 0).all(axis=1)
         if not ok.any():
-            raise ValueError(
+            raise InsufficientHistoryError(
                 f"{type(self).__name__}: no origin of symbol {panel.symbol} has enough history "
-                f"to forecast ({len(panel)} rows)"
+                f"to forecast ({len(panel)} rows)",
+                periods=len(panel),
             )
         idx = panel.ts[ok].rename("origin_ts")
         variance = pd.DataFrame(var[ok], index=idx, columns=list(horizons))

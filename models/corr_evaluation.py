@@ -46,7 +46,9 @@ import pandas as pd
 from sklearn.base import clone
 
 from features.covariance import is_psd
+from features.errors import Failure, FailureReason, ModelError
 from features.schema import TS
+from models.base import InsufficientHistoryError
 from models.corr import (
     BaseCorrForecaster,
     CorrPanel,
@@ -158,7 +160,7 @@ class CorrEvaluationResult:
     dm : Diebold-Mariano tests against the benchmark per loss.
     mcs : Model Confidence Set p-values and membership per loss.
     benchmark : the benchmark configuration (None when it was not evaluated).
-    skipped : configuration -> why it was not evaluated.
+    skipped : configuration -> why it was not evaluated (the message of its Failure).
     stress_periods : the stressed (start, end) intervals used.
     n_configurations : number of configurations tried.
     settings : the evaluation settings.
@@ -174,6 +176,9 @@ class CorrEvaluationResult:
     stress_periods: tuple[tuple[pd.Timestamp, pd.Timestamp], ...]
     n_configurations: int
     settings: Mapping[str, object] = field(default_factory=dict)
+    failures: tuple[Failure, ...] = ()
+    """One :class:`~features.errors.Failure` per skipped configuration (MISSING_INPUTS: the data
+    lack what it needs; FIT_FAILED: no refit block could be fitted)."""
 
     def summary(self) -> pd.DataFrame:
         """One row per model and horizon: n, frobenius, stein_qlike, stein_diff (vs the
@@ -468,14 +473,17 @@ def walk_forward_corr(
     )
     hi = min(hi, t_len - 1 - hs[0])
     if lo > hi:
-        raise ValueError(
+        raise InsufficientHistoryError(
             f"no origin to evaluate: {t_len} periods, window {window}, horizons {list(hs)}; "
-            "use a longer sample or a shorter window"
+            "use a longer sample or a shorter window",
+            periods=t_len,
+            needed=int(window) + hs[0] + 1,
         )
     origins = np.arange(lo, hi + 1)
 
     forecasts: dict[str, CorrForecast] = {}
     skipped: dict[str, str] = {}
+    failures: list[Failure] = []
     failed_blocks: dict[str, int] = {}
     for name, model in models.items():
         try:
@@ -491,6 +499,7 @@ def walk_forward_corr(
             )
         except MissingCorrInputsError as exc:
             skipped[name] = str(exc)
+            failures.append(Failure(FailureReason.MISSING_INPUTS, name, str(exc)))
             warnings.warn(
                 f"walk_forward_corr skips model {name!r}: {exc}", UserWarning, stacklevel=2
             )
@@ -498,6 +507,7 @@ def walk_forward_corr(
         failed_blocks[name] = failed
         if fc is None:
             skipped[name] = "no refit block could be fitted"
+            failures.append(Failure(FailureReason.FIT_FAILED, name, skipped[name]))
             warnings.warn(
                 f"walk_forward_corr skips model {name!r}: {skipped[name]}",
                 UserWarning,
@@ -506,7 +516,7 @@ def walk_forward_corr(
             continue
         forecasts[name] = fc
     if not forecasts:
-        raise ValueError(f"no model could be evaluated; skipped: {skipped}")
+        raise ModelError(f"no model could be evaluated; skipped: {skipped}")
 
     # targets
     if realized is not None:
@@ -689,6 +699,7 @@ def walk_forward_corr(
         mcs=mcs,
         benchmark=bench,
         skipped=skipped,
+        failures=tuple(failures),
         stress_periods=tuple(periods),
         n_configurations=len(models),
         settings={

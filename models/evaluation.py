@@ -33,12 +33,24 @@ import numpy as np
 import pandas as pd
 from sklearn.base import clone
 
+from features.errors import ConfigError, Failure, FailureReason, ModelError
 from features.schema import RV, SYMBOL, TS
-from models.base import BaseForecaster, MissingInputsError, prepare_panels, target_mean
+from models.base import (
+    BaseForecaster,
+    InsufficientHistoryError,
+    MissingInputsError,
+    prepare_panels,
+    target_mean,
+)
 from models.forecast import FRAME_COLUMNS
 from models.losses import diebold_mariano, model_confidence_set, mse, mse_log, qlike
 
 POOLED = "pooled"
+
+
+class SkippedModelWarning(UserWarning):
+    """A model was left out of an evaluation; its :class:`~features.errors.Failure` says why."""
+
 _LOSSES = {"qlike": qlike, "mse": mse, "mse_log": mse_log}
 
 
@@ -56,10 +68,13 @@ class EvaluationResult:
     dm : Diebold-Mariano tests of each model against the benchmark.
     mcs : Model Confidence Set p-values and membership on QLIKE.
     benchmark : (symbol, horizon) -> benchmark model name.
-    skipped : model name -> why it was not evaluated (e.g. missing inputs).
+    skipped : model name -> why it was not evaluated (e.g. missing inputs): the message of its
+        :class:`~features.errors.Failure` in ``failures``.
     n_configurations : number of model configurations tried (all keys of ``models``), to report
         alongside any "best model" claim.
     settings : the evaluation settings.
+    failures : one :class:`~features.errors.Failure` per skipped model (subject = the model name,
+        reason MISSING_INPUTS or INSUFFICIENT_HISTORY).
     """
 
     forecasts: pd.DataFrame
@@ -70,6 +85,7 @@ class EvaluationResult:
     skipped: Mapping[str, str]
     n_configurations: int
     settings: Mapping[str, object] = field(default_factory=dict)
+    failures: tuple[Failure, ...] = ()
 
     def summary(self, target: str = "realized") -> pd.DataFrame:
         """A tidy table: one row per model, symbol (incl. "pooled") and horizon with n, qlike,
@@ -226,18 +242,18 @@ def walk_forward(
     random_state : seed or generator of the MCS bootstrap.
     """
     if not isinstance(models, Mapping) or not models:
-        raise ValueError("models must be a non-empty dict name -> BaseForecaster")
+        raise ConfigError("models must be a non-empty dict name -> BaseForecaster")
     for name, m in models.items():
         if not isinstance(m, BaseForecaster):
             raise TypeError(f"models[{name!r}] must be a BaseForecaster; got {type(m).__name__}")
     if benchmark is not None and benchmark not in models:
-        raise ValueError(f"benchmark {benchmark!r} is not one of the models {list(models)}")
+        raise ConfigError(f"benchmark {benchmark!r} is not one of the models {list(models)}")
     if unknown := [n for n in own_schedule if n not in models]:
-        raise ValueError(f"own_schedule names {unknown} are not among the models {list(models)}")
+        raise ConfigError(f"own_schedule names {unknown} are not among the models {list(models)}")
     if baselines is not None and (unknown := [b for b in baselines if b not in models]):
-        raise ValueError(f"baselines {unknown} are not among the models {list(models)}")
+        raise ConfigError(f"baselines {unknown} are not among the models {list(models)}")
     if not 0 < stress_quantile < 1:
-        raise ValueError(f"stress_quantile must be in (0, 1); got {stress_quantile}")
+        raise ConfigError(f"stress_quantile must be in (0, 1); got {stress_quantile}")
     hs = tuple(sorted(int(h) for h in horizons))
     rng = (
         random_state
@@ -245,12 +261,28 @@ def walk_forward(
         else np.random.default_rng(random_state)
     )
 
-    frames, skipped = [], {}
+    frames, failures = [], []
+
+    def skip(name: str, reason: FailureReason, message: str) -> None:
+        failures.append(Failure(reason, name, message))
+        warnings.warn(
+            f"walk_forward skips model {name!r}: {message}", SkippedModelWarning, stacklevel=3
+        )
+
+    rows_per_symbol = int(data.groupby(SYMBOL).size().max()) if len(data) else 0
     for name, model in models.items():
         m = clone(model)
         if "min_obs" in m.get_params(deep=False):
             m.set_params(min_obs=min_obs)
         own = name in own_schedule
+        need = m.min_history()
+        own_window = m.get_params(deep=False).get("window") if own else window
+        most = rows_per_symbol if own_window is None else min(int(own_window), rows_per_symbol)
+        if most < need:
+            skip(name, FailureReason.INSUFFICIENT_HISTORY,
+                 f"needs at least {need} rows in its estimation window; has at most {most} "
+                 f"(window {own_window}, {rows_per_symbol} rows per symbol)")
+            continue
         try:
             fcs = m.walk_forward(
                 data,
@@ -263,19 +295,23 @@ def walk_forward(
                 purge=purge,
             )
         except MissingInputsError as exc:
-            skipped[name] = str(exc)
-            warnings.warn(f"walk_forward skips model {name!r}: {exc}", UserWarning, stacklevel=2)
+            skip(name, FailureReason.MISSING_INPUTS, str(exc))
+            continue
+        except InsufficientHistoryError as exc:
+            skip(name, FailureReason.INSUFFICIENT_HISTORY, str(exc))
             continue
         if not fcs:
-            skipped[name] = "no origin in range had enough history to forecast"
-            warnings.warn(
-                f"walk_forward skips model {name!r}: {skipped[name]}", UserWarning, stacklevel=2
-            )
+            skip(name, FailureReason.INSUFFICIENT_HISTORY,
+                 "no origin in range had enough history to forecast")
             continue
         for fc in fcs.values():
             frames.append(fc.to_frame().assign(model_id=name))
+    skipped = {f.subject: f.message for f in failures}
     if not frames:
-        raise ValueError(f"no model could be evaluated; skipped: {skipped}")
+        raise ModelError(
+            "no model could be evaluated: "
+            + "; ".join(f"{f.subject}: {f.message}" for f in failures)
+        )
     table = pd.concat(frames, ignore_index=True)
 
     panels = prepare_panels(data, [RV], min_obs=min_obs, owner="walk_forward")
@@ -304,7 +340,7 @@ def walk_forward(
     table.loc[counts.index, "evaluated"] = (counts == len(evaluated_models)).to_numpy()
     ev_rows = table[table["evaluated"]]
     if ev_rows.empty:
-        raise ValueError("no origin has forecasts from every model and a known target")
+        raise ModelError("no origin has forecasts from every model and a known target")
 
     spans = {}
     for sym, g in ev_rows.groupby("symbol"):
@@ -434,6 +470,7 @@ def walk_forward(
         mcs=pd.DataFrame(mcs_rows, columns=mcs_cols),
         benchmark=bench,
         skipped=skipped,
+        failures=tuple(failures),
         n_configurations=len(models),
         settings={
             "horizons": hs,

@@ -78,7 +78,7 @@ from arch.utility.exceptions import ConvergenceWarning
 from scipy import integrate
 from sklearn.utils.validation import check_is_fitted
 
-from features.errors import ModelError
+from features.errors import Failure, FailureReason, ModelError
 from features.schema import CLOSE, SYMBOL, TS, TS_DTYPE, to_utc_ns
 from models.base import (
     SQ_RET,
@@ -267,6 +267,8 @@ class GarchFit:
     dist_params : ``{"nu": ..., "lambda": ...}`` as the distribution has them.
     result : arch's result object (None when estimation raised).
     warnings : captured warnings, "Category: message".
+    code : the :class:`~features.errors.FailureReason` of ``reason`` (FIT_FAILED unless the
+        window was too short or degenerate).
     """
 
     reason: str | None
@@ -278,6 +280,7 @@ class GarchFit:
     dist_params: dict[str, float] = field(default_factory=dict)
     result: ARCHModelResult | None = None
     warnings: tuple[str, ...] = ()
+    code: FailureReason = FailureReason.FIT_FAILED
 
     @property
     def ok(self) -> bool:
@@ -382,6 +385,10 @@ class GarchVol(BaseForecaster):
         "n_jobs": [Interval(int, 1, None)],
         "backend": [Options(("thread", "process"))],
     }
+
+    def min_history(self) -> int:
+        """``min_fit_obs``: each row of the estimation window carries one return."""
+        return int(self.min_fit_obs)
 
     def __init__(
         self,
@@ -514,10 +521,12 @@ class GarchVol(BaseForecaster):
         n = len(r)
         if n < self.min_fit_obs:
             return GarchFit(
-                f"too few observations: {n} returns < min_fit_obs={self.min_fit_obs}", n
+                f"too few observations: {n} returns < min_fit_obs={self.min_fit_obs}", n,
+                code=FailureReason.INSUFFICIENT_HISTORY,
             )
         if not np.var(r) > 0:
-            return GarchFit("degenerate returns: zero variance (constant prices)", n)
+            return GarchFit("degenerate returns: zero variance (constant prices)", n,
+                            code=FailureReason.INVALID_VALUE)
         scale = return_scale(r)
         model = self._arch_model(r * scale)
         start = None
@@ -604,10 +613,12 @@ class GarchVol(BaseForecaster):
             )
         return fc.residual_variance.to_numpy(dtype="float64") / fit.scale**2
 
-    def _fail(self, symbol: str, reason: str) -> str:
+    def _fail(self, symbol: str, reason: str, code: FailureReason) -> str:
+        """The ``fallback_reason`` text of an EWMA fallback (a :class:`Failure`'s note), or
+        :class:`GarchFitError` with ``fallback="raise"``."""
         if self.fallback == "raise":
             raise GarchFitError(f"{type(self).__name__} failed for symbol {symbol}: {reason}")
-        return f"ewma fallback (lambda {EWMA_LAMBDA}): {reason}"
+        return Failure(code, symbol, f"ewma fallback (lambda {EWMA_LAMBDA}): {reason}").note()
 
     # -- the BaseForecaster hooks ----------------------------------------------------------------------
     def _fit_panel(self, panel: SymbolPanel) -> GarchState:
@@ -615,7 +626,7 @@ class GarchVol(BaseForecaster):
         lo = 0 if self.window is None else max(0, len(r) - int(self.window))
         fit = self._fit_returns(r[lo:])
         if not fit.ok:
-            self._fail(panel.symbol, fit.reason or "")
+            self._fail(panel.symbol, fit.reason or "", fit.code)
         z = pd.Series([], index=pd.DatetimeIndex([], tz="UTC"), dtype="float64", name="std_resid")
         if fit.result is not None and fit.ok:
             z = pd.Series(
@@ -639,7 +650,7 @@ class GarchVol(BaseForecaster):
         fallback = np.repeat(ewma[:, None], len(hs), axis=1)
         fit = state.fit
         if not fit.ok:
-            reason = self._fail(panel.symbol, fit.reason or "")
+            reason = self._fail(panel.symbol, fit.reason or "", fit.code)
             return fallback, [reason] * n
         H = max(hs)
         chunk = n if (self.vol != "EGARCH" or H == 1) else 128
@@ -651,7 +662,8 @@ class GarchVol(BaseForecaster):
         bad = ~(np.isfinite(out) & (out > 0)).all(axis=1)
         reasons: list[str | None] = [None] * n
         if bad.any():
-            msg = self._fail(panel.symbol, "garch forecast not finite and > 0")
+            msg = self._fail(panel.symbol, "garch forecast not finite and > 0",
+                             FailureReason.NON_FINITE)
             out[bad] = fallback[bad]
             for i in np.flatnonzero(bad):
                 reasons[i] = msg
@@ -716,11 +728,14 @@ class GarchVol(BaseForecaster):
             fit = (
                 self._fit_returns(r[lo : train_end + 1], warm)
                 if train_end >= 0
-                else GarchFit("too few observations: 0 returns", 0)
+                else GarchFit("too few observations: 0 returns", 0,
+                              code=FailureReason.INSUFFICIENT_HISTORY)
             )
             warm = fit if fit.ok else warm
             fits.append(self._fit_record(panel, fit, block[0], lo, train_end))
-            fit_reason = None if fit.ok else self._fail(panel.symbol, fit.reason or "")
+            fit_reason = (
+                None if fit.ok else self._fail(panel.symbol, fit.reason or "", fit.code)
+            )
             for j, t in enumerate(block, start=k0):
                 one, mu = float("nan"), 0.0
                 if fit_reason is None:
@@ -730,7 +745,10 @@ class GarchVol(BaseForecaster):
                     if np.isfinite(avg).all() and (avg > 0).all() and step[0] > 0:
                         out[j], one, mu = avg, float(step[0]), fit.mean_data
                     else:
-                        reasons[j] = self._fail(panel.symbol, "garch forecast not finite and > 0")
+                        reasons[j] = self._fail(
+                            panel.symbol, "garch forecast not finite and > 0",
+                            FailureReason.NON_FINITE,
+                        )
                 else:
                     reasons[j] = fit_reason
                 if reasons[j] is not None:

@@ -48,6 +48,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from features.errors import Failure, FailureReason
 from features.schema import BV, N_OBS, RQ, RS_NEG, RS_POS, RV
 from models.base import (
     BaseForecaster,
@@ -405,10 +406,13 @@ class HARBase(BaseForecaster):
 
 
 def _reason(h: int) -> str:
-    return (
+    """The ``fallback_reason`` text of the insanity filter (a :class:`Failure`'s note)."""
+    return Failure(
+        FailureReason.INVALID_VALUE,
+        f"h={h}",
         f"h={h}: forecast outside the window's target range (or not > 0), "
-        "replaced by the window mean"
-    )
+        "replaced by the window mean",
+    ).note()
 
 
 def _join(a: str | None, b: str) -> str:

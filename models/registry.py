@@ -96,6 +96,7 @@ from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 from sklearn.utils.validation import check_is_fitted
 
+from features.errors import ConfigError, FailureReason
 from features.schema import (
     BV,
     CLOSE,
@@ -750,6 +751,7 @@ def _export_garch(est: Any) -> dict[str, Any]:
         f = st.fit
         out[sym] = {
             "reason": f.reason,
+            "code": f.code.value,
             "n_obs": f.n_obs,
             "scale": f.scale,
             "params": None
@@ -784,6 +786,7 @@ def _restore_garch(est: Any, state: dict[str, Any]) -> None:
             dict(s["dist_params"]),
             None,
             tuple(s["warnings"]),
+            FailureReason(s.get("code", FailureReason.FIT_FAILED.value)),
         )
         est.state_[sym] = GarchState(fit, pd.Series(dtype="float64", name="std_resid"))
     fits = {s: st.fit for s, st in est.state_.items()}
@@ -1685,7 +1688,7 @@ def _version(client: MlflowClient, name: str, version: int | str) -> Any:
         return client.get_model_version(name, str(version))
     except MlflowException as exc:
         if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
-            raise ValueError(f"model {name!r} has no version {str(version)!r}") from None
+            raise ConfigError(f"model {name!r} has no version {str(version)!r}") from None
         raise
 
 
@@ -1774,7 +1777,7 @@ def model_ref(alias_or_version: str | int, *, home: Path, name: str = MODEL_NAME
     if not key.isdigit():
         aliases = _aliases(client, name)
         if key not in aliases:
-            raise ValueError(
+            raise ConfigError(
                 f"model {name!r} has no alias {key!r}; aliases: {sorted(aliases) or 'none'}"
             )
         alias, key = key, aliases[key]
@@ -2156,7 +2159,7 @@ def evaluate_gate(
     X = _canonical_input(data)
     ts = np.sort(X[TS].unique())
     if len(ts) <= max(hs) + 1:
-        raise ValueError(f"data has {len(ts)} distinct ts; the gate needs more than {max(hs) + 1}")
+        raise ConfigError(f"data has {len(ts)} distinct ts; the gate needs more than {max(hs) + 1}")
     start = pd.Timestamp(ts[max(0, len(ts) - cfg.n_origins - max(hs))])
     import warnings
 
@@ -2176,7 +2179,7 @@ def evaluate_gate(
             random_state=cfg.random_state,
         )
     if "challenger" in ev.skipped:
-        raise ValueError(f"the challenger could not be evaluated: {ev.skipped['challenger']}")
+        raise ConfigError(f"the challenger could not be evaluated: {ev.skipped['challenger']}")
     loss = ev.losses[
         (ev.losses["symbol"] == POOLED)
         & (ev.losses["regime"] == "all")
@@ -2366,20 +2369,20 @@ def promote(
     reason is tagged on the version and logged).
     """
     if mode not in ("auto", "manual"):
-        raise ValueError(f"mode must be 'auto' or 'manual'; got {mode!r}")
+        raise ConfigError(f"mode must be 'auto' or 'manual'; got {mode!r}")
     if mode == "manual" and not (approver and approver.strip()):
-        raise ValueError(f"manual promotion needs a named approver; got approver={approver!r}")
+        raise ConfigError(f"manual promotion needs a named approver; got approver={approver!r}")
     if mode == "manual" and not reason.strip():
-        raise ValueError("manual promotion needs a reason; got an empty reason")
+        raise ConfigError("manual promotion needs a reason; got an empty reason")
     if mode == "auto" and data is None:
-        raise ValueError("auto promotion runs the gate and needs data=<canonical realized frame>")
+        raise ConfigError("auto promotion runs the gate and needs data=<canonical realized frame>")
     uri = init_store(home)
     client = _client(uri)
     mv = _version(client, name, version)
     v = str(mv.version)
     current = _aliases(client, name).get(CHAMPION)
     if current == v:
-        raise ValueError(f"version {v} of {name!r} is already the champion")
+        raise ConfigError(f"version {v} of {name!r} is already the champion")
     decision = None
     if data is not None:
         ch_ref = ModelRef(name, v, None, mv.run_id, f"models:/{name}/{v}")
@@ -2453,13 +2456,13 @@ def rollback(
     name : the registered model.
     """
     if not (approver and approver.strip()):
-        raise ValueError(f"rollback needs a named approver; got approver={approver!r}")
+        raise ConfigError(f"rollback needs a named approver; got approver={approver!r}")
     if not reason.strip():
-        raise ValueError("rollback needs a reason; got an empty reason")
+        raise ConfigError("rollback needs a reason; got an empty reason")
     client = _client(init_store(home))
     current = _aliases(client, name).get(CHAMPION)
     if current is None:
-        raise ValueError(f"model {name!r} has no champion to roll back")
+        raise ConfigError(f"model {name!r} has no champion to roll back")
     if to_version is None:
         moves = [
             e
@@ -2470,15 +2473,15 @@ def rollback(
             and e.get("to_version") == current
         ]
         if not moves or moves[-1].get("from_version") is None:
-            raise ValueError(
+            raise ConfigError(
                 f"the promotion log has no champion before version {current} of {name!r}; "
-                "pass to_version=..."
+                "give the version with --to-version (to_version= in Python)"
             )
         to_version = moves[-1]["from_version"]
     mv = _version(client, name, to_version)
     target = str(mv.version)
     if target == current:
-        raise ValueError(f"version {target} of {name!r} is already the champion")
+        raise ConfigError(f"version {target} of {name!r} is already the champion")
     client.set_registered_model_alias(name, CHAMPION, target)
     client.set_model_version_tag(name, target, "dprm.status", CHAMPION)
     client.set_model_version_tag(name, current, "dprm.status", "rolled_back")

@@ -39,44 +39,202 @@ F = TypeVar("F", bound=Callable[..., Any])
 def _fail(message: str) -> None:
     """Print a one-line error and exit with code 2."""
     from rich.console import Console
+    from rich.markup import escape
 
-    Console(stderr=True).print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    Console(stderr=True).print(f"[bold red]error:[/] {escape(message)}", highlight=False,
+                               soft_wrap=True)
     raise typer.Exit(code=2)
 
 
+def _debug() -> bool:
+    """True when tracebacks are asked for (``dprm --debug`` or ``DPRM_DEBUG=1``)."""
+    return os.environ.get("DPRM_DEBUG", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _print_traceback(exc: BaseException) -> None:
+    import traceback
+
+    sys.stderr.write("".join(traceback.format_exception(exc)))
+    sys.stderr.flush()
+
+
 def clean_errors(fn: F) -> F:
-    """Turn bad-input exceptions into a one-line message and exit code 2."""
+    """Run a command: a ``json_out`` argument (``--json``) sends its tables to stdout as JSON.
+
+    Map errors to exit codes: a :class:`~features.errors.DPRMError` (bad input, settings, data
+    or state a user can fix), an invalid setting or a missing file is one line and exit 2; anything
+    else is a bug: one line saying so and how to see the traceback, exit 1 (``--debug`` or
+    ``DPRM_DEBUG=1`` prints the traceback, for every error)."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         from pydantic import ValidationError
 
-        from features.schema import DataError
+        from features.errors import DPRMError
 
+        _json_mode(bool(kwargs.get("json_out", False)))
+        _JSON_TABLES.clear()
         try:
-            return fn(*args, **kwargs)
-        except DataError as exc:
-            _fail(str(exc))
+            out = fn(*args, **kwargs)
+            _flush_json()
+            return out
+        except typer.Exit:
+            _flush_json()
+            raise
+        except (typer.Abort, KeyboardInterrupt):
+            raise
+        except DPRMError as exc:
+            if _debug():
+                _print_traceback(exc)
+            _fail(_one_line(exc))
         except ValidationError as exc:
+            if _debug():
+                _print_traceback(exc)
             err = exc.errors()[0]
             loc = ".".join(str(x) for x in err["loc"])
             _fail(f"invalid setting '{loc}': {err['msg']} (got {err.get('input')!r})")
-        except (FileNotFoundError, IsADirectoryError, PermissionError) as exc:
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as exc:
+            if _debug():
+                _print_traceback(exc)
             _fail(f"{exc.strerror}: {exc.filename}")
-        except ValueError as exc:  # parameter validation in the libraries (sklearn message shape)
-            if os.environ.get("DPRM_DEBUG"):
-                raise
-            _fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
-        except ImportError as exc:  # pragma: no cover - environment problem
-            _fail(f"missing dependency: {exc}")
+        except Exception as exc:  # a bug: say so, keep the traceback one option away
+            from rich.console import Console
+            from rich.markup import escape
+
+            if _debug():
+                _print_traceback(exc)
+            hint = "" if _debug() else ("; run again with `dprm --debug ...` (or DPRM_DEBUG=1) "
+                                        "for the traceback and please report it")
+            Console(stderr=True).print(
+                f"[bold red]internal error (a bug in dprm, not in your input):[/] "
+                f"{escape(type(exc).__name__ + ': ' + _one_line(exc) + hint)}",
+                highlight=False, soft_wrap=True)
+            raise typer.Exit(code=1) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+@app.callback()
+def _main(
+    debug: Annotated[bool, typer.Option(
+        "--debug", help="Print the full traceback of any error (also: DPRM_DEBUG=1).")] = False,
+) -> None:
+    """DPRM: forecast volatility and correlation from market data; turn them into margin."""
+    if debug:
+        os.environ["DPRM_DEBUG"] = "1"
+
+
+_JSON = {"on": False}
+"""Set by a command's ``--json``: tables go to stdout as JSON, everything else to stderr."""
+
+JsonOpt = Annotated[bool, typer.Option(
+    "--json", help="Print the table(s) as JSON on stdout (messages go to stderr).")]
+
+WIDE_COLUMNS = 120
+"""Terminals at least this wide show every column; narrower ones (and pipes, 80) the essential."""
 
 
 def _console():
     from rich.console import Console
 
-    return Console()
+    return Console(stderr=_JSON["on"])
+
+
+def _json_mode(on: bool) -> None:
+    _JSON["on"] = bool(on)
+
+
+def _plain(value: Any) -> Any:
+    """A JSON-ready value: numbers and strings as they are, timestamps ISO, NaN/None as null."""
+    import math
+    from datetime import date, datetime, timedelta
+
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, float):
+        return None if math.isnan(value) else value
+    if hasattr(value, "item") and not hasattr(value, "__len__"):  # numpy scalars
+        return _plain(value.item())
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    if isinstance(value, timedelta):
+        return str(value)
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    text = str(value)
+    return None if text in ("NaT", "nan") else text
+
+
+def _show_table(title: str, columns: list[tuple[str, str, str]], rows: list[dict[str, Any]],
+                *, fmt: dict[str, Callable[[Any], str]] | None = None, key: str = "rows") -> None:
+    """Print ``rows`` as a table readable at 80 columns, or as JSON under ``--json``.
+
+    ``columns`` holds ``(key, header, flags)``: flags ``r`` right-justifies, ``w`` marks a column
+    shown only on terminals of at least :data:`WIDE_COLUMNS` columns (``--json`` has every key of
+    every row). Long cells fold onto further lines instead of being cut.
+    """
+    if _JSON["on"]:
+        _JSON_TABLES.append({"title": title, key: [{k: _plain(v) for k, v in r.items()}
+                                                   for r in rows]})
+        return
+    from rich.markup import escape
+    from rich.table import Table
+
+    con = _console()
+    wide = con.width >= WIDE_COLUMNS
+    cols = [c for c in columns if wide or "w" not in c[2]]
+    t = Table(title=escape(title), title_justify="left")
+    for _key, header, flags in cols:
+        t.add_column(header, justify="right" if "r" in flags else "left", overflow="fold")
+    fmt = fmt or {}
+    for r in rows:
+        t.add_row(*[escape(fmt[k](r.get(k)) if k in fmt else ("" if r.get(k) is None
+                                                               else str(r.get(k))))
+                    for k, _, _ in cols])
+    con.print(t)
+    hidden = [h for k, h, f in columns if "w" in f and not wide]
+    if hidden:
+        con.print(f"[dim]not shown at this width: {escape(', '.join(hidden))} "
+                  f"(--json has them)[/]")
+
+
+_JSON_TABLES: list[dict[str, Any]] = []
+
+MODELS_LIST_COLUMNS = ("name", "model", "version", "aliases", "status", "gate_status", "primary",
+                       "created_ts")
+"""Columns of ``dprm models list`` shown at 80 columns (the others on wide terminals and in JSON)."""
+
+
+def _print_frame(title: str, df: Any, essential: tuple[str, ...]) -> None:
+    """A DataFrame through :func:`_show_table`: ``essential`` columns always, the rest when wide;
+    timestamps to the minute."""
+    import pandas as pd
+
+    def stamp(v: Any) -> str:
+        return "" if v is None or v is pd.NaT or v == "" else str(v)[:16].replace("T", " ")
+
+    cols = [(str(c), str(c).replace("_", " "), "" if c in essential else "w") for c in df.columns]
+    fmt = {str(c): stamp for c in df.columns if str(c).endswith("_ts")}
+    _show_table(title, cols, df.to_dict(orient="records"), fmt=fmt)
+
+
+def _flush_json() -> None:
+    """Write the tables collected under ``--json`` to stdout: one object, or a list of them."""
+    import json
+
+    if not _JSON["on"] or not _JSON_TABLES:  # a command may print its own JSON (surface)
+        return
+    out: Any = _JSON_TABLES[0] if len(_JSON_TABLES) == 1 else list(_JSON_TABLES)
+    sys.stdout.write(json.dumps(out, default=str, indent=1) + "\n")
+    sys.stdout.flush()
+    _JSON_TABLES.clear()
 
 
 def _store():
@@ -120,9 +278,10 @@ def data_ingest(
     dataset: Annotated[str | None, typer.Option(help="Dataset name (default: the file's folder name).")] = None,
     fmt: Annotated[str | None, typer.Option("--format", help="Reader format (default: detected).")] = None,
     symbol: Annotated[str | None, typer.Option(help="Symbol, for files that do not name it.")] = None,
-    mapping: Annotated[Path | None, typer.Option(help="TOML column mapping for --format generic.", exists=True)] = None,
+    mapping: Annotated[Path | None, typer.Option(help="TOML file of reader options: the column mapping of --format generic; interval, snapshot, ticker, date of other formats.", exists=True)] = None,
     force: Annotated[bool, typer.Option(help="Re-read sources already ingested (idempotent).")] = False,
     config: ConfigOpt = None,
+    json_out: JsonOpt = False,
 ) -> None:
     """Read raw files into the canonical store (streaming; atomic per file; raw files are never
     modified). Re-running adds nothing; the same file under corrected options (--symbol, --mapping,
@@ -139,9 +298,9 @@ def data_ingest(
     if symbol is not None:
         options["symbol"] = check_name("symbol", symbol)
     if mapping is not None:
-        import tomllib
+        from pipelines.config import read_toml
 
-        options.update(tomllib.loads(mapping.read_text()))
+        options.update(read_toml(mapping, "mapping file"))
     files: list[tuple[Path, str | None]] = []
     for p in paths:
         if not p.exists():
@@ -157,6 +316,11 @@ def data_ingest(
                 _warn(f"{p}: no data files found in this folder; nothing ingested from it")
         else:
             files.append((p, fmt))
+    if mapping is not None:
+        from features.readers import check_options, detect_format
+
+        for f, detected in files:
+            check_options(detected or fmt or detect_format(f), options, origin=str(mapping))
     if not files:
         return
     store = _store()
@@ -188,23 +352,27 @@ def _ingest_note(r: Any) -> str:
 
 
 def _print_ingest(reports: list, store: Any) -> None:
-    from rich.table import Table
-
     from features.validate import CLEANING_RULES
 
-    t = Table(title="Ingested")
-    for c in ("source", "dataset", "tables", "rows read", "rows added", "rejected", "duplicates",
-              "out of order", "note"):
-        t.add_column(c, justify="right" if c.startswith(("rows", "rej", "dup", "out")) else "left")
+    rows = []
     for r in reports:
         rej = sum(c.counts.get(k, 0) for c in r.tables.values() for k in CLEANING_RULES)
         dup = sum(c.counts.get("duplicates", 0) + c.counts.get("key_conflicts", 0)
                   for c in r.tables.values())
         ooo = sum(c.counts.get("out_of_order", 0) for c in r.tables.values())
-        t.add_row(Path(r.source).name, r.dataset, ",".join(sorted(r.tables)), f"{r.rows_read:,}",
-                  f"{r.rows_added:,}", f"{rej:,}", f"{dup:,}", f"{ooo:,}", _ingest_note(r))
+        rows.append({"source": Path(r.source).name, "dataset": r.dataset,
+                     "tables": ",".join(sorted(r.tables)), "rows_read": r.rows_read,
+                     "rows_added": r.rows_added, "rejected": rej, "duplicates": dup,
+                     "out_of_order": ooo, "dropped": r.dropped(), "note": _ingest_note(r)})
+    n = "{:,}".format
+    _show_table("Ingested", [("source", "source", ""), ("dataset", "dataset", ""),
+                             ("tables", "tables", "w"), ("rows_read", "rows read", "r"),
+                             ("rows_added", "rows added", "r"), ("rejected", "rejected", "r"),
+                             ("duplicates", "duplicates", "r"),
+                             ("out_of_order", "out of order", "rw"), ("note", "note", "")],
+                rows, fmt={k: n for k in ("rows_read", "rows_added", "rejected", "duplicates",
+                                          "out_of_order")})
     con = _console()
-    con.print(t)
     for r in reports:
         dropped = r.dropped()
         if dropped:
@@ -237,7 +405,7 @@ def _store_problem_exit(problems: list) -> None:
 @clean_errors
 def data_validate(
     datasets: Annotated[list[str] | None, typer.Argument(help="Datasets to validate (default: all).")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
+    json_out: JsonOpt = False,
 ) -> None:
     """Check the store against its manifest (orphaned, missing, stale partitions: exit 2), then
     re-check the stored data: print every rule's count and write validation.json beside the data."""
@@ -253,7 +421,7 @@ def data_validate(
     results, problems, docs = {}, [], []
     for ds in names:
         try:
-            if as_json:
+            if json_out:
                 results[ds] = validate_dataset(store, ds)
             else:
                 with _console().status(f"validating {ds}"):
@@ -265,7 +433,7 @@ def data_validate(
         docs.append({"dataset": ds, "ok": True,
                      "store": {"dataset": ds, "ok": True, "orphaned": [], "missing": [], "stale": []},
                      "tables": {t: c.to_dict() for t, c in results[ds].items()}})
-    if as_json:
+    if json_out:
         typer.echo(json.dumps({"ok": not problems, "datasets": docs}, indent=2, default=str))
     else:
         if results:
@@ -273,7 +441,7 @@ def data_validate(
         for ds in results:
             _console().print(f"wrote {store.path(ds) / 'validation.json'}")
     if problems:
-        if not as_json:
+        if not json_out:
             _store_problem_exit(problems)
         raise typer.Exit(code=2)
 
@@ -315,20 +483,22 @@ def data_repair(
 
 
 def _print_validation(results: dict) -> None:
-    from rich.table import Table
-
     from features.validate import FLAG_RULES, REJECT_RULES
 
     def fmt(c, rules) -> str:
         return ", ".join(f"{r}={c.counts[r]:,}" for r in rules if c.counts.get(r)) or "-"
 
-    t = Table(title="Validation: rule counts (every rule; zero counts shown as -)")
-    for col in ("dataset", "table", "rows stored", "rejected or dropped at ingest", "flagged (kept)"):
-        t.add_column(col, justify="right" if col == "rows stored" else "left")
+    rows = []
     for ds, tables in results.items():
         for table, c in tables.items():
-            t.add_row(ds, table, f"{c.rows_out:,}", fmt(c, REJECT_RULES), fmt(c, FLAG_RULES))
-    _console().print(t)
+            rows.append({"dataset": ds, "table": table, "rows_stored": c.rows_out,
+                         "rejected": fmt(c, REJECT_RULES), "flagged": fmt(c, FLAG_RULES),
+                         "counts": dict(c.counts)})
+    _show_table("Validation: rule counts (every rule; zero counts shown as -)",
+                [("dataset", "dataset", ""), ("table", "table", ""),
+                 ("rows_stored", "rows stored", "r"),
+                 ("rejected", "rejected or dropped at ingest", ""),
+                 ("flagged", "flagged (kept)", "")], rows, fmt={"rows_stored": "{:,}".format})
     _console().print("rules: rejected " + ", ".join(REJECT_RULES) + "; flagged " + ", ".join(FLAG_RULES),
                      style="dim")
 
@@ -340,6 +510,7 @@ def data_simulate(
     seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
     dataset: Annotated[str | None, typer.Option(help="Dataset name.")] = None,
     config: ConfigOpt = None,
+    json_out: JsonOpt = False,
 ) -> None:
     """Simulate a seeded multi-asset market (trades, quotes, book, bars) with its true variance."""
     from pipelines.config import SimulateConfig, load_config
@@ -358,25 +529,34 @@ def data_simulate(
 @clean_errors
 def data_list(
     datasets: Annotated[list[str] | None, typer.Argument(help="Datasets to show (default: all).")] = None,
+    json_out: JsonOpt = False,
 ) -> None:
     """List stored datasets: tables, symbols, rows and time spans."""
     import pandas as pd
-    from rich.table import Table
 
     store = _store()
     names = datasets or store.datasets()
     if not names:
         _console().print(f"no datasets in {store.root}")
+        _JSON_TABLES.append({"title": f"Datasets in {store.root}", "rows": []})
         return
     frames = [store.summary(ds) for ds in names]
     df = pd.concat(frames, ignore_index=True)
-    t = Table(title=f"Datasets in {store.root}")
-    for c in ("dataset", "table", "kind", "interval", "symbol", "rows", "first", "last", "partitions"):
-        t.add_column(c, justify="right" if c in ("rows", "partitions") else "left")
-    for row in df.itertuples(index=False):
-        t.add_row(row.dataset, row.table, row.kind, str(row.interval or ""), row.symbol,
-                  f"{row.rows:,}", str(row.first)[:19], str(row.last)[:19], str(row.partitions))
-    _console().print(t)
+    rows = df.to_dict(orient="records")
+    daily = all(pd.Timestamp(r["first"]) == pd.Timestamp(r["first"]).normalize()
+                and pd.Timestamp(r["last"]) == pd.Timestamp(r["last"]).normalize()
+                for r in rows if r["first"] is not None and r["last"] is not None)
+
+    def stamp(v: Any) -> str:
+        return "" if v is None else str(v)[:10] if daily else str(v)[:16].replace("T", " ")
+
+    _show_table(f"Datasets in {store.root}",
+                [("dataset", "dataset", ""), ("table", "table", ""), ("kind", "kind", "w"),
+                 ("interval", "interval", "w"), ("symbol", "symbol", ""), ("rows", "rows", "r"),
+                 ("first", "first (UTC)", ""), ("last", "last (UTC)", ""),
+                 ("partitions", "partitions", "rw")],
+                rows, fmt={"rows": "{:,}".format, "first": stamp, "last": stamp,
+                           "interval": lambda v: "" if v is None or v != v else str(v)})
 
 
 # ---- features -----------------------------------------------------------------------------
@@ -387,6 +567,7 @@ def features_build(
     freq: Annotated[str | None, typer.Option(help="Bar length of the feature rows: 5min, 1h, 1D.")] = None,
     grid: Annotated[str | None, typer.Option(help="Sampling grid of realized measures.")] = None,
     config: ConfigOpt = None,
+    json_out: JsonOpt = False,
 ) -> None:
     """Build (incrementally) the feature frames: realized measures, microstructure, HAR, targets."""
     from features.schema import DataError
@@ -399,11 +580,6 @@ def features_build(
     names = datasets or DataStore(home / "data").datasets()
     if not names:
         _fail(f"no datasets in {home / 'data'}; run `dprm data ingest PATH` first")
-    from rich.table import Table
-
-    t = Table(title=f"Features ({cfg.freq})")
-    for c in ("dataset", "rows", "columns", "computed", "reused", "written", "unchanged", "rv from"):
-        t.add_column(c)
     with _progress() as prog:
         task = prog.add_task("building features", total=len(names), rows=0)
         reports = []
@@ -419,11 +595,16 @@ def features_build(
                 continue
             reports.append(rep)
             prog.update(task, advance=1, rows=prog.tasks[task].fields["rows"] + rep.rows)
-    for rep in reports:
-        src = ", ".join(sorted(set(rep.rv_source.values())))
-        t.add_row(rep.dataset, f"{rep.rows:,}", str(len(rep.columns)), str(rep.base_computed),
-                  str(rep.base_reused), str(rep.partitions_written), str(rep.partitions_unchanged), src)
-    _console().print(t)
+    rows = [{"dataset": rep.dataset, "rows": rep.rows, "columns": len(rep.columns),
+             "computed": rep.base_computed, "reused": rep.base_reused,
+             "written": rep.partitions_written, "unchanged": rep.partitions_unchanged,
+             "rv_from": ", ".join(sorted(set(rep.rv_source.values()))), "path": str(rep.path)}
+            for rep in reports]
+    _show_table(f"Features ({cfg.freq})",
+                [("dataset", "dataset", ""), ("rows", "rows", "r"), ("columns", "columns", "r"),
+                 ("computed", "computed", "rw"), ("reused", "reused", "rw"),
+                 ("written", "written", "r"), ("unchanged", "unchanged", "r"),
+                 ("rv_from", "rv from", "")], rows, fmt={"rows": "{:,}".format})
     for rep in reports:
         _console().print(f"wrote {rep.path}")
     for ds, why in skipped.items():
@@ -437,6 +618,7 @@ def features_show(
     freq: Annotated[str, typer.Option(help="Frequency of the feature frame.")] = "1D",
     symbol: Annotated[str | None, typer.Option(help="Only this symbol.")] = None,
     rows: Annotated[int, typer.Option(help="Last rows to print.")] = 5,
+    json_out: JsonOpt = False,
 ) -> None:
     """Show a feature frame's manifest and its last rows."""
     from features.build import FeatureStore
@@ -450,12 +632,63 @@ def features_show(
               f"feature set {man['feature_set_version']}, input {man['input_fingerprint']}")
     con.print(f"rv source: {man['rv_source']}")
     con.print(f"columns: {', '.join(man['columns'])}")
-    with __import__("pandas").option_context("display.width", 200, "display.max_columns", 12):
-        con.print(frame.tail(rows).T.to_string())
+    tail = frame.tail(rows)
+    if _JSON["on"]:
+        _JSON_TABLES.append({"title": f"{dataset} {freq}", "manifest": man,
+                             "rows": [{k: _plain(v) for k, v in r.items()}
+                                      for r in tail.to_dict(orient="records")]})
+    else:  # one line per feature, as many of the last rows as fit the terminal
+        import pandas as pd
+
+        name_w = max(len(str(c)) for c in tail.columns) + 2
+        fit = max(1, (con.width - name_w) // 28)
+        with pd.option_context("display.width", con.width, "display.max_columns", fit + 1,
+                               "display.max_colwidth", 20):
+            con.print(tail.tail(fit).T.to_string(), soft_wrap=True)
     con.print(f"path: {fs.path(dataset, freq)}")
 
 
 # ---- evaluate -----------------------------------------------------------------------------
+def _int_list(option: str, text: str) -> tuple[int, ...]:
+    """Comma-separated positive integers of ``option``; :class:`ConfigError` naming the option."""
+    from features.errors import ConfigError
+
+    out = []
+    for part in text.split(","):
+        try:
+            value = int(part.strip())
+        except ValueError:
+            raise ConfigError(f"{option} {text!r}: {part.strip()!r} is not an integer; expected "
+                              "comma-separated integers >= 1, e.g. 1,5,22") from None
+        if value < 1:
+            raise ConfigError(f"{option} {text!r}: {value} is not >= 1; expected "
+                              "comma-separated integers >= 1, e.g. 1,5,22")
+        out.append(value)
+    return tuple(out)
+
+
+def _check_dates(start: str | None, end: str | None) -> None:
+    """``--start``/``--end`` parse as dates and ``--start`` is not after ``--end``."""
+    from features.errors import ConfigError
+
+    def parse(option: str, text: str | None) -> Any:
+        if text is None:
+            return None
+        import pandas as pd
+
+        try:
+            ts = pd.Timestamp(text)
+        except ValueError:
+            ts = pd.NaT
+        if ts is pd.NaT:
+            raise ConfigError(f"{option} {text!r} is not a date; expected e.g. 2025-09-01")
+        return ts.tz_localize("UTC") if ts.tz is None else ts
+
+    lo, hi = parse("--start", start), parse("--end", end)
+    if lo is not None and hi is not None and lo > hi:
+        raise ConfigError(f"--start {start} is after --end {end}; expected start <= end")
+
+
 @app.command("evaluate")
 @clean_errors
 def evaluate(
@@ -464,12 +697,15 @@ def evaluate(
     freq: Annotated[str | None, typer.Option(help="Bar length: 1D, 1h, 5min.")] = None,
     grid: Annotated[str | None, typer.Option(help="Sampling grid of realized measures (e.g. 1min).")] = None,
     horizons: Annotated[str | None, typer.Option(help="Comma-separated horizons, e.g. 1,5.")] = None,
-    start: Annotated[str | None, typer.Option(help="First forecast origin (date).")] = None,
-    end: Annotated[str | None, typer.Option(help="Last forecast origin (date).")] = None,
+    start: Annotated[str | None, typer.Option(help="First forecast origin (date).",
+                                              show_default="the data's first")] = None,
+    end: Annotated[str | None, typer.Option(help="Last forecast origin (date).",
+                                            show_default="the data's last")] = None,
     window: Annotated[int | None, typer.Option(help="Estimation window (observations).")] = None,
     models: Annotated[str | None, typer.Option(
         help="Comma-separated models: any of the ladder, plus the learned lgbm, har_boost, qlike_combo.")] = None,
     config: ConfigOpt = None,
+    json_out: JsonOpt = False,
 ) -> None:
     """Walk-forward evaluation of every model against the baseline ladder; prints the comparison."""
     from features.store import DataStore
@@ -477,21 +713,28 @@ def evaluate(
     from pipelines.steps import evaluate as run_eval
     from pipelines.steps import resolve_dataset
 
-    hz = tuple(int(h) for h in horizons.split(",")) if horizons else None
+    hz = _int_list("--horizons", horizons) if horizons else None
     ms = tuple(m.strip() for m in models.split(",")) if models else None
+    _check_dates(start, end)
     cfg = load_config(EvaluateConfig, config, "evaluate", target=target, freq=freq, grid=grid, horizons=hz,
                       start=start, end=end, window=window, models=ms)
     home = dprm_home()
     with _console().status("resolving data"):
         ds = resolve_dataset(DataStore(home / "data"), data)
-    if cfg.target == "correlation":
-        from pipelines.steps import evaluate_correlation
+    import warnings
 
-        with _console().status(f"evaluating correlation models on {ds}"):
-            result, out = evaluate_correlation(home, ds, cfg)
-    else:
-        with _console().status(f"walk-forward evaluation of the ladder on {ds} ({cfg.freq})"):
-            result, out = run_eval(home, ds, cfg)
+    from models.evaluation import SkippedModelWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SkippedModelWarning)  # listed after the table instead
+        if cfg.target == "correlation":
+            from pipelines.steps import evaluate_correlation
+
+            with _console().status(f"evaluating correlation models on {ds}"):
+                result, out = evaluate_correlation(home, ds, cfg)
+        else:
+            with _console().status(f"walk-forward evaluation of the ladder on {ds} ({cfg.freq})"):
+                result, out = run_eval(home, ds, cfg)
     if cfg.target == "correlation":
         _print_corr_evaluation(result, ds, cfg)
     else:
@@ -499,45 +742,61 @@ def evaluate(
     _console().print(f"wrote {out}")
 
 
-def _print_corr_evaluation(result: Any, dataset: str, cfg: Any) -> None:
-    from rich.table import Table
+def _num(spec: str) -> Callable[[Any], str]:
+    """A cell formatter: ``spec`` for numbers, "-" for NaN/None."""
+    return lambda v: "-" if v is None or v != v else format(v, spec)
 
-    s = result.summary()
-    t = Table(title=f"{dataset} {cfg.freq}: correlation models (Stein loss on the covariance with a "
-                    f"common vol forecast; GMV = realized variance of the minimum-variance portfolio)")
-    for c in ("h", "model", "n", "Frobenius", "Stein", "vs EWMA", "GMV ratio", "Mahalanobis",
-              "PSD", "DM p", "MCS"):
-        t.add_column(c, justify="left" if c == "model" else "right")
-    for r in s.sort_values(["horizon", "stein_qlike"]).itertuples(index=False):
-        t.add_row(str(r.horizon), str(r.model_id), f"{int(r.n):,}", f"{r.frobenius:.3f}",
-                  f"{r.stein_qlike:.3f}", f"{r.stein_diff:+.3f}", f"{r.gmv_ratio:.3f}",
-                  f"{r.mahalanobis_ratio:.3f}", f"{r.psd_share:.0%}",
-                  f"{r.dm_pvalue:.3f}" if r.dm_pvalue == r.dm_pvalue else "-",
-                  "yes" if r.in_mcs else "no")
-    _console().print(t)
+
+def _print_failures(result: Any) -> None:
+    """The models an evaluation skipped, each with its Failure code (JSON: a "skipped models"
+    object)."""
+    from rich.markup import escape
+
+    failures = tuple(getattr(result, "failures", ()))
+    if _JSON["on"]:
+        _JSON_TABLES.append({"title": "skipped models",
+                             "failures": [f.to_dict() for f in failures]})
+        return
+    for f in failures:
+        _console().print(f"[yellow]skipped {escape(f.subject)} ({f.reason.value}):[/] "
+                         f"{escape(f.message)}", soft_wrap=True)
+
+
+def _print_corr_evaluation(result: Any, dataset: str, cfg: Any) -> None:
+    s = result.summary().sort_values(["horizon", "stein_qlike"])
+    rows = s.to_dict(orient="records")
+    _show_table(f"{dataset} {cfg.freq}: correlation models (Stein loss on the covariance with a "
+                f"common vol forecast; GMV = realized variance of the minimum-variance portfolio)",
+                [("horizon", "h", "r"), ("model_id", "model", ""), ("n", "n", "r"),
+                 ("frobenius", "Frobenius", "rw"), ("stein_qlike", "Stein", "r"),
+                 ("stein_diff", "vs EWMA", "r"), ("gmv_ratio", "GMV ratio", "r"),
+                 ("mahalanobis_ratio", "Mahalanobis", "rw"), ("psd_share", "PSD", "rw"),
+                 ("dm_pvalue", "DM p", "r"), ("in_mcs", "MCS", "r")],
+                rows, fmt={"n": _num(",.0f"), "frobenius": _num(".3f"), "stein_qlike": _num(".3f"),
+                           "stein_diff": _num("+.3f"), "gmv_ratio": _num(".3f"),
+                           "mahalanobis_ratio": _num(".3f"), "psd_share": _num(".0%"),
+                           "dm_pvalue": _num(".3f"), "in_mcs": lambda v: "yes" if v else "no"})
+    _print_failures(result)
 
 
 def _print_evaluation(result: Any, dataset: str, cfg: Any) -> None:
-    from rich.table import Table
-
     from pipelines.report import summary_table
 
     targets = ["realized"] + (["truth"] if "truth" in set(result.losses["target"]) else [])
     for tgt in targets:
         s = summary_table(result, tgt)
-        t = Table(title=f"{dataset} {cfg.freq}: QLIKE vs {tgt} (ratio to the best baseline; "
-                        f"DM p two-sided vs it; 90% MCS)")
-        for c in ("symbol", "h", "model", "n", "QLIKE", "ratio", "QLIKE stress", "DM p", "MCS"):
-            t.add_column(c, justify="left" if c in ("symbol", "model") else "right")
-        for r in s.itertuples(index=False):
-            t.add_row(str(r.symbol), str(r.horizon), str(r.model_id), f"{int(r.n):,}", f"{r.qlike:.4f}",
-                      f"{r.qlike_ratio:.3f}", f"{r.qlike_stressed:.3f}" if r.qlike_stressed == r.qlike_stressed else "-",
-                      f"{r.dm_pvalue:.3f}" if r.dm_pvalue == r.dm_pvalue else "-",
-                      "yes" if r.in_mcs else "no")
-        _console().print(t)
-    if result.skipped:
-        for m, why in result.skipped.items():
-            _console().print(f"[yellow]skipped {m}: {why}[/]")
+        _show_table(f"{dataset} {cfg.freq}: QLIKE vs {tgt} (ratio to the best baseline; "
+                    f"DM p two-sided vs it; 90% MCS)",
+                    [("symbol", "symbol", ""), ("horizon", "h", "r"), ("model_id", "model", ""),
+                     ("n", "n", "r"), ("qlike", "QLIKE", "r"), ("qlike_ratio", "ratio", "r"),
+                     ("qlike_stressed", "QLIKE stress", "r"), ("dm_pvalue", "DM p", "r"),
+                     ("in_mcs", "MCS", "r")],
+                    [{"target": tgt, **r} for r in s.to_dict(orient="records")],
+                    fmt={"n": _num(",.0f"), "qlike": _num(".4f"), "qlike_ratio": _num(".3f"),
+                         "qlike_stressed": _num(".3f"), "dm_pvalue": _num(".3f"),
+                         "in_mcs": lambda v: "yes" if v else "no"})
+
+    _print_failures(result)
     _console().print(f"configurations evaluated: {result.n_configurations}")
 
 
@@ -564,22 +823,16 @@ def _model_data(data: str, freq: str):
 
 @models_app.command("list")
 @clean_errors
-def models_list() -> None:
+def models_list(json_out: JsonOpt = False) -> None:
     """List registered versions of the forecaster with aliases and gate status."""
-    from rich.table import Table
-
     from models.registry import list_versions
 
     df = list_versions(home=_registry_home())
     if df.empty:
         _console().print("no registered versions; run `dprm train` first")
+        _JSON_TABLES.append({"title": "dprm-forecaster versions", "rows": []})
         return
-    t = Table(title="dprm-forecaster versions")
-    for c in df.columns:
-        t.add_column(str(c))
-    for row in df.itertuples(index=False):
-        t.add_row(*[str(v) if v is not None else "" for v in row])
-    _console().print(t)
+    _print_frame("dprm-forecaster versions", df, MODELS_LIST_COLUMNS)
 
 
 @models_app.command("show")
@@ -604,6 +857,7 @@ def models_promote(
     mode: Annotated[str, typer.Option(help="auto (the gate decides) or manual (a named approver).")] = "auto",
     approver: Annotated[str | None, typer.Option(help="Who approves (required for manual).")] = None,
     reason: Annotated[str, typer.Option(help="Why (recorded in the promotion log).")] = "",
+    json_out: JsonOpt = False,
 ) -> None:
     """Promote a version to champion through the gate; every alias move is logged."""
     from models.registry import model_ref, promote
@@ -618,20 +872,23 @@ def models_promote(
 
 
 def _print_gate(res: Any) -> None:
-    from rich.table import Table
-
     con = _console()
     if res.decision is not None:
-        t = Table(title=f"promotion gate for version {res.version} "
-                        f"({res.decision.n_origins} common origins {res.decision.origins_start} .. "
-                        f"{res.decision.origins_end})")
-        for c in ("check", "passed", "value", "threshold", "detail"):
-            t.add_column(c)
-        for c in res.decision.checks:
-            t.add_row(c.name, {True: "yes", False: "NO", None: "skipped"}[c.passed],
-                      "" if c.value is None else f"{c.value:.4g}",
-                      "" if c.threshold is None else f"{c.threshold:.4g}", c.detail)
-        con.print(t)
+        _show_table(f"promotion gate for version {res.version} "
+                    f"({res.decision.n_origins} common origins {res.decision.origins_start} .. "
+                    f"{res.decision.origins_end})",
+                    [("check", "check", ""), ("passed", "passed", ""), ("value", "value", "r"),
+                     ("threshold", "threshold", "r"), ("detail", "detail", "")],
+                    [{"check": c.name, "passed": c.passed, "value": c.value,
+                      "threshold": c.threshold, "detail": c.detail} for c in res.decision.checks],
+                    fmt={"passed": lambda v: {True: "yes", False: "NO", None: "skipped"}[v],
+                         "value": lambda v: "" if v is None else f"{v:.4g}",
+                         "threshold": lambda v: "" if v is None else f"{v:.4g}"})
+    if _JSON["on"]:
+        _JSON_TABLES.append({"title": "result", "version": res.version, "promoted": res.promoted,
+                             "previous_champion": res.previous_champion,
+                             "reason": res.decision.reason if res.decision else
+                             res.log_entry.get("reason")})
     if res.promoted:
         con.print(f"[green]version {res.version} is now champion[/] (was {res.previous_champion})")
     else:
@@ -645,6 +902,7 @@ def models_rollback(
     approver: Annotated[str, typer.Option(help="Who decides (recorded).")],
     reason: Annotated[str, typer.Option(help="Why (recorded).")],
     to_version: Annotated[str | None, typer.Option(help="Target version (default: the previous champion).")] = None,
+    json_out: JsonOpt = False,
 ) -> None:
     """Move the champion alias back to the previous champion (or a given version)."""
     from models.registry import rollback
@@ -990,6 +1248,78 @@ def demo(config: ConfigOpt = None) -> None:
     t0 = time.perf_counter()
     run_demo(cfg, console=_console())
     _console().print(f"demo finished in {time.perf_counter() - t0:.1f} s")
+
+
+# ---- defaults in --help ------------------------------------------------------------------------
+def _default_text(value: Any) -> str:
+    if isinstance(value, tuple | list):
+        return ",".join(str(v) for v in value) if value else "none"
+    return str(value)
+
+
+HELP_DEFAULTS: dict[str, dict[str, str]] = {
+    "data_simulate": {"days": "60", "seed": "7", "dataset": "sim"},
+    "features_build": {"freq": "1D", "grid": "5min"},
+    "evaluate": {"target": "volatility", "freq": "1D", "grid": "5min", "horizons": "1,5",
+                 "window": "1000", "models": "the ladder"},
+    "train": {"dataset": "embedded", "freq": "1D"},
+    "forecast": {"dataset": "embedded", "freq": "1D"},
+    "monitor": {"dataset": "embedded", "freq": "1D"},
+}
+"""The default ``--help`` shows for each option that, when not given, takes its value from the
+command's settings model (its Python default is None, so typer would show none). Kept as text so
+``--help`` need not import pydantic; :func:`config_help_defaults` derives the same table from the
+models and a test checks that the two agree."""
+
+HELP_CONFIGS: dict[str, tuple[str, str, dict[str, str]]] = {
+    "data_simulate": ("pipelines.config", "SimulateConfig", {"days": "n_days"}),
+    "features_build": ("pipelines.config", "FeaturesConfig", {}),
+    "evaluate": ("pipelines.config", "EvaluateConfig", {}),
+    "train": ("pipelines.flow_config", "TrainFlowConfig", {}),
+    "forecast": ("pipelines.flow_config", "ForecastFlowConfig", {}),
+    "monitor": ("pipelines.flow_config", "MonitorFlowConfig", {}),
+}
+"""Command -> (module, settings model, option -> field renames) behind :data:`HELP_DEFAULTS`."""
+
+
+def config_help_defaults() -> dict[str, dict[str, str]]:
+    """:data:`HELP_DEFAULTS` as the settings models define it (imports pydantic; for the test)."""
+    import importlib
+    import inspect
+
+    out: dict[str, dict[str, str]] = {}
+    for cmd, (module, model_name, renames) in HELP_CONFIGS.items():
+        model = getattr(importlib.import_module(module), model_name)
+        fn = inspect.unwrap(globals()[cmd])
+        row: dict[str, str] = {}
+        for name, param in inspect.signature(fn).parameters.items():
+            field = model.model_fields.get(renames.get(name, name))
+            if param.default is None and field is not None and field.default is not None:
+                text = _default_text(field.default)
+                row[name] = "the ladder" if (cmd, name) == ("evaluate", "models") else text
+        out[cmd] = row
+    return out
+
+
+def show_config_defaults() -> None:
+    """Make every ``--help`` show :data:`HELP_DEFAULTS` (the settings models' defaults)."""
+    import inspect
+    import typing
+
+    for cmd, defaults in HELP_DEFAULTS.items():
+        target = inspect.unwrap(globals()[cmd])
+        hints = typing.get_type_hints(target, include_extras=True)
+        for name, text in defaults.items():
+            hint = hints[name]
+            for meta in getattr(hint, "__metadata__", ()):
+                if isinstance(meta, typer.models.OptionInfo):
+                    meta.show_default = text
+                    # the evaluated annotation replaces the string one, so typer sees this
+                    # OptionInfo (``from __future__ import annotations`` would rebuild it)
+                    target.__annotations__[name] = hint
+
+
+show_config_defaults()
 
 
 def main() -> None:  # pragma: no cover - console entry

@@ -11,16 +11,45 @@ import tomllib
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+
+from features.errors import ConfigError
 
 M = TypeVar("M", bound=BaseModel)
 
 
 def dprm_home() -> Path:
-    """The workspace folder (``DPRM_HOME``, default ``./dprm-home``), created if missing."""
+    """The workspace folder (``DPRM_HOME``, default ``./dprm-home``), created if missing.
+
+    Raises
+    ------
+    ConfigError
+        ``DPRM_HOME`` names a file (or lies under one), or the folder cannot be created.
+    """
     home = Path(os.environ.get("DPRM_HOME", "dprm-home")).resolve()
-    home.mkdir(parents=True, exist_ok=True)
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise ConfigError(
+            f"DPRM_HOME={home} is not a folder (a file is in the way); set DPRM_HOME to a folder"
+        ) from None
+    except PermissionError:
+        raise ConfigError(
+            f"DPRM_HOME={home} cannot be created (permission denied); set DPRM_HOME to a "
+            "folder you can write"
+        ) from None
     return home
+
+
+def read_toml(path: Path, what: str = "settings file") -> dict[str, Any]:
+    """The table of a TOML file; :class:`ConfigError` naming the file for bad syntax or bytes."""
+    try:
+        with open(path, "rb") as fh:
+            return tomllib.load(fh)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML in the {what}: {exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: the {what} is not UTF-8 text; expected a TOML file") from None
 
 
 def data_dir() -> Path:
@@ -62,10 +91,12 @@ def load_config(model: type[M], path: Path | None = None, section: str | None = 
     keyword overrides (``None`` values ignored). Unknown keys are an error naming the key."""
     data: dict[str, Any] = {}
     if path is not None:
-        with open(path, "rb") as fh:
-            data = tomllib.load(fh)
+        data = read_toml(path)
         if section is not None:
             data = data.get(section, {})
+            if not isinstance(data, dict):
+                raise ConfigError(f"{path}: [{section}] must be a table of settings; "
+                                  f"got {type(data).__name__} {data!r}")
     data.update({k: v for k, v in overrides.items() if v is not None})
     return model.model_validate(data)
 
@@ -97,3 +128,22 @@ class EvaluateConfig(_Config):
                                    "and the learned lgbm, har_boost, qlike_combo")
     mcs_reps: int = Field(1000, ge=100)
     seed: int = 0
+
+    @field_validator("start", "end")
+    @classmethod
+    def _date(cls, value: str | None, info: ValidationInfo) -> str | None:
+        """A parseable date, and ``end`` not before ``start``."""
+        if value is None:
+            return value
+        import pandas as pd
+
+        try:
+            ts = pd.Timestamp(value)
+        except ValueError:
+            ts = pd.NaT
+        if ts is pd.NaT:
+            raise ValueError(f"{value!r} is not a date; expected e.g. 2025-09-01")
+        start = info.data.get("start")
+        if info.field_name == "end" and start is not None and pd.Timestamp(start) > ts:
+            raise ValueError(f"end {value} is before start {start}")
+        return value

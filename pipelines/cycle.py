@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from features.build import FeatureSpec, FeatureStore
-from features.errors import ConfigError
+from features.errors import ConfigError, Failure
 from features.schema import BV, CLOSE, RQ, RS_NEG, RS_POS, RV, SYMBOL, TS, DataError
 from features.store import (
     DataStore,
@@ -439,6 +439,8 @@ def merge_evaluations(results: Mapping[str, EvaluationResult]) -> EvaluationResu
         mcs=pd.concat([r.mcs[r.mcs["symbol"] != POOLED] for r in items], ignore_index=True),
         benchmark=bench,
         skipped=skipped,
+        failures=tuple(Failure(f.reason, f.subject, f"{sym}: {f.message}", f.details)
+                       for sym, r in results.items() for f in r.failures),
         n_configurations=max(r.n_configurations for r in items),
         settings={**dict(items[0].settings), "merged_symbols": sorted(results)},
     )
@@ -694,7 +696,7 @@ def set_forecast_source(
 ) -> dict[str, Any]:
     """Record the forecast source with its reason (atomic write; the history keeps every switch)."""
     if source not in ("champion", "baseline"):
-        raise ValueError(f"source must be 'champion' or 'baseline'; got {source!r}")
+        raise ConfigError(f"source must be 'champion' or 'baseline'; got {source!r}")
     old = forecast_source(home, model_name)
     now = pd.Timestamp.now(tz="UTC").isoformat()
     history = list(old.get("history", []))

@@ -36,6 +36,7 @@ from prefect.futures import wait  # noqa: E402
 from prefect.states import Failed  # noqa: E402
 from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
 
+from features.errors import ConfigError  # noqa: E402
 from pipelines import cycle  # noqa: E402
 from pipelines.config import dprm_home  # noqa: E402
 from pipelines.flow_config import (  # noqa: E402
@@ -264,7 +265,7 @@ def demo_cycle_config(dataset: str = "embedded") -> CycleConfig:
             ingest=IngestFlowConfig(sources=("simulate",)),
             monitor=monitor,
         )
-    raise ValueError(f"demo dataset must be 'embedded' or 'sim'; got {dataset!r}")
+    raise ConfigError(f"demo dataset must be 'embedded' or 'sim'; got {dataset!r}")
 
 
 if __name__ == "__main__":  # pragma: no cover - used by the kill/restart test and by hand

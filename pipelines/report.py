@@ -75,6 +75,7 @@ def write_evaluation(home: Path, dataset: str, cfg: Any, result: Any, extra: dic
     atomic_write_json(out / "settings.json", {
         "dataset": dataset, "config": json.loads(cfg.model_dump_json()),
         "n_configurations": result.n_configurations, "skipped": dict(result.skipped),
+        "failures": [f.to_dict() for f in getattr(result, "failures", ())],
         "benchmark": {f"{s}|h={h}": m for (s, h), m in result.benchmark.items()},
         **(extra or {}),
     })

@@ -17,6 +17,7 @@ import logging
 import os
 from typing import Any
 
+from features.errors import ConfigError
 from pipelines.flow_config import RunnerConfig
 
 
@@ -70,6 +71,6 @@ def make_runner(cfg: RunnerConfig | None = None) -> Any:
                 "silence_logs": logging.WARNING,
             },
         )
-    raise ValueError(
+    raise ConfigError(
         f"The 'kind' parameter of RunnerConfig must be 'threads' or 'dask'. Got {cfg.kind!r} instead."
     )

@@ -281,6 +281,7 @@ def evaluate_correlation(home: Path, dataset: str, cfg: Any) -> tuple[Any, Path]
 
     from features.schema import CLOSE, SYMBOL, TS, DataError
     from features.store import atomic_write_bytes, atomic_write_json
+    from models.base import InsufficientHistoryError
     from models.corr_evaluation import evaluate_correlation_frame
 
     store = DataStore(home / "data")
@@ -310,15 +311,12 @@ def evaluate_correlation(home: Path, dataset: str, cfg: Any) -> tuple[Any, Path]
     try:
         result = evaluate_correlation_frame(frame, freq=cfg.freq, horizons=tuple(cfg.horizons),
                                             window=window, random_state=cfg.seed)
-    except ValueError as exc:
+    except InsufficientHistoryError as exc:
         # the common sample (periods where every symbol trades) can be shorter than the span:
         # retry once with half of it as the window
-        import re
-
-        m = re.search(r"no origin to evaluate: (\d+) periods", str(exc))
-        if m is None or int(m.group(1)) // 2 < 30:
+        if exc.periods // 2 < 30:
             raise
-        window = int(m.group(1)) // 2
+        window = exc.periods // 2
         result = evaluate_correlation_frame(frame, freq=cfg.freq, horizons=tuple(cfg.horizons),
                                             window=window, random_state=cfg.seed)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")

@@ -23,10 +23,12 @@ from __future__ import annotations
 
 import functools
 import importlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from types import ModuleType
 
+from features.errors import ConfigError
+from features.readers._io import decoding
 from features.readers.base import Chunk, Reader
 from features.schema import DataError
 
@@ -35,7 +37,9 @@ __all__ = [
     "MODULES",
     "Chunk",
     "Reader",
+    "check_options",
     "detect_format",
+    "format_options",
     "list_sources",
     "read_source",
 ]
@@ -116,7 +120,8 @@ def known_formats() -> list[str]:
 def _sniff(path: Path) -> tuple[str, str] | None:
     """(format, module name) of the first module whose ``sniff`` recognises ``path``."""
     for name, mod in _modules():
-        fmt = mod.sniff(path)
+        with decoding(path):  # a damaged file is an error naming it, not a crash of the sniffer
+            fmt = mod.sniff(path)
         if fmt is not None:
             if fmt not in _formats():
                 raise DataError(
@@ -181,7 +186,38 @@ def read_source(
         raise DataError(f"unknown format '{fmt}'; expected one of {known_formats()}")
     if not path.is_file():
         raise DataError(f"no such file: {path}; expected an existing data file", source=str(path))
-    yield from formats[fmt](path, chunk_rows=chunk_rows, **options)
+    check_options(fmt, options)
+    with decoding(path):
+        yield from formats[fmt](path, chunk_rows=chunk_rows, **options)
+
+
+def format_options(fmt: str) -> list[str] | None:
+    """The option names the reader of format ``fmt`` accepts (besides ``path`` and
+    ``chunk_rows``); None when it accepts any keyword."""
+    import inspect
+
+    formats = _formats()
+    if fmt not in formats:
+        raise ConfigError(f"unknown format '{fmt}'; expected one of {known_formats()}")
+    params = inspect.signature(formats[fmt]).parameters.values()
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return None
+    return [p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY
+            and p.name != "chunk_rows"]
+
+
+def check_options(fmt: str, options: Mapping[str, object], *, origin: str | None = None) -> None:
+    """Raise :class:`ConfigError` (naming ``origin``, e.g. the mapping file, when given) if
+    ``options`` holds a key the reader of ``fmt`` does not accept."""
+    accepted = format_options(fmt)
+    if accepted is None:
+        return
+    unknown = sorted(k for k in options if k not in accepted)
+    if unknown:
+        where = f"{origin}: " if origin else ""
+        raise ConfigError(
+            f"{where}unknown key(s) {unknown} for format '{fmt}'; expected keys among {accepted}"
+        )
 
 
 def _is_doc(path: Path) -> bool:

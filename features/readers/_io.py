@@ -2,15 +2,67 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import gzip
 import io
+import zipfile
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
 
 from features.schema import DataError
+
+CORRUPT_FILE_ERRORS: tuple[type[BaseException], ...] = (
+    zlib.error,
+    gzip.BadGzipFile,
+    EOFError,
+    zipfile.BadZipFile,
+    UnicodeDecodeError,
+    pa.ArrowInvalid,
+)
+"""Exceptions the decoders raise for a damaged or mislabelled file (not for a bug of ours)."""
+
+
+def corrupt_file_error(path: Path | str, exc: BaseException) -> DataError:
+    """A :class:`DataError` naming ``path`` and saying, in a person's words, what is wrong with it.
+
+    ``exc`` is one of :data:`CORRUPT_FILE_ERRORS`; the decision is made on its type only.
+    """
+    name = str(path)
+    detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if isinstance(exc, gzip.BadGzipFile):
+        what = f"not a gzip file ({detail}); expected gzip-compressed data for a '.gz' name"
+    elif isinstance(exc, zlib.error):
+        what = f"corrupt gzip data ({detail}); the file is damaged: download it again"
+    elif isinstance(exc, EOFError):
+        what = (f"truncated compressed file ({detail}); the file is incomplete: "
+                "download or copy it again")
+    elif isinstance(exc, zipfile.BadZipFile):
+        what = f"not a valid zip archive ({detail})"
+    elif isinstance(exc, UnicodeDecodeError):
+        what = (f"not UTF-8 text (byte {exc.object[exc.start:exc.start + 1]!r} at offset "
+                f"{exc.start}); expected a UTF-8 CSV or text file")
+    elif isinstance(exc, pa.ArrowInvalid):
+        what = f"not a readable parquet file ({detail})"
+    else:  # pragma: no cover - CORRUPT_FILE_ERRORS lists the cases above
+        what = detail
+    return DataError(what, source=name)
+
+
+@contextlib.contextmanager
+def decoding(path: Path | str) -> Iterator[None]:
+    """Turn a decoder's error (:data:`CORRUPT_FILE_ERRORS`) inside the block into a
+    :class:`DataError` naming ``path``."""
+    try:
+        yield
+    except DataError:
+        raise
+    except CORRUPT_FILE_ERRORS as exc:
+        raise corrupt_file_error(path, exc) from exc
 
 
 def open_text(path: Path) -> io.TextIOBase:

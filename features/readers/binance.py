@@ -263,14 +263,14 @@ def _infer_interval_parquet(pf: pq.ParquetFile, path: Path) -> pd.Timedelta:
     if not steps:
         raise DataError(
             "cannot infer the bar interval: fewer than two distinct open_time values per symbol; "
-            "pass interval='1m' (or the right one)",
+            "give it with interval = \"1m\" (or the right one) in a --mapping TOML file",
             source=str(path),
         )
     distinct = set(steps.values())
     if len(distinct) > 1:
         raise DataError(
             f"symbols have different bar intervals { ({k: str(v) for k, v in steps.items()}) }; "
-            "pass interval= or split the file",
+            "give one with interval = \"1m\" in a --mapping TOML file, or split the file",
             source=str(path),
             column="open_time",
         )
@@ -514,7 +514,7 @@ def _symbol_option(path: Path, symbol: str | None, market: str | None) -> str:
     if not raw:
         raise DataError(
             "cannot tell the symbol from the file name (expected e.g. BTCUSDT-1m-2024-01-01.csv); "
-            "pass symbol='BTCUSDT'",
+            "give it with --symbol BTCUSDT",
             source=str(path),
         )
     return canonical_symbol(raw, market if market is not None else _market_from_path(path))
@@ -1048,7 +1048,7 @@ def _load_snapshots(path: Path) -> dict[tuple[str, str], L2Book]:
     if not path.is_file():
         raise DataError(
             f"depth updates need the REST depth snapshot taken at the start of the recording; "
-            f"{path} does not exist; pass snapshot=PATH",
+            f"{path} does not exist; give its path with snapshot = \"PATH\" in a --mapping TOML file",
             source=str(path),
         )
     snap = pq.read_table(

@@ -375,7 +375,7 @@ def read_lobster_parquet(
     if ticker is None or date is None:
         raise DataError(
             "cannot tell the ticker and date of this LOBSTER parquet from its folder "
-            "name or SOURCE.md; pass ticker=... and date='YYYY-MM-DD'",
+            "name or SOURCE.md; give ticker = \"AMZN\" and date = \"YYYY-MM-DD\" in a --mapping TOML file",
             source=src,
         )
     names = {}

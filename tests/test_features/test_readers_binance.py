@@ -340,7 +340,7 @@ def test_klines_csv(tmp_path, header, unit, compress):
 def test_klines_csv_interval_from_close_time_and_options(tmp_path):
     path = write(tmp_path / "candles.csv", kline_rows(3))
     assert bn.sniff(path) == "binance_klines_csv"  # by content
-    with pytest.raises(DataError, match=r"candles.csv: cannot tell the symbol .*pass symbol="):
+    with pytest.raises(DataError, match=r"candles.csv: cannot tell the symbol .*give it with --symbol BTCUSDT"):
         next(read_source(path))
     (chunk,) = read_source(path, symbol="ethusdt", market="um")
     assert chunk.table == "bars_1m" and chunk.interval == pd.Timedelta("1min")
@@ -775,7 +775,7 @@ def test_depth_reconstruction_needs_snapshot_and_valid_options(tmp_path):
     path = _write_l2(
         tmp_path, [snap], [_updates("spot", "BTCUSDT", [(T0, 101, 101, None, [("bid", 1.0, 1.0)])])]
     )
-    with pytest.raises(DataError, match=r"nowhere.parquet does not exist; pass snapshot=PATH"):
+    with pytest.raises(DataError, match=r"nowhere.parquet does not exist; give its path with snapshot"):
         next(read_source(path, snapshot=tmp_path / "nowhere.parquet"))
     with pytest.raises(DataError, match=r"'levels' parameter must be an integer >= 1. Got 0"):
         next(read_source(path, levels=0))

@@ -210,7 +210,7 @@ def test_parquet_needs_ticker_and_date(tmp_path):
     path = folder / "events.parquet"
     frame.to_parquet(path)
     assert lobster.sniff(path) == "lobster_parquet"
-    with pytest.raises(DataError, match=r"pass ticker=\.\.\. and date="):
+    with pytest.raises(DataError, match=r"give ticker = \"AMZN\" and date = \"YYYY-MM-DD\" in a --mapping"):
         list(lobster.read_lobster_parquet(path))
     out = _collect(lobster.read_lobster_parquet(path, ticker="XYZ", date="2024-01-02"))
     assert out["trades"].loc[0, "ts"] == pd.Timestamp("2024-01-02 14:30:00.5", tz="UTC")  # EST

@@ -315,7 +315,10 @@ def test_walk_forward_early_origins_fall_back_then_garch(sim_frame):
     wf = m.walk_forward(X, horizons=(1, 5), start=start)[SYM]
     fb = wf.fallback_reason
     assert len(wf.origins) == 40
-    expected = "ewma fallback (lambda 0.94): too few observations: 290 returns < min_fit_obs=300"
+    expected = (
+        "ewma fallback (lambda 0.94): too few observations: 290 returns < min_fit_obs=300"
+        " [insufficient_history]"
+    )
     assert (fb.iloc[:10] == expected).all() and fb.iloc[10:].isna().all()
     ewma = ewma_by_hand(log_returns(X))
     np.testing.assert_allclose(wf.variance[5].iloc[:10].to_numpy(), ewma[289:299], rtol=1e-12)

@@ -219,27 +219,104 @@ def test_example_crypto_books_load_and_price_on_simulated_data(path: Path, state
     assert all(math.isfinite(q.value) and q.value > 0 for q in prices.values())
 
 
-def test_index_book_on_the_embedded_data(tmp_path: Path) -> None:
+INDEX_BOOK = EXAMPLES / "index_futures_options.csv"
+INDEX_AS_OF = pd.Timestamp("2018-12-31T21:00Z")  # the last close of SP500/NASDAQ and a VIX day
+INDEX_ARGS = ["--data", "embedded", "--as-of", "2018-12-31T21:00Z", "--rate", "SP500=0.025",
+              "--rate", "NASDAQ=0.025", "--dividend-yield", "SP500=0.02", "--dividend-yield",
+              "NASDAQ=0.01"]
+INDEX_CFG = MarketStateConfig(rates={"SP500": 0.025, "NASDAQ": 0.025},
+                              dividend_yields={"SP500": 0.02, "NASDAQ": 0.01})
+
+
+def _arch_csv(name: str) -> pd.DataFrame:
+    raw = pd.read_csv(Path(__import__("arch").__file__).parent / "data" / name / f"{name}.csv.gz")
+    raw["ts"] = (pd.to_datetime(raw["Date"]) + pd.Timedelta("16h")).dt.tz_localize(
+        "America/New_York").dt.tz_convert("UTC")
+    return raw
+
+
+@pytest.fixture(scope="module")
+def embedded_store(tmp_path_factory: pytest.TempPathFactory) -> DataStore:
+    """A workspace store holding the embedded arch data (dataset "embedded")."""
     from pipelines.steps import ingest_embedded
 
-    store = DataStore(tmp_path / "data")
+    store = DataStore(tmp_path_factory.mktemp("embedded") / "data")
     ingest_embedded(store, "embedded")
-    cfg = MarketStateConfig(rates={"SP500": 0.025, "NASDAQ": 0.025},
-                            dividend_yields={"SP500": 0.02, "NASDAQ": 0.01})
-    ms = build_market_state(store, "embedded", None, cfg)
-    pf = read_portfolio(EXAMPLES / "index_futures_options.csv", ms)
+    return store
+
+
+def test_index_book_as_of_and_command_are_inside_the_embedded_data() -> None:
+    # the example's documented command runs at an as-of inside both the indices and the VIX
+    header = " ".join(x for x in INDEX_BOOK.read_text().splitlines() if x.startswith("#"))
+    assert "dprm portfolio show examples/portfolios/index_futures_options.csv " + " ".join(
+        INDEX_ARGS) in header
+    for name in ("sp500", "nasdaq", "vix"):
+        ts = _arch_csv(name)["ts"]
+        assert ts.min() <= INDEX_AS_OF <= ts.max() and (ts == INDEX_AS_OF).any(), name
+
+
+def test_index_book_on_the_embedded_data(embedded_store: DataStore) -> None:
+    import QuantLib as ql
+
+    store = embedded_store
+    ms = build_market_state(store, "embedded", INDEX_AS_OF, INDEX_CFG)
+    pf = read_portfolio(INDEX_BOOK, ms)
     assert pf.failures == () and len(pf.positions) == 5
-    raw = pd.read_csv(Path(__import__("arch").__file__).parent / "data" / "sp500" / "sp500.csv.gz")
-    assert ms.underlyings["SP500"].spot.value == pytest.approx(raw["Close"].dropna().iloc[-1])
+    spx, vix = _arch_csv("sp500"), _arch_csv("vix")
+    s0 = spx.loc[spx["ts"] == INDEX_AS_OF, "Close"].item()
+    vix_close = float(vix.loc[vix["ts"] == INDEX_AS_OF, "vix"].item())
+    assert vix_close != float(vix["vix"].iloc[-1])  # a later VIX differs: the as-of one is used
+    sp = ms.underlyings["SP500"]
+    assert sp.spot.value == pytest.approx(s0) and sp.vol_index.value == pytest.approx(vix_close / 100)
+    assert not [f for f in ms.failures if f.reason is FailureReason.STALE]
     spx_fut = next(p for p in pf.positions if p.id == "spx_fut").instrument
     q = ms.price(spx_fut)
     tau = (spx_fut.expiry - ms.as_of).total_seconds() / (365 * 86400)
-    assert q.value == pytest.approx(ms.underlyings["SP500"].spot.value * math.exp(0.005 * tau))
-    # no option chain and no vol index for the indices: options have no price, said so
-    put = ms.price(next(p for p in pf.positions if p.id == "spx_put").instrument)
-    assert isinstance(put, Failure) and put.details["field"] == "vol_surface"
+    assert q.value == pytest.approx(s0 * math.exp(0.005 * tau))
+    # no option chain: the options price off a flat surface at the VIX close (QuantLib oracle)
+    assert sp.vol_surface_source.source.startswith("flat at VIX close 2018-12-31 21:00 UTC")
+    assert sp.vol_surface_source.ts == INDEX_AS_OF
+    for pid in ("spx_put", "spx_call"):
+        opt = next(p for p in pf.positions if p.id == pid).instrument
+        t = (opt.expiry - ms.as_of).total_seconds() / (365 * 86400)
+        fwd = s0 * math.exp((0.025 - 0.02) * t)
+        right = ql.Option.Call if opt.is_call else ql.Option.Put
+        ref = ql.blackFormula(right, opt.strike, fwd, vix_close / 100 * math.sqrt(t),
+                              math.exp(-0.025 * t))
+        px = ms.price(opt)
+        assert px.unit == "USD" and px.value == pytest.approx(ref, rel=1e-10), pid
+        assert "flat at VIX close" in px.source
+    # NASDAQ has no vol index and no chain: its options have no price, said so (not defaulted)
+    ndx = ms.price(parse_instrument("NASDAQ-1FEB19-6500-C"))
+    assert isinstance(ndx, Failure) and ndx.reason is FailureReason.MISSING_INPUTS
+    assert ndx.details["field"] == "vol_surface" and "no vol index" in ndx.message
+    assert ms.underlyings["NASDAQ"].vol_surface is None
     without = build_market_state(store, "embedded", None)
+    assert without.as_of == pd.Timestamp("2019-01-03T21:00Z")  # the VIX's last day
     assert {"SP500/rate", "SP500/dividend_yield"} <= {f.subject for f in without.failures}
+    assert ("SP500/spot", FailureReason.STALE) in {(f.subject, f.reason) for f in without.failures}
+
+
+def test_flat_vix_surface_uses_no_later_data(embedded_store: DataStore, tmp_path: Path) -> None:
+    from features.readers.arch_data import load_embedded
+
+    tables: dict = {}
+    for name in ("sp500", "nasdaq", "vix"):
+        for ch in load_embedded(name):
+            f = ch.frame.copy()
+            f.loc[f["ts"] > INDEX_AS_OF, "close"] *= 1.5
+            tables.setdefault(ch.table, [ch.kind, [], ch.interval])[1].append(f)
+    store = DataStore(tmp_path / "data")
+    ingest_frames(store, "embedded", {t: (k, pd.concat(fs, ignore_index=True), iv)
+                                      for t, (k, fs, iv) in tables.items()}, source="perturbed")
+    a = build_market_state(embedded_store, "embedded", INDEX_AS_OF, INDEX_CFG)
+    b = build_market_state(store, "embedded", INDEX_AS_OF, INDEX_CFG)
+    assert a.to_dict() == b.to_dict()
+    later = pd.Timestamp("2019-01-02T21:00Z")
+    la = build_market_state(embedded_store, "embedded", later, INDEX_CFG)
+    lb = build_market_state(store, "embedded", later, INDEX_CFG)
+    assert lb.underlyings["SP500"].vol_index.value == pytest.approx(
+        1.5 * la.underlyings["SP500"].vol_index.value)
 
 
 def test_read_portfolio_errors(tmp_path: Path, state) -> None:

@@ -236,13 +236,18 @@ def _arch_csv(name: str) -> pd.DataFrame:
 
 
 @pytest.fixture(scope="module")
-def embedded_store(tmp_path_factory: pytest.TempPathFactory) -> DataStore:
-    """A workspace store holding the embedded arch data (dataset "embedded")."""
+def index_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A workspace whose store holds the embedded arch data (dataset "embedded")."""
     from pipelines.steps import ingest_embedded
 
-    store = DataStore(tmp_path_factory.mktemp("embedded") / "data")
-    ingest_embedded(store, "embedded")
-    return store
+    h = tmp_path_factory.mktemp("embedded")
+    ingest_embedded(DataStore(h / "data"), "embedded")
+    return h
+
+
+@pytest.fixture(scope="module")
+def embedded_store(index_home: Path) -> DataStore:
+    return DataStore(index_home / "data")
 
 
 def test_index_book_as_of_and_command_are_inside_the_embedded_data() -> None:
@@ -360,6 +365,51 @@ def test_portfolio_show_table_and_json(home: Path, sim: SimResult) -> None:
     assert doc["portfolio"]["failures"] == []
     assert doc["prices"]["spot"]["value"] == _last(sim.bars_1m, "BTCUSDT")["close"]
     assert doc["prices"]["call"]["unit"] == "BTC" and doc["prices"]["call"]["value"] > 0
+
+
+ALL_BOOKS = sorted(p for p in EXAMPLES.glob("*.*") if p.suffix in (".csv", ".json"))
+
+
+def _show_json(home: Path, path: Path, *args: str) -> dict:
+    """``dprm portfolio show PATH ARGS --json`` in a subprocess, checked: zero failures, a finite
+    positive price for every position."""
+    r = _dprm(home, "portfolio", "show", str(path), *args, "--json")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["portfolio"]["failures"] == [], path.name
+    positions = [p["id"] for p in doc["portfolio"]["positions"]]
+    assert len(positions) >= 2 and sorted(doc["prices"]) == sorted(positions)
+    bad = {k: v["message"] for k, v in doc["prices"].items() if "reason" in v}
+    assert bad == {}, path.name
+    assert all(math.isfinite(v["value"]) and v["value"] > 0 for v in doc["prices"].values())
+    return doc
+
+
+@pytest.mark.parametrize("path", ALL_BOOKS, ids=[p.name for p in ALL_BOOKS])
+def test_portfolio_show_prices_every_example_book(home: Path, index_home: Path,
+                                                  path: Path) -> None:
+    """Every shipped book through the command (crypto on the short simulation at the dataset's
+    default as-of, the index book on ``embedded`` with its documented arguments): zero
+    failures, finite positive prices."""
+    if path != INDEX_BOOK:
+        _show_json(home, path, "--data", "sim")
+        return
+    doc = _show_json(index_home, path, *INDEX_ARGS)
+    assert doc["market"]["as_of"] == INDEX_AS_OF.isoformat()
+    assert "flat at VIX close" in doc["prices"]["spx_put"]["source"]
+    t = _dprm(index_home, "portfolio", "show", str(path), *INDEX_ARGS)
+    assert t.returncode == 0 and "failures (0): none" in t.stdout, t.stdout
+    assert max(len(x) for x in t.stdout.splitlines()) <= 80
+
+
+@pytest.mark.slow
+def test_portfolio_show_on_dprm_data_simulate_3_days(tmp_path: Path) -> None:
+    """What a user runs: ``dprm data simulate --days 3`` (the default chain), then every crypto
+    book through ``dprm portfolio show``: zero failures."""
+    r = _dprm(tmp_path, "data", "simulate", "--days", "3")
+    assert r.returncode == 0, r.stderr
+    for path in CRYPTO_BOOKS:
+        _show_json(tmp_path, path, "--data", "sim")
 
 
 @pytest.mark.parametrize(

@@ -425,6 +425,40 @@ def test_portfolio_show_bad_input_exits_2(home: Path, args: list[str], message: 
     assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr
 
 
+def test_surface_command_on_the_simulated_chain(home: Path, sim: SimResult,
+                                                tmp_path: Path) -> None:
+    """``dprm surface --data sim`` fits the simulator's chain: every listed expiry, the chain's
+    futures as forwards, fitted prices inside bid-ask, and the fitted smile close to the
+    simulator's own SSVI marks (an independent truth: the fit sees bid/ask, not marks)."""
+    env_dir = tmp_path / "no-real-data"  # no DVOL from the real files beside a simulated market
+    env_dir.mkdir()
+    env = {**os.environ, "DPRM_HOME": str(home), "DPRM_DATA_DIR": str(env_dir), "COLUMNS": "80"}
+    r = subprocess.run([sys.executable, "-m", "pipelines.cli", "surface", "--data", "sim",
+                        "--json"], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    last = sim.options[sim.options["ts"] == sim.options["ts"].max()]
+    assert sorted(u["underlying"] for u in doc["underlyings"]) == ["BTC", "ETH"]
+    for u in doc["underlyings"]:
+        snap = last[last["underlying"] == u["underlying"]]
+        assert pd.Timestamp(u["snapshot"]) == snap["ts"].iloc[0]
+        assert u["failures"] == [] and u["dvol"] is None and Path(u["png"]).is_file()
+        assert [pd.Timestamp(s["expiry"]) for s in u["slices"]] == sorted(snap["expiry"].unique())
+        assert u["inside_pct"] >= 90.0
+        for sl in u["slices"]:
+            g = snap[snap["expiry"] == pd.Timestamp(sl["expiry"])]
+            assert sl["forward"] == pytest.approx(g["underlying_px"].iloc[0], rel=1e-12)
+            assert sl["butterfly"]["ok"] and sl["n_quotes"] >= 4
+            # out-of-the-money marks: fitted raw-SVI vol vs the simulator's mark IV
+            otm = g[(g["option_type"] == "C") == (g["strike"] >= sl["forward"])]
+            k = np.log(otm["strike"].to_numpy(float) / sl["forward"])
+            p = sl["params"]
+            w = p["a"] + p["b"] * (p["rho"] * (k - p["m"]) + np.sqrt((k - p["m"]) ** 2
+                                                                      + p["sigma"] ** 2))
+            err_pts = 100 * np.abs(np.sqrt(w / sl["t_yr"]) - otm["mark_iv"].to_numpy(float))
+            assert np.median(err_pts) < 0.5 and err_pts.max() < 2.0, (sl["expiry"], err_pts)
+
+
 # ---- the real store ------------------------------------------------------------------------------
 
 

@@ -544,6 +544,11 @@ def test_real_store_perpetual_funding_and_mark(real_store: DataStore, data_dir: 
     assert btc.spot.value == sp.sort_values("open_time")["close"].iloc[-1]
     assert ("BTC/options", FailureReason.MISSING_INPUTS) in {(f.subject, f.reason)
                                                             for f in ms.failures}
+    # no chain that day: options price off a flat surface at the DVOL close (recorded as such)
+    dvol = btc.vol_index
+    assert dvol is not None and btc.vol_surface.implied_vol(90_000.0, "2025-02-28") == dvol.value
+    assert btc.vol_surface_source.source.startswith("flat at BTC-DVOL close ")
+    assert btc.vol_surface_source.ts == dvol.ts <= t
 
 
 @pytest.mark.slow

@@ -104,12 +104,14 @@ UNDERLYINGS: dict[str, Underlying] = {
     # index series); perpetual = the Binance USDT-M perpetual; DVOL where Deribit publishes one.
     **{c: _crypto(c, dvol=c in ("BTC", "ETH")) for c in (
         "BTC", "ETH", "BNB", "LTC", "SOL", "XRP", "ADA", "DOGE", "DOT", "LINK", "AVAX", "ATOM")},
-    # Equity indices (the embedded arch data, table bars_1d); no perpetual, no vol index stored.
-    "SP500": Underlying("SP500", "SP500", "SP500", None, None, "equity_index", "XNYS"),
+    # Equity indices (the embedded arch data, table bars_1d); no perpetual. The S&P 500's vol
+    # index is the VIX (arch's vix, table vix_1d); the store holds no NASDAQ vol index (VXN).
+    "SP500": Underlying("SP500", "SP500", "SP500", None, "VIX", "equity_index", "XNYS"),
     "NASDAQ": Underlying("NASDAQ", "NASDAQ", "NASDAQ", None, None, "equity_index", "XNYS"),
 }
 """Underlying -> store symbols. BTC -> index/spot ``BTCUSDT``, perpetual ``BTCUSDT-PERP``,
-vol index ``BTC-DVOL``; SP500 -> ``SP500``. Extend here (one table, nowhere else)."""
+vol index ``BTC-DVOL``; SP500 -> ``SP500``, vol index ``VIX``. Extend here (one table, nowhere
+else)."""
 
 
 @dataclass(frozen=True)

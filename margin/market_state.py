@@ -10,7 +10,8 @@ underlying (a key of :data:`margin.instruments.UNDERLYINGS`) it holds:
 - ``marks``: mark (or last) prices per store symbol: perpetuals, futures, options;
 - ``funding``: the perpetual's funding rate per funding period (and its annualized carry);
 - ``vol_surface``: an object with ``implied_vol(strike, expiry)`` (the smile fit of
-  :class:`margin.surface.VolSurface`, or anything with that method), ``vol_index`` (DVOL, as a
+  :class:`margin.surface.VolSurface`, or anything with that method; where no option chain
+  exists, a :class:`FlatVolSurface` at the vol index level), ``vol_index`` (DVOL/VIX, as a
   fraction);
 - ``rate``: the continuously compounded rate options are discounted with (crypto: Deribit's
   convention r = 0; equity indices: only when given, the store holds no rates).
@@ -38,11 +39,12 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 import pandas as pd
 
-from features.errors import Failure, FailureReason
+from features.errors import DataError, Failure, FailureReason
 from margin.instruments import Future, Instrument, Option, Perpetual, Spot, underlying_of
 from margin.pricing import SECONDS_PER_YEAR, black76_price
 
 __all__ = [
+    "FlatVolSurface",
     "Forward",
     "FundingQuote",
     "MarketState",
@@ -64,6 +66,33 @@ class VolSurface(Protocol):
     def implied_vol(self, strike: Any, expiry: object) -> Any:
         """Annualized Black implied volatility (a fraction) for strikes (USD) at ``expiry``."""
         ...
+
+
+@dataclass(frozen=True)
+class FlatVolSurface:
+    """One implied volatility for every strike and expiry: the surface where no option chain
+    exists, at the level of the underlying's implied-volatility index (VIX, DVOL).
+
+    A vol index is the 30-day at-the-money-ish level, so a flat surface carries no smile and no
+    term structure: a documented approximation, recorded as the state's ``vol_surface_source``.
+
+    Attributes
+    ----------
+    vol : annualized Black volatility as a fraction (0.25 = 25 vol points); finite and > 0.
+    """
+
+    vol: float
+
+    def __post_init__(self) -> None:
+        v = float(self.vol)
+        if not (math.isfinite(v) and v > 0):
+            raise DataError(f"The 'vol' of FlatVolSurface must be a finite fraction > 0 (0.25 = "
+                            f"25 vol points). Got {self.vol!r} instead.", column="vol")
+        object.__setattr__(self, "vol", v)
+
+    def implied_vol(self, strike: Any, expiry: object) -> np.ndarray:
+        """``vol`` for every strike (array of the strikes' shape); ``expiry`` is not used."""
+        return np.full(np.shape(strike), self.vol, dtype=np.float64)
 
 
 @dataclass(frozen=True)
@@ -352,8 +381,9 @@ class MarketState:
         if isinstance(fw, Failure):
             return Failure(fw.reason, name, fw.message, fw.details)
         if u.vol_surface is None:
-            return Failure(FailureReason.MISSING_INPUTS, name, f"no mark and no vol surface for "
-                           f"{opt.underlying} at {self.as_of}", {"field": "vol_surface"})
+            return Failure(FailureReason.MISSING_INPUTS, name, f"no mark and no vol surface (no "
+                           f"fitted option chain, no vol index) for {opt.underlying} at "
+                           f"{self.as_of}", {"field": "vol_surface"})
         if u.rate is None:
             return Failure(FailureReason.MISSING_INPUTS, name, f"no mark and no interest rate "
                            f"for {opt.underlying} at {self.as_of}", {"field": "rate"})

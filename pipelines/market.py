@@ -19,8 +19,11 @@ options       per option symbol the last row of the ``options`` table, unexpired
               coin quotes ``F = K / (1 - (C - P))``, USD quotes ``F = K + (C - P)``) where no
               future expires then
 vol surface   :func:`fit_vol_surface` (:func:`margin.surface.fit_surface`, SVI per expiry) on the
-              chain, or a ``surface_fitter(chain, state_so_far, as_of)`` passed in
-vol index     close of the underlying's ``vol_index`` symbol (DVOL, percent -> fraction)
+              chain, or a ``surface_fitter(chain, state_so_far, as_of)`` passed in; with no
+              chain, a :class:`~margin.market_state.FlatVolSurface` at the vol index (source
+              ``flat at VIX close <ts> UTC (...)``); with neither, none (options without a mark
+              then fail with ``MISSING_INPUTS``, field ``vol_surface``)
+vol index     close of the underlying's ``vol_index`` symbol (DVOL, VIX: percent -> fraction)
 rate          crypto: 0 (Deribit's convention, recorded as such); others: ``rates`` given in the
               config, else missing
 ============  ==================================================================================
@@ -45,7 +48,14 @@ from features import schema as S
 from features.errors import ConfigError, DataError, Failure, FailureReason
 from features.store import DataStore
 from margin.instruments import UNDERLYINGS, Future, parse_instrument
-from margin.market_state import Forward, FundingQuote, MarketState, Quote, UnderlyingState
+from margin.market_state import (
+    FlatVolSurface,
+    Forward,
+    FundingQuote,
+    MarketState,
+    Quote,
+    UnderlyingState,
+)
 from margin.portfolio import Portfolio, parse_portfolio
 
 __all__ = [
@@ -390,6 +400,16 @@ def build_market_state(
                                              f"surface fitted to {len(chain)} {name} options",
                                              chain[S.TS].max()),
                     vol_index=vol_index, rate=rate, dividend_yield=dividend_yield)
+        elif vol_index is not None:
+            # no chain: options price off a flat surface at the vol index level
+            state = UnderlyingState(
+                name, spot=spot, index=index, forwards=forwards, marks=marks, funding=funding,
+                vol_surface=FlatVolSurface(vol_index.value),
+                vol_surface_source=Quote(
+                    vol_index.value, "fraction",
+                    f"flat at {u.vol_index} close {vol_index.ts:%Y-%m-%d %H:%M} UTC "
+                    f"({vol_index.source})", vol_index.ts),
+                vol_index=vol_index, rate=rate, dividend_yield=dividend_yield)
         states[name] = state
     return MarketState(t, states, tuple(failures), source=f"store:{dataset}")
 

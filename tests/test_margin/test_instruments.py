@@ -131,6 +131,8 @@ def test_underlying_table():
         "BTCUSDT", "BTCUSDT", "BTCUSDT-PERP", "BTC-DVOL")
     sp = UNDERLYINGS["SP500"]
     assert (sp.index, sp.spot, sp.perpetual, sp.calendar) == ("SP500", "SP500", None, "XNYS")
+    # the S&P 500's vol index is the VIX (arch's vix, symbol VIX); no NASDAQ vol index is stored
+    assert sp.vol_index == "VIX" and UNDERLYINGS["NASDAQ"].vol_index is None
 
 
 def test_pnl_linear_and_inverse_hand_computed():

@@ -11,9 +11,16 @@ import pandas as pd
 import pytest
 from scipy.stats import norm
 
-from features.errors import Failure, FailureReason
+from features.errors import DataError, Failure, FailureReason
 from margin.instruments import parse_instrument
-from margin.market_state import Forward, FundingQuote, MarketState, Quote, UnderlyingState
+from margin.market_state import (
+    FlatVolSurface,
+    Forward,
+    FundingQuote,
+    MarketState,
+    Quote,
+    UnderlyingState,
+)
 
 T = pd.Timestamp("2025-03-01T00:00Z")
 YEAR_S = 365 * 86400
@@ -197,3 +204,48 @@ def test_option_without_surface_or_rate_is_a_failure() -> None:
     assert isinstance(no_spot, Failure) and no_spot.reason is FailureReason.MISSING_PRICE
     no_perp = _state(marks={}).price(parse_instrument("BTC-PERPETUAL"))
     assert isinstance(no_perp, Failure) and no_perp.reason is FailureReason.MISSING_PRICE
+
+
+# ---- the flat surface (no chain: the vol index level) -------------------------------------------
+
+
+def test_flat_vol_surface_values_and_errors() -> None:
+    flat = FlatVolSurface(0.2542)
+    assert flat.implied_vol(2_300.0, "2019-02-01").shape == ()
+    v = flat.implied_vol(np.array([[2_000.0, 2_500.0, 3_000.0]]), "2019-03-01")
+    assert v.shape == (1, 3) and (v == 0.2542).all()
+    for bad in (0.0, -0.1, float("nan"), float("inf")):
+        with pytest.raises(DataError, match=r"The 'vol' of FlatVolSurface must be a finite "
+                                            r"fraction > 0 .* Got .* instead"):
+            FlatVolSurface(bad)
+
+
+def test_index_option_off_a_flat_vix_surface_against_quantlib() -> None:
+    import QuantLib as ql
+
+    t0 = pd.Timestamp("2018-12-31T21:00Z")
+    vix = _q(0.2542, "vix_1d.close[VIX] / 100", unit="fraction", ts=t0)
+    spx = UnderlyingState(
+        "SP500", spot=_q(2_506.85, "bars_1d.close[SP500]", ts=t0),
+        vol_surface=FlatVolSurface(vix.value),
+        vol_surface_source=Quote(vix.value, "fraction", "flat at VIX close 2018-12-31 21:00 UTC",
+                                 t0),
+        vol_index=vix, rate=_q(0.025, "config: rates", unit="fraction", ts=t0),
+        dividend_yield=_q(0.02, "config: dividend_yields", unit="fraction", ts=t0))
+    ms = MarketState(t0, {"SP500": spx})
+    for name, right in (("SP500-1FEB19-2300-P", ql.Option.Put),
+                        ("SP500-1MAR19-2800-C", ql.Option.Call)):
+        opt = parse_instrument(name)
+        t = (opt.expiry - t0).total_seconds() / YEAR_S
+        fwd = 2_506.85 * math.exp((0.025 - 0.02) * t)
+        ref = ql.blackFormula(right, opt.strike, fwd, 0.2542 * math.sqrt(t), math.exp(-0.025 * t))
+        q = ms.price(opt)
+        assert q.unit == "USD" and q.value == pytest.approx(ref, rel=1e-10)
+        assert "flat at VIX close 2018-12-31 21:00 UTC" in q.source and q.ts == t0
+    # without a surface (NASDAQ: no chain, no vol index) the option is a failure, not defaulted
+    ndx_spot = _q(6_635.28, "bars_1d.close[NASDAQ]", ts=t0)
+    ndx = MarketState(t0, {"NASDAQ": UnderlyingState("NASDAQ", spot=ndx_spot, rate=spx.rate,
+                                                     dividend_yield=spx.dividend_yield)})
+    f = ndx.price(parse_instrument("NASDAQ-1FEB19-6500-C"))
+    assert isinstance(f, Failure) and f.reason is FailureReason.MISSING_INPUTS
+    assert f.details["field"] == "vol_surface" and "no vol index" in f.message

@@ -28,7 +28,8 @@ def test_help_is_fast_and_lists_commands(tmp_path) -> None:
                 ["features", "build", "--help"], ["features", "show", "--help"], ["evaluate", "--help"],
                 ["train", "--help"], ["forecast", "--help"], ["monitor", "--help"], ["deploy", "--help"],
                 ["models", "list", "--help"], ["models", "show", "--help"], ["models", "promote", "--help"],
-                ["models", "rollback", "--help"]):
+                ["models", "rollback", "--help"], ["surface", "--help"], ["portfolio", "--help"],
+                ["portfolio", "show", "--help"]):
         r = run(sub, tmp_path)
         assert r.returncode == 0, sub
     # heavy libraries stay out of the --help path

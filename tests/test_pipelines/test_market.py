@@ -219,27 +219,109 @@ def test_example_crypto_books_load_and_price_on_simulated_data(path: Path, state
     assert all(math.isfinite(q.value) and q.value > 0 for q in prices.values())
 
 
-def test_index_book_on_the_embedded_data(tmp_path: Path) -> None:
+INDEX_BOOK = EXAMPLES / "index_futures_options.csv"
+INDEX_AS_OF = pd.Timestamp("2018-12-31T21:00Z")  # the last close of SP500/NASDAQ and a VIX day
+INDEX_ARGS = ["--data", "embedded", "--as-of", "2018-12-31T21:00Z", "--rate", "SP500=0.025",
+              "--rate", "NASDAQ=0.025", "--dividend-yield", "SP500=0.02", "--dividend-yield",
+              "NASDAQ=0.01"]
+INDEX_CFG = MarketStateConfig(rates={"SP500": 0.025, "NASDAQ": 0.025},
+                              dividend_yields={"SP500": 0.02, "NASDAQ": 0.01})
+
+
+def _arch_csv(name: str) -> pd.DataFrame:
+    raw = pd.read_csv(Path(__import__("arch").__file__).parent / "data" / name / f"{name}.csv.gz")
+    raw["ts"] = (pd.to_datetime(raw["Date"]) + pd.Timedelta("16h")).dt.tz_localize(
+        "America/New_York").dt.tz_convert("UTC")
+    return raw
+
+
+@pytest.fixture(scope="module")
+def index_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A workspace whose store holds the embedded arch data (dataset "embedded")."""
     from pipelines.steps import ingest_embedded
 
-    store = DataStore(tmp_path / "data")
-    ingest_embedded(store, "embedded")
-    cfg = MarketStateConfig(rates={"SP500": 0.025, "NASDAQ": 0.025},
-                            dividend_yields={"SP500": 0.02, "NASDAQ": 0.01})
-    ms = build_market_state(store, "embedded", None, cfg)
-    pf = read_portfolio(EXAMPLES / "index_futures_options.csv", ms)
+    h = tmp_path_factory.mktemp("embedded")
+    ingest_embedded(DataStore(h / "data"), "embedded")
+    return h
+
+
+@pytest.fixture(scope="module")
+def embedded_store(index_home: Path) -> DataStore:
+    return DataStore(index_home / "data")
+
+
+def test_index_book_as_of_and_command_are_inside_the_embedded_data() -> None:
+    # the example's documented command runs at an as-of inside both the indices and the VIX
+    header = " ".join(x for x in INDEX_BOOK.read_text().splitlines() if x.startswith("#"))
+    assert "dprm portfolio show examples/portfolios/index_futures_options.csv " + " ".join(
+        INDEX_ARGS) in header
+    for name in ("sp500", "nasdaq", "vix"):
+        ts = _arch_csv(name)["ts"]
+        assert ts.min() <= INDEX_AS_OF <= ts.max() and (ts == INDEX_AS_OF).any(), name
+
+
+def test_index_book_on_the_embedded_data(embedded_store: DataStore) -> None:
+    import QuantLib as ql
+
+    store = embedded_store
+    ms = build_market_state(store, "embedded", INDEX_AS_OF, INDEX_CFG)
+    pf = read_portfolio(INDEX_BOOK, ms)
     assert pf.failures == () and len(pf.positions) == 5
-    raw = pd.read_csv(Path(__import__("arch").__file__).parent / "data" / "sp500" / "sp500.csv.gz")
-    assert ms.underlyings["SP500"].spot.value == pytest.approx(raw["Close"].dropna().iloc[-1])
+    spx, vix = _arch_csv("sp500"), _arch_csv("vix")
+    s0 = spx.loc[spx["ts"] == INDEX_AS_OF, "Close"].item()
+    vix_close = float(vix.loc[vix["ts"] == INDEX_AS_OF, "vix"].item())
+    assert vix_close != float(vix["vix"].iloc[-1])  # a later VIX differs: the as-of one is used
+    sp = ms.underlyings["SP500"]
+    assert sp.spot.value == pytest.approx(s0) and sp.vol_index.value == pytest.approx(vix_close / 100)
+    assert not [f for f in ms.failures if f.reason is FailureReason.STALE]
     spx_fut = next(p for p in pf.positions if p.id == "spx_fut").instrument
     q = ms.price(spx_fut)
     tau = (spx_fut.expiry - ms.as_of).total_seconds() / (365 * 86400)
-    assert q.value == pytest.approx(ms.underlyings["SP500"].spot.value * math.exp(0.005 * tau))
-    # no option chain and no vol index for the indices: options have no price, said so
-    put = ms.price(next(p for p in pf.positions if p.id == "spx_put").instrument)
-    assert isinstance(put, Failure) and put.details["field"] == "vol_surface"
+    assert q.value == pytest.approx(s0 * math.exp(0.005 * tau))
+    # no option chain: the options price off a flat surface at the VIX close (QuantLib oracle)
+    assert sp.vol_surface_source.source.startswith("flat at VIX close 2018-12-31 21:00 UTC")
+    assert sp.vol_surface_source.ts == INDEX_AS_OF
+    for pid in ("spx_put", "spx_call"):
+        opt = next(p for p in pf.positions if p.id == pid).instrument
+        t = (opt.expiry - ms.as_of).total_seconds() / (365 * 86400)
+        fwd = s0 * math.exp((0.025 - 0.02) * t)
+        right = ql.Option.Call if opt.is_call else ql.Option.Put
+        ref = ql.blackFormula(right, opt.strike, fwd, vix_close / 100 * math.sqrt(t),
+                              math.exp(-0.025 * t))
+        px = ms.price(opt)
+        assert px.unit == "USD" and px.value == pytest.approx(ref, rel=1e-10), pid
+        assert "flat at VIX close" in px.source
+    # NASDAQ has no vol index and no chain: its options have no price, said so (not defaulted)
+    ndx = ms.price(parse_instrument("NASDAQ-1FEB19-6500-C"))
+    assert isinstance(ndx, Failure) and ndx.reason is FailureReason.MISSING_INPUTS
+    assert ndx.details["field"] == "vol_surface" and "no vol index" in ndx.message
+    assert ms.underlyings["NASDAQ"].vol_surface is None
     without = build_market_state(store, "embedded", None)
+    assert without.as_of == pd.Timestamp("2019-01-03T21:00Z")  # the VIX's last day
     assert {"SP500/rate", "SP500/dividend_yield"} <= {f.subject for f in without.failures}
+    assert ("SP500/spot", FailureReason.STALE) in {(f.subject, f.reason) for f in without.failures}
+
+
+def test_flat_vix_surface_uses_no_later_data(embedded_store: DataStore, tmp_path: Path) -> None:
+    from features.readers.arch_data import load_embedded
+
+    tables: dict = {}
+    for name in ("sp500", "nasdaq", "vix"):
+        for ch in load_embedded(name):
+            f = ch.frame.copy()
+            f.loc[f["ts"] > INDEX_AS_OF, "close"] *= 1.5
+            tables.setdefault(ch.table, [ch.kind, [], ch.interval])[1].append(f)
+    store = DataStore(tmp_path / "data")
+    ingest_frames(store, "embedded", {t: (k, pd.concat(fs, ignore_index=True), iv)
+                                      for t, (k, fs, iv) in tables.items()}, source="perturbed")
+    a = build_market_state(embedded_store, "embedded", INDEX_AS_OF, INDEX_CFG)
+    b = build_market_state(store, "embedded", INDEX_AS_OF, INDEX_CFG)
+    assert a.to_dict() == b.to_dict()
+    later = pd.Timestamp("2019-01-02T21:00Z")
+    la = build_market_state(embedded_store, "embedded", later, INDEX_CFG)
+    lb = build_market_state(store, "embedded", later, INDEX_CFG)
+    assert lb.underlyings["SP500"].vol_index.value == pytest.approx(
+        1.5 * la.underlyings["SP500"].vol_index.value)
 
 
 def test_read_portfolio_errors(tmp_path: Path, state) -> None:
@@ -285,6 +367,51 @@ def test_portfolio_show_table_and_json(home: Path, sim: SimResult) -> None:
     assert doc["prices"]["call"]["unit"] == "BTC" and doc["prices"]["call"]["value"] > 0
 
 
+ALL_BOOKS = sorted(p for p in EXAMPLES.glob("*.*") if p.suffix in (".csv", ".json"))
+
+
+def _show_json(home: Path, path: Path, *args: str) -> dict:
+    """``dprm portfolio show PATH ARGS --json`` in a subprocess, checked: zero failures, a finite
+    positive price for every position."""
+    r = _dprm(home, "portfolio", "show", str(path), *args, "--json")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["portfolio"]["failures"] == [], path.name
+    positions = [p["id"] for p in doc["portfolio"]["positions"]]
+    assert len(positions) >= 2 and sorted(doc["prices"]) == sorted(positions)
+    bad = {k: v["message"] for k, v in doc["prices"].items() if "reason" in v}
+    assert bad == {}, path.name
+    assert all(math.isfinite(v["value"]) and v["value"] > 0 for v in doc["prices"].values())
+    return doc
+
+
+@pytest.mark.parametrize("path", ALL_BOOKS, ids=[p.name for p in ALL_BOOKS])
+def test_portfolio_show_prices_every_example_book(home: Path, index_home: Path,
+                                                  path: Path) -> None:
+    """Every shipped book through the command (crypto on the short simulation at the dataset's
+    default as-of, the index book on ``embedded`` with its documented arguments): zero
+    failures, finite positive prices."""
+    if path != INDEX_BOOK:
+        _show_json(home, path, "--data", "sim")
+        return
+    doc = _show_json(index_home, path, *INDEX_ARGS)
+    assert doc["market"]["as_of"] == INDEX_AS_OF.isoformat()
+    assert "flat at VIX close" in doc["prices"]["spx_put"]["source"]
+    t = _dprm(index_home, "portfolio", "show", str(path), *INDEX_ARGS)
+    assert t.returncode == 0 and "failures (0): none" in t.stdout, t.stdout
+    assert max(len(x) for x in t.stdout.splitlines()) <= 80
+
+
+@pytest.mark.slow
+def test_portfolio_show_on_dprm_data_simulate_3_days(tmp_path: Path) -> None:
+    """What a user runs: ``dprm data simulate --days 3`` (the default chain), then every crypto
+    book through ``dprm portfolio show``: zero failures."""
+    r = _dprm(tmp_path, "data", "simulate", "--days", "3")
+    assert r.returncode == 0, r.stderr
+    for path in CRYPTO_BOOKS:
+        _show_json(tmp_path, path, "--data", "sim")
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -296,6 +423,40 @@ def test_portfolio_show_bad_input_exits_2(home: Path, args: list[str], message: 
     args = [str(EXAMPLES / "basis_trade.csv") if a == "BOOK" else a for a in args]
     r = _dprm(home, "portfolio", "show", *args)
     assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr
+
+
+def test_surface_command_on_the_simulated_chain(home: Path, sim: SimResult,
+                                                tmp_path: Path) -> None:
+    """``dprm surface --data sim`` fits the simulator's chain: every listed expiry, the chain's
+    futures as forwards, fitted prices inside bid-ask, and the fitted smile close to the
+    simulator's own SSVI marks (an independent truth: the fit sees bid/ask, not marks)."""
+    env_dir = tmp_path / "no-real-data"  # no DVOL from the real files beside a simulated market
+    env_dir.mkdir()
+    env = {**os.environ, "DPRM_HOME": str(home), "DPRM_DATA_DIR": str(env_dir), "COLUMNS": "80"}
+    r = subprocess.run([sys.executable, "-m", "pipelines.cli", "surface", "--data", "sim",
+                        "--json"], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    last = sim.options[sim.options["ts"] == sim.options["ts"].max()]
+    assert sorted(u["underlying"] for u in doc["underlyings"]) == ["BTC", "ETH"]
+    for u in doc["underlyings"]:
+        snap = last[last["underlying"] == u["underlying"]]
+        assert pd.Timestamp(u["snapshot"]) == snap["ts"].iloc[0]
+        assert u["failures"] == [] and u["dvol"] is None and Path(u["png"]).is_file()
+        assert [pd.Timestamp(s["expiry"]) for s in u["slices"]] == sorted(snap["expiry"].unique())
+        assert u["inside_pct"] >= 90.0
+        for sl in u["slices"]:
+            g = snap[snap["expiry"] == pd.Timestamp(sl["expiry"])]
+            assert sl["forward"] == pytest.approx(g["underlying_px"].iloc[0], rel=1e-12)
+            assert sl["butterfly"]["ok"] and sl["n_quotes"] >= 4
+            # out-of-the-money marks: fitted raw-SVI vol vs the simulator's mark IV
+            otm = g[(g["option_type"] == "C") == (g["strike"] >= sl["forward"])]
+            k = np.log(otm["strike"].to_numpy(float) / sl["forward"])
+            p = sl["params"]
+            w = p["a"] + p["b"] * (p["rho"] * (k - p["m"]) + np.sqrt((k - p["m"]) ** 2
+                                                                      + p["sigma"] ** 2))
+            err_pts = 100 * np.abs(np.sqrt(w / sl["t_yr"]) - otm["mark_iv"].to_numpy(float))
+            assert np.median(err_pts) < 0.5 and err_pts.max() < 2.0, (sl["expiry"], err_pts)
 
 
 # ---- the real store ------------------------------------------------------------------------------
@@ -383,6 +544,11 @@ def test_real_store_perpetual_funding_and_mark(real_store: DataStore, data_dir: 
     assert btc.spot.value == sp.sort_values("open_time")["close"].iloc[-1]
     assert ("BTC/options", FailureReason.MISSING_INPUTS) in {(f.subject, f.reason)
                                                             for f in ms.failures}
+    # no chain that day: options price off a flat surface at the DVOL close (recorded as such)
+    dvol = btc.vol_index
+    assert dvol is not None and btc.vol_surface.implied_vol(90_000.0, "2025-02-28") == dvol.value
+    assert btc.vol_surface_source.source.startswith("flat at BTC-DVOL close ")
+    assert btc.vol_surface_source.ts == dvol.ts <= t
 
 
 @pytest.mark.slow

@@ -436,8 +436,43 @@ def _registry_home():
     return dprm_home()
 
 
+def registry_errors(fn: F) -> F:
+    """One line and exit code 2 for a :class:`~features.errors.RegistryError` (an unreachable,
+    corrupt or inconsistent registry), like every other bad-input error."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from features.errors import RegistryError
+
+        try:
+            return fn(*args, **kwargs)
+        except RegistryError as exc:
+            if os.environ.get("DPRM_DEBUG"):
+                raise
+            _fail(str(exc))
+
+    return wrapper  # type: ignore[return-value]
+
+
+ModelOpt = Annotated[str | None, typer.Option(
+    "--model", help="Registered model (default: the dataset's own; see `dprm models list`).")]
+
+
+def _model_name(home: Path, model: str | None) -> str:
+    """``--model``, else the only registered model; several need ``--model`` (ConfigError)."""
+    from features.errors import ConfigError
+    from models.registry import MODEL_NAME, registered_model_names
+
+    if model:
+        return model
+    names = registered_model_names(home)
+    if len(names) > 1:
+        raise ConfigError(f"{len(names)} registered models ({', '.join(names)}): pass --model NAME")
+    return names[0] if names else MODEL_NAME
+
+
 def _model_data(data: str, freq: str):
-    """The valid rows of a dataset's feature frame (what the gate re-evaluates on)."""
+    """The dataset name and the valid rows of its feature frame (what the gate re-evaluates on)."""
     from features.build import FeatureStore
     from features.store import DataStore
     from pipelines.config import FeaturesConfig
@@ -447,59 +482,79 @@ def _model_data(data: str, freq: str):
     ds = resolve_dataset(DataStore(home / "data"), data)
     build_features(home, ds, FeaturesConfig(freq=freq))
     frame = FeatureStore(home / "features").read(ds, freq)
-    return frame[frame["valid"].astype(bool)].reset_index(drop=True)
+    return ds, frame[frame["valid"].astype(bool)].reset_index(drop=True)
 
 
 @models_app.command("list")
 @clean_errors
-def models_list() -> None:
-    """List registered versions of the forecaster with aliases and gate status."""
+@registry_errors
+def models_list(model: ModelOpt = None) -> None:
+    """List every registered model's versions with aliases, gate status and training data
+    (the registry is cross-checked with the promotion log first)."""
     from rich.table import Table
 
-    from models.registry import list_versions
+    from models.registry import list_versions, verify_registry
 
-    df = list_versions(home=_registry_home())
+    home = _registry_home()
+    verify_registry(home, model)
+    df = list_versions(home=home, name=model)
     if df.empty:
         _console().print("no registered versions; run `dprm train` first")
         return
-    t = Table(title="dprm-forecaster versions")
-    for c in df.columns:
-        t.add_column(str(c))
-    for row in df.itertuples(index=False):
-        t.add_row(*[str(v) if v is not None else "" for v in row])
+    t = Table(title="registered models")
+    for c in ("model", "v", "aliases", "status", "gate", "primary", "data", "created"):
+        t.add_column(c, justify="right" if c == "v" else "left")
+    for r in df.itertuples(index=False):
+        data = f"{r.dataset}/{r.freq}" if r.dataset else ""
+        t.add_row(r.model, str(r.version), r.aliases, r.status, r.gate_status, r.primary, data,
+                  str(r.created_ts)[:16])
     _console().print(t)
 
 
 @models_app.command("show")
 @clean_errors
-def models_show(version: Annotated[str, typer.Argument(help="Version number or alias (champion, challenger).")]) -> None:
+@registry_errors
+def models_show(
+    version: Annotated[str, typer.Argument(help="Version number or alias (champion, challenger).")],
+    model: ModelOpt = None,
+) -> None:
     """Show one version: parameters, data fingerprint, evaluation, gate decision."""
     import json
 
-    from models.registry import model_ref, show_version
+    from models.registry import model_ref, show_version, verify_registry
 
     home = _registry_home()
-    v = version if version.isdigit() else model_ref(version, home=home).version
-    _console().print_json(json.dumps(show_version(v, home=home), default=str))
+    name = _model_name(home, model)
+    verify_registry(home, name)
+    v = version if version.isdigit() else model_ref(version, home=home, name=name).version
+    _console().print_json(json.dumps(show_version(v, home=home, name=name), default=str))
 
 
 @models_app.command("promote")
 @clean_errors
+@registry_errors
 def models_promote(
     version: Annotated[str, typer.Argument(help="Version to promote (number or 'challenger').")],
     data: Annotated[str | None, typer.Option(help="Dataset the gate re-evaluates on (required for auto).")] = None,
-    freq: Annotated[str, typer.Option(help="Frequency of that data.")] = "1D",
+    freq: Annotated[str | None, typer.Option(
+        help="Frequency of that data (default: the version's training frequency, else 1D).")] = None,
     mode: Annotated[str, typer.Option(help="auto (the gate decides) or manual (a named approver).")] = "auto",
     approver: Annotated[str | None, typer.Option(help="Who approves (required for manual).")] = None,
     reason: Annotated[str, typer.Option(help="Why (recorded in the promotion log).")] = "",
+    model: ModelOpt = None,
 ) -> None:
     """Promote a version to champion through the gate; every alias move is logged."""
-    from models.registry import model_ref, promote
+    from models.registry import model_ref, promote, show_version
+    from pipelines.flow_config import model_name_for
 
     home = _registry_home()
-    v = version if version.isdigit() else model_ref(version, home=home).version
-    frame = _model_data(data, freq) if data else None
-    res = promote(v, home=home, mode=mode, approver=approver, reason=reason, data=frame)
+    name = model or (model_name_for(data) if data else _model_name(home, None))
+    v = version if version.isdigit() else model_ref(version, home=home, name=name).version
+    frame = None
+    if data:
+        tags = show_version(v, home=home, name=name)["tags"]
+        _, frame = _model_data(data, freq or tags.get("dprm.freq") or "1D")
+    res = promote(v, home=home, mode=mode, approver=approver, reason=reason, data=frame, name=name)
     _print_gate(res)
     if not res.promoted:
         raise typer.Exit(code=1)
@@ -529,15 +584,19 @@ def _print_gate(res: Any) -> None:
 
 @models_app.command("rollback")
 @clean_errors
+@registry_errors
 def models_rollback(
     approver: Annotated[str, typer.Option(help="Who decides (recorded).")],
     reason: Annotated[str, typer.Option(help="Why (recorded).")],
     to_version: Annotated[str | None, typer.Option(help="Target version (default: the previous champion).")] = None,
+    model: ModelOpt = None,
 ) -> None:
     """Move the champion alias back to the previous champion (or a given version)."""
     from models.registry import rollback
 
-    res = rollback(home=_registry_home(), approver=approver, reason=reason, to_version=to_version)
+    home = _registry_home()
+    res = rollback(home=home, approver=approver, reason=reason, to_version=to_version,
+                   name=_model_name(home, model))
     _print_gate(res)
 
 
@@ -550,20 +609,42 @@ def _print_flow(title: str, out: dict) -> None:
     con.print_json(json.dumps(out, default=str))
 
 
+def _preflight(cfg: Any, step: str) -> None:
+    """Check the registry before a flow starts (seconds, not the flow's start-up): reachable and
+    consistent with the promotion log, and the model fits the data (train: the model holds no
+    other dataset's versions; forecast/monitor: the champion was trained on this data)."""
+    from models.registry import verify_registry
+    from pipelines import cycle
+    from pipelines.config import dprm_home
+
+    home = dprm_home()
+    verify_registry(home, cfg.registered_model)
+    if step == "train":
+        cycle.check_train_target(home, cfg)
+    elif step == "monitor" or cycle.forecast_source(home, cfg.registered_model)["source"] == "champion":
+        cycle.check_champion(home, cfg)
+
+
 @app.command("train")
 @clean_errors
+@registry_errors
 def train(
     dataset: Annotated[str | None, typer.Option(help="Dataset (default: embedded).")] = None,
     freq: Annotated[str | None, typer.Option(help="Frequency of the feature rows.")] = None,
+    model: ModelOpt = None,
     config: ConfigOpt = None,
 ) -> None:
     """Walk-forward evaluate, log to MLflow, register a challenger and try the promotion gate
-    (the `train` Prefect flow)."""
+    (the `train` Prefect flow). The model is the dataset's own unless --model names another."""
     from pipelines.config import load_config
     from pipelines.flow_config import TrainFlowConfig
+
+    cfg = load_config(TrainFlowConfig, config, "train", dataset=dataset, freq=freq,
+                      model_name=model)
+    if cfg.register_model:
+        _preflight(cfg, "train")
     from pipelines.flows import run_train
 
-    cfg = load_config(TrainFlowConfig, config, "train", dataset=dataset, freq=freq)
     with _console().status("running the train flow"):
         out = run_train(cfg)
     _print_flow("train", out)
@@ -573,17 +654,23 @@ def train(
 
 @app.command("forecast")
 @clean_errors
+@registry_errors
 def forecast(
     dataset: Annotated[str | None, typer.Option(help="Dataset (default: embedded).")] = None,
     freq: Annotated[str | None, typer.Option(help="Frequency of the feature rows.")] = None,
+    model: ModelOpt = None,
     config: ConfigOpt = None,
 ) -> None:
-    """Load the champion by alias, roll it forward on the latest data, write the forecast table."""
+    """Load the champion of the dataset's model (or --model) by alias, roll it forward on the
+    latest data, write the forecast table."""
     from pipelines.config import load_config
     from pipelines.flow_config import ForecastFlowConfig
+
+    cfg = load_config(ForecastFlowConfig, config, "forecast", dataset=dataset, freq=freq,
+                      model_name=model)
+    _preflight(cfg, "forecast")
     from pipelines.flows import run_forecast
 
-    cfg = load_config(ForecastFlowConfig, config, "forecast", dataset=dataset, freq=freq)
     with _console().status("running the forecast flow"):
         out = run_forecast(cfg)
     _print_flow("forecast", out)
@@ -593,18 +680,24 @@ def forecast(
 
 @app.command("monitor")
 @clean_errors
+@registry_errors
 def monitor(
     dataset: Annotated[str | None, typer.Option(help="Dataset (default: embedded).")] = None,
     freq: Annotated[str | None, typer.Option(help="Frequency of the feature rows.")] = None,
+    model: ModelOpt = None,
     config: ConfigOpt = None,
 ) -> None:
-    """Check the champion (rolling QLIKE vs the best baseline, MZ slope, coverage) and the data
-    (drift, freshness); a breach fails the run and, if configured, switches to the baseline."""
+    """Check the champion of the dataset's model (or --model): rolling QLIKE vs the best
+    baseline, MZ slope, coverage; and the data (drift, freshness); a breach fails the run and, if
+    configured, switches to the baseline."""
     from pipelines.config import load_config
     from pipelines.flow_config import MonitorFlowConfig
+
+    cfg = load_config(MonitorFlowConfig, config, "monitor", dataset=dataset, freq=freq,
+                      model_name=model)
+    _preflight(cfg, "monitor")
     from pipelines.flows import run_monitor
 
-    cfg = load_config(MonitorFlowConfig, config, "monitor", dataset=dataset, freq=freq)
     with _console().status("running the monitor flow"):
         out = run_monitor(cfg)
     _print_flow("monitor", out)
@@ -643,6 +736,7 @@ def deploy(
 # ---- demo ---------------------------------------------------------------------------------
 @app.command("demo")
 @clean_errors
+@registry_errors
 def demo(config: ConfigOpt = None) -> None:
     """Run the whole pipeline on the embedded default data (arch's daily indices + the simulator)."""
     from pipelines.config import DemoConfig, load_config

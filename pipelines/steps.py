@@ -54,7 +54,10 @@ def run_demo(cfg: DemoConfig, console: Any) -> dict[str, Any]:
     from pipelines.cli import _print_ingest, _print_validation
     from pipelines.config import dprm_home
 
+    from models.registry import verify_registry
+
     home = dprm_home()
+    verify_registry(home)  # an unreachable or inconsistent registry fails now, in seconds
     store = DataStore(home / "data")
     console.rule("1. ingest embedded real data (arch: S&P 500, NASDAQ, VIX)")
     reports = ingest_embedded(store, cfg.embedded_dataset)

@@ -2449,6 +2449,49 @@ def model_lock(
         lock.release()
 
 
+def _apply_move(client: MlflowClient, name: str, entry: Mapping[str, Any]) -> None:
+    """Move ``champion`` as the promotion-log ``entry`` (a promote or rollback) records, with the
+    status tags; idempotent, so an interrupted move can be completed."""
+    target, prev = str(entry["to_version"]), entry.get("from_version")
+    client.set_registered_model_alias(name, CHAMPION, target)
+    client.set_model_version_tag(name, target, "dprm.status", CHAMPION)
+    if entry["action"] == "promote":
+        if _aliases(client, name).get(CHALLENGER) == target:
+            client.delete_registered_model_alias(name, CHALLENGER)
+        if prev is not None:
+            client.set_model_version_tag(name, str(prev), "dprm.status", "retired")
+    elif prev is not None:
+        client.set_model_version_tag(name, str(prev), "dprm.status", "rolled_back")
+        client.set_model_version_tag(
+            name, str(prev), "gate.rolled_back", f"{entry['who']}: {entry['reason']}"[:_TAG_MAX]
+        )
+
+
+def _interrupted_move(
+    home: Path, client: MlflowClient, name: str, have: str | None
+) -> dict[str, Any] | None:
+    """The log's last champion move of ``name`` when the registry is exactly one step behind it
+    (its champion is the move's ``from_version`` and the target version exists with the logged
+    run id): a promotion or rollback killed between its log line and the alias move."""
+    from mlflow.exceptions import MlflowException
+
+    moves = [
+        e
+        for e in read_promotion_log(home)
+        if e.get("name") == name
+        and e.get("alias") == CHAMPION
+        and e.get("action") in ("promote", "rollback")
+    ]
+    if not moves or moves[-1].get("from_version") != have:
+        return None
+    last = moves[-1]
+    try:
+        mv = client.get_model_version(name, str(last["to_version"]))
+    except MlflowException:
+        return None
+    return last if mv.run_id == last.get("run_id") else None
+
+
 def log_champions(home: Path) -> dict[str, str]:
     """Model name -> champion version according to the promotion log (the last ``promote`` or
     ``rollback`` of each model; models never promoted are absent)."""
@@ -2494,6 +2537,10 @@ def verify_registry(home: Path, name: str | None = None) -> dict[str, str | None
         When the log names a champion the registry does not have (a wiped, replaced or edited
         registry), the registry has a champion the log does not name (an alias moved outside
         dprm), the log's chain is broken, or the store cannot be opened. Nothing falls back.
+
+    Promotions and rollbacks write their log line before moving the alias; one killed in between
+    (the registry exactly one move behind the log, the target version present with the logged run
+    id) is completed here, under the model's lock, instead of being reported.
     """
     uri = init_store(home)
     client = _client(uri)
@@ -2503,8 +2550,14 @@ def verify_registry(home: Path, name: str | None = None) -> dict[str, str | None
     out: dict[str, str | None] = {}
     for n in names:
         want = logged.get(n)
-        aliases = _aliases(client, n)
-        have = aliases.get(CHAMPION)
+        have = _aliases(client, n).get(CHAMPION)
+        if want != have and _interrupted_move(home, client, n, have) is not None:
+            with model_lock(home, n):  # complete the logged move (re-checked under the lock)
+                have = _aliases(client, n).get(CHAMPION)
+                move = _interrupted_move(home, client, n, have) if want != have else None
+                if move is not None:
+                    _apply_move(client, n, move)
+                    have = want
         if want != have:
             if have is None:
                 what = (
@@ -2665,15 +2718,8 @@ def promote(
         why = decision.reason if decision is not None else reason
     for k, val in _gate_tags(decision, mode=mode, who=who, status=status, reason=why).items():
         client.set_model_version_tag(name, v, k, val)
-    if promoted:
-        client.set_registered_model_alias(name, CHAMPION, v)
-        client.set_model_version_tag(name, v, "dprm.status", CHAMPION)
-        if _aliases(client, name).get(CHALLENGER) == v:
-            client.delete_registered_model_alias(name, CHALLENGER)
-        if current is not None:
-            client.set_model_version_tag(name, current, "dprm.status", "retired")
-    else:
-        client.set_model_version_tag(name, v, "dprm.status", "rejected")
+    # write-ahead: the log records the move before the alias moves, so a run killed in between
+    # leaves a move that verify_registry completes (never an alias the log does not know)
     entry = append_promotion_log(
         home,
         {
@@ -2690,6 +2736,10 @@ def promote(
             "run_id": mv.run_id,
         },
     )
+    if promoted:
+        _apply_move(client, name, entry)
+    else:
+        client.set_model_version_tag(name, v, "dprm.status", "rejected")
     return PromotionResult(promoted, v, current, decision, entry)
 
 
@@ -2741,13 +2791,7 @@ def rollback(
     target = str(mv.version)
     if target == current:
         raise ValueError(f"version {target} of {name!r} is already the champion")
-    client.set_registered_model_alias(name, CHAMPION, target)
-    client.set_model_version_tag(name, target, "dprm.status", CHAMPION)
-    client.set_model_version_tag(name, current, "dprm.status", "rolled_back")
-    client.set_model_version_tag(
-        name, current, "gate.rolled_back", f"{approver.strip()}: {reason}"[:_TAG_MAX]
-    )
-    entry = append_promotion_log(
+    entry = append_promotion_log(  # write-ahead, as in promote
         home,
         {
             "action": "rollback",
@@ -2763,4 +2807,5 @@ def rollback(
             "run_id": mv.run_id,
         },
     )
+    _apply_move(client, name, entry)
     return PromotionResult(True, target, current, None, entry)

@@ -471,18 +471,16 @@ def _model_name(home: Path, model: str | None) -> str:
     return names[0] if names else MODEL_NAME
 
 
-def _model_data(data: str, freq: str):
-    """The dataset name and the valid rows of its feature frame (what the gate re-evaluates on)."""
+def _model_data(dataset: str, freq: str):
+    """The valid rows of a dataset's feature frame (what the gate re-evaluates on)."""
     from features.build import FeatureStore
-    from features.store import DataStore
     from pipelines.config import FeaturesConfig
-    from pipelines.steps import build_features, resolve_dataset
+    from pipelines.steps import build_features
 
     home = _registry_home()
-    ds = resolve_dataset(DataStore(home / "data"), data)
-    build_features(home, ds, FeaturesConfig(freq=freq))
-    frame = FeatureStore(home / "features").read(ds, freq)
-    return ds, frame[frame["valid"].astype(bool)].reset_index(drop=True)
+    build_features(home, dataset, FeaturesConfig(freq=freq))
+    frame = FeatureStore(home / "features").read(dataset, freq)
+    return frame[frame["valid"].astype(bool)].reset_index(drop=True)
 
 
 @models_app.command("list")
@@ -548,12 +546,18 @@ def models_promote(
     from pipelines.flow_config import model_name_for
 
     home = _registry_home()
-    name = model or (model_name_for(data) if data else _model_name(home, None))
+    ds = None
+    if data:
+        from features.store import DataStore
+        from pipelines.steps import resolve_dataset
+
+        ds = resolve_dataset(DataStore(home / "data"), data)
+    name = model or (model_name_for(ds) if ds else _model_name(home, None))
     v = version if version.isdigit() else model_ref(version, home=home, name=name).version
     frame = None
-    if data:
+    if ds:
         tags = show_version(v, home=home, name=name)["tags"]
-        _, frame = _model_data(data, freq or tags.get("dprm.freq") or "1D")
+        frame = _model_data(ds, freq or tags.get("dprm.freq") or "1D")
     res = promote(v, home=home, mode=mode, approver=approver, reason=reason, data=frame, name=name)
     _print_gate(res)
     if not res.promoted:

@@ -142,42 +142,105 @@ def test_wiped_or_corrupt_store_is_one_registry_error(
     assert R.promotion_log_path(champion_home).read_bytes() == log_before
 
 
-def test_champion_alias_removed_or_moved_outside_dprm(
+def test_champion_version_deleted_or_alias_moved_outside_dprm(
     champion_home: Path, data: pd.DataFrame
 ) -> None:
     from mlflow import MlflowClient
 
     client = MlflowClient(R.tracking_uri(champion_home))
-    client.delete_registered_model_alias("dprm-forecaster", "champion")
-    with pytest.raises(
-        RegistryError,
-        match=r"names version 1 of 'dprm-forecaster' as champion, but the registry .* has no "
-        r"champion alias on it",
-    ):
-        R.load_champion(home=champion_home)
-    with pytest.raises(RegistryError, match="has no champion alias on it"):
-        R.register_challenger(
-            {"har": HARVol(horizons=HS, window=250)},
-            home=champion_home,
-            training_data=data,
-            horizons=HS,
-        )
-    with pytest.raises(RegistryError, match="has no champion alias on it"):
-        R.promote(1, home=champion_home, mode="manual", approver="a", reason="b")
-    # an alias moved by hand (not through dprm) to another version
-    client.set_registered_model_alias("dprm-forecaster", "champion", "1")
-    assert R.champion_version(champion_home) == "1"
     ref2 = R.register_challenger(
         {"har": HARVol(horizons=HS, window=250)},
         home=champion_home,
         training_data=data,
         horizons=HS,
     )
+    # an alias moved by hand (not through dprm) to another version
     client.set_registered_model_alias("dprm-forecaster", "champion", ref2.version)
     with pytest.raises(
         RegistryError,
         match=r"the registry .* has version 2 of 'dprm-forecaster' as champion, but the "
         r"promotion log .* names version 1: the alias was moved outside dprm",
+    ):
+        R.verify_registry(champion_home)
+    # the logged champion's version deleted (its alias goes with it)
+    client.set_registered_model_alias("dprm-forecaster", "champion", "1")
+    client.delete_model_version("dprm-forecaster", "1")
+    match = (
+        r"names version 1 of 'dprm-forecaster' as champion, but the registry .* has no "
+        r"champion alias on it"
+    )
+    with pytest.raises(RegistryError, match=match):
+        R.load_champion(home=champion_home)
+    with pytest.raises(RegistryError, match=match):
+        R.register_challenger(
+            {"har": HARVol(horizons=HS, window=200)},
+            home=champion_home,
+            training_data=data,
+            horizons=HS,
+        )
+    with pytest.raises(RegistryError, match=match):
+        R.promote(2, home=champion_home, mode="manual", approver="a", reason="b")
+    assert R.list_versions(home=champion_home)["version"].tolist() == [2]
+
+
+def test_a_move_killed_between_log_and_alias_is_completed(
+    champion_home: Path, data: pd.DataFrame
+) -> None:
+    """Promotions write the log line first; a run killed before the alias moved leaves the
+    registry one move behind the log, and the next check completes that move."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(R.tracking_uri(champion_home))
+    ref2 = R.register_challenger(
+        {"har": HARVol(horizons=HS, window=250)},
+        home=champion_home,
+        training_data=data,
+        horizons=HS,
+    )
+    mv2 = client.get_model_version("dprm-forecaster", ref2.version)
+    # the state promote() leaves when killed right after its log line
+    R.append_promotion_log(
+        champion_home,
+        {
+            "action": "promote",
+            "name": "dprm-forecaster",
+            "alias": "champion",
+            "from_version": "1",
+            "to_version": "2",
+            "candidate_version": "2",
+            "who": "gate",
+            "mode": "auto",
+            "reason": "",
+            "gate": None,
+            "run_id": mv2.run_id,
+        },
+    )
+    assert str(client.get_registered_model("dprm-forecaster").aliases["champion"]) == "1"
+    assert R.champion_version(champion_home) == "2"
+    versions = R.list_versions(home=champion_home).set_index("version")
+    assert versions.loc[2, "aliases"] == "champion" and versions.loc[2, "status"] == "champion"
+    assert versions.loc[1, "status"] == "retired"
+    # a move the registry cannot complete (its target is not the logged run) stays an error
+    R.append_promotion_log(
+        champion_home,
+        {
+            "action": "rollback",
+            "name": "dprm-forecaster",
+            "alias": "champion",
+            "from_version": "2",
+            "to_version": "1",
+            "candidate_version": "1",
+            "who": "bob",
+            "mode": "manual",
+            "reason": "x",
+            "gate": None,
+            "run_id": "not-the-run",
+        },
+    )
+    with pytest.raises(
+        RegistryError,
+        match="has version 2 of 'dprm-forecaster' as champion, "
+        "but the promotion log .* names version 1",
     ):
         R.verify_registry(champion_home)
 

@@ -100,8 +100,13 @@ def test_consistent_registry_verifies(champion_home: Path) -> None:
             r"as champion, but the registry sqlite:///.*mlflow\.db has no model of that "
             r"name: the registry was wiped, replaced or edited outside dprm",
         ),
+        (
+            "truncated",
+            r"the MLflow store sqlite:///.*mlflow\.db cannot be opened \(.*DatabaseError.*\); "
+            r"restore it from a backup",
+        ),
     ],
-    ids=["empty-file", "missing-file", "garbage-bytes", "fresh-store"],
+    ids=["empty-file", "missing-file", "garbage-bytes", "fresh-store", "truncated"],
 )
 def test_wiped_or_corrupt_store_is_one_registry_error(
     champion_home: Path,
@@ -118,6 +123,9 @@ def test_wiped_or_corrupt_store_is_one_registry_error(
         db.unlink()
     elif damage == "garbage":
         db.write_bytes(b"GARBAGE!" * 500)
+    elif damage == "truncated":  # a valid header, then a third of the pages
+        raw = db.read_bytes()
+        db.write_bytes(raw[: len(raw) // 3])
     else:
         shutil.copy(template_db, db)  # a valid store that never saw the promotion
     before = db.read_bytes() if db.exists() else None

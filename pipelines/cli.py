@@ -436,14 +436,31 @@ def _registry_home():
     return dprm_home()
 
 
+def _probe_tracking() -> None:
+    """A remote ``MLFLOW_TRACKING_URI`` that does not answer fails at once, before the heavy
+    imports (one bounded request, the same probe as :func:`models.registry.init_store`)."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI", "")
+    if not uri.startswith(("http://", "https://")):
+        return
+    import requests
+
+    try:
+        requests.get(uri.rstrip("/") + "/health", timeout=5)
+    except requests.RequestException as exc:
+        _fail(f"the MLflow tracking server {uri} is unreachable ({type(exc).__name__}, "
+              "timeout 5 s); start it or fix MLFLOW_TRACKING_URI")
+
+
 def registry_errors(fn: F) -> F:
-    """One line and exit code 2 for a :class:`~features.errors.RegistryError` (an unreachable,
-    corrupt or inconsistent registry), like every other bad-input error."""
+    """Probe a remote tracking server first (:func:`_probe_tracking`); one line and exit code 2
+    for a :class:`~features.errors.RegistryError` (an unreachable, corrupt or inconsistent
+    registry), like every other bad-input error."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         from features.errors import RegistryError
 
+        _probe_tracking()
         try:
             return fn(*args, **kwargs)
         except RegistryError as exc:

@@ -92,19 +92,41 @@ def ensure_registry_limit(model_name: str) -> str:
     return name
 
 
-def registry_slot(model_name: str) -> contextlib.AbstractContextManager[Any]:
-    """Hold the model's registry slot (a Prefect global concurrency limit of one) on a real Prefect
-    server (``PREFECT_API_URL``): deployed runs of one model register and promote one at a time,
-    across workers and machines. Without a server (the temporary per-process API) this is a no-op;
-    the registry's file lock under ``DPRM_HOME`` (:func:`models.registry.model_lock`) serializes
-    processes there, and it is held in every case."""
+def registry_slot(
+    model_name: str, *, deployed: bool | None = None
+) -> contextlib.AbstractContextManager[Any]:
+    """Hold the model's registry slot (a Prefect global concurrency limit of one) in deployed runs
+    on a real Prefect server (``PREFECT_API_URL``): runs of one model register and promote one at a
+    time across workers and machines. The slot is leased for 60 s and renewed while held, so a
+    killed run frees it within a minute (the server's lease service repossesses it); waiting is
+    bounded by :data:`models.registry.LOCK_TIMEOUT_S`. Elsewhere (ad-hoc runs, the temporary
+    per-process API) this is a no-op: the registry's file lock under ``DPRM_HOME``
+    (:func:`models.registry.model_lock`) serializes processes, and it is held in every case.
+
+    Parameters
+    ----------
+    model_name : the registered model.
+    deployed : whether this is a deployed run; None = from the flow run context.
+    """
     from prefect.settings import PREFECT_API_URL
 
-    if not PREFECT_API_URL.value():
+    if deployed is None:
+        from prefect.runtime import deployment
+
+        deployed = deployment.id is not None
+    if not (deployed and PREFECT_API_URL.value()):
         return contextlib.nullcontext()
     from prefect.concurrency.sync import concurrency
 
-    return concurrency(ensure_registry_limit(model_name), occupy=1, strict=True)
+    from models.registry import LOCK_TIMEOUT_S
+
+    return concurrency(
+        ensure_registry_limit(model_name),
+        occupy=1,
+        strict=True,
+        lease_duration=60,
+        timeout_seconds=LOCK_TIMEOUT_S,
+    )
 
 
 @flow(name="dprm-ingest", task_runner=ThreadPoolTaskRunner())

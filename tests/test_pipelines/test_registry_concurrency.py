@@ -93,7 +93,7 @@ def test_registry_slot_is_a_global_concurrency_limit_of_one(prefect_harness: str
 
     def holder() -> None:
         try:
-            with registry_slot("dprm-forecaster-x"):
+            with registry_slot("dprm-forecaster-x", deployed=True):
                 held.set()
                 release.wait(60)
         except BaseException as exc:  # reported by the assertion below
@@ -112,9 +112,15 @@ def test_registry_slot_is_a_global_concurrency_limit_of_one(prefect_harness: str
     with pytest.raises(TimeoutError), concurrency(name, occupy=1, timeout_seconds=3, strict=True):
         pass
     # ... another model does not
-    with registry_slot("dprm-forecaster-y"):
+    with registry_slot("dprm-forecaster-y", deployed=True):
         pass
     release.set()
     t.join(60)
-    with registry_slot("dprm-forecaster-x"):  # free again once released
+    with registry_slot("dprm-forecaster-x", deployed=True):  # free again once released
         pass
+    # an ad-hoc (not deployed) run relies on the file lock alone: no slot is taken
+    with registry_slot("dprm-forecaster-z"), get_client(sync_client=True) as client:
+        from prefect.exceptions import ObjectNotFound
+
+        with pytest.raises(ObjectNotFound):
+            client.read_global_concurrency_limit_by_name(registry_limit_name("dprm-forecaster-z"))

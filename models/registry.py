@@ -53,6 +53,18 @@ has no champion to compare with: the champion checks are skipped (recorded as su
 baseline checks still apply. :func:`rollback` moves ``champion`` back to the previous champion
 from the log (or a named version).
 
+Integrity
+---------
+Network calls are bounded (``MLFLOW_HTTP_REQUEST_TIMEOUT`` 5 s, at most one retry, set with
+``setdefault``) and a remote server is probed once (``/health``) by :func:`init_store`; a store
+that is not SQLite, or empty/missing while the promotion log records events, is a
+:class:`~features.errors.RegistryError`. :func:`verify_registry` cross-checks the ``champion``
+aliases with the promotion log before every champion read and every write (a champion the log names
+but the registry lacks is an error, never a fallback); promotions log first and move the alias
+second, and a move killed in between is completed there. Writes of one model hold
+:func:`model_lock` (an OS file lock under ``<home>/registry/locks``), so concurrent processes
+register and promote one at a time.
+
 Gate checks (defaults, :class:`GateConfig`)
 -------------------------------------------
 All scores are recomputed by :func:`models.evaluation.walk_forward` on the **same** origins for the

@@ -53,6 +53,18 @@ has no champion to compare with: the champion checks are skipped (recorded as su
 baseline checks still apply. :func:`rollback` moves ``champion`` back to the previous champion
 from the log (or a named version).
 
+Integrity
+---------
+Network calls are bounded (``MLFLOW_HTTP_REQUEST_TIMEOUT`` 5 s, at most one retry, set with
+``setdefault``) and a remote server is probed once (``/health``) by :func:`init_store`; a store
+that is not SQLite, or empty/missing while the promotion log records events, is a
+:class:`~features.errors.RegistryError`. :func:`verify_registry` cross-checks the ``champion``
+aliases with the promotion log before every champion read and every write (a champion the log names
+but the registry lacks is an error, never a fallback); promotions log first and move the alias
+second, and a move killed in between is completed there. Writes of one model hold
+:func:`model_lock` (an OS file lock under ``<home>/registry/locks``), so concurrent processes
+register and promote one at a time.
+
 Gate checks (defaults, :class:`GateConfig`)
 -------------------------------------------
 All scores are recomputed by :func:`models.evaluation.walk_forward` on the **same** origins for the
@@ -96,7 +108,7 @@ from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 from sklearn.utils.validation import check_is_fitted
 
-from features.errors import ConfigError, FailureReason
+from features.errors import ConfigError, FailureReason, RegistryError
 from features.schema import (
     BV,
     CLOSE,
@@ -125,6 +137,12 @@ for _key, _value in {
     "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
     "MLFLOW_SKIP_PIP_REQUIREMENTS_CHECK": "true",
     "MLFLOW_ENABLE_ASYNC_LOGGING": "false",
+    # bounded network calls: an unreachable server fails in seconds, not after MLflow's default
+    # 7 retries with exponential backoff (about 4 minutes)
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "5",
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0.5",
 }.items():
     os.environ.setdefault(_key, _value)
 
@@ -143,6 +161,11 @@ _METRIC_NAME_BAD = re.compile(r"[^A-Za-z0-9_\-./ ]")
 _FLUENT_LOCK = threading.RLock()
 _INIT_LOCK = threading.Lock()
 _INITIALISED: set[str] = set()
+_SQLITE_HEADER = b"SQLite format 3\x00"
+_PROBE_TIMEOUT_S = 5.0
+"""Connect/read timeout of the reachability probe of a tracking server (one attempt)."""
+LOCK_TIMEOUT_S = 900.0
+"""How long registration or promotion waits for another process holding the model's lock."""
 
 
 # =================================================================================================
@@ -178,28 +201,93 @@ def _client(uri: str) -> MlflowClient:
     return MlflowClient(tracking_uri=uri)
 
 
+def _sqlite_path(uri: str) -> Path | None:
+    return Path(uri[len("sqlite:///") :]) if uri.startswith("sqlite:///") else None
+
+
+def _check_sqlite_file(db: Path, home: Path) -> None:
+    """Refuse a SQLite store that is not a database, or that is empty or missing while the
+    promotion log records events (a wiped registry must not be silently re-created)."""
+    size = db.stat().st_size if db.exists() else None
+    if size:
+        with open(db, "rb") as fh:
+            head = fh.read(len(_SQLITE_HEADER))
+        if head != _SQLITE_HEADER:
+            raise RegistryError(
+                f"the MLflow store {db} is not an SQLite database (it starts with {head[:8]!r}); "
+                "restore it from a backup or point MLFLOW_TRACKING_URI at a working store"
+            )
+        return
+    log = promotion_log_path(home)
+    if log.exists() and log.stat().st_size > 0:
+        state = "missing" if size is None else "empty (0 bytes)"
+        champs = ", ".join(f"version {v} of {n!r}" for n, v in sorted(log_champions(home).items()))
+        records = f"names {champs} as champion" if champs else "records registrations"
+        raise RegistryError(
+            f"the MLflow store {db} is {state} but the promotion log {log} {records}: the "
+            f"registry was wiped; restore {db.name} from a backup, or move the log away to start "
+            "a new registry"
+        )
+
+
+def _probe_server(uri: str) -> None:
+    """One bounded request to ``<uri>/health``: a refused or timed-out connection is a
+    :class:`RegistryError` naming the URI (any HTTP answer means the server is reachable)."""
+    import requests
+
+    try:
+        requests.get(uri.rstrip("/") + "/health", timeout=_PROBE_TIMEOUT_S)
+    except requests.RequestException as exc:
+        raise RegistryError(
+            f"the MLflow tracking server {uri} is unreachable ({type(exc).__name__}, "
+            f"timeout {_PROBE_TIMEOUT_S:g} s); start it or fix MLFLOW_TRACKING_URI"
+        ) from None
+
+
+def _first_contact(uri: str) -> None:
+    """The store's first request (creates and migrates a local store); failures are one
+    :class:`RegistryError` naming the URI."""
+    from mlflow.exceptions import MlflowException
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        _client(uri).search_experiments(max_results=1)
+    except (MlflowException, SQLAlchemyError, OSError) as exc:
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise RegistryError(
+            f"the MLflow store {uri} cannot be opened ({type(exc).__name__}: {first}); "
+            "restore it from a backup or point MLFLOW_TRACKING_URI at a working store"
+        ) from None
+
+
 def init_store(home: Path) -> str:
     """Make sure the tracking store exists and is migrated, once per process, before any fan-out.
 
     For a SQLite store the first connection (which creates the tables and runs the migrations) is
     made under an exclusive lock on ``<db>.lock``, so concurrent processes never migrate one fresh
-    database at the same time. Returns the tracking URI.
+    database at the same time. A file that is not a SQLite database, or an empty or missing store
+    while the promotion log records events, is a :class:`RegistryError` (never silently replaced
+    by a fresh registry). A remote server is probed first with one bounded request. Returns the
+    tracking URI.
     """
     uri = tracking_uri(home)
     with _INIT_LOCK:
         if uri in _INITIALISED:
             return uri
-        if uri.startswith("sqlite:///"):
-            db = Path(uri[len("sqlite:///") :])
+        db = _sqlite_path(uri)
+        if db is not None:
             db.parent.mkdir(parents=True, exist_ok=True)
             with open(db.with_name(db.name + ".lock"), "a") as fh:
                 fcntl.flock(fh, fcntl.LOCK_EX)
                 try:
-                    _client(uri).search_experiments(max_results=1)
+                    _check_sqlite_file(db, Path(home))
+                    _first_contact(uri)
                 finally:
                     fcntl.flock(fh, fcntl.LOCK_UN)
         else:
-            _client(uri).search_experiments(max_results=1)
+            if uri.startswith(("http://", "https://")):
+                _probe_server(uri)
+            _first_contact(uri)
         _INITIALISED.add(uri)
     return uri
 
@@ -1418,6 +1506,23 @@ class ModelRef:
         }
 
 
+def _serialized(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Run a registry write under :func:`model_lock` of its ``name`` (keyword, default
+    :data:`MODEL_NAME`) after :func:`verify_registry`: writes never build on a registry that
+    disagrees with the promotion log, and never race another writer of the same model."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        home, name = kwargs["home"], kwargs.get("name", MODEL_NAME)
+        with model_lock(home, name):
+            verify_registry(home, name)
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
+@_serialized
 def register_challenger(
     forecasters: Mapping[str, BaseForecaster] | ForecasterBundle,
     *,
@@ -1681,6 +1786,18 @@ def _aliases(client: MlflowClient, name: str) -> dict[str, str]:
     return {str(k): str(v) for k, v in (rm.aliases or {}).items()}
 
 
+def _model_exists(client: MlflowClient, name: str) -> bool:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.get_registered_model(name)
+    except MlflowException as exc:
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return False
+        raise
+    return True
+
+
 def _version(client: MlflowClient, name: str, version: int | str) -> Any:
     from mlflow.exceptions import MlflowException
 
@@ -1692,49 +1809,67 @@ def _version(client: MlflowClient, name: str, version: int | str) -> Any:
         raise
 
 
-def list_versions(*, home: Path, name: str = MODEL_NAME) -> pd.DataFrame:
-    """One row per registered version: version, aliases, status, gate status and reason, primary
-    member, members, creation time and run id (sorted by version)."""
+VERSION_COLUMNS = (
+    "model",
+    "version",
+    "aliases",
+    "status",
+    "gate_status",
+    "gate_reason",
+    "primary",
+    "members",
+    "dataset",
+    "freq",
+    "created_ts",
+    "run_id",
+    "data_end_ts",
+)
+"""Columns of :func:`list_versions`."""
+
+
+def list_versions(*, home: Path, name: str | None = MODEL_NAME) -> pd.DataFrame:
+    """One row per registered version (:data:`VERSION_COLUMNS`): model, version, aliases, status,
+    gate status and reason, primary member, members, the dataset and frequency it was trained on
+    (empty when not recorded), creation time, run id and the training data's end; sorted by model
+    and version. ``name=None`` lists every registered model."""
     from mlflow.exceptions import MlflowException
 
     client = _client(init_store(home))
-    cols = [
-        "version",
-        "aliases",
-        "status",
-        "gate_status",
-        "gate_reason",
-        "primary",
-        "members",
-        "created_ts",
-        "run_id",
-        "data_end_ts",
-    ]
-    try:
-        versions = client.search_model_versions(f"name='{name}'")
-    except MlflowException as exc:
-        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
-            return pd.DataFrame(columns=cols)
-        raise
-    aliases = _aliases(client, name)
+    cols = list(VERSION_COLUMNS)
+    names = registered_model_names(home) if name is None else [name]
     rows = []
-    for mv in versions:
-        t = mv.tags or {}
-        rows.append(
-            {
-                "version": int(mv.version),
-                "aliases": ",".join(sorted(a for a, v in aliases.items() if v == str(mv.version))),
-                "status": t.get("dprm.status", ""),
-                "gate_status": t.get("gate.status", ""),
-                "gate_reason": t.get("gate.reason", ""),
-                "primary": t.get("dprm.primary", ""),
-                "members": ",".join(json.loads(t.get("dprm.members", "{}"))),
-                "created_ts": pd.Timestamp(int(mv.creation_timestamp), unit="ms", tz="UTC"),
-                "run_id": mv.run_id,
-                "data_end_ts": t.get("data.end_ts", ""),
-            }
-        )
-    return pd.DataFrame(rows, columns=cols).sort_values("version").reset_index(drop=True)
+    for n in names:
+        try:
+            versions = client.search_model_versions(f"name='{n}'")
+        except MlflowException as exc:
+            if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+                continue
+            raise
+        aliases = _aliases(client, n)
+        for mv in versions:
+            t = mv.tags or {}
+            rows.append(
+                {
+                    "model": n,
+                    "version": int(mv.version),
+                    "aliases": ",".join(
+                        sorted(a for a, v in aliases.items() if v == str(mv.version))
+                    ),
+                    "status": t.get("dprm.status", ""),
+                    "gate_status": t.get("gate.status", ""),
+                    "gate_reason": t.get("gate.reason", ""),
+                    "primary": t.get("dprm.primary", ""),
+                    "members": ",".join(json.loads(t.get("dprm.members", "{}"))),
+                    "dataset": t.get("dprm.dataset", ""),
+                    "freq": t.get("dprm.freq", ""),
+                    "created_ts": pd.Timestamp(int(mv.creation_timestamp), unit="ms", tz="UTC"),
+                    "run_id": mv.run_id,
+                    "data_end_ts": t.get("data.end_ts", ""),
+                }
+            )
+    if not rows:
+        return pd.DataFrame(columns=cols)
+    return pd.DataFrame(rows, columns=cols).sort_values(["model", "version"]).reset_index(drop=True)
 
 
 def show_version(version: int | str, *, home: Path, name: str = MODEL_NAME) -> dict[str, Any]:
@@ -1826,7 +1961,10 @@ def load_forecaster(
 
 
 def load_champion(*, home: Path, name: str = MODEL_NAME) -> LoadedForecaster:
-    """The ``champion`` version, loaded; ``.ref`` is the :class:`ModelRef` to record."""
+    """The ``champion`` version, loaded after :func:`verify_registry` (a champion the promotion
+    log names but the registry lacks is a :class:`RegistryError`); ``.ref`` is the
+    :class:`ModelRef` to record."""
+    verify_registry(home, name)
     return load_forecaster(CHAMPION, home=home, name=name)
 
 
@@ -2258,22 +2396,208 @@ def append_promotion_log(home: Path, entry: Mapping[str, Any]) -> dict[str, Any]
 
 def read_promotion_log(home: Path, *, verify: bool = True) -> list[dict[str, Any]]:
     """All events of the promotion log, oldest first; with ``verify`` the hash chain and the
-    sequence numbers are checked (``ValueError`` naming the first bad line)."""
+    sequence numbers are checked (:class:`RegistryError` naming the first bad line)."""
     path = promotion_log_path(home)
     if not path.exists():
         return []
     raw = [ln for ln in path.read_bytes().splitlines() if ln.strip()]
     out, prev = [], ""
     for i, line in enumerate(raw, start=1):
-        rec = json.loads(line)
-        if verify and (rec.get("prev_sha256") != prev or rec.get("seq") != i):
-            raise ValueError(
+        try:
+            rec = json.loads(line)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise RegistryError(
+                f"{path}: line {i} is not a JSON record; the promotion log is corrupt"
+            ) from None
+        if verify and (
+            not isinstance(rec, dict) or rec.get("prev_sha256") != prev or rec.get("seq") != i
+        ):
+            raise RegistryError(
                 f"{path}: line {i} breaks the append-only chain (prev_sha256/seq do not match the "
                 "previous line); the log was edited"
             )
         prev = hashlib.sha256(line).hexdigest()
         out.append(rec)
     return out
+
+
+# ---- one writer per model, and the registry checked against the log ---------------------------
+def _lock_file(home: Path, name: str) -> Path:
+    return (
+        Path(home).resolve()
+        / "registry"
+        / "locks"
+        / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', name)}.lock"
+    )
+
+
+@contextlib.contextmanager
+def model_lock(
+    home: Path, name: str = MODEL_NAME, *, timeout_s: float | None = None
+) -> Iterator[Path]:
+    """Hold the registration/promotion lock of model ``name`` (``<home>/registry/locks/``).
+
+    An OS file lock (``filelock``): processes sharing ``home`` register and promote one at a
+    time, and a thread of the same process waits too. Re-entrant within one thread, so
+    :func:`register_challenger` and :func:`promote` can run inside a caller's lock. MLflow has no
+    compare-and-set on tags or aliases; this lock is what makes "find the version with this key,
+    else register it" safe. Waiting longer than ``timeout_s`` (default :data:`LOCK_TIMEOUT_S`) is a
+    :class:`RegistryError`. Yields the lock file's path.
+    """
+    from filelock import FileLock, Timeout
+
+    path = _lock_file(home, name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(path), is_singleton=True)
+    wait = LOCK_TIMEOUT_S if timeout_s is None else float(timeout_s)
+    try:
+        lock.acquire(timeout=wait)
+    except Timeout:
+        raise RegistryError(
+            f"registration and promotion of {name!r} are held by another process for more than "
+            f"{wait:g} s (lock {path}); wait for it to finish"
+        ) from None
+    try:
+        yield path
+    finally:
+        lock.release()
+
+
+def _apply_move(client: MlflowClient, name: str, entry: Mapping[str, Any]) -> None:
+    """Move ``champion`` as the promotion-log ``entry`` (a promote or rollback) records, with the
+    status tags; idempotent, so an interrupted move can be completed."""
+    target, prev = str(entry["to_version"]), entry.get("from_version")
+    client.set_registered_model_alias(name, CHAMPION, target)
+    client.set_model_version_tag(name, target, "dprm.status", CHAMPION)
+    if entry["action"] == "promote":
+        if _aliases(client, name).get(CHALLENGER) == target:
+            client.delete_registered_model_alias(name, CHALLENGER)
+        if prev is not None:
+            client.set_model_version_tag(name, str(prev), "dprm.status", "retired")
+    elif prev is not None:
+        client.set_model_version_tag(name, str(prev), "dprm.status", "rolled_back")
+        client.set_model_version_tag(
+            name, str(prev), "gate.rolled_back", f"{entry['who']}: {entry['reason']}"[:_TAG_MAX]
+        )
+
+
+def _interrupted_move(
+    home: Path, client: MlflowClient, name: str, have: str | None
+) -> dict[str, Any] | None:
+    """The log's last champion move of ``name`` when the registry is exactly one step behind it
+    (its champion is the move's ``from_version`` and the target version exists with the logged
+    run id): a promotion or rollback killed between its log line and the alias move."""
+    from mlflow.exceptions import MlflowException
+
+    moves = [
+        e
+        for e in read_promotion_log(home)
+        if e.get("name") == name
+        and e.get("alias") == CHAMPION
+        and e.get("action") in ("promote", "rollback")
+    ]
+    if not moves or moves[-1].get("from_version") != have:
+        return None
+    last = moves[-1]
+    try:
+        mv = client.get_model_version(name, str(last["to_version"]))
+    except MlflowException:
+        return None
+    return last if mv.run_id == last.get("run_id") else None
+
+
+def log_champions(home: Path) -> dict[str, str]:
+    """Model name -> champion version according to the promotion log (the last ``promote`` or
+    ``rollback`` of each model; models never promoted are absent)."""
+    out: dict[str, str] = {}
+    for e in read_promotion_log(home):
+        if (
+            e.get("alias") == CHAMPION
+            and e.get("action") in ("promote", "rollback")
+            and e.get("to_version") is not None
+        ):
+            out[str(e["name"])] = str(e["to_version"])
+    return out
+
+
+def registered_model_names(home: Path) -> list[str]:
+    """Names of every registered model in the store, sorted."""
+    client = _client(init_store(home))
+    names: list[str] = []
+    token = None
+    while True:
+        page = client.search_registered_models(max_results=100, page_token=token)
+        names += [rm.name for rm in page]
+        token = page.token
+        if not token:
+            return sorted(names)
+
+
+def verify_registry(home: Path, name: str | None = None) -> dict[str, str | None]:
+    """Cross-check the registry's ``champion`` aliases with the hash-chained promotion log.
+
+    Parameters
+    ----------
+    home : the workspace (the log is ``<home>/registry/promotions.jsonl``).
+    name : one model; None = every model in the registry or in the log.
+
+    Returns
+    -------
+    Model name -> champion version (None: neither the registry nor the log has one).
+
+    Raises
+    ------
+    RegistryError
+        When the log names a champion the registry does not have (a wiped, replaced or edited
+        registry), the registry has a champion the log does not name (an alias moved outside
+        dprm), the log's chain is broken, or the store cannot be opened. Nothing falls back.
+
+    Promotions and rollbacks write their log line before moving the alias; one killed in between
+    (the registry exactly one move behind the log, the target version present with the logged run
+    id) is completed here, under the model's lock, instead of being reported.
+    """
+    uri = init_store(home)
+    client = _client(uri)
+    logged = log_champions(home)
+    log = promotion_log_path(home)
+    names = [name] if name is not None else sorted(set(logged) | set(registered_model_names(home)))
+    out: dict[str, str | None] = {}
+    for n in names:
+        want = logged.get(n)
+        have = _aliases(client, n).get(CHAMPION)
+        if want != have and _interrupted_move(home, client, n, have) is not None:
+            with model_lock(home, n):  # complete the logged move (re-checked under the lock)
+                have = _aliases(client, n).get(CHAMPION)
+                move = _interrupted_move(home, client, n, have) if want != have else None
+                if move is not None:
+                    _apply_move(client, n, move)
+                    have = want
+        if want != have:
+            if have is None:
+                what = (
+                    "has no champion alias on it"
+                    if _model_exists(client, n)
+                    else "has no model of that name"
+                )
+                raise RegistryError(
+                    f"the promotion log {log} names version {want} of {n!r} as champion, but the "
+                    f"registry {uri} {what}: the registry was wiped, replaced or edited outside "
+                    "dprm; restore it from a backup, or move the log away to start a new registry"
+                )
+            logged_as = f"version {want}" if want is not None else "no champion"
+            raise RegistryError(
+                f"the registry {uri} has version {have} of {n!r} as champion, but the promotion "
+                f"log {log} names {logged_as}: the alias was moved outside dprm; set it back "
+                "or restore the registry from a backup"
+            )
+        out[n] = have
+    return out
+
+
+def champion_version(home: Path, name: str = MODEL_NAME) -> str | None:
+    """The champion version of ``name`` after :func:`verify_registry` (None: no champion in the
+    registry and none in the log)."""
+    return verify_registry(home, name)[name]
 
 
 @dataclass(frozen=True)
@@ -2338,6 +2662,7 @@ def _gate_tags(
     return tags
 
 
+@_serialized
 def promote(
     version: int | str,
     *,
@@ -2407,15 +2732,8 @@ def promote(
         why = decision.reason if decision is not None else reason
     for k, val in _gate_tags(decision, mode=mode, who=who, status=status, reason=why).items():
         client.set_model_version_tag(name, v, k, val)
-    if promoted:
-        client.set_registered_model_alias(name, CHAMPION, v)
-        client.set_model_version_tag(name, v, "dprm.status", CHAMPION)
-        if _aliases(client, name).get(CHALLENGER) == v:
-            client.delete_registered_model_alias(name, CHALLENGER)
-        if current is not None:
-            client.set_model_version_tag(name, current, "dprm.status", "retired")
-    else:
-        client.set_model_version_tag(name, v, "dprm.status", "rejected")
+    # write-ahead: the log records the move before the alias moves, so a run killed in between
+    # leaves a move that verify_registry completes (never an alias the log does not know)
     entry = append_promotion_log(
         home,
         {
@@ -2432,9 +2750,14 @@ def promote(
             "run_id": mv.run_id,
         },
     )
+    if promoted:
+        _apply_move(client, name, entry)
+    else:
+        client.set_model_version_tag(name, v, "dprm.status", "rejected")
     return PromotionResult(promoted, v, current, decision, entry)
 
 
+@_serialized
 def rollback(
     *,
     home: Path,
@@ -2482,13 +2805,7 @@ def rollback(
     target = str(mv.version)
     if target == current:
         raise ConfigError(f"version {target} of {name!r} is already the champion")
-    client.set_registered_model_alias(name, CHAMPION, target)
-    client.set_model_version_tag(name, target, "dprm.status", CHAMPION)
-    client.set_model_version_tag(name, current, "dprm.status", "rolled_back")
-    client.set_model_version_tag(
-        name, current, "gate.rolled_back", f"{approver.strip()}: {reason}"[:_TAG_MAX]
-    )
-    entry = append_promotion_log(
+    entry = append_promotion_log(  # write-ahead, as in promote
         home,
         {
             "action": "rollback",
@@ -2504,4 +2821,5 @@ def rollback(
             "run_id": mv.run_id,
         },
     )
+    _apply_move(client, name, entry)
     return PromotionResult(True, target, current, None, entry)

@@ -207,7 +207,7 @@ def _show_table(title: str, columns: list[tuple[str, str, str]], rows: list[dict
 
 _JSON_TABLES: list[dict[str, Any]] = []
 
-MODELS_LIST_COLUMNS = ("name", "model", "version", "aliases", "status", "gate_status", "primary",
+MODELS_LIST_COLUMNS = ("model", "version", "aliases", "status", "gate_status", "primary",
                        "created_ts")
 """Columns of ``dprm models list`` shown at 80 columns (the others on wide terminals and in JSON)."""
 
@@ -807,65 +807,139 @@ def _registry_home():
     return dprm_home()
 
 
-def _model_data(data: str, freq: str):
+def _probe_tracking() -> None:
+    """A remote ``MLFLOW_TRACKING_URI`` that does not answer fails at once, before the heavy
+    imports (one bounded request, the same probe as :func:`models.registry.init_store`)."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI", "")
+    if not uri.startswith(("http://", "https://")):
+        return
+    import requests
+
+    try:
+        requests.get(uri.rstrip("/") + "/health", timeout=5)
+    except requests.RequestException as exc:
+        _fail(f"the MLflow tracking server {uri} is unreachable ({type(exc).__name__}, "
+              "timeout 5 s); start it or fix MLFLOW_TRACKING_URI")
+
+
+def registry_errors(fn: F) -> F:
+    """Probe a remote tracking server first (:func:`_probe_tracking`); one line and exit code 2
+    for a :class:`~features.errors.RegistryError` (an unreachable, corrupt or inconsistent
+    registry), like every other bad-input error."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from features.errors import RegistryError
+
+        _probe_tracking()
+        try:
+            return fn(*args, **kwargs)
+        except RegistryError as exc:
+            if os.environ.get("DPRM_DEBUG"):
+                raise
+            _fail(str(exc))
+
+    return wrapper  # type: ignore[return-value]
+
+
+ModelOpt = Annotated[str | None, typer.Option(
+    "--model", help="Registered model (default: the dataset's own; see `dprm models list`).")]
+
+
+def _model_name(home: Path, model: str | None) -> str:
+    """``--model``, else the only registered model; several need ``--model`` (ConfigError)."""
+    from features.errors import ConfigError
+    from models.registry import MODEL_NAME, registered_model_names
+
+    if model:
+        return model
+    names = registered_model_names(home)
+    if len(names) > 1:
+        raise ConfigError(f"{len(names)} registered models ({', '.join(names)}): pass --model NAME")
+    return names[0] if names else MODEL_NAME
+
+
+def _model_data(dataset: str, freq: str):
     """The valid rows of a dataset's feature frame (what the gate re-evaluates on)."""
     from features.build import FeatureStore
-    from features.store import DataStore
     from pipelines.config import FeaturesConfig
-    from pipelines.steps import build_features, resolve_dataset
+    from pipelines.steps import build_features
 
     home = _registry_home()
-    ds = resolve_dataset(DataStore(home / "data"), data)
-    build_features(home, ds, FeaturesConfig(freq=freq))
-    frame = FeatureStore(home / "features").read(ds, freq)
+    build_features(home, dataset, FeaturesConfig(freq=freq))
+    frame = FeatureStore(home / "features").read(dataset, freq)
     return frame[frame["valid"].astype(bool)].reset_index(drop=True)
 
 
 @models_app.command("list")
 @clean_errors
-def models_list(json_out: JsonOpt = False) -> None:
-    """List registered versions of the forecaster with aliases and gate status."""
-    from models.registry import list_versions
+@registry_errors
+def models_list(model: ModelOpt = None, json_out: JsonOpt = False) -> None:
+    """List every registered model's versions with aliases, gate status and training data
+    (the registry is cross-checked with the promotion log first)."""
+    from models.registry import list_versions, verify_registry
 
-    df = list_versions(home=_registry_home())
+    home = _registry_home()
+    verify_registry(home, model)
+    df = list_versions(home=home, name=model)
     if df.empty:
         _console().print("no registered versions; run `dprm train` first")
         _JSON_TABLES.append({"title": "dprm-forecaster versions", "rows": []})
         return
-    _print_frame("dprm-forecaster versions", df, MODELS_LIST_COLUMNS)
+    _print_frame("registered models", df, MODELS_LIST_COLUMNS)
 
 
 @models_app.command("show")
 @clean_errors
-def models_show(version: Annotated[str, typer.Argument(help="Version number or alias (champion, challenger).")]) -> None:
+@registry_errors
+def models_show(
+    version: Annotated[str, typer.Argument(help="Version number or alias (champion, challenger).")],
+    model: ModelOpt = None,
+) -> None:
     """Show one version: parameters, data fingerprint, evaluation, gate decision."""
     import json
 
-    from models.registry import model_ref, show_version
+    from models.registry import model_ref, show_version, verify_registry
 
     home = _registry_home()
-    v = version if version.isdigit() else model_ref(version, home=home).version
-    _console().print_json(json.dumps(show_version(v, home=home), default=str))
+    name = _model_name(home, model)
+    verify_registry(home, name)
+    v = version if version.isdigit() else model_ref(version, home=home, name=name).version
+    _console().print_json(json.dumps(show_version(v, home=home, name=name), default=str))
 
 
 @models_app.command("promote")
 @clean_errors
+@registry_errors
 def models_promote(
     version: Annotated[str, typer.Argument(help="Version to promote (number or 'challenger').")],
     data: Annotated[str | None, typer.Option(help="Dataset the gate re-evaluates on (required for auto).")] = None,
-    freq: Annotated[str, typer.Option(help="Frequency of that data.")] = "1D",
+    freq: Annotated[str | None, typer.Option(
+        help="Frequency of that data (default: the version's training frequency, else 1D).")] = None,
     mode: Annotated[str, typer.Option(help="auto (the gate decides) or manual (a named approver).")] = "auto",
     approver: Annotated[str | None, typer.Option(help="Who approves (required for manual).")] = None,
     reason: Annotated[str, typer.Option(help="Why (recorded in the promotion log).")] = "",
+    model: ModelOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Promote a version to champion through the gate; every alias move is logged."""
-    from models.registry import model_ref, promote
+    from models.registry import model_ref, promote, show_version
+    from pipelines.flow_config import model_name_for
 
     home = _registry_home()
-    v = version if version.isdigit() else model_ref(version, home=home).version
-    frame = _model_data(data, freq) if data else None
-    res = promote(v, home=home, mode=mode, approver=approver, reason=reason, data=frame)
+    ds = None
+    if data:
+        from features.store import DataStore
+        from pipelines.steps import resolve_dataset
+
+        ds = resolve_dataset(DataStore(home / "data"), data)
+    name = model or (model_name_for(ds) if ds else _model_name(home, None))
+    v = version if version.isdigit() else model_ref(version, home=home, name=name).version
+    frame = None
+    if ds:
+        tags = show_version(v, home=home, name=name)["tags"]
+        frame = _model_data(ds, freq or tags.get("dprm.freq") or "1D")
+    res = promote(v, home=home, mode=mode, approver=approver, reason=reason, data=frame, name=name)
     _print_gate(res)
     if not res.promoted:
         raise typer.Exit(code=1)
@@ -898,16 +972,20 @@ def _print_gate(res: Any) -> None:
 
 @models_app.command("rollback")
 @clean_errors
+@registry_errors
 def models_rollback(
     approver: Annotated[str, typer.Option(help="Who decides (recorded).")],
     reason: Annotated[str, typer.Option(help="Why (recorded).")],
     to_version: Annotated[str | None, typer.Option(help="Target version (default: the previous champion).")] = None,
+    model: ModelOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Move the champion alias back to the previous champion (or a given version)."""
     from models.registry import rollback
 
-    res = rollback(home=_registry_home(), approver=approver, reason=reason, to_version=to_version)
+    home = _registry_home()
+    res = rollback(home=home, approver=approver, reason=reason, to_version=to_version,
+                   name=_model_name(home, model))
     _print_gate(res)
 
 
@@ -920,20 +998,42 @@ def _print_flow(title: str, out: dict) -> None:
     con.print_json(json.dumps(out, default=str))
 
 
+def _preflight(cfg: Any, step: str) -> None:
+    """Check the registry before a flow starts (seconds, not the flow's start-up): reachable and
+    consistent with the promotion log, and the model fits the data (train: the model holds no
+    other dataset's versions; forecast/monitor: the champion was trained on this data)."""
+    from models.registry import verify_registry
+    from pipelines import cycle
+    from pipelines.config import dprm_home
+
+    home = dprm_home()
+    verify_registry(home, cfg.registered_model)
+    if step == "train":
+        cycle.check_train_target(home, cfg)
+    elif step == "monitor" or cycle.forecast_source(home, cfg.registered_model)["source"] == "champion":
+        cycle.check_champion(home, cfg)
+
+
 @app.command("train")
 @clean_errors
+@registry_errors
 def train(
     dataset: Annotated[str | None, typer.Option(help="Dataset (default: embedded).")] = None,
     freq: Annotated[str | None, typer.Option(help="Frequency of the feature rows.")] = None,
+    model: ModelOpt = None,
     config: ConfigOpt = None,
 ) -> None:
     """Walk-forward evaluate, log to MLflow, register a challenger and try the promotion gate
-    (the `train` Prefect flow)."""
+    (the `train` Prefect flow). The model is the dataset's own unless --model names another."""
     from pipelines.config import load_config
     from pipelines.flow_config import TrainFlowConfig
+
+    cfg = load_config(TrainFlowConfig, config, "train", dataset=dataset, freq=freq,
+                      model_name=model)
+    if cfg.register_model:
+        _preflight(cfg, "train")
     from pipelines.flows import run_train
 
-    cfg = load_config(TrainFlowConfig, config, "train", dataset=dataset, freq=freq)
     with _console().status("running the train flow"):
         out = run_train(cfg)
     _print_flow("train", out)
@@ -943,17 +1043,23 @@ def train(
 
 @app.command("forecast")
 @clean_errors
+@registry_errors
 def forecast(
     dataset: Annotated[str | None, typer.Option(help="Dataset (default: embedded).")] = None,
     freq: Annotated[str | None, typer.Option(help="Frequency of the feature rows.")] = None,
+    model: ModelOpt = None,
     config: ConfigOpt = None,
 ) -> None:
-    """Load the champion by alias, roll it forward on the latest data, write the forecast table."""
+    """Load the champion of the dataset's model (or --model) by alias, roll it forward on the
+    latest data, write the forecast table."""
     from pipelines.config import load_config
     from pipelines.flow_config import ForecastFlowConfig
+
+    cfg = load_config(ForecastFlowConfig, config, "forecast", dataset=dataset, freq=freq,
+                      model_name=model)
+    _preflight(cfg, "forecast")
     from pipelines.flows import run_forecast
 
-    cfg = load_config(ForecastFlowConfig, config, "forecast", dataset=dataset, freq=freq)
     with _console().status("running the forecast flow"):
         out = run_forecast(cfg)
     _print_flow("forecast", out)
@@ -963,26 +1069,32 @@ def forecast(
 
 @app.command("monitor")
 @clean_errors
+@registry_errors
 def monitor(
     dataset: Annotated[str | None, typer.Option(help="Dataset (default: embedded).")] = None,
     freq: Annotated[str | None, typer.Option(help="Frequency of the feature rows.")] = None,
     now: Annotated[str | None, typer.Option(
         help="Clock for freshness: a UTC time, or 'data' for the data's end (replaying history); "
              "default: the wall clock.")] = None,
+    model: ModelOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
     config: ConfigOpt = None,
 ) -> None:
-    """Check the champion on out-of-sample forecasts (QLIKE vs the best baseline, Mincer-Zarnowitz
-    slope, coverage, drift of log(realized/forecast)) and the feed (freshness of the latest live
-    row). Exit 0: no breach; 1: a breach (one line per breached check on stderr); 2: bad input."""
+    """Check the champion of the dataset's model (or --model) on out-of-sample forecasts (QLIKE vs
+    the best baseline, Mincer-Zarnowitz slope, coverage, drift of log(realized/forecast)) and the
+    feed (freshness of the latest live row). Exit 0: no breach; 1: a breach (one line per breached
+    check on stderr); 2: bad input."""
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "CRITICAL")  # the lines below say it all
     from rich.console import Console
 
     from pipelines.config import load_config
     from pipelines.flow_config import MonitorFlowConfig
+
+    cfg = load_config(MonitorFlowConfig, config, "monitor", dataset=dataset, freq=freq,
+                      model_name=model, now=now)
+    _preflight(cfg, "monitor")
     from pipelines.flows import run_monitor
 
-    cfg = load_config(MonitorFlowConfig, config, "monitor", dataset=dataset, freq=freq, now=now)
     with _console().status("running the monitor flow"):
         out = run_monitor(cfg)
     report = out["report"]
@@ -1237,6 +1349,7 @@ def _print_surface(rep: Any) -> None:
 # ---- demo ---------------------------------------------------------------------------------
 @app.command("demo")
 @clean_errors
+@registry_errors
 def demo(config: ConfigOpt = None) -> None:
     """Run the whole pipeline on the embedded default data (arch's daily indices + the simulator)."""
     from pipelines.config import DemoConfig, load_config

@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from features.build import FeatureSpec, FeatureStore
-from features.errors import ConfigError, Failure
+from features.errors import ConfigError, Failure, ModelError
 from features.schema import BV, CLOSE, RQ, RS_NEG, RS_POS, RV, SYMBOL, TS, DataError
 from features.store import (
     DataStore,
@@ -45,8 +45,10 @@ from pipelines.flow_config import (
     ForecastFlowConfig,
     IngestFlowConfig,
     ModelSpec,
+    ModelTarget,
     MonitorFlowConfig,
     TrainFlowConfig,
+    model_name_for,
 )
 
 MODEL_COLUMNS = (RV, BV, RQ, RS_POS, RS_NEG, CLOSE)
@@ -491,14 +493,10 @@ def train_key(cfg: TrainFlowConfig, data_fp: str, challenger: str) -> str:
     A rerun on the same data and settings finds the version registered with this key and does not
     register (or log) again.
     """
+    settings = cfg.model_dump(mode="json", exclude={"promote", "register_model", "refresh_cache"})
+    settings["model_name"] = cfg.registered_model  # the same key whether named or defaulted
     doc = json.dumps(
-        {
-            "fp": data_fp,
-            "cfg": cfg.model_dump(
-                mode="json", exclude={"promote", "register_model", "refresh_cache"}
-            ),
-            "challenger": challenger,
-        },
+        {"fp": data_fp, "cfg": settings, "challenger": challenger},
         sort_keys=True,
     )
     return hashlib.blake2b(doc.encode(), digest_size=16).hexdigest()
@@ -517,6 +515,7 @@ class TrainOutcome:
     gate_reason: str
     champion_version: str | None
     ranking: list[dict[str, Any]] = field(default_factory=list)
+    model: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict."""
@@ -601,22 +600,61 @@ def gate_config(cfg: TrainFlowConfig, *, champion_benched: bool = False) -> Any:
     )
 
 
+def check_train_target(home: Path | str, cfg: TrainFlowConfig) -> None:
+    """Refuse to register a model of ``cfg.dataset``/``cfg.freq`` into a registered model whose
+    versions were trained on another dataset or frequency (the gate would compare forecasts of
+    different data); :class:`~features.errors.ConfigError` naming both and the way out."""
+    from models import registry
+
+    name = cfg.registered_model
+    versions = registry.list_versions(home=home, name=name)
+    trained = {
+        (str(d), str(f))
+        for d, f in zip(versions["dataset"], versions["freq"], strict=True)
+        if d or f
+    }
+    other = sorted(t for t in trained if t != (cfg.dataset, cfg.freq))
+    if other:
+        held = ", ".join(f"{d}/{f}" for d, f in other)
+        raise ConfigError(
+            f"registered model {name!r} holds versions trained on {held}; this run trains "
+            f"{cfg.dataset}/{cfg.freq}: name another model with --model (the dataset's own model "
+            f"is {model_name_for(cfg.dataset)!r})"
+        )
+
+
 def register_and_promote(
     home: Path | str, cfg: TrainFlowConfig, result: EvaluationResult, data_fp: str
 ) -> TrainOutcome:
     """Choose the challenger, log the evaluation, register the bundle (challenger + the EWMA fallback
     member) and run the promotion gate; idempotent per :func:`train_key`.
 
-    On a passed gate the forecast source returns to the champion (recorded with the reason).
+    The whole sequence (find the run and version of this training key, else log and register;
+    then promote) holds the model's registry lock (:func:`models.registry.model_lock`), so two
+    processes training the same configuration at once register one version and promote it once.
+    The registry is cross-checked with the promotion log first. On a passed gate the forecast
+    source returns to the champion (recorded with the reason).
     """
     from models import registry
 
     home = Path(home).resolve()
+    with registry.model_lock(home, cfg.registered_model):
+        registry.verify_registry(home, cfg.registered_model)
+        check_train_target(home, cfg)
+        return _register_and_promote(home, cfg, result, data_fp)
+
+
+def _register_and_promote(
+    home: Path, cfg: TrainFlowConfig, result: EvaluationResult, data_fp: str
+) -> TrainOutcome:
+    from models import registry
+
+    name = cfg.registered_model
     ranking = rank_candidates(result, cfg)
     challenger = choose_challenger(ranking)
     key = train_key(cfg, data_fp, challenger)
     run_id = log_evaluation(home, cfg, result, key)
-    found = _find_version(home, cfg.model_name, key)
+    found = _find_version(home, name, key)
     data = model_frame(home, cfg.dataset, cfg.freq, train_symbols(home, cfg))
     reused = found is not None
     if found is None:
@@ -630,26 +668,24 @@ def register_and_promote(
             primary=challenger,
             horizons=tuple(cfg.horizons),
             evaluation_run_id=run_id,
-            name=cfg.model_name,
+            name=name,
             description=f"{challenger} on {cfg.dataset}/{cfg.freq} (train key {key})",
             tags={"dprm.train_key": key, "dprm.dataset": cfg.dataset, "dprm.freq": cfg.freq},
         )
         version, status = ref.version, "pending"
     else:
         version, status = str(found["version"]), found["tags"].get("gate.status", "pending")
-    aliases = registry.list_versions(home=home, name=cfg.model_name)
-    champ = aliases[aliases["aliases"].str.contains("champion")]
-    champion_version = None if champ.empty else str(champ["version"].iloc[0])
+    champion_version = registry.champion_version(home, name)
     promoted, reason = False, ""
     if champion_version == version:
         status, reason = "passed", "already the champion"
     elif cfg.promote and status == "pending":
-        benched = forecast_source(home, cfg.model_name)["source"] == "baseline"
+        benched = forecast_source(home, name)["source"] == "baseline"
         res = registry.promote(
             version,
             home=home,
             data=data,
-            name=cfg.model_name,
+            name=name,
             gate_config=gate_config(cfg, champion_benched=benched),
         )
         promoted = res.promoted
@@ -659,7 +695,7 @@ def register_and_promote(
             champion_version = version
             set_forecast_source(
                 home,
-                cfg.model_name,
+                name,
                 "champion",
                 f"version {version} passed the promotion gate",
                 version=version,
@@ -676,6 +712,7 @@ def register_and_promote(
         reason,
         champion_version,
         ranking.to_dict(orient="records"),
+        model=name,
     )
 
 
@@ -724,13 +761,54 @@ def _history(data: pd.DataFrame, rows: int) -> pd.DataFrame:
     return data.groupby(SYMBOL, sort=True).tail(rows).reset_index(drop=True)
 
 
-def _try_load_champion(home: Path, name: str) -> Any | None:
+def check_champion(home: Path | str, cfg: ModelTarget) -> dict[str, Any] | None:
+    """The champion of ``cfg.registered_model`` checked against the data it is asked to forecast.
+
+    The registry is cross-checked with the promotion log first (a champion the log names but the
+    registry lacks is a :class:`~features.errors.RegistryError`, never a silent fallback). Returns
+    None only when neither has a champion, else :func:`models.registry.show_version`'s record.
+
+    Raises
+    ------
+    ModelError
+        When the champion was trained at another frequency than ``cfg.freq``, or on another
+        dataset while the model name was not given explicitly (``--model``).
+    """
     from models import registry
 
-    versions = registry.list_versions(home=home, name=name)
-    if versions.empty or not versions["aliases"].str.contains("champion").any():
+    name = cfg.registered_model
+    version = registry.champion_version(Path(home), name)
+    if version is None:
         return None
-    return registry.load_champion(home=home, name=name)
+    info = registry.show_version(version, home=Path(home), name=name)
+    ds, fq = info["tags"].get("dprm.dataset"), info["tags"].get("dprm.freq")
+    if (fq and fq != cfg.freq) or (ds and ds != cfg.dataset and cfg.model_name is None):
+        raise ModelError(
+            f"the champion of {name!r} (version {version}) was trained on {ds or '?'}/{fq or '?'}, "
+            f"not {cfg.dataset}/{cfg.freq}: pass --model NAME for a model of "
+            f"{cfg.dataset}/{cfg.freq} (`dprm models list` shows them) or train one "
+            f"(`dprm train --dataset {cfg.dataset} --freq {cfg.freq}`)"
+        )
+    return info
+
+
+def _champion_data(
+    info: dict[str, Any], data: pd.DataFrame, cfg: ModelTarget
+) -> tuple[pd.DataFrame, list[str]]:
+    """``data`` restricted to the symbols the champion was fitted on, and the data's symbols it
+    does not cover; no symbol in common is a :class:`~features.errors.ModelError`."""
+    fitted = json.loads(info["tags"].get("dprm.symbols") or "[]")
+    if not fitted:
+        return data, []
+    have = sorted(map(str, data[SYMBOL].unique()))
+    keep = [s for s in have if s in set(fitted)]
+    if not keep:
+        raise ModelError(
+            f"the champion of {info['name']!r} (version {info['version']}) was fitted on symbols "
+            f"{sorted(fitted)}; {cfg.dataset}/{cfg.freq} has {have}: none in common; pass "
+            "--model NAME for a model of this data (`dprm models list` shows them)"
+        )
+    return data[data[SYMBOL].isin(keep)].reset_index(drop=True), [s for s in have if s not in keep]
 
 
 def _stamp(ts: pd.Timestamp) -> str:
@@ -749,6 +827,8 @@ class ForecastOutcome:
     data_cutoff_ts: str
     rows: int
     written: bool
+    not_covered: list[str] = field(default_factory=list)
+    """Symbols of the data the champion was not fitted on (not forecast)."""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict."""
@@ -769,13 +849,21 @@ def forecast_step(home: Path | str, cfg: ForecastFlowConfig) -> ForecastOutcome:
     data = _history(model_frame(home, cfg.dataset, cfg.freq), cfg.history)
     if data.empty:
         raise DataError(f"no valid feature rows in {cfg.dataset}/{cfg.freq} to forecast from")
-    state = forecast_source(home, cfg.model_name)
+    from models import registry
+
+    name = cfg.registered_model
+    registry.verify_registry(home, name)  # also when serving the baseline: never fail open
+    state = forecast_source(home, name)
     champion = None
+    not_covered: list[str] = []
     reason = state.get("reason", "")
     if state["source"] == "champion":
-        champion = _try_load_champion(home, cfg.model_name)
-        if champion is None:
-            reason = f"no champion of {cfg.model_name!r} registered yet"
+        info = check_champion(home, cfg)
+        if info is None:
+            reason = f"no champion of {name!r} registered yet"
+        else:
+            data, not_covered = _champion_data(info, data, cfg)
+            champion = registry.load_champion(home=home, name=name)
     if champion is not None:
         table = champion.predict(data, origins="last")
         table = table[table["model_id"] == champion.primary].copy()
@@ -820,7 +908,15 @@ def forecast_step(home: Path | str, cfg: ForecastFlowConfig) -> ForecastOutcome:
         },
     )
     return ForecastOutcome(
-        str(path), source, reason, model, version, cutoff.isoformat(), len(table), written
+        str(path),
+        source,
+        reason,
+        model,
+        version,
+        cutoff.isoformat(),
+        len(table),
+        written,
+        not_covered,
     )
 
 
@@ -1080,7 +1176,11 @@ def monitor_step(home: Path | str, cfg: MonitorFlowConfig) -> MonitorOutcome:
     latest = None if feats.empty else pd.Timestamp(feats[TS].max())
     now = resolve_now(cfg.now, latest)
     checks = _freshness_checks(feats, symbols, now, cfg)
-    champion = _try_load_champion(home, cfg.model_name)
+    info = check_champion(home, cfg)
+    champion = None
+    if info is not None:
+        data, _ = _champion_data(info, data, cfg)
+        champion = registry.load_champion(home=home, name=cfg.registered_model)
     context: dict[str, Any] = {
         "dataset": cfg.dataset,
         "freq": cfg.freq,
@@ -1093,7 +1193,7 @@ def monitor_step(home: Path | str, cfg: MonitorFlowConfig) -> MonitorOutcome:
     }
     train_end = None
     if champion is None:
-        context["champion"] = f"no champion of {cfg.model_name!r}: model checks skipped"
+        context["champion"] = f"no champion of {cfg.registered_model!r}: model checks skipped"
     else:
         ref = champion.ref
         info = registry.show_version(ref.version, home=home, name=ref.name)
@@ -1115,13 +1215,13 @@ def monitor_step(home: Path | str, cfg: MonitorFlowConfig) -> MonitorOutcome:
     valid = feats[feats["valid"].astype(bool)] if "valid" in feats.columns else feats
     checks += _feature_drift_checks(valid, home, cfg, train_end)
     report = mon.MonitorReport(tuple(checks), pd.Timestamp.now(tz="UTC"), context)
-    state = forecast_source(home, cfg.model_name)
+    state = forecast_source(home, cfg.registered_model)
     fallback = [c for c in report.breaches if c.name in FALLBACK_CHECKS]
     switched = False
     if fallback and cfg.fallback_on_breach and state["source"] != "baseline":
         state = set_forecast_source(
             home,
-            cfg.model_name,
+            cfg.registered_model,
             "baseline",
             f"monitoring breach: {mon.summarize_breaches(fallback)}",
             version=None if champion is None else champion.ref.version,

@@ -29,7 +29,8 @@ def engine_environment(home: Path | None = None) -> dict[str, str]:
     """Set (``os.environ.setdefault``) the Prefect and MLflow settings for a run in ``home``.
 
     Call before importing prefect or mlflow. State goes under ``<home>/prefect`` (database, result
-    storage), telemetry is off, the temporary-server start-up timeout is 90 s. Values already in the
+    storage), telemetry is off, the temporary-server start-up timeout is 90 s, MLflow requests time
+    out after 5 s with at most one retry (an unreachable server fails in seconds). Values already in the
     environment win. Creates the ``PREFECT_HOME`` folder. Returns the settings this call applied
     (name -> value).
     """
@@ -43,8 +44,10 @@ def engine_environment(home: Path | None = None) -> dict[str, str]:
         "MLFLOW_DISABLE_TELEMETRY": "true",
         "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
         "MLFLOW_SKIP_PIP_REQUIREMENTS_CHECK": "true",
-        "MLFLOW_HTTP_REQUEST_TIMEOUT": "60",
-        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",
+        "MLFLOW_HTTP_REQUEST_TIMEOUT": "5",
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
+        "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+        "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0.5",
         "MPLCONFIGDIR": str(home / "mpl"),
     }
     applied = {}
@@ -117,6 +120,31 @@ class Target(_Config):
     freq: str = "1D"
 
 
+DEFAULT_MODEL = "dprm-forecaster"
+"""The registered model of the default (embedded) dataset."""
+
+
+def model_name_for(dataset: str) -> str:
+    """The registered model a dataset's forecaster lives in: ``dprm-forecaster`` for the
+    embedded data, ``dprm-forecaster-<dataset>`` for any other (the model follows the data)."""
+    return DEFAULT_MODEL if dataset == "embedded" else f"{DEFAULT_MODEL}-{dataset}"
+
+
+class ModelTarget(Target):
+    """A feature frame and the registered model that forecasts it."""
+
+    model_name: str | None = Field(
+        None,
+        description="registered model (None: follows the dataset: dprm-forecaster for embedded, "
+        "dprm-forecaster-<dataset> otherwise)",
+    )
+
+    @property
+    def registered_model(self) -> str:
+        """``model_name``, or the dataset's model (:func:`model_name_for`)."""
+        return self.model_name or model_name_for(self.dataset)
+
+
 class IngestFlowConfig(_Config):
     """``ingest``: bring data into the store. Sources: "embedded" (arch's daily indices), "simulate"
     (the seeded simulator, settings in ``simulate``) and file or folder paths."""
@@ -135,10 +163,9 @@ class FeaturesFlowConfig(Target):
     per_symbol: bool = Field(True, description="compute base measures per symbol on the runner")
 
 
-class TrainFlowConfig(Target):
+class TrainFlowConfig(ModelTarget):
     """``train``: walk-forward evaluation, fit, log, register a challenger, gated promotion."""
 
-    model_name: str = "dprm-forecaster"
     experiment: str = "dprm-train"
     symbols: tuple[str, ...] | None = Field(
         None, description="train on these symbols only (None: every symbol with realized variance)"
@@ -159,16 +186,15 @@ class TrainFlowConfig(Target):
     refresh_cache: bool = Field(False, description="recompute cached per-symbol evaluations")
 
 
-class ForecastFlowConfig(Target):
+class ForecastFlowConfig(ModelTarget):
     """``forecast``: roll the champion (or the fallback baseline) forward on the latest data."""
 
-    model_name: str = "dprm-forecaster"
     horizons: tuple[int, ...] = (1, 5)
     baseline: ModelSpec = ModelSpec(kind="ewma")
     history: int = Field(600, gt=30, description="rows per symbol handed to the model")
 
 
-class MonitorFlowConfig(Target):
+class MonitorFlowConfig(ModelTarget):
     """``monitor``: checks of the champion and the data; thresholds of :mod:`models.monitoring`.
 
     The model checks score out-of-sample forecasts over the last ``window`` origins (QLIKE ratio,
@@ -177,7 +203,6 @@ class MonitorFlowConfig(Target):
     row (realized variance > 0) at ``now``.
     """
 
-    model_name: str = "dprm-forecaster"
     horizon: int = Field(1, gt=0)
     baselines: dict[str, ModelSpec] = Field(
         default_factory=lambda: {"ewma": ModelSpec(kind="ewma"), "rw": ModelSpec(kind="rw")}

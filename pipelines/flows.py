@@ -27,6 +27,7 @@ from pipelines.flow_config import engine_environment
 
 engine_environment()
 
+import contextlib  # noqa: E402
 import json  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
@@ -36,7 +37,7 @@ from prefect.futures import wait  # noqa: E402
 from prefect.states import Failed  # noqa: E402
 from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
 
-from features.errors import ConfigError  # noqa: E402
+from features.errors import ConfigError, DPRMError  # noqa: E402
 from pipelines import cycle  # noqa: E402
 from pipelines.config import dprm_home  # noqa: E402
 from pipelines.flow_config import (  # noqa: E402
@@ -70,6 +71,67 @@ def _home() -> str:
     return str(dprm_home())
 
 
+def registry_limit_name(model_name: str) -> str:
+    """The Prefect global concurrency limit serializing registration of ``model_name``."""
+    return f"dprm-registry-{model_name}"
+
+
+def ensure_registry_limit(model_name: str) -> str:
+    """Create the global concurrency limit of ``model_name`` with one slot if it does not exist
+    (a concurrent creator winning the race is fine); returns its name."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+
+    name = registry_limit_name(model_name)
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_global_concurrency_limit_by_name(name)
+        except ObjectNotFound:
+            with contextlib.suppress(ObjectAlreadyExists):
+                client.create_global_concurrency_limit(
+                    GlobalConcurrencyLimitCreate(name=name, limit=1)
+                )
+    return name
+
+
+def registry_slot(
+    model_name: str, *, deployed: bool | None = None
+) -> contextlib.AbstractContextManager[Any]:
+    """Hold the model's registry slot (a Prefect global concurrency limit of one) in deployed runs
+    on a real Prefect server (``PREFECT_API_URL``): runs of one model register and promote one at a
+    time across workers and machines. The slot is leased for 60 s and renewed while held, so a
+    killed run frees it within a minute (the server's lease service repossesses it); waiting is
+    bounded by :data:`models.registry.LOCK_TIMEOUT_S`. Elsewhere (ad-hoc runs, the temporary
+    per-process API) this is a no-op: the registry's file lock under ``DPRM_HOME``
+    (:func:`models.registry.model_lock`) serializes processes, and it is held in every case.
+
+    Parameters
+    ----------
+    model_name : the registered model.
+    deployed : whether this is a deployed run; None = from the flow run context.
+    """
+    from prefect.settings import PREFECT_API_URL
+
+    if deployed is None:
+        from prefect.runtime import deployment
+
+        deployed = deployment.id is not None
+    if not (deployed and PREFECT_API_URL.value()):
+        return contextlib.nullcontext()
+    from prefect.concurrency.sync import concurrency
+
+    from models.registry import LOCK_TIMEOUT_S
+
+    return concurrency(
+        ensure_registry_limit(model_name),
+        occupy=1,
+        strict=True,
+        lease_duration=60,
+        timeout_seconds=LOCK_TIMEOUT_S,
+    )
+
+
 @flow(name="dprm-ingest", task_runner=ThreadPoolTaskRunner())
 def ingest(cfg: IngestFlowConfig = IngestFlowConfig()) -> list[dict[str, Any]]:
     """Ingest every configured source (embedded data, the simulator, files)."""
@@ -94,7 +156,8 @@ def build_features(cfg: FeaturesFlowConfig = FeaturesFlowConfig()) -> dict[str, 
 @flow(name="dprm-train", task_runner=ThreadPoolTaskRunner())
 def train(cfg: TrainFlowConfig = TrainFlowConfig()) -> dict[str, Any]:
     """Per-symbol walk-forward evaluation (mapped, cached on feature fingerprints), ranking, MLflow
-    logging, challenger registration and the gated promotion."""
+    logging, challenger registration and the gated promotion (one run of a model at a time:
+    :func:`registry_slot` and the registry's file lock)."""
     home = _home()
     tracking = init_tracking_task.submit(home) if cfg.register_model else None
     symbols = cycle.train_symbols(home, cfg)
@@ -116,7 +179,8 @@ def train(cfg: TrainFlowConfig = TrainFlowConfig()) -> dict[str, Any]:
     if cfg.register_model:
         tracking.result()
         data_fp = cycle.feature_fingerprint(home, cfg.dataset, cfg.freq, symbols)
-        out.update(register_task(home, cfg, merged, data_fp))
+        with registry_slot(cfg.registered_model):
+            out.update(register_task(home, cfg, merged, data_fp))
     return out
 
 
@@ -193,6 +257,8 @@ def _run(fl: Any, cfg: Any, runner: RunnerConfig | None) -> dict[str, Any]:
     fl = fl.with_options(task_runner=make_runner(runner_config_from_env(runner)))
     state = fl(cfg, return_state=True)
     result = state.result(raise_on_failure=False)
+    if isinstance(result, DPRMError):  # input a user must fix: one line at the CLI, not a state
+        raise result
     if isinstance(result, BaseException):
         return {"state": state.name, "error": str(result)}
     summary = result if isinstance(result, dict) else {"result": result}

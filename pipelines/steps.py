@@ -51,10 +51,12 @@ def ingest_embedded(store: DataStore, dataset: str = "embedded") -> list[IngestR
 
 def run_demo(cfg: DemoConfig, console: Any) -> dict[str, Any]:
     """The demo: ingest the embedded data and the simulator output, validate, summarise."""
+    from models.registry import verify_registry
     from pipelines.cli import _print_ingest, _print_validation
     from pipelines.config import dprm_home
 
     home = dprm_home()
+    verify_registry(home)  # an unreachable or inconsistent registry fails now, in seconds
     store = DataStore(home / "data")
     console.rule("1. ingest embedded real data (arch: S&P 500, NASDAQ, VIX)")
     reports = ingest_embedded(store, cfg.embedded_dataset)

@@ -88,6 +88,15 @@ def evaluation_cache_key(context: Any, parameters: dict[str, Any]) -> str:
     return hashlib.blake2b(raw.encode(), digest_size=16).hexdigest()
 
 
+def retry_unless_user_error(task: Any, task_run: Any, state: Any) -> bool:
+    """Prefect ``retry_condition_fn``: retry transient failures, never a
+    :class:`~features.errors.DPRMError` (bad input, a corrupt or inconsistent registry: a retry
+    gives the same answer later)."""
+    from features.errors import DPRMError
+
+    return not isinstance(state.result(raise_on_failure=False), DPRMError)
+
+
 @task(name="ingest-source", retries=2, retry_delay_seconds=2, task_run_name="ingest-{source}")
 def ingest_source_task(home: str, source: str, cfg: IngestFlowConfig) -> dict[str, Any]:
     """Ingest one source (idempotent; retried on I/O errors)."""
@@ -125,7 +134,12 @@ def build_features_task(home: str, cfg: FeaturesFlowConfig) -> dict[str, Any]:
     return out
 
 
-@task(name="init-tracking", retries=2, retry_delay_seconds=2)
+@task(
+    name="init-tracking",
+    retries=2,
+    retry_delay_seconds=2,
+    retry_condition_fn=retry_unless_user_error,
+)
 def init_tracking_task(home: str) -> str:
     """Create/migrate the MLflow store once, before anything fans out; returns the tracking URI."""
     from models import registry
@@ -156,7 +170,12 @@ def merge_task(results: dict[str, EvaluationResult]) -> EvaluationResult:
     return cycle.merge_evaluations(results)
 
 
-@task(name="register-and-promote", retries=2, retry_delay_seconds=5)
+@task(
+    name="register-and-promote",
+    retries=2,
+    retry_delay_seconds=5,
+    retry_condition_fn=retry_unless_user_error,
+)
 def register_task(
     home: str, cfg: TrainFlowConfig, result: EvaluationResult, data_fp: str
 ) -> dict[str, Any]:
@@ -174,7 +193,7 @@ def register_task(
     return out.to_dict()
 
 
-@task(name="forecast", retries=2, retry_delay_seconds=2)
+@task(name="forecast", retries=2, retry_delay_seconds=2, retry_condition_fn=retry_unless_user_error)
 def forecast_task(home: str, cfg: ForecastFlowConfig) -> dict[str, Any]:
     """Forecast with the champion (or the baseline fallback) and persist the table."""
     out = cycle.forecast_step(home, cfg)
@@ -190,7 +209,7 @@ def forecast_task(home: str, cfg: ForecastFlowConfig) -> dict[str, Any]:
     return out.to_dict()
 
 
-@task(name="monitor", retries=1, retry_delay_seconds=2)
+@task(name="monitor", retries=1, retry_delay_seconds=2, retry_condition_fn=retry_unless_user_error)
 def monitor_task(home: str, cfg: MonitorFlowConfig) -> dict[str, Any]:
     """All monitoring checks; writes the report and applies the fallback rule."""
     return cycle.monitor_step(home, cfg).to_dict()

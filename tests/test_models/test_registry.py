@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from features.errors import RegistryError
 from features.schema import SYMBOL, TS
 from models import registry as R
 from models.base import BaseForecaster, SymbolPanel
@@ -500,7 +501,7 @@ def test_rollback_and_the_append_only_log(home: Path, data: pd.DataFrame) -> Non
     lines = after.splitlines(keepends=True)
     lines[1] = lines[1].replace(b'"who": "bob"', b'"who": "eve"')
     R.promotion_log_path(home).write_bytes(b"".join(lines))
-    with pytest.raises(ValueError, match="line 3 breaks the append-only chain"):
+    with pytest.raises(RegistryError, match="line 3 breaks the append-only chain"):
         R.read_promotion_log(home)
 
 

@@ -182,7 +182,7 @@ def forward_close_to_close(
     if bad.any():
         k = int(np.flatnonzero(bad)[0])
         raise DataError(
-            f"close prices must be finite and > 0; got {px[k]!r} for {f[S.SYMBOL].iloc[k]} at "
+            f"close prices must be finite and > 0; got {float(px[k])!r} for {f[S.SYMBOL].iloc[k]} at "
             f"{f[S.TS].iloc[k]} ({int(bad.sum())} bad row(s) of {len(px)})",
             column=close_col,
         )

@@ -132,6 +132,16 @@ def fit_innovation(z: np.ndarray | pd.Series, name: str = "t") -> InnovationFit:
         def nll(p: np.ndarray) -> float:
             return -float(dist.loglikelihood(p, x, sigma2))
 
+        if name == "t":  # one parameter: a bounded scalar search on log(nu), fast and robust
+            r1 = optimize.minimize_scalar(
+                lambda lnu: nll(np.array([np.exp(lnu)])),
+                bounds=(np.log(bounds[0][0]), np.log(bounds[0][1])),
+                method="bounded", options={"xatol": 1e-5},
+            )
+            ll = -float(r1.fun)
+            params = {"nu": float(np.exp(r1.x))}
+            return InnovationFit(name=name, params=params, loglik=ll, n_obs=n, aic=-2 * ll + 2,
+                                 bic=float(-2 * ll + np.log(n)))
         starts = [np.asarray(dist.starting_values(x), dtype="float64")]
         starts.append(np.array([8.0] + [0.0] * (len(bounds) - 1)))
         best = None
@@ -145,7 +155,7 @@ def fit_innovation(z: np.ndarray | pd.Series, name: str = "t") -> InnovationFit:
         params = {k: float(v) for k, v in zip(_PARAM_NAMES[name], best.x, strict=True)}
     k = len(params)
     return InnovationFit(name=name, params=params, loglik=ll, n_obs=n, aic=-2 * ll + 2 * k,
-                         bic=-2 * ll + k * np.log(n))
+                         bic=float(-2 * ll + k * np.log(n)))
 
 
 def fit_innovations(

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from features import schema as S
 from features.errors import DataError
@@ -94,3 +96,14 @@ def test_bad_input_is_rejected() -> None:
     dup = pd.concat([f, f.iloc[[1]]]).assign(close=1.0)
     with pytest.raises(DataError, match="timestamps of BTCUSDT must be unique"):
         forward_close_to_close(dup, (1,))
+
+
+@settings(max_examples=25, deadline=None)
+@given(c=st.floats(1e-4, 1e4), seed=st.integers(0, 2**16), drop=st.integers(0, 29))
+def test_price_units_do_not_matter(c: float, seed: int, drop: int) -> None:
+    """Targets are invariant to the price unit, with or without a gap."""
+    ts = pd.date_range("2024-01-01", periods=30, freq="D", tz="UTC").delete(drop)
+    px = np.exp(np.cumsum(np.random.default_rng(seed).normal(0, 0.02, 29)))
+    a = forward_close_to_close(bars(ts, px), (1, 3), interval=pd.Timedelta("1D"))
+    b = forward_close_to_close(bars(ts, c * px), (1, 3), interval=pd.Timedelta("1D"))
+    pd.testing.assert_frame_equal(a, b, rtol=1e-9, atol=1e-12)

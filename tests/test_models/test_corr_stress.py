@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from features.errors import ConfigError, DataError
 from models.corr_stress import co_movement_corr, rolling_mean_correlation, stressed_correlations
@@ -110,3 +112,14 @@ def test_bad_input_is_rejected() -> None:
         stressed_correlations(panel.iloc[:30])
     with pytest.raises(DataError, match="unique, increasing"):
         stressed_correlations(panel.iloc[::-1])
+
+
+@settings(max_examples=10, deadline=None)
+@given(seed=st.integers(0, 2**16), perm=st.permutations([0, 1, 2, 3]))
+def test_permuting_symbols_permutes_every_matrix(seed: int, perm: list[int]) -> None:
+    panel, _ = regime_panel(np.random.default_rng(seed), n=400)
+    a = stressed_correlations(panel, worst_q=0.1, low_q=0.1)
+    b = stressed_correlations(panel.iloc[:, perm], worst_q=0.1, low_q=0.1)
+    for ma, mb in ((a.usual, b.usual), (a.high, b.high), (a.low, b.low)):
+        np.testing.assert_allclose(mb.corr, ma.corr[np.ix_(perm, perm)], atol=1e-12)
+        assert mb.dates.equals(ma.dates)

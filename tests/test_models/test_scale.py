@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from features.errors import ConfigError, DataError
 from models.scale import ratio_of_means_interval, variance_scale
@@ -107,3 +109,13 @@ def test_missing_pairs_are_skipped_and_bad_input_is_rejected() -> None:
         variance_scale(ys, bad, 1)
     # too little history: no estimate at all
     assert variance_scale(ys, fs, 1, min_pairs=500, n_boot=99).estimates.empty
+
+
+@settings(max_examples=15, deadline=None)
+@given(c=st.floats(1e-3, 1e3), d=st.floats(1e-3, 1e3), seed=st.integers(0, 2**16))
+def test_scale_is_equivariant_in_the_units_of_y_and_f(c: float, d: float, seed: int) -> None:
+    """Multiplying realized and forecast variance by constants multiplies every number by c/d."""
+    y, f = simulate(np.random.default_rng(seed), 60, 1.2)
+    a = ratio_of_means_interval(y, f, n_boot=99, block_length=2.0, random_state=seed)
+    b = ratio_of_means_interval(c * y, d * f, n_boot=99, block_length=2.0, random_state=seed)
+    np.testing.assert_allclose(b[:3], np.array(a[:3]) * c / d, rtol=1e-9)

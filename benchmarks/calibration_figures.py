@@ -106,13 +106,19 @@ def crypto_daily(data: Path = DATA) -> pd.DataFrame:
     return X[X[CLOSE].notna()].reset_index(drop=True)
 
 
+def _with_gk(b: pd.DataFrame) -> pd.DataFrame:
+    """``b`` with the Garman-Klass variance of each bar as ``rv_var`` (joined by symbol and ts:
+    :func:`features.ranges.range_variance` returns rows sorted by symbol then ts)."""
+    gk = range_variance(b, estimators=("garman_klass",)).rename(columns={"gk_var": RV})
+    b = b.merge(gk, on=[SYMBOL, TS], how="left", validate="one_to_one")
+    return b[b[RV] > 0].sort_values([SYMBOL, TS]).reset_index(drop=True)
+
+
 def btc_1h(data: Path = DATA) -> pd.DataFrame:
     """Hourly BTCUSDT bars with the Garman-Klass variance as ``rv_var``."""
     b = _klines(data / "binance_spot_btcusdt_1h_2017_2024" / "klines_1h.parquet", "1h",
                 [OPEN, HIGH, LOW, CLOSE])
-    rv = range_variance(b, estimators=("garman_klass",))
-    b[RV] = rv["gk_var"].to_numpy()
-    b = b[b[RV] > 0]
+    b = _with_gk(b)
     return b[[TS, SYMBOL, RV, CLOSE]].reset_index(drop=True)
 
 
@@ -128,8 +134,7 @@ def sp500_nasdaq() -> pd.DataFrame:
     """The arch.data S&P 500 and NASDAQ sessions with the Garman-Klass variance as ``rv_var``."""
     b = pd.concat([c.frame for n in ("sp500", "nasdaq") for c in read_arch_data(name=n)],
                   ignore_index=True)
-    b[RV] = range_variance(b, estimators=("garman_klass",))["gk_var"].to_numpy()
-    b = b[b[RV] > 0]
+    b = _with_gk(b)
     return b[[TS, SYMBOL, RV, CLOSE]].reset_index(drop=True)
 
 

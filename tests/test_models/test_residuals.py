@@ -95,3 +95,37 @@ def test_bad_settings_are_rejected() -> None:
     zi.iloc[3] = np.inf
     with pytest.raises(DataError, match="residuals must be finite or NaN; got inf"):
         diagnose_residuals(zi, 1)
+
+
+@pytest.mark.slow
+def test_real_nasdaq_range_forecasts_are_biased_low_and_the_scale_corrects_it() -> None:
+    """arch.data NASDAQ: EWMA(0.94) of the session's Garman-Klass variance misses the overnight
+    return, so against close-to-close returns E[z^2] is far above 1; the out-of-sample scale brings
+    it back to 1 (README "Calibration of forecasts for margin")."""
+    from features.ranges import range_variance
+    from features.readers.arch_data import read_arch_data
+    from features.schema import RV
+    from features.targets import C2C_RET, C2C_VAR, forward_close_to_close, target_name
+    from models.ewma import EWMAVol
+    from models.scale import variance_scale
+
+    b = pd.concat([c.frame for c in read_arch_data(name="nasdaq")], ignore_index=True)
+    gk = range_variance(b, estimators=("garman_klass",)).rename(columns={"gk_var": RV})
+    b = b.merge(gk, on=["symbol", "ts"], how="left", validate="one_to_one")
+    b = b[b[RV] > 0].sort_values("ts").reset_index(drop=True)
+    fc = EWMAVol(lam=0.94, min_obs=None).walk_forward(b, (1,))["NASDAQ"]
+    idx = pd.DatetimeIndex(b["ts"])
+    tg = forward_close_to_close(b, (1,))
+    y = pd.Series(tg[target_name(C2C_VAR, 1)].to_numpy(), index=idx)
+    ret = pd.Series(tg[target_name(C2C_RET, 1)].to_numpy(), index=idx)
+    f = fc.variance[1].reindex(idx)
+    vs = variance_scale(y, f, 1, every=126, n_boot=199, random_state=0)
+    assert vs.latest()["lower"] > 1.5
+    fs = vs.apply(f)
+    before = diagnose_residuals(standardized_residuals(ret, f.where(fs.notna()), 1), 1,
+                                n_boot=199, random_state=0)
+    after = diagnose_residuals(standardized_residuals(ret, fs, 1), 1, n_boot=199, random_state=0)
+    assert before.ez2_lower > 1.5 and not before.accepts()
+    assert abs(np.log(after.ez2)) < 0.5 * abs(np.log(before.ez2))
+    assert after.ez2_lower <= 1.0 <= after.ez2_upper  # measured: 0.99 [0.94, 1.05]
+    assert before.hit_rate_low > 0.02 and after.hit_rate_low < before.hit_rate_low

@@ -28,6 +28,8 @@ Datasets (realized variance -> the model input; closes -> the target):
 - ``perp_daily``: USD-M perpetuals (BTC, ETH, BNB), daily realized variance from 5-minute closes,
   the last 5-minute close of the day as the daily close (2025 .. 2026-02: short, so smaller
   windows, see ``SETTINGS``);
+- ``btcusd_daily``: the long BTC/USD daily candles (Coinbase part, 2015-07-21 .. 2025-09),
+  Garman-Klass range variance of the UTC day;
 - ``sp500_nasdaq``: the S&P 500 and NASDAQ of ``arch.data``, Garman-Klass range variance of the
   session (no overnight return), session closes (the scale absorbs the overnight return).
 """
@@ -81,6 +83,7 @@ SETTINGS = {
     "crypto_daily": Settings((1, 2, 5), "1D", 1000, 1, 250, 63, 21),
     "btc_1h": Settings((1, 4, 24), "1h", 2000, 24, 1000, 720, 168),
     "perp_daily": Settings((1, 2, 5), "1D", 120, 1, 100, 21, 21),
+    "btcusd_daily": Settings((1, 2, 5), "1D", 1000, 1, 250, 63, 21),
     "sp500_nasdaq": Settings((1, 2, 5), "1D", 1000, 1, 250, 63, 21),
 }
 
@@ -130,6 +133,18 @@ def perp_daily(data: Path = DATA) -> pd.DataFrame:
     return d[[TS, SYMBOL, RV, "n_obs", CLOSE]].reset_index(drop=True)
 
 
+def btcusd_daily(data: Path = DATA) -> pd.DataFrame:
+    """The long BTC/USD daily candles from the Coinbase part on (2015-07-21: the Bitstamp years have
+    many flat, illiquid days whose range variance is ~0), Garman-Klass variance as ``rv_var``."""
+    d = pd.read_parquet(data / "btcusd_daily_bitstamp_coinbase_2011_2025" / "btcusd_1d.parquet")
+    d = d[d["date"] >= pd.Timestamp("2015-07-21")]
+    b = pd.DataFrame({TS: (pd.to_datetime(d["date"]).dt.tz_localize("UTC") + pd.Timedelta("1D"))
+                      .astype("datetime64[ns, UTC]"), SYMBOL: "BTCUSD"})
+    for c in (OPEN, HIGH, LOW, CLOSE):
+        b[c] = d[c].astype("float64").to_numpy()
+    return _with_gk(b)[[TS, SYMBOL, RV, CLOSE]]
+
+
 def sp500_nasdaq() -> pd.DataFrame:
     """The arch.data S&P 500 and NASDAQ sessions with the Garman-Klass variance as ``rv_var``."""
     b = pd.concat([c.frame for n in ("sp500", "nasdaq") for c in read_arch_data(name=n)],
@@ -139,7 +154,7 @@ def sp500_nasdaq() -> pd.DataFrame:
 
 
 LOADERS = {"crypto_daily": crypto_daily, "btc_1h": btc_1h, "perp_daily": perp_daily,
-           "sp500_nasdaq": lambda data=DATA: sp500_nasdaq()}
+           "btcusd_daily": btcusd_daily, "sp500_nasdaq": lambda data=DATA: sp500_nasdaq()}
 
 
 # ---- one dataset --------------------------------------------------------------------------------

@@ -17,6 +17,9 @@ realized variance; log-HAR, rolling window, walk-forward out of sample) and the 
   Student-t fitted out of sample, and the PIT Kolmogorov-Smirnov p-value (:mod:`models.residuals`),
   **before** the scale (z = r / sigma_issued) and **after** it (sigma_issued x sqrt(scale in force at
   the origin), out of sample); both on the same origins (those with a scale);
+- the same after the **mean-of-ratios** scale ``mean(r^2 / (h f))`` (``estimator="mean_of_ratios"``,
+  i.e. E[z^2] of earlier origins): the ratio of means weighs high-variance days most, the mean of
+  ratios weighs every day the same, which is what a daily hit rate counts;
 - the t degrees of freedom of the residuals after the scale (the last out-of-sample refit);
 - the DVOL vol-of-vol (:mod:`models.volvol`) and the t-copula nu of BTC/ETH daily residuals.
 
@@ -81,7 +84,7 @@ class Settings:
 
 SETTINGS = {
     "crypto_daily": Settings((1, 2, 5), "1D", 1000, 1, 250, 63, 21),
-    "btc_1h": Settings((1, 4, 24), "1h", 2000, 24, 1000, 720, 168),
+    "btc_1h": Settings((1, 4, 24), "1h", 2000, 24, 1000, 720, 720),
     "perp_daily": Settings((1, 2, 5), "1D", 120, 1, 100, 21, 21),
     "btcusd_daily": Settings((1, 2, 5), "1D", 1000, 1, 250, 63, 21),
     "sp500_nasdaq": Settings((1, 2, 5), "1D", 1000, 1, 250, 63, 21),
@@ -200,12 +203,20 @@ def evaluate(name: str, X: pd.DataFrame, s: Settings, rng: np.random.Generator,
                 kw = {"min_history": s.min_pairs, "refit_every": s.refit_every, "n_boot": 499}
                 d0 = diagnose_residuals(z0, h, random_state=rng, **kw)
                 d1 = diagnose_residuals(z1, h, random_state=rng, **kw)
+                vm = variance_scale(y, f, h, symbol=str(sym), min_pairs=s.min_pairs,
+                                    every=s.every, n_boot=199, random_state=rng,
+                                    estimator="mean_of_ratios")
+                z2 = standardized_residuals(ret, vm.apply(f).where(have), h)
+                d2 = diagnose_residuals(z2, h, random_state=rng, **kw)
                 last = vs.latest()
                 rows.append({
                     "dataset": name, "symbol": str(sym), "model": model, "h": h, "n": d1.n,
                     "scale": last["scale"], "scale_lo": last["lower"], "scale_hi": last["upper"],
                     "ez2_0": d0.ez2, "ez2_0_lo": d0.ez2_lower, "ez2_0_hi": d0.ez2_upper,
                     "ez2_1": d1.ez2, "ez2_1_lo": d1.ez2_lower, "ez2_1_hi": d1.ez2_upper,
+                    "mor": vm.latest()["scale"], "ez2_2": d2.ez2, "ez2_2_lo": d2.ez2_lower,
+                    "ez2_2_hi": d2.ez2_upper, "hit1_2": d2.hit_rate_low,
+                    "hit99_2": d2.hit_rate_high, "pit_2": d2.pit_pvalue,
                     "hit1_0": d0.hit_rate_low, "hit99_0": d0.hit_rate_high,
                     "hit1_1": d1.hit_rate_low, "hit99_1": d1.hit_rate_high,
                     "kup1_1": d1.kupiec_p_low, "kup99_1": d1.kupiec_p_high,
@@ -219,26 +230,34 @@ def evaluate(name: str, X: pd.DataFrame, s: Settings, rng: np.random.Generator,
 
 def print_tables(df: pd.DataFrame) -> None:
     """Two tables of at most 80 columns: scales, then diagnostics before/after the scale."""
-    print("\nVariance scale (last origin, expanding, 95% bootstrap interval) and t nu after it")
+    print("\nVariance scale (last origin, expanding, 95% bootstrap interval), the mean-of-ratios")
+    print("scale mean(r^2/(h f)) (MoR) and the t nu after the scale")
     print(f"{'dataset':<13}{'symbol':<9}{'model':<8}{'h':>3}{'n':>6}  {'scale [95% CI]':<19}"
-          f"{'nu':>6}")
+          f"{'MoR':>5}{'nu':>6}")
     for r in df.itertuples():
         print(f"{r.dataset:<13}{r.symbol:<9}{r.model:<8}{r.h:>3}{r.n:>6}  "
-              f"{_fmt_ci(r.scale, r.scale_lo, r.scale_hi):<19}{r.nu:>6.1f}")
-    print("\nE[z^2] with its 95% interval, before and after the scale")
-    print(f"{'dataset':<13}{'symbol':<9}{'model':<8}{'h':>3}  {'before':<19}{'after':<19}")
-    for r in df.itertuples():
-        print(f"{r.dataset:<13}{r.symbol:<9}{r.model:<8}{r.h:>3}  "
-              f"{_fmt_ci(r.ez2_0, r.ez2_0_lo, r.ez2_0_hi):<19}"
-              f"{_fmt_ci(r.ez2_1, r.ez2_1_lo, r.ez2_1_hi):<19}")
-    print("\nHit rates (%, expected 1.0) before > after the scale, Kupiec p after, PIT KS p")
-    print(f"{'symbol':<9}{'model':<8}{'h':>3}{'n_test':>7}  {'1% hits':<11}{'99% hits':<11}"
-          f"{'Kupiec p':<12}{'PIT p':<10}")
-    for r in df.itertuples():
-        print(f"{r.symbol[:8]:<9}{r.model:<8}{r.h:>3}{r.n_tested:>7}  "
-              f"{100 * r.hit1_0:>4.1f}>{100 * r.hit1_1:<4.1f}  {100 * r.hit99_0:>4.1f}>"
-              f"{100 * r.hit99_1:<4.1f}  {r.kup1_1:.2f}/{r.kup99_1:.2f}   "
-              f"{r.pit_0:.2f}>{r.pit_1:.2f}")
+              f"{_fmt_ci(r.scale, r.scale_lo, r.scale_hi):<19}{r.mor:>5.2f}{r.nu:>6.1f}")
+    print("\nE[z^2] [95% CI]: before the scale, after it, after the mean-of-ratios scale")
+    print(f"{'symbol':<9}{'model':<8}{'h':>3}  {'before':<19}{'after':<19}{'after (MoR)':<19}")
+    for ds, g in df.groupby("dataset", sort=False):
+        print(f"-- {ds}")
+        for r in g.itertuples():
+            print(f"{r.symbol:<9}{r.model:<8}{r.h:>3}  "
+                  f"{_fmt_ci(r.ez2_0, r.ez2_0_lo, r.ez2_0_hi):<19}"
+                  f"{_fmt_ci(r.ez2_1, r.ez2_1_lo, r.ez2_1_hi):<19}"
+                  f"{_fmt_ci(r.ez2_2, r.ez2_2_lo, r.ez2_2_hi):<19}")
+    print("\nHit rates (%, expected 1.0) before>after the scale>after MoR; Kupiec p after the")
+    print("scale (1%/99%); PIT KS p before>after>after MoR")
+    print(f"{'symbol':<9}{'model':<8}{'h':>3}{'n_test':>7} {'1% hits':<13}{'99% hits':<13}"
+          f"{'Kupiec':<10}{'PIT p':<14}")
+    for ds, g in df.groupby("dataset", sort=False):
+        print(f"-- {ds}")
+        for r in g.itertuples():
+            h1 = f"{100 * r.hit1_0:.1f}>{100 * r.hit1_1:.1f}>{100 * r.hit1_2:.1f}"
+            h99 = f"{100 * r.hit99_0:.1f}>{100 * r.hit99_1:.1f}>{100 * r.hit99_2:.1f}"
+            pit = f"{r.pit_0:.2f}>{r.pit_1:.2f}>{r.pit_2:.2f}"
+            print(f"{r.symbol:<9}{r.model:<8}{r.h:>3}{r.n_tested:>7} {h1:<13}{h99:<13}"
+                  f"{r.kup1_1:.2f}/{r.kup99_1:.2f} {pit:<14}")
 
 
 def dvol_table(data: Path = DATA) -> None:

@@ -59,6 +59,7 @@ class VarianceScale:
     window : None = expanding; else the number of most recent pairs (rolling).
     n_boot : bootstrap replications.
     every : re-estimation step in origins.
+    estimator : "ratio_of_means" or "mean_of_ratios" (:func:`variance_scale`).
     """
 
     symbol: str
@@ -68,6 +69,7 @@ class VarianceScale:
     window: int | None
     n_boot: int
     every: int
+    estimator: str = "ratio_of_means"
 
     def __post_init__(self) -> None:
         cols = ["scale", "lower", "upper", "n_pairs", "block_length"]
@@ -169,6 +171,7 @@ def variance_scale(
     n_boot: int = 999,
     block_length: float | None = None,
     random_state: np.random.Generator | int | None = None,
+    estimator: str = "ratio_of_means",
 ) -> VarianceScale:
     """Out-of-sample variance scales of one symbol and horizon (see module docs).
 
@@ -184,6 +187,10 @@ def variance_scale(
     every : re-estimate every this many origins (the last origin is always estimated).
     level, n_boot, block_length : the bootstrap (:func:`ratio_of_means_interval`).
     random_state : seed or Generator; one Generator drives every re-estimation.
+    estimator : "ratio_of_means" (``mean(y) / mean(f)``, the definition above) or
+        "mean_of_ratios" (``mean(y / f)``, which is ``E[z^2]``: every origin weighs the same, where
+        the ratio of means weighs high-variance periods most; they differ when the forecast's
+        relative error moves with the level of variance, as on the crypto data in the README).
 
     Returns
     -------
@@ -212,7 +219,16 @@ def variance_scale(
     if (y[np.isfinite(y)] < 0).any():
         k = int(np.flatnonzero(np.isfinite(y) & (y < 0))[0])
         raise DataError(f"realized_var must be >= 0; got {float(y[k])!r} at {idx[k]}", column="realized_var")
+    if estimator not in ("ratio_of_means", "mean_of_ratios"):
+        raise ConfigError(
+            "The 'estimator' parameter must be 'ratio_of_means' or 'mean_of_ratios'. "
+            f"Got {estimator!r} instead."
+        )
     ok = np.isfinite(y) & np.isfinite(f)
+    if estimator == "mean_of_ratios":
+        with np.errstate(invalid="ignore", divide="ignore"):
+            y = np.where(ok, y / np.where(ok, f, 1.0), np.nan)
+        f = np.where(ok, 1.0, np.nan)
     n = len(y)
     usable_pos = np.flatnonzero(ok)
     # number of usable pairs known at origin i: pairs j with j + h <= i
@@ -241,4 +257,5 @@ def variance_scale(
                        columns=["scale", "lower", "upper", "n_pairs", "block_length"])
     est["n_pairs"] = est["n_pairs"].astype("int64")
     return VarianceScale(symbol=symbol, horizon=int(horizon), estimates=est, level=float(level),
-                         window=window, n_boot=int(n_boot), every=int(every))
+                         window=window, n_boot=int(n_boot), every=int(every),
+                         estimator=estimator)

@@ -119,3 +119,15 @@ def test_scale_is_equivariant_in_the_units_of_y_and_f(c: float, d: float, seed: 
     a = ratio_of_means_interval(y, f, n_boot=99, block_length=2.0, random_state=seed)
     b = ratio_of_means_interval(c * y, d * f, n_boot=99, block_length=2.0, random_state=seed)
     np.testing.assert_allclose(b[:3], np.array(a[:3]) * c / d, rtol=1e-9)
+
+
+def test_mean_of_ratios_estimator_is_the_mean_squared_residual() -> None:
+    rng = np.random.default_rng(6)
+    y, f = simulate(rng, 300, 1.4)
+    ys, fs = _series(y, f)
+    vs = variance_scale(ys, fs, 1, min_pairs=100, every=1000, n_boot=99, random_state=0,
+                        estimator="mean_of_ratios")
+    assert vs.estimator == "mean_of_ratios"
+    assert vs.latest()["scale"] == pytest.approx(np.mean(y[:299] / f[:299]), rel=1e-12)
+    with pytest.raises(ConfigError, match="'estimator' parameter must be 'ratio_of_means'"):
+        variance_scale(ys, fs, 1, estimator="median")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -11,8 +10,6 @@ import pytest
 
 from features.errors import ConfigError, DataError
 from models.volvol import implied_vol_of_vol, realized_vol_of_vol
-
-DATA = Path(os.environ.get("DPRM_DATA_DIR", Path(__file__).resolve().parents[2].parent / "shared" / "data"))
 
 
 def simulated(rng: np.random.Generator, n: int, beta: float):
@@ -81,11 +78,11 @@ def test_realized_source_uses_half_the_log_variance_change() -> None:
 
 
 @pytest.mark.slow
-def test_real_dvol_btc_eth() -> None:
-    path = DATA / "deribit_dvol_daily_2021_2025h1" / "dvol_daily.parquet"
-    klines = DATA / "binance_spot_daily_multi_asset_2017_2026" / "klines_1d.parquet"
+def test_real_dvol_btc_eth(data_dir: Path) -> None:
+    path = data_dir / "deribit_dvol_daily_2021_2025h1" / "dvol_daily.parquet"
+    klines = data_dir / "binance_spot_daily_multi_asset_2017_2026" / "klines_1d.parquet"
     if not path.exists() or not klines.exists():
-        pytest.skip(f"real DVOL data not found under {DATA} (set DPRM_DATA_DIR)")
+        pytest.skip(f"real DVOL data not found under {data_dir} (set DPRM_DATA_DIR)")
     dv = pd.read_parquet(path)
     k = pd.read_parquet(klines, columns=["symbol", "open_time", "close"])
     for sym in ("BTC", "ETH"):

@@ -2,13 +2,14 @@
 
 What it holds
 -------------
-- **Volatility forecasts**: one row per (model_id, model_version, unit, symbol, as_of, horizon):
+- **Volatility forecasts**: one row per (model_id, model_version, unit, symbol, as_of, origin_ts,
+  horizon):
   ``forecast_var`` (the per-period average variance over ``t+1..t+h``, as in
   :class:`models.forecast.VolForecast`), its quantile columns ``q_<level>`` when the model gives
   them (NaN otherwise), ``origin_ts``, ``data_cutoff_ts``, ``fallback_reason`` and ``source``
   ("walk_forward" for seeded history, "issued" for a live cycle).
 - **Correlation forecasts**: one row per (model_id, model_version, unit, symbol_set, as_of,
-  horizon, symbol_a, symbol_b): ``corr`` and ``repaired``; ``symbol_set`` is the model's symbol
+  origin_ts, horizon, symbol_a, symbol_b): ``corr`` and ``repaired``; ``symbol_set`` is the model's symbol
   order joined by ``|`` (a pair's correlation depends on the set it was estimated with).
 
 ``as_of`` is the issue time: a forecast is issued at or after its data cutoff (seeded
@@ -59,13 +60,14 @@ __all__ = ["RTOL", "ForecastLedger", "LedgerConflictError"]
 RTOL = 1e-10
 """Relative tolerance within which a re-issued value counts as the same value."""
 
-VOL_KEY = ("model_id", "model_version", "unit", "symbol", "as_of", "horizon")
+VOL_KEY = ("model_id", "model_version", "unit", "symbol", "as_of", "origin_ts", "horizon")
 VOL_BASE = (
     "as_of", "model_id", "model_version", "unit", "symbol", "origin_ts", "data_cutoff_ts",
     "horizon", "forecast_var",
 )
 CORR_KEY = (
-    "model_id", "model_version", "unit", "symbol_set", "as_of", "horizon", "symbol_a", "symbol_b",
+    "model_id", "model_version", "unit", "symbol_set", "as_of", "origin_ts", "horizon", "symbol_a",
+    "symbol_b",
 )
 CORR_COLUMNS = (
     "as_of", "model_id", "model_version", "unit", "symbol_set", "origin_ts", "data_cutoff_ts",
@@ -203,7 +205,8 @@ def _normalize_vol(frame: pd.DataFrame, source: str) -> pd.DataFrame:
     _check_times(f, "vol")
     if f.duplicated(list(VOL_KEY)).any():
         i = int(np.flatnonzero(f.duplicated(list(VOL_KEY)).to_numpy())[0])
-        raise DataError(f"vol forecasts hold the key {f.loc[i, list(VOL_KEY)].to_dict()} twice")
+        shown = ", ".join(f"{k}={f.loc[i, k]}" for k in VOL_KEY)
+        raise DataError(f"vol forecasts hold the key ({shown}) twice; expected one row per key")
     qcols = sorted(c for c in f.columns if c.startswith(_QPREFIX))
     cols = [*VOL_BASE, *qcols, "fallback_reason", "source"]
     return f[cols].sort_values(list(VOL_KEY)).reset_index(drop=True)
@@ -269,36 +272,39 @@ class ForecastLedger:
         return sorted(out)
 
     def refresh(self) -> None:
-        """Read part files written since the last read (parts are immutable: each is read once)."""
+        """Read part files written since the last read (parts are immutable: each is read once,
+        and its rows are merged into the in-memory index of the groups it touches)."""
         for kind in ("vol", "corr"):
             paths = self._list(kind)
             stamp = tuple(p.name for p in paths)
             if stamp == self._stamp[kind]:
                 continue
             parts = self._parts[kind]
+            fresh = []
             for p in paths:
                 if p not in parts:
                     try:
                         parts[p] = pd.read_parquet(p)
                     except (OSError, ValueError) as exc:
                         raise StoreError(f"{p}: cannot read ledger part: {exc}") from None
+                    fresh.append(parts[p])
             self._stamp[kind] = stamp
-            self._groups[kind] = self._group(kind, [parts[p] for p in paths])
+            self._merge(kind, fresh)
 
-    @staticmethod
-    def _group(kind: str, frames: list[pd.DataFrame]) -> dict[tuple[str, ...], _Group]:
+    def _merge(self, kind: str, frames: list[pd.DataFrame]) -> None:
         if not frames:
-            return {}
-        allf = pd.concat(frames, ignore_index=True)
+            return
+        new = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
         by = (["model_id", "model_version", "unit", "symbol"] if kind == "vol"
               else ["model_id", "model_version", "unit", "symbol_set"])
-        key = VOL_KEY if kind == "vol" else CORR_KEY
-        out = {}
-        for k, g in allf.groupby(by, sort=False):
-            g = g.sort_values([c for c in key if c not in by]).reset_index(drop=True)
-            out[tuple(str(x) for x in k)] = _Group(
-                g, pd.DatetimeIndex(g["as_of"]).as_unit("ns").asi8)
-        return out
+        order = [c for c in (VOL_KEY if kind == "vol" else CORR_KEY) if c not in by]
+        groups = self._groups[kind]
+        for k, g in new.groupby(by, sort=False):
+            key = tuple(str(x) for x in k)
+            if key in groups:
+                g = pd.concat([groups[key].frame, g], ignore_index=True)
+            g = g.sort_values(order).reset_index(drop=True)
+            groups[key] = _Group(g, pd.DatetimeIndex(g["as_of"]).as_unit("ns").asi8)
 
     def _write_part(self, kind: str, model: str, version: str, frame: pd.DataFrame) -> Path:
         digest = canonical_digest({"kind": kind}, {"rows": frame})
@@ -356,6 +362,7 @@ class ForecastLedger:
     def _check(kind: str, old: pd.DataFrame, new: pd.DataFrame, key: list[str]) -> pd.DataFrame:
         both = new.merge(old, on=key, how="left", suffixes=("", "_old"), indicator=True)
         hit = (both["_merge"] == "both").to_numpy()
+        label = "vol" if kind == "vol" else "correlation"
         if hit.any():
             b = both[hit]
             if kind == "vol":
@@ -368,14 +375,14 @@ class ForecastLedger:
                 if not ok.all():
                     i = int(np.flatnonzero(~ok)[0])
                     row = b.iloc[i]
-                    raise LedgerConflictError(kind, {k: row[k] for k in key}, c,
+                    raise LedgerConflictError(label, {k: row[k] for k in key}, c,
                                               float(old_c.iloc[i]), float(row[c]))
-            for c in ("origin_ts", "data_cutoff_ts"):
+            for c in ("data_cutoff_ts",):
                 diff = (b[c] != b[f"{c}_old"]).to_numpy()
                 if diff.any():
                     i = int(np.flatnonzero(diff)[0])
                     row = b.iloc[i]
-                    raise LedgerConflictError(kind, {k: row[k] for k in key}, c,
+                    raise LedgerConflictError(label, {k: row[k] for k in key}, c,
                                               row[f"{c}_old"], row[c])
         return new[~hit]
 

@@ -83,39 +83,47 @@ def default_max_age(symbol: str, unit: str) -> pd.Timedelta:
     return 2 * period
 
 
-def residual_history(issued: pd.DataFrame, closes: pd.Series, *, symbol: str, unit: str,
-                     as_of: pd.Timestamp) -> pd.DataFrame:
-    """The out-of-sample residuals of one symbol (columns :data:`RESIDUAL_COLUMNS`).
+def _empty_residuals() -> pd.DataFrame:
+    return pd.DataFrame({k: pd.Series(dtype=t) for k, t in zip(
+        RESIDUAL_COLUMNS, ["str", "str", "datetime64[ns, UTC]", "float64", "float64", "float64"],
+        strict=True)})
 
-    Parameters
-    ----------
-    issued : ledger rows (:meth:`ForecastLedger.issued`) of one model, issued at or before as_of.
-    closes : close prices indexed by UTC close time.
-    symbol, unit : what the rows are.
-    as_of : nothing stamped after it is used.
-    """
+
+def _closes_arrays(closes: pd.Series, as_of_ns: int) -> tuple[np.ndarray, np.ndarray]:
+    t = pd.DatetimeIndex(closes.index)
+    if t.tz is None:
+        raise DataError(f"closes of {closes.name!r} must be indexed by UTC timestamps",
+                        column=str(closes.name))
+    t = t.tz_convert("UTC").as_unit("ns").asi8
+    px = closes.to_numpy(dtype="float64")
+    keep = (t <= as_of_ns) & np.isfinite(px) & (px > 0)
+    return t[keep], px[keep]
+
+
+def _residuals(a: Mapping[str, np.ndarray], t: np.ndarray, px: np.ndarray, *, symbol: str,
+               unit: str) -> pd.DataFrame:
     period = parse_horizon_unit(unit)
-    c = closes[closes.index <= as_of].dropna()
-    c = c[c > 0]
-    if len(c) < 2 or issued.empty:
-        return pd.DataFrame({k: pd.Series(dtype=t) for k, t in zip(
-            RESIDUAL_COLUMNS, ["str", "str", "datetime64[ns, UTC]", "float64", "float64",
-                               "float64"], strict=True)})
-    t = pd.DatetimeIndex(c.index).as_unit("ns").asi8
-    px = np.log(c.to_numpy(dtype="float64"))
+    h1 = np.flatnonzero(a["horizon"] == 1)
+    if len(t) < 2 or len(h1) == 0:
+        return _empty_residuals()
+    lx = np.log(px)
     gap = np.diff(t)
-    limit = (_EXCHANGE_DAILY_GAP if period >= pd.Timedelta(days=1) and _exchange(symbol)
-             else period).value
-    ok = (gap > 0) & (gap <= limit) if limit != period.value else gap == period.value
-    start, end, ret = t[:-1][ok], t[1:][ok], np.diff(px)[ok]
-    h1 = issued[issued["horizon"] == 1]
-    h1 = h1.sort_values(["origin_ts", "as_of"]).drop_duplicates("origin_ts", keep="first")
-    origin = pd.DatetimeIndex(h1["origin_ts"]).as_unit("ns").asi8
-    issued_at = pd.DatetimeIndex(h1["as_of"]).as_unit("ns").asi8
+    if period >= pd.Timedelta(days=1) and _exchange(symbol):
+        ok = (gap > 0) & (gap <= _EXCHANGE_DAILY_GAP.value)
+    else:
+        ok = gap == period.value
+    start, end, ret = t[:-1][ok], t[1:][ok], np.diff(lx)[ok]
+    # the earliest issue of each origin (rows are sorted by as_of, so a stable sort on origin
+    # keeps the earliest first)
+    order = h1[np.argsort(a["origin_ts"][h1], kind="stable")]
+    origin = a["origin_ts"][order]
+    first = np.ones(len(origin), dtype=bool)
+    first[1:] = origin[1:] != origin[:-1]
+    order, origin = order[first], origin[first]
     pos = np.searchsorted(origin, start)
     pos_c = np.minimum(pos, len(origin) - 1)
-    hit = (pos < len(origin)) & (origin[pos_c] == start) & (issued_at[pos_c] < end)
-    sigma = np.sqrt(h1["forecast_var"].to_numpy(dtype="float64")[pos_c[hit]])
+    hit = (pos < len(origin)) & (origin[pos_c] == start) & (a["as_of"][order[pos_c]] < end)
+    sigma = np.sqrt(a["forecast_var"][order[pos_c[hit]]])
     r = ret[hit]
     return pd.DataFrame({
         "unit": unit, "symbol": symbol,
@@ -124,18 +132,54 @@ def residual_history(issued: pd.DataFrame, closes: pd.Series, *, symbol: str, un
     })
 
 
-def _last_issue(rows: pd.DataFrame, horizons: Sequence[int], model: ModelRef, symbol: str,
-                unit: str) -> pd.DataFrame | None:
-    if rows.empty:
+def residual_history(issued: pd.DataFrame, closes: pd.Series, *, symbol: str, unit: str,
+                     as_of: pd.Timestamp) -> pd.DataFrame:
+    """The out-of-sample residuals of one symbol (columns :data:`RESIDUAL_COLUMNS`).
+
+    Parameters
+    ----------
+    issued : ledger rows (:meth:`ForecastLedger.issued`) of one model, issued at or before as_of
+        (columns as_of, origin_ts, horizon, forecast_var).
+    closes : close prices indexed by UTC close time.
+    symbol, unit : what the rows are.
+    as_of : nothing stamped after it is used.
+    """
+    t_as_of = _utc(as_of).value
+    if issued.empty:
+        return _empty_residuals()
+    a = {"horizon": issued["horizon"].to_numpy(dtype="int64"),
+         "forecast_var": issued["forecast_var"].to_numpy(dtype="float64")}
+    for c in ("as_of", "origin_ts"):
+        a[c] = pd.DatetimeIndex(issued[c]).as_unit("ns").asi8
+    srt = np.lexsort((a["as_of"],))
+    a = {k: v[srt] for k, v in a.items()}
+    keep = a["as_of"] <= t_as_of
+    a = {k: v[keep] for k, v in a.items()}
+    t, px = _closes_arrays(closes, t_as_of)
+    return _residuals(a, t, px, symbol=symbol, unit=unit)
+
+
+def _last_issue(a: Mapping[str, np.ndarray], horizons: Sequence[int], model: ModelRef,
+                symbol: str, unit: str) -> dict[str, np.ndarray] | None:
+    n = len(a["as_of"])
+    if n == 0:
         return None
-    last = rows[rows["as_of"] == rows["as_of"].iloc[-1]]
-    last = last[last["origin_ts"] == last["origin_ts"].max()]
-    got = last.set_index("horizon")
-    missing = [h for h in horizons if h not in got.index]
-    if missing:
-        raise ModelError(f"the ledger's last issue of {model.name} {model.version} for {symbol} "
-                         f"({unit}, as_of {last['as_of'].iloc[0]}) lacks horizon(s) {missing}")
-    return got.loc[list(horizons)].reset_index()
+    start = int(np.searchsorted(a["as_of"], a["as_of"][-1], side="left"))
+    origin = a["origin_ts"][start:]
+    rows = np.flatnonzero(origin == origin.max()) + start
+    hs = a["horizon"][rows]
+    idx = []
+    for h in horizons:
+        k = np.flatnonzero(hs == h)
+        if len(k) == 0:
+            missing = [x for x in horizons if x not in set(hs.tolist())]
+            raise ModelError(
+                f"the ledger's last issue of {model.name} {model.version} for {symbol} ({unit}, "
+                f"as_of {pd.Timestamp(int(a['as_of'][-1]), tz='UTC')}) lacks horizon(s) "
+                f"{missing}")
+        idx.append(rows[k[0]])
+    sel = np.asarray(idx, dtype="int64")
+    return {k: v[sel] for k, v in a.items()}
 
 
 def build_bundle(
@@ -192,8 +236,9 @@ def build_bundle(
         for s in symbols:
             if s not in wide.columns:
                 raise ModelError(f"closes[{unit!r}] lack symbol {s!r}; columns {list(wide.columns)}")
-            rows = ledger.issued(s, model.name, t, version=model.version, unit=unit)
-            last = _last_issue(rows, hs, model, s, unit)
+            arrays = ledger.issued_arrays(s, model.name, model.version, t, unit=unit,
+                                          refresh=False)
+            last = _last_issue(arrays, hs, model, s, unit)
             limit = (max_age or {}).get(unit, default_max_age(s, unit))
             failure = None
             if last is None:
@@ -201,20 +246,22 @@ def build_bundle(
                                   f"no {unit} forecast of {model.name} {model.version} issued at "
                                   f"or before {t}", {"unit": unit, "model": model.name})
             else:
-                age = t - pd.Timestamp(last["data_cutoff_ts"].iloc[0])
+                cutoff = pd.Timestamp(int(last["data_cutoff_ts"][0]), tz="UTC")
+                age = t - cutoff
                 if age > limit:
                     failure = Failure(FailureReason.STALE, s,
-                                      f"{unit} forecast data cutoff {last['data_cutoff_ts'].iloc[0]}"
-                                      f" is {age} old at {t} (allowed {limit})",
+                                      f"{unit} forecast data cutoff {cutoff} is {age} old at {t} "
+                                      f"(allowed {limit})",
                                       {"unit": unit, "age_s": age.total_seconds(),
                                        "max_age_s": limit.total_seconds()})
+            source = model
             if failure is not None and unit in fallback_models:
                 fb = fallback_models[unit]
-                fb_last = _last_issue(ledger.issued(s, fb.name, t, version=fb.version, unit=unit),
-                                      hs, fb, s, unit)
-                if fb_last is not None and t - pd.Timestamp(fb_last["data_cutoff_ts"].iloc[0]) \
-                        <= limit:
-                    last = fb_last
+                fb_last = _last_issue(ledger.issued_arrays(s, fb.name, fb.version, t, unit=unit,
+                                                           refresh=False), hs, fb, s, unit)
+                if fb_last is not None and t - pd.Timestamp(
+                        int(fb_last["data_cutoff_ts"][0]), tz="UTC") <= limit:
+                    last, source = fb_last, fb
                     used_fallback = True
                     failure = Failure(failure.reason, s, f"{failure.message}; fell back to "
                                       f"{fb.name} {fb.version}",
@@ -227,13 +274,13 @@ def build_bundle(
                 stale[s] = failure if prev is None else Failure(
                     prev.reason, s, f"{prev.message}; {failure.message}", prev.details)
             vol_rows.append(pd.DataFrame({
-                "unit": unit, "symbol": s, "horizon": last["horizon"].to_numpy(dtype="int64"),
-                "model_id": last["model_id"].astype(str).to_numpy(),
-                "model_version": last["model_version"].astype(str).to_numpy(),
-                "origin_ts": pd.DatetimeIndex(last["origin_ts"]),
-                "data_cutoff_ts": pd.DatetimeIndex(last["data_cutoff_ts"]),
-                "forecast_var": last["forecast_var"].to_numpy(dtype="float64")}))
-            res_rows.append(residual_history(rows, wide[s], symbol=s, unit=unit, as_of=t))
+                "unit": unit, "symbol": s, "horizon": last["horizon"],
+                "model_id": source.name, "model_version": source.version,
+                "origin_ts": pd.DatetimeIndex(last["origin_ts"], tz="UTC").as_unit("ns"),
+                "data_cutoff_ts": pd.DatetimeIndex(last["data_cutoff_ts"], tz="UTC").as_unit("ns"),
+                "forecast_var": last["forecast_var"]}))
+            tc, px = _closes_arrays(wide[s], t.value)
+            res_rows.append(_residuals(arrays, tc, px, symbol=s, unit=unit))
         if used_fallback:
             fb = fallback_models[unit]
             members.append(Member(f"fallback:{unit}", fb.name, fb.version, fb.alias))
@@ -244,7 +291,8 @@ def build_bundle(
     corr = {}
     for unit in sorted(corr_models):
         ref = corr_models[unit]
-        cf = ledger.latest_corr(ref.name, ref.version, t, symbols=symbols, unit=unit)
+        cf = ledger.latest_corr(ref.name, ref.version, t, symbols=symbols, unit=unit,
+                                refresh=False)
         if cf is None:
             raise ModelError(f"no {unit} correlation forecast of {ref.name} {ref.version} on "
                              f"{list(symbols)} issued at or before {t}")

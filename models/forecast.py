@@ -497,9 +497,16 @@ def _array_bytes(values: np.ndarray) -> tuple[str, bytes]:
         return f"i8{a.shape}", np.ascontiguousarray(a.astype("<i8")).tobytes()
     if a.dtype.kind == "b":
         return f"b1{a.shape}", np.ascontiguousarray(a.astype("u1")).tobytes()
-    items = [None if v is None or (isinstance(v, float) and np.isnan(v)) else str(v)
-             for v in a.reshape(-1).tolist()]
-    return f"O{a.shape}", _canonical_json(items)
+    return _string_bytes(pd.Series(a.reshape(-1), dtype=object), shape=a.shape)
+
+
+def _string_bytes(values: pd.Series, shape: tuple[int, ...] | None = None) -> tuple[str, bytes]:
+    """Strings: the distinct values (in order of first appearance) as JSON, then one int64 code
+    per element (-1 = missing); equal sequences give equal bytes, any change changes them."""
+    codes, uniques = pd.factorize(values, use_na_sentinel=True)
+    items = [str(v) for v in uniques]
+    shape = (len(values),) if shape is None else shape
+    return f"O{shape}", _canonical_json(items) + np.asarray(codes, dtype="<i8").tobytes()
 
 
 def canonical_digest(
@@ -517,9 +524,13 @@ def canonical_digest(
         if isinstance(table, pd.DataFrame):
             for col in table.columns:
                 values = table[col]
-                arr = (pd.DatetimeIndex(values).as_unit("ns").to_numpy()
-                       if isinstance(values.dtype, pd.DatetimeTZDtype) else values.to_numpy())
-                tag, payload = _array_bytes(arr)
+                if isinstance(values.dtype, pd.DatetimeTZDtype):
+                    ns = pd.DatetimeIndex(values).as_unit("ns").asi8  # UTC epoch ns
+                    tag, payload = f"M8{ns.shape}", np.ascontiguousarray(ns, "<i8").tobytes()
+                elif values.dtype.kind in "fiubM":
+                    tag, payload = _array_bytes(values.to_numpy())
+                else:
+                    tag, payload = _string_bytes(values)
                 _chunk(h, f"col:{col}:{tag}", payload)
         else:
             tag, payload = _array_bytes(np.asarray(table))
@@ -985,31 +996,40 @@ class RiskForecastBundle:
             raise DataError(f"vol.scale must lie in [scale_lo, scale_hi]; got "
                             f"{v['scale_lo'].iloc[i]!r} <= {v['scale'].iloc[i]!r} <= "
                             f"{v['scale_hi'].iloc[i]!r}", column="vol.scale")
-        keys = ["unit", "symbol", "horizon"]
-        if v.duplicated(keys).any():
-            raise DataError("vol has duplicate (unit, symbol, horizon) rows", column="vol")
-        for u, g in v.groupby("unit", sort=True):
-            if set(g["symbol"]) != set(self.symbols):
-                missing = [s for s in self.symbols if s not in set(g["symbol"])]
+        units, syms, hs = (v["unit"].to_numpy(dtype=object), v["symbol"].to_numpy(dtype=object),
+                           v["horizon"].to_numpy(dtype="int64"))
+        per: dict[str, dict[str, list[int]]] = {}
+        for u, s, h in zip(units, syms, hs, strict=True):
+            per.setdefault(u, {}).setdefault(s, []).append(int(h))
+        for u in sorted(per):
+            for s, lst in per[u].items():
+                if len(set(lst)) != len(lst):
+                    raise DataError(f"vol has duplicate (unit, symbol, horizon) rows for {s} "
+                                    f"{u}", column="vol")
+            if set(per[u]) != set(self.symbols):
+                missing = [s for s in self.symbols if s not in per[u]]
                 raise ModelError(f"vol[{u!r}] lacks symbol(s) {missing}; every unit covers every "
                                  "bundle symbol")
-            per = g.groupby("symbol")["horizon"].apply(lambda s: tuple(sorted(s)))
-            if per.nunique() != 1:
-                raise ModelError(f"vol[{u!r}] horizons differ between symbols: {per.to_dict()}")
-        order = {s: i for i, s in enumerate(self.symbols)}
-        v = v.assign(_o=v["symbol"].map(order)).sort_values(["unit", "_o", "horizon"])
-        return v.drop(columns="_o").reset_index(drop=True)
+            sets = {s: tuple(sorted(lst)) for s, lst in per[u].items()}
+            if len(set(sets.values())) != 1:
+                raise ModelError(f"vol[{u!r}] horizons differ between symbols: {sets}")
+        order = np.lexsort((hs, pd.Categorical(syms, categories=list(self.symbols)).codes,
+                            pd.Categorical(units, categories=sorted(per)).codes))
+        out = v.take(order).reset_index(drop=True)
+        object.__setattr__(self, "_units", tuple(sorted(per)))
+        object.__setattr__(self, "_horizons", {u: tuple(sorted(set(next(iter(per[u].values())))))
+                                               for u in per})
+        return out
 
     @property
     def units(self) -> tuple[str, ...]:
         """The time units with forecasts ("1D", "1h"), sorted."""
-        return tuple(sorted(self.vol_table["unit"].unique()))
+        return self._units  # type: ignore[attr-defined]
 
     def horizons(self, unit: str) -> tuple[int, ...]:
         """The horizons (in periods of ``unit``) the bundle holds."""
         self._unit(unit)
-        g = self.vol_table[self.vol_table["unit"] == unit]
-        return tuple(int(h) for h in sorted(g["horizon"].unique()))
+        return self._horizons[unit]  # type: ignore[attr-defined]
 
     def _unit(self, unit: str) -> None:
         if unit not in self.units:
@@ -1060,13 +1080,12 @@ class RiskForecastBundle:
             raise ModelError(f"residuals is missing column(s) {missing}; got {list(res.columns)}")
         r = res.loc[:, list(RESIDUAL_COLUMNS)].copy()
         for c in ("unit", "symbol"):
-            r[c] = r[c].astype(object)
-            if not all(isinstance(x, str) and x for x in r[c]):
+            if r[c].isna().any() or not all(isinstance(x, str) and x for x in pd.unique(r[c])):
                 raise DataError(f"residuals.{c} must hold non-empty strings",
                                 column=f"residuals.{c}")
             r[c] = r[c].astype(str)
-        self._symbol_check(r["symbol"], "residuals")
-        unknown = sorted(set(r["unit"]) - set(self.units))
+        self._symbol_check(pd.unique(r["symbol"]), "residuals")
+        unknown = sorted(set(pd.unique(r["unit"])) - set(self.units))
         if unknown:
             raise ModelError(f"residuals name unit(s) {unknown} without volatility forecasts")
         ts = pd.DatetimeIndex(r["ts"]) if len(r) else pd.DatetimeIndex([], tz="UTC")
@@ -1094,11 +1113,14 @@ class RiskForecastBundle:
                 raise DataError(f"residuals.z must equal ret / sigma_issued; got {r['z'].iloc[i]!r}"
                                 f" vs {zz[i]!r} for {r['symbol'].iloc[i]} at {ts[i]}",
                                 column="residuals.z")
-        if r.duplicated(["unit", "symbol", "ts"]).any():
+        sym_code = pd.Categorical(r["symbol"], categories=list(self.symbols)).codes
+        unit_code = pd.Categorical(r["unit"], categories=list(self.units)).codes
+        ts_ns = ts.as_unit("ns").asi8
+        order = np.lexsort((ts_ns, sym_code, unit_code))
+        keys = np.column_stack([unit_code, sym_code, ts_ns])[order]
+        if len(keys) > 1 and (keys[1:] == keys[:-1]).all(axis=1).any():
             raise DataError("residuals has duplicate (unit, symbol, ts) rows", column="residuals")
-        order = {s: i for i, s in enumerate(self.symbols)}
-        r = r.assign(_o=r["symbol"].map(order).astype("int64")).sort_values(["unit", "_o", "ts"])
-        return r.drop(columns="_o").reset_index(drop=True)
+        return r.take(order).reset_index(drop=True)
 
     def _init_innovations(self) -> None:
         inn = dict(self.innovations)

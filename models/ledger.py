@@ -104,10 +104,31 @@ class LedgerConflictError(ModelError):
 
 @dataclass(frozen=True)
 class _Group:
-    """Rows of one (model, version, unit, symbol or symbol_set), sorted by as_of."""
+    """Rows of one (model, version, unit, symbol or symbol_set), sorted by as_of, with the
+    columns a bundle reads as numpy arrays (times as int64 ns)."""
 
     frame: pd.DataFrame
     as_of_ns: np.ndarray
+    arrays: dict[str, np.ndarray]
+
+    @classmethod
+    def of(cls, kind: str, g: pd.DataFrame) -> _Group:
+        arrays = {
+            "as_of": pd.DatetimeIndex(g["as_of"]).as_unit("ns").asi8,
+            "origin_ts": pd.DatetimeIndex(g["origin_ts"]).as_unit("ns").asi8,
+            "data_cutoff_ts": pd.DatetimeIndex(g["data_cutoff_ts"]).as_unit("ns").asi8,
+            "horizon": g["horizon"].to_numpy(dtype="int64"),
+        }
+        if kind == "vol":
+            arrays["forecast_var"] = g["forecast_var"].to_numpy(dtype="float64")
+        else:
+            arrays["corr"] = g["corr"].to_numpy(dtype="float64")
+            arrays["repaired"] = g["repaired"].to_numpy(dtype=bool)
+            arrays["symbol_a"] = g["symbol_a"].to_numpy(dtype=object)
+            arrays["symbol_b"] = g["symbol_b"].to_numpy(dtype=object)
+        for a in arrays.values():
+            a.setflags(write=False)
+        return cls(g, arrays["as_of"], arrays)
 
 
 def _utc_col(values: object, name: str) -> pd.DatetimeIndex:
@@ -304,7 +325,7 @@ class ForecastLedger:
             if key in groups:
                 g = pd.concat([groups[key].frame, g], ignore_index=True)
             g = g.sort_values(order).reset_index(drop=True)
-            groups[key] = _Group(g, pd.DatetimeIndex(g["as_of"]).as_unit("ns").asi8)
+            groups[key] = _Group.of(kind, g)
 
     def _write_part(self, kind: str, model: str, version: str, frame: pd.DataFrame) -> Path:
         digest = canonical_digest({"kind": kind}, {"rows": frame})
@@ -471,20 +492,61 @@ class ForecastLedger:
         return pd.concat(parts, ignore_index=True).sort_values(
             ["as_of", "model_version", "horizon", "symbol_a", "symbol_b"]).reset_index(drop=True)
 
+    def issued_arrays(self, symbol: str, model: str, version: str, as_of: object, *,
+                      unit: str = "1D", refresh: bool = True) -> dict[str, np.ndarray]:
+        """The columns of :meth:`issued` for one version as read-only numpy arrays (times as
+        int64 UTC nanoseconds): as_of, origin_ts, data_cutoff_ts, horizon, forecast_var, sorted
+        by (as_of, origin_ts, horizon). The fast path :func:`~models.bundle_build.build_bundle`
+        uses; ``refresh=False`` skips re-listing the parts (the caller just did)."""
+        if refresh:
+            self.refresh()
+        g = self._groups["vol"].get((model, version, _canon_unit(unit), symbol))
+        if g is None:
+            return {k: np.empty(0, dtype=d) for k, d in (
+                ("as_of", "int64"), ("origin_ts", "int64"), ("data_cutoff_ts", "int64"),
+                ("horizon", "int64"), ("forecast_var", "float64"))}
+        end = int(np.searchsorted(g.as_of_ns, _utc_ts(as_of).value, side="right"))
+        return {k: v[:end] for k, v in g.arrays.items()}
+
     def latest_corr(self, model: str, version: str, as_of: object, *, symbols: Sequence[str],
-                    unit: str = "1D") -> CorrForecast | None:
+                    unit: str = "1D", refresh: bool = True) -> CorrForecast | None:
         """The last correlation forecast of ``model``/``version`` on ``symbols`` issued at or
-        before ``as_of``, as a one-origin :class:`CorrForecast` (None when there is none)."""
-        self.refresh()
+        before ``as_of`` (its latest origin), as a one-origin :class:`CorrForecast` (None when
+        there is none)."""
+        if refresh:
+            self.refresh()
         unit = _canon_unit(unit)
-        rows = self._slice("corr", (model, version, unit, _SET_SEP.join(symbols)), as_of)
-        if rows.empty:
+        syms = list(symbols)
+        g = self._groups["corr"].get((model, version, unit, _SET_SEP.join(syms)))
+        if g is None:
             return None
-        last = rows["as_of"].iloc[-1]
-        g = rows[rows["as_of"] == last]
-        g = g[g["origin_ts"] == g["origin_ts"].max()]
-        return CorrForecast.from_frame(g.drop(columns=["as_of", "unit", "symbol_set", "source"]),
-                                       horizon_unit=unit, symbols=list(symbols))
+        end = int(np.searchsorted(g.as_of_ns, _utc_ts(as_of).value, side="right"))
+        if end == 0:
+            return None
+        a = g.arrays
+        start = int(np.searchsorted(g.as_of_ns, g.as_of_ns[end - 1], side="left"))
+        sl = slice(start, end)
+        origin = a["origin_ts"][sl]
+        rows = np.flatnonzero(origin == origin.max()) + start
+        hs = np.unique(a["horizon"][rows])
+        m = len(syms)
+        pos = {s: i for i, s in enumerate(syms)}
+        ia = np.fromiter((pos[x] for x in a["symbol_a"][rows]), dtype="int64", count=len(rows))
+        ib = np.fromiter((pos[x] for x in a["symbol_b"][rows]), dtype="int64", count=len(rows))
+        ih = np.searchsorted(hs, a["horizon"][rows])
+        corr = np.full((1, len(hs), m, m), np.nan)
+        corr[0, ih, ia, ib] = a["corr"][rows]
+        rep = np.zeros((1, len(hs)), dtype=bool)
+        np.logical_or.at(rep[0], ih, a["repaired"][rows])
+        if np.isnan(corr).any():
+            raise StoreError(f"{self.root}: the correlation forecast of {model} {version} at "
+                             f"{pd.Timestamp(int(origin.max()), tz='UTC')} lacks symbol pairs")
+        origin_ts = pd.DatetimeIndex([int(origin.max())], tz="UTC").as_unit("ns")
+        return CorrForecast(
+            corr=corr, symbols=tuple(syms), origins=origin_ts,
+            horizons=tuple(int(h) for h in hs), model_id=model, model_version=version,
+            data_cutoff_ts=pd.Timestamp(int(a["data_cutoff_ts"][rows[0]]), tz="UTC").as_unit("ns"),
+            horizon_unit=unit, repaired=rep if rep.any() else None)
 
     def verify(self) -> int:
         """Re-hash every part file against its name; raises ``StoreError`` naming the first file

@@ -22,6 +22,17 @@ Rules
   in "1D" (weekends, holidays); other pairs are skipped (gaps are not one return).
 - **Correlation**: the last issue of the unit's correlation model estimated on exactly the
   bundle's symbols (in that order).
+- **Variance scale** (``scale_n_boot``): per unit, symbol and horizon ``h``, the pairs
+  ``(y_j, f_j)`` of origins ``j`` whose target close ``j+h`` is at or before as_of: ``y_j`` the
+  per-period squared close-to-close log return over ``j+1..j+h`` (consecutive closes, the gap
+  rule above), ``f_j`` the horizon-``h`` forecast issued at ``j`` (earliest issue, before the
+  target was known); :func:`models.scale.ratio_of_means_interval` (stationary bootstrap, seeded)
+  gives the scale and its 95% interval, expanding over all pairs. Fewer than ``scale_min_pairs``
+  pairs: unscaled (1, 1, 1). Or pass precomputed :class:`models.scale.VarianceScale` paths through
+  :func:`scale_from` (their ``at(as_of)``: each estimate uses only pairs complete at its origin).
+- **Innovations** (``fit_residual_distribution=True``): :func:`models.innovations.fit_innovations` (normal,
+  t, skewed-t by BIC) on each symbol's residuals of the first unit; ``copula_df`` from
+  :func:`models.innovations.fit_t_copula` on the residual panel (dates where every symbol has one).
 """
 
 from __future__ import annotations
@@ -34,6 +45,7 @@ import pandas as pd
 
 from features.errors import DataError, Failure, FailureReason, ModelError
 from features.symbols import CALENDARS, symbol_meta
+from models.corr_stress import StressedCorrelations
 from models.forecast import (
     MARGIN_HORIZONS,
     RESIDUAL_COLUMNS,
@@ -46,9 +58,22 @@ from models.forecast import (
     VolOfVol,
     parse_horizon_unit,
 )
+from models.innovations import InnovationModel, fit_innovations, fit_t_copula
 from models.ledger import ForecastLedger
+from models.scale import VarianceScale, ratio_of_means_interval
+from models.volvol import VolOfVol as VolOfVolEstimate
 
-__all__ = ["ModelRef", "build_bundle", "default_max_age", "residual_history"]
+__all__ = [
+    "ModelRef",
+    "build_bundle",
+    "c2c_pairs",
+    "default_max_age",
+    "innovation_from",
+    "residual_history",
+    "scale_from",
+    "stressed_from",
+    "vol_of_vol_from",
+]
 
 _EXCHANGE_DAILY_GAP = pd.Timedelta(days=5)
 
@@ -200,6 +225,10 @@ def build_bundle(
     vol_of_vol: Mapping[str, VolOfVol] | None = None,
     data_fingerprints: Mapping[str, str] | None = None,
     code_version: str = "unknown",
+    scale_n_boot: int | None = None,
+    scale_min_pairs: int = 250,
+    fit_residual_distribution: bool = False,
+    random_state: int = 0,
 ) -> RiskForecastBundle:
     """Build the bundle at ``as_of`` from ledger entries and closes at or before it.
 
@@ -216,15 +245,26 @@ def build_bundle(
     fallback_models : unit -> the baseline used for a stale or missing symbol.
     scale : variance scales, columns unit, symbol, horizon, scale, scale_lo, scale_hi (estimated
         from data before as_of); None = unscaled (1, 1, 1).
-    innovations, copula_df, stressed, vol_of_vol : the calibration pieces (see the bundle).
+    innovations, copula_df, stressed, vol_of_vol : the calibration pieces (see the bundle);
+        :func:`innovation_from`, :func:`stressed_from`, :func:`vol_of_vol_from` convert the
+        results of ``models.innovations``, ``models.corr_stress`` and ``models.volvol``.
     data_fingerprints, code_version : provenance.
+    scale_n_boot : estimate the variance scale here from the ledger and closes with this many
+        bootstrap replications (None: use ``scale`` or unscaled). Excludes ``scale``.
+    scale_min_pairs : pairs needed for a scale estimate.
+    fit_residual_distribution : fit the innovation distributions and the t-copula df to the residuals
+        (replaces ``innovations`` and ``copula_df``).
+    random_state : seed of the scale bootstrap (the bundle is a deterministic function of it).
     """
     t = _utc(as_of)
     symbols = tuple(symbols)
     corr_models = dict(corr_models or {})
     fallback_models = dict(fallback_models or {})
+    if scale_n_boot is not None and scale is not None:
+        raise ModelError("pass either scale or scale_n_boot (estimate it here), not both")
     ledger.refresh()
     vol_rows, res_rows, members, stale = [], [], [], {}
+    scale_rows: list[dict[str, object]] = []
     for unit in sorted(vol_models):
         model = vol_models[unit]
         hs = tuple(int(h) for h in (horizons or {}).get(unit, MARGIN_HORIZONS.get(unit, (1,))))
@@ -281,12 +321,19 @@ def build_bundle(
                 "forecast_var": last["forecast_var"]}))
             tc, px = _closes_arrays(wide[s], t.value)
             res_rows.append(_residuals(arrays, tc, px, symbol=s, unit=unit))
+            if scale_n_boot is not None:
+                gen = np.random.default_rng([random_state, len(scale_rows)])
+                scale_rows.extend(_estimate_scale(arrays, tc, px, hs, symbol=s, unit=unit,
+                                                  n_boot=scale_n_boot, min_pairs=scale_min_pairs,
+                                                  rng=gen))
         if used_fallback:
             fb = fallback_models[unit]
             members.append(Member(f"fallback:{unit}", fb.name, fb.version, fb.alias))
     if not vol_rows:
         raise ModelError("vol_models is empty: a bundle needs at least one unit")
     vol = pd.concat(vol_rows, ignore_index=True)
+    if scale_n_boot is not None:
+        scale = pd.DataFrame(scale_rows)
     vol = _apply_scale(vol, scale)
     corr = {}
     for unit in sorted(corr_models):
@@ -299,6 +346,8 @@ def build_bundle(
         corr[unit] = cf
         members.append(Member(f"corr:{unit}", ref.name, ref.version, ref.alias))
     residuals = pd.concat(res_rows, ignore_index=True) if res_rows else None
+    if fit_residual_distribution and residuals is not None:
+        innovations, copula_df = _fit_innovations(residuals, symbols, sorted(vol_models)[0])
     return RiskForecastBundle(
         as_of=t, symbols=symbols, vol_table=vol, corr=corr, residuals=residuals,
         innovations=dict(innovations or {}), copula_df=copula_df, stressed=stressed,
@@ -321,3 +370,128 @@ def _apply_scale(vol: pd.DataFrame, scale: pd.DataFrame | None) -> pd.DataFrame:
         r = out[out["scale"].isna()].iloc[0]
         raise ModelError(f"scale has no row for {r['symbol']} {r['unit']} h={r['horizon']}")
     return out[list(VOL_COLUMNS)]
+
+
+# ---- calibration pieces --------------------------------------------------------------------------
+
+
+def c2c_pairs(a: Mapping[str, np.ndarray], t: np.ndarray, px: np.ndarray, h: int, *,
+              symbol: str, unit: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The scale's pairs at horizon ``h``: (origin ns, ``y`` = per-period squared close-to-close
+    log return over the next ``h`` closes, ``f`` = the horizon-``h`` forecast issued at the
+    origin, earliest issue, issued before the target close). Closes must be consecutive (the
+    residuals' gap rule) across the whole window; ``t``/``px`` are already cut at as_of."""
+    period = parse_horizon_unit(unit)
+    if len(t) <= h:
+        empty = np.empty(0)
+        return empty.astype("int64"), empty, empty
+    gap = np.diff(t)
+    if period >= pd.Timedelta(days=1) and _exchange(symbol):
+        bad = ~((gap > 0) & (gap <= _EXCHANGE_DAILY_GAP.value))
+    else:
+        bad = gap != period.value
+    nbad = np.concatenate([[0], np.cumsum(bad)])
+    ok = (nbad[h:] - nbad[:-h]) == 0
+    lx = np.log(px)
+    start, end = t[:-h][ok], t[h:][ok]
+    y = (lx[h:] - lx[:-h])[ok] ** 2 / h
+    rows = np.flatnonzero(a["horizon"] == h)
+    order = rows[np.argsort(a["origin_ts"][rows], kind="stable")]
+    origin = a["origin_ts"][order]
+    first = np.ones(len(origin), dtype=bool)
+    first[1:] = origin[1:] != origin[:-1]
+    order, origin = order[first], origin[first]
+    if len(origin) == 0:
+        empty = np.empty(0)
+        return empty.astype("int64"), empty, empty
+    pos = np.searchsorted(origin, start)
+    pos_c = np.minimum(pos, len(origin) - 1)
+    hit = (pos < len(origin)) & (origin[pos_c] == start) & (a["as_of"][order[pos_c]] < end)
+    return start[hit], y[hit], a["forecast_var"][order[pos_c[hit]]]
+
+
+def _estimate_scale(a: Mapping[str, np.ndarray], t: np.ndarray, px: np.ndarray,
+                    horizons: Sequence[int], *, symbol: str, unit: str, n_boot: int,
+                    min_pairs: int, rng: np.random.Generator) -> list[dict[str, object]]:
+    out = []
+    for h in horizons:
+        _, y, f = c2c_pairs(a, t, px, h, symbol=symbol, unit=unit)
+        if len(y) < max(min_pairs, 10):
+            s, lo, hi = 1.0, 1.0, 1.0
+        else:
+            s, lo, hi, _ = ratio_of_means_interval(y, f, horizon=h, n_boot=n_boot,
+                                                   random_state=rng)
+        out.append({"unit": unit, "symbol": symbol, "horizon": int(h), "scale": s,
+                    "scale_lo": lo, "scale_hi": hi})
+    return out
+
+
+def _fit_innovations(residuals: pd.DataFrame, symbols: Sequence[str],
+                     unit: str) -> tuple[dict[str, Innovation], float | None]:
+    res = residuals[residuals["unit"] == unit]
+    inn = {}
+    for s in symbols:
+        z = res.loc[res["symbol"] == s, "z"].to_numpy()
+        if len(z) >= 30:
+            inn[s] = innovation_from(fit_innovations(z), source="bic over normal,t,skewt on z "
+                                     "before as_of")
+    copula_df = None
+    if len(symbols) > 1:
+        panel = res.pivot(index="ts", columns="symbol", values="z").reindex(columns=list(symbols))
+        if len(panel.dropna()) >= 100:
+            copula_df = float(fit_t_copula(panel).nu)
+    return inn, copula_df
+
+
+def innovation_from(model: InnovationModel, *, source: str | None = None) -> Innovation:
+    """The bundle's :class:`Innovation` from :func:`models.innovations.fit_innovations`' result
+    (the chosen fit)."""
+    best = model.best
+    return Innovation(best.name, dict(best.params), int(best.n_obs),
+                      source or f"{model.criterion} over {','.join(f.name for f in model.fits)}")
+
+
+def stressed_from(result: StressedCorrelations, *,
+                  forecast: np.ndarray | None = None) -> StressedCorrelation:
+    """The bundle's :class:`StressedCorrelation` from
+    :func:`models.corr_stress.stressed_correlations`' result; ``forecast`` = the matrix to set
+    next to the stressed ones (None: the panel's usual matrix)."""
+    return StressedCorrelation(
+        forecast=result.usual.corr if forecast is None else forecast,
+        high=result.high.corr, low=result.low.corr,
+        high_dates=result.high.dates, low_dates=result.low.dates,
+        source=f"high: {result.high.rule}; low: {result.low.rule}")
+
+
+def vol_of_vol_from(estimates: Sequence[VolOfVolEstimate]) -> VolOfVol:
+    """The bundle's :class:`VolOfVol` of one underlying from :mod:`models.volvol` results (one
+    per MPOR; the spot-vol beta and window of the shortest MPOR)."""
+    est = sorted(estimates, key=lambda e: e.mpor_days)
+    if not est or len({e.symbol for e in est}) != 1 or len({e.source for e in est}) != 1:
+        raise ModelError("vol_of_vol_from needs estimates of one underlying and one source")
+    e0 = est[0]
+    return VolOfVol(
+        underlying=e0.symbol, quantiles={int(e.mpor_days): dict(e.quantiles) for e in est},
+        spot_vol_beta=e0.spot_vol_beta,
+        tenor_rule=f"({e0.tenor_days:g}/max(DTE,{e0.min_tenor_days:g}))^p",
+        tenor_exponent=e0.tenor_power, reference_tenor_days=e0.tenor_days, source=e0.source,
+        start=min(e.start for e in est), end=max(e.end for e in est),
+        min_tenor_days=e0.min_tenor_days)
+
+
+def scale_from(scales: Mapping[tuple[str, str, int], VarianceScale], as_of: object) -> pd.DataFrame:
+    """The ``scale`` table for :func:`build_bundle` from precomputed
+    :class:`models.scale.VarianceScale` paths keyed by (unit, symbol, horizon): the estimate in
+    force at ``as_of`` (``at``), which used only pairs complete before it."""
+    t = _utc(as_of)
+    rows = []
+    for (unit, symbol, h), vs in sorted(scales.items()):
+        try:
+            est = vs.at(t)
+        except KeyError as exc:
+            raise ModelError(f"no variance scale for {symbol} {unit} h={h} at or before {t}: "
+                             f"{exc}") from None
+        rows.append({"unit": unit, "symbol": symbol, "horizon": int(h),
+                     "scale": float(est["scale"]), "scale_lo": float(est["lower"]),
+                     "scale_hi": float(est["upper"])})
+    return pd.DataFrame(rows)

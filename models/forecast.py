@@ -756,24 +756,27 @@ class VolOfVol:
     underlying : e.g. "BTC".
     quantiles : horizon in days -> {level: quantile of the change in log implied vol over that
         horizon} (levels in (0, 1)).
-    spot_vol_beta : slope of d log IV on the spot log return.
-    tenor_rule : how a shock at the reference tenor maps to other tenors, e.g. "(30/DTE)^p".
+    spot_vol_beta : slope of d log IV on the spot log return (None: no spot series was used).
+    tenor_rule : how a shock at the reference tenor maps to other tenors, e.g.
+        "(30/max(DTE,7))^p".
     tenor_exponent : the ``p`` of the rule.
     reference_tenor_days : the tenor the quantiles refer to (30 for DVOL).
-    source : "dvol" (implied-volatility index) or "realized" (changes in log forecast vol), with
-        detail after a colon if wanted ("realized:ewma").
+    source : "implied:<index>" (e.g. "implied:DVOL") or "realized:<model>" (changes in log
+        forecast vol).
     start, end : the data window the estimate used (UTC).
+    min_tenor_days : tenors below it are treated as it (the rule does not explode at expiry).
     """
 
     underlying: str
     quantiles: Mapping[int, Mapping[float, float]]
-    spot_vol_beta: float
+    spot_vol_beta: float | None
     tenor_rule: str
     tenor_exponent: float
     reference_tenor_days: float
     source: str
     start: pd.Timestamp
     end: pd.Timestamp
+    min_tenor_days: float = 0.0
 
     def __post_init__(self) -> None:
         _text(self.underlying, "vol_of_vol.underlying")
@@ -800,16 +803,19 @@ class VolOfVol:
                                 f"{row}", column="vol_of_vol.quantiles")
             clean[int(h)] = row
         object.__setattr__(self, "quantiles", clean)
-        object.__setattr__(self, "spot_vol_beta", _finite(self.spot_vol_beta,
-                                                          "vol_of_vol.spot_vol_beta"))
+        if self.spot_vol_beta is not None:
+            object.__setattr__(self, "spot_vol_beta", _finite(self.spot_vol_beta,
+                                                              "vol_of_vol.spot_vol_beta"))
+        object.__setattr__(self, "min_tenor_days", _finite(self.min_tenor_days,
+                                                           "vol_of_vol.min_tenor_days", lo=0.0))
         _text(self.tenor_rule, "vol_of_vol.tenor_rule")
         object.__setattr__(self, "tenor_exponent", _finite(self.tenor_exponent,
                                                            "vol_of_vol.tenor_exponent"))
         object.__setattr__(self, "reference_tenor_days", _finite(
             self.reference_tenor_days, "vol_of_vol.reference_tenor_days", lo=0.0, strict=True))
         _text(self.source, "vol_of_vol.source")
-        if self.source.split(":")[0] not in ("dvol", "realized"):
-            raise DataError(f"vol_of_vol.source must start with 'dvol' or 'realized'; got "
+        if self.source.split(":")[0] not in ("implied", "realized"):
+            raise DataError(f"vol_of_vol.source must start with 'implied' or 'realized'; got "
                             f"{self.source!r}", column="vol_of_vol.source")
         start, end = _utc(self.start, "vol_of_vol.start"), _utc(self.end, "vol_of_vol.end")
         if end < start:
@@ -819,8 +825,8 @@ class VolOfVol:
 
     def tenor_factor(self, dte_days: float) -> float:
         """Multiplier of the reference-tenor shock at ``dte_days``:
-        ``(reference_tenor_days / dte_days) ** tenor_exponent``."""
-        dte = _finite(dte_days, "dte_days", lo=0.0, strict=True)
+        ``(reference_tenor_days / max(dte_days, min_tenor_days)) ** tenor_exponent``."""
+        dte = max(_finite(dte_days, "dte_days", lo=0.0, strict=True), self.min_tenor_days)
         return float((self.reference_tenor_days / dte) ** self.tenor_exponent)
 
     def to_dict(self) -> dict[str, object]:
@@ -831,16 +837,18 @@ class VolOfVol:
                 "spot_vol_beta": self.spot_vol_beta, "tenor_rule": self.tenor_rule,
                 "tenor_exponent": self.tenor_exponent,
                 "reference_tenor_days": self.reference_tenor_days, "source": self.source,
-                "start": self.start.isoformat(), "end": self.end.isoformat()}
+                "start": self.start.isoformat(), "end": self.end.isoformat(),
+                "min_tenor_days": self.min_tenor_days}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> VolOfVol:
         """Inverse of :meth:`to_dict`."""
         q = {int(h): {float(k): float(v) for k, v in row.items()}
              for h, row in d["quantiles"].items()}
-        return cls(d["underlying"], q, float(d["spot_vol_beta"]), d["tenor_rule"],
+        beta = None if d["spot_vol_beta"] is None else float(d["spot_vol_beta"])
+        return cls(d["underlying"], q, beta, d["tenor_rule"],
                    float(d["tenor_exponent"]), float(d["reference_tenor_days"]), d["source"],
-                   pd.Timestamp(d["start"]), pd.Timestamp(d["end"]))
+                   pd.Timestamp(d["start"]), pd.Timestamp(d["end"]), float(d["min_tenor_days"]))
 
 
 def _failure_dict(f: Failure) -> dict[str, object]:

@@ -16,7 +16,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from features.errors import DataError, Failure, FailureReason, ModelError
-from models.bundle_build import ModelRef, build_bundle, residual_history
+from models.bundle_build import (
+    ModelRef,
+    build_bundle,
+    innovation_from,
+    residual_history,
+    scale_from,
+    stressed_from,
+    vol_of_vol_from,
+)
 from models.forecast import (
     CorrForecast,
     Innovation,
@@ -86,8 +94,8 @@ def parts(seed: int = 0, syms: tuple[str, ...] = SYMS) -> dict[str, object]:
                                         dates, dates + pd.Timedelta(days=1), "worst 5% days"),
         "vol_of_vol": {"BTC": VolOfVol("BTC", {1: {0.01: -0.2, 0.99: 0.25},
                                                5: {0.01: -0.4, 0.99: 0.5}},
-                                       -0.3, "(30/DTE)^p", 0.5, 30.0, "dvol",
-                                       pd.Timestamp("2021-03-24", tz="UTC"), AS_OF)},
+                                       -0.3, "(30/max(DTE,7))^p", 0.5, 30.0, "implied:DVOL",
+                                       pd.Timestamp("2021-03-24", tz="UTC"), AS_OF, 7.0)},
         "stale": {syms[-1]: Failure(FailureReason.STALE, syms[-1], "cutoff 3 days old",
                                     {"age_s": 259200.0})},
         "provenance": Provenance((Member("vol:1D", "garch", "3", "champion"),
@@ -276,7 +284,8 @@ def _perturb(kw: dict[str, object], what: str, i: int) -> None:
         else:
             p = _bump(p)
         kw["vol_of_vol"] = {"BTC": VolOfVol("BTC", q, beta, v.tenor_rule, p,
-                                            v.reference_tenor_days, v.source, v.start, v.end)}
+                                            v.reference_tenor_days, v.source, v.start, v.end,
+                                            v.min_tenor_days)}
     elif what == "as_of":
         kw["as_of"] = kw["as_of"] + pd.Timedelta(1, "ns")
     elif what == "origin_ts":
@@ -471,7 +480,8 @@ def test_component_validation_names_the_field() -> None:
     with pytest.raises(DataError, match="copula_df must be > 2.0"):
         make(copula_df=1.0)
     with pytest.raises(DataError, match=r"vol_of_vol.quantiles\[1\] must increase"):
-        VolOfVol("BTC", {1: {0.01: 0.3, 0.99: -0.2}}, 0.0, "r", 0.5, 30.0, "dvol", AS_OF, AS_OF)
+        VolOfVol("BTC", {1: {0.01: 0.3, 0.99: -0.2}}, 0.0, "r", 0.5, 30.0, "implied:DVOL", AS_OF,
+                 AS_OF)
     with pytest.raises(DataError, match="vol_of_vol.source must start with"):
         VolOfVol("BTC", {1: {0.5: 0.0}}, 0.0, "r", 0.5, 30.0, "guess", AS_OF, AS_OF)
     bad = np.array([[1.0, 0.9, -0.9], [0.9, 1.0, 0.9], [-0.9, 0.9, 1.0]])
@@ -484,6 +494,7 @@ def test_vol_of_vol_tenor_rule_by_hand() -> None:
     v = parts()["vol_of_vol"]["BTC"]
     assert v.tenor_factor(7.5) == pytest.approx((30 / 7.5) ** 0.5, rel=1e-15)
     assert v.tenor_factor(30.0) == 1.0
+    assert v.tenor_factor(1.0) == pytest.approx((30 / 7.0) ** 0.5, rel=1e-15)  # floor at 7 days
 
 
 def test_import_cycle_resolved() -> None:
@@ -662,3 +673,129 @@ def test_residual_history_skips_gaps_and_late_issues() -> None:
     # day 3 missing: no 2->4 return (a 2-day gap); day 4's forecast issued late: no 4->5 residual
     assert list(r["ts"]) == [days[1], days[2]]
     np.testing.assert_allclose(r["z"], [np.log(1.01) / 0.01, np.log(99 / 101) / 0.02], rtol=1e-12)
+
+
+# ---- calibration pieces (models.scale, innovations, corr_stress, volvol) in the bundle ----------
+
+
+def long_sim(seed: int, n: int = 400) -> tuple[pd.DataFrame, dict[str, np.ndarray],
+                                               pd.DatetimeIndex]:
+    """Closes whose true daily variance is 1.5 x the issued forecast (a known scale)."""
+    rng = np.random.default_rng(seed)
+    days = pd.date_range("2022-01-01", periods=n, freq="1D", tz="UTC")
+    closes, var = {}, {}
+    for k, s in enumerate(PAIR):
+        f = (0.02 + 0.01 * k) ** 2 * np.exp(0.3 * np.sin(np.arange(n) / 30.0))
+        r = rng.standard_t(6, size=n) * np.sqrt(1.5 * f * 4 / 6)
+        r[0] = 0.0
+        closes[s] = 100.0 * np.exp(np.cumsum(r))
+        var[s] = f
+    return pd.DataFrame(closes, index=days), var, days
+
+
+def long_ledger(root: Path, var: dict[str, np.ndarray], days: pd.DatetimeIndex) -> ForecastLedger:
+    led = ForecastLedger(root)
+    for s, f in var.items():
+        # forecast issued at day t for t+1..t+h: the true path's variance of day t+1 (flat)
+        nxt = np.append(f[1:], f[-1])
+        table = pd.DataFrame({h: nxt for h in (1, 2, 5)}, index=days)
+        led.seed_walk_forward(VolForecast(table, s, "1D", 365.0, "ewma", "1",
+                                          pd.Series(days, index=days)).to_frame())
+    n = len(days)
+    c = np.empty((n, 3, 2, 2))
+    c[..., 0, 0] = c[..., 1, 1] = 1.0
+    c[..., 0, 1] = c[..., 1, 0] = 0.4
+    led.append_corr(CorrForecast(corr=c, symbols=PAIR, origins=days, horizons=(1, 2, 5),
+                                 model_id="ewma_corr", model_version="1",
+                                 data_cutoff_ts=pd.Series(days, index=days)))
+    return led
+
+
+def test_scale_estimated_from_ledger_and_closes(tmp_path: Path) -> None:
+    closes, var, days = long_sim(5)
+    led = long_ledger(tmp_path / "led", var, days)
+    k = 380
+    b = build_bundle(led, days[k], closes={"1D": closes}, scale_n_boot=199, scale_min_pairs=100,
+                     **BUILD)
+    for s in PAIR:
+        # the point scale by hand: mean(y) / mean(f) over pairs whose target ended by as_of
+        for h in (1, 5):
+            lx = np.log(closes[s].to_numpy()[:k + 1])
+            y = (lx[h:] - lx[:-h]) ** 2 / h
+            f = np.append(var[s][1:], var[s][-1])[:k + 1 - h]
+            row = b.vol_table.query("symbol == @s and horizon == @h").iloc[0]
+            assert row["scale"] == pytest.approx(y.mean() / f.mean(), rel=1e-12)
+            assert row["scale_lo"] < 1.5 < row["scale_hi"] or abs(row["scale"] - 1.5) < 0.5
+            assert row["scale_lo"] < row["scale"] < row["scale_hi"]
+    again = build_bundle(led, days[k], closes={"1D": closes}, scale_n_boot=199,
+                         scale_min_pairs=100, **BUILD)
+    assert again.bundle_id == b.bundle_id  # seeded: deterministic
+    other_seed = build_bundle(led, days[k], closes={"1D": closes}, scale_n_boot=199,
+                              scale_min_pairs=100, random_state=1, **BUILD)
+    assert other_seed.bundle_id != b.bundle_id
+    few = build_bundle(led, days[50], closes={"1D": closes}, scale_n_boot=199, **BUILD)
+    assert (few.vol_table[["scale", "scale_lo", "scale_hi"]] == 1.0).all().all()
+    with pytest.raises(ModelError, match="either scale or scale_n_boot"):
+        build_bundle(led, days[k], closes={"1D": closes}, scale_n_boot=99,
+                     scale=few.vol_table, **BUILD)
+
+
+def test_no_look_ahead_with_scale_and_fitted_innovations(tmp_path: Path) -> None:
+    closes, var, days = long_sim(6)
+    k = 300
+    kw = {**BUILD, "scale_n_boot": 99, "scale_min_pairs": 100, "fit_residual_distribution": True}
+    base = build_bundle(long_ledger(tmp_path / "a", var, days), days[k], closes={"1D": closes},
+                        **kw)
+    assert set(base.innovations) == set(PAIR) and base.copula_df is not None
+    assert base.innovations["BTCUSDT"].n_obs == k
+    c2 = closes.copy()
+    c2.iloc[k + 1:] *= 1.2
+    # f[k+1] is the forecast issued at day k (known then); every later issue changes
+    v2 = {s: np.concatenate([f[:k + 2], f[k + 2:] * 0.5]) for s, f in var.items()}
+    after = build_bundle(long_ledger(tmp_path / "b", v2, days), days[k], closes={"1D": c2}, **kw)
+    assert after.bundle_id == base.bundle_id
+    c3 = closes.copy()
+    c3.iloc[k - 3] *= 1.01
+    changed = build_bundle(long_ledger(tmp_path / "c", var, days), days[k], closes={"1D": c3},
+                           **kw)
+    assert changed.bundle_id != base.bundle_id
+
+
+def test_adapters_from_the_calibration_modules() -> None:
+    from models.corr_stress import stressed_correlations
+    from models.innovations import fit_innovations
+    from models.scale import variance_scale
+    from models.volvol import implied_vol_of_vol
+
+    rng = np.random.default_rng(8)
+    days = pd.date_range("2021-01-01", periods=600, freq="1D", tz="UTC")
+    common = rng.standard_t(4, size=len(days))
+    ret = pd.DataFrame({s: 0.02 * (0.7 * common + 0.7 * rng.standard_t(4, size=len(days)))
+                        for s in SYMS}, index=days)
+    sc = stressed_correlations(ret)
+    st_ = stressed_from(sc)
+    assert np.array_equal(st_.high, sc.high.corr) and st_.low_dates.equals(sc.low.dates)
+    fit = fit_innovations(rng.standard_t(5, size=2000) * np.sqrt(3 / 5))
+    inn = innovation_from(fit)
+    assert inn.name == fit.chosen and inn.params == fit.best.params and inn.n_obs == 2000
+    iv = pd.Series(np.exp(np.cumsum(rng.normal(0, 0.03, len(days))) + np.log(0.6)), index=days)
+    spot = pd.Series(np.exp(np.cumsum(rng.normal(0, 0.03, len(days)))), index=days)
+    est = [implied_vol_of_vol(iv, spot, symbol="BTC", mpor_days=m) for m in (1, 5)]
+    vv = vol_of_vol_from(est)
+    assert vv.quantiles[5] == {float(q): v for q, v in est[1].quantiles.items()}
+    assert vv.spot_vol_beta == est[0].spot_vol_beta and vv.source == est[0].source
+    assert vv.tenor_factor(3.0) == pytest.approx(est[0].tenor_factor(3.0), rel=1e-15)
+    f = pd.Series(np.full(len(days), 4e-4), index=days)
+    y = pd.Series(rng.chisquare(1, len(days)) * 4e-4 * 1.3, index=days)
+    vs = variance_scale(y, f, 1, symbol="BTCUSDT", min_pairs=100, n_boot=99, random_state=0)
+    table = scale_from({("1D", "BTCUSDT", 1): vs}, days[400])
+    ref = vs.at(days[400])
+    assert table.iloc[0]["scale"] == ref["scale"] and table.iloc[0]["scale_hi"] == ref["upper"]
+    with pytest.raises(ModelError, match="no variance scale for BTCUSDT 1D h=1 at or before"):
+        scale_from({("1D", "BTCUSDT", 1): vs}, days[5])
+    b = make(stressed=st_, innovations={"BTCUSDT": inn}, vol_of_vol={"BTC": vv})
+    assert b.stressed == st_ and b.vol_of_vol["BTC"] == vv
+    late = VolOfVol("BTC", vv.quantiles, vv.spot_vol_beta, vv.tenor_rule, vv.tenor_exponent,
+                    vv.reference_tenor_days, vv.source, vv.start, AS_OF + pd.Timedelta(days=1))
+    with pytest.raises(DataError, match=r"vol_of_vol\['BTC'\].end .* is after as_of"):
+        make(vol_of_vol={"BTC": late})

@@ -851,6 +851,13 @@ class VolOfVol:
                    pd.Timestamp(d["start"]), pd.Timestamp(d["end"]), float(d["min_tenor_days"]))
 
 
+def _codes(values: pd.Series, categories: tuple[str, ...]) -> np.ndarray:
+    """Position of each value in ``categories`` (all values are known to be in it)."""
+    codes, uniques = pd.factorize(values)
+    pos = {c: i for i, c in enumerate(categories)}
+    return np.asarray([pos[str(u)] for u in uniques], dtype="int64")[codes]
+
+
 def _failure_dict(f: Failure) -> dict[str, object]:
     d = f.to_dict()
     d["details"] = json.loads(json.dumps(d["details"], default=str, sort_keys=True))
@@ -1086,12 +1093,12 @@ class RiskForecastBundle:
         missing = [c for c in RESIDUAL_COLUMNS if c not in res.columns]
         if missing:
             raise ModelError(f"residuals is missing column(s) {missing}; got {list(res.columns)}")
-        r = res.loc[:, list(RESIDUAL_COLUMNS)].copy()
+        r = res
+        cols: dict[str, np.ndarray] = {}
         for c in ("unit", "symbol"):
             if r[c].isna().any() or not all(isinstance(x, str) and x for x in pd.unique(r[c])):
                 raise DataError(f"residuals.{c} must hold non-empty strings",
                                 column=f"residuals.{c}")
-            r[c] = r[c].astype(str)
         self._symbol_check(pd.unique(r["symbol"]), "residuals")
         unknown = sorted(set(pd.unique(r["unit"])) - set(self.units))
         if unknown:
@@ -1100,35 +1107,41 @@ class RiskForecastBundle:
         if ts.tz is None or str(ts.tz) != "UTC" or ts.hasnans:
             raise DataError("residuals.ts must hold UTC timestamps without NaT",
                             column="residuals.ts")
-        r["ts"] = ts.as_unit("ns")
+        ts = ts.as_unit("ns")
         if len(r) and ts.max() > self.as_of:
             raise DataError(f"residuals.ts {ts.max()} is after as_of {self.as_of}; a bundle may "
                             "use only data up to as_of", column="residuals.ts")
+        sym = r["symbol"]
         for c in ("ret", "sigma_issued", "z"):
             x = pd.to_numeric(r[c], errors="coerce").to_numpy(dtype="float64")
             bad = ~np.isfinite(x) | ((x <= 0) if c == "sigma_issued" else False)
             if bad.any():
                 i = int(np.flatnonzero(bad)[0])
                 raise DataError(f"residuals.{c} must be finite{' and > 0' if c == 'sigma_issued' else ''}; "
-                                f"got {float(x[i])!r} for {r['symbol'].iloc[i]} at {ts[i]}",
+                                f"got {float(x[i])!r} for {sym.iloc[i]} at {ts[i]}",
                                 column=f"residuals.{c}")
-            r[c] = x
+            cols[c] = x
         if len(r):
-            zz = r["ret"].to_numpy() / r["sigma_issued"].to_numpy()
-            off = ~np.isclose(r["z"].to_numpy(), zz, rtol=_Z_RTOL, atol=1e-300)
+            zz = cols["ret"] / cols["sigma_issued"]
+            off = ~np.isclose(cols["z"], zz, rtol=_Z_RTOL, atol=1e-300)
             if off.any():
                 i = int(np.flatnonzero(off)[0])
-                raise DataError(f"residuals.z must equal ret / sigma_issued; got {r['z'].iloc[i]!r}"
-                                f" vs {zz[i]!r} for {r['symbol'].iloc[i]} at {ts[i]}",
-                                column="residuals.z")
-        sym_code = pd.Categorical(r["symbol"], categories=list(self.symbols)).codes
-        unit_code = pd.Categorical(r["unit"], categories=list(self.units)).codes
-        ts_ns = ts.as_unit("ns").asi8
+                raise DataError(f"residuals.z must equal ret / sigma_issued; got "
+                                f"{float(cols['z'][i])!r} vs {float(zz[i])!r} for {sym.iloc[i]} at "
+                                f"{ts[i]}", column="residuals.z")
+        sym_code = _codes(r["symbol"], self.symbols)
+        unit_code = _codes(r["unit"], self.units)
+        ts_ns = ts.asi8
         order = np.lexsort((ts_ns, sym_code, unit_code))
         keys = np.column_stack([unit_code, sym_code, ts_ns])[order]
         if len(keys) > 1 and (keys[1:] == keys[:-1]).all(axis=1).any():
             raise DataError("residuals has duplicate (unit, symbol, ts) rows", column="residuals")
-        return r.take(order).reset_index(drop=True)
+        units_arr = np.asarray(self.units, dtype=object)[unit_code[order]]
+        syms_arr = np.asarray(self.symbols, dtype=object)[sym_code[order]]
+        return pd.DataFrame({
+            "unit": pd.array(units_arr, dtype="str"), "symbol": pd.array(syms_arr, dtype="str"),
+            "ts": ts.take(order), "ret": cols["ret"][order],
+            "sigma_issued": cols["sigma_issued"][order], "z": cols["z"][order]})
 
     def _init_innovations(self) -> None:
         inn = dict(self.innovations)

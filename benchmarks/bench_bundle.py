@@ -9,7 +9,8 @@ first build (which reads the ledger's parts from disk) is reported separately, a
 ``save``+``load`` of one bundle. Prints the median and 90th percentile per bundle and the ratio to
 the 50 ms goal.
 
-Run: ``python benchmarks/bench_bundle.py [--symbols 5] [--days 2000] [--bundles 60]``
+Run: ``python benchmarks/bench_bundle.py [--symbols 5] [--days 2000] [--bundles 60]
+[--scale-n-boot 199]`` (the last also estimates the variance scale inside every bundle).
 """
 
 from __future__ import annotations
@@ -72,6 +73,8 @@ def main() -> None:
     ap.add_argument("--symbols", type=int, default=5)
     ap.add_argument("--days", type=int, default=2000)
     ap.add_argument("--bundles", type=int, default=60)
+    ap.add_argument("--scale-n-boot", type=int, default=None,
+                    help="also estimate the variance scale in each bundle (bootstrap replications)")
     args = ap.parse_args()
     if not 2 <= args.symbols <= len(SYMBOLS):
         ap.error(f"--symbols must be in 2..{len(SYMBOLS)}")
@@ -81,7 +84,8 @@ def main() -> None:
         setup_s = time.perf_counter() - t0
         kw = {"symbols": tuple(closes.columns), "closes": {"1D": closes},
               "vol_models": {"1D": ModelRef("ewma", "1", "champion")},
-              "corr_models": {"1D": ModelRef("ewma_corr", "1")}, "code_version": "bench"}
+              "corr_models": {"1D": ModelRef("ewma_corr", "1")}, "code_version": "bench",
+              "scale_n_boot": args.scale_n_boot}
         cold_ledger = ForecastLedger(Path(tmp) / "ledger")
         w0, c0 = time.perf_counter(), time.process_time()
         first = build_bundle(cold_ledger, days[-1], **kw)
@@ -102,7 +106,8 @@ def main() -> None:
     med_w, p90_w = np.median(wall), np.percentile(wall, 90)
     med_c, p90_c = np.median(cpu), np.percentile(cpu, 90)
     print(f"bench_bundle: {args.symbols} symbols, {args.days} days of history, "
-          f"{args.bundles} bundles (ledger setup {setup_s:.1f} s, {n_res} residuals/bundle)")
+          f"{args.bundles} bundles (ledger setup {setup_s:.1f} s, {n_res} residuals/bundle, "
+          f"scale_n_boot={args.scale_n_boot})")
     print(f"  build_bundle warm  wall median {med_w:7.1f} ms  p90 {p90_w:7.1f} ms")
     print(f"  build_bundle warm  CPU  median {med_c:7.1f} ms  p90 {p90_c:7.1f} ms")
     print(f"  first build (reads the ledger)  wall {cold[0]:7.1f} ms  CPU {cold[1]:7.1f} ms")

@@ -432,7 +432,10 @@ class VolForecast:
 
 __all__ = [
     "BUNDLE_FORMAT",
+    "FRAME_COLUMNS",
     "MARGIN_HORIZONS",
+    "RESIDUAL_COLUMNS",
+    "VOL_COLUMNS",
     "CorrForecast",
     "Innovation",
     "Member",
@@ -442,6 +445,9 @@ __all__ = [
     "VolForecast",
     "VolOfVol",
     "canonical_digest",
+    "default_annualization",
+    "format_period",
+    "parse_horizon_unit",
 ]
 
 BUNDLE_FORMAT = 1

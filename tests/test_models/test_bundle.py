@@ -309,7 +309,7 @@ def _perturb(kw: dict[str, object], what: str, i: int) -> None:
 BASE_ID = make().bundle_id
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(what=st.sampled_from(_perturbations()), i=st.integers(0, 200))
 def test_bundle_id_changes_when_any_value_changes(what: str, i: int) -> None:
     kw = parts()
@@ -362,7 +362,7 @@ def test_covariance_matches_corr_forecast_covariance(unit: str) -> None:
                                    rtol=1e-14, atol=0)
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=25, deadline=None)
 @given(seed=st.integers(0, 2**32 - 1), m=st.integers(1, 6), tiny=st.booleans())
 def test_covariance_psd_for_every_horizon(seed: int, m: int, tiny: bool) -> None:
     syms = tuple(f"S{i}USDT" for i in range(m))

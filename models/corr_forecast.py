@@ -31,7 +31,6 @@ from typing import Protocol
 import numpy as np
 import pandas as pd
 
-from features.covariance import is_psd
 from features.schema import TS_DTYPE
 
 
@@ -65,6 +64,8 @@ PSD_TOL = 1e-10
 def check_correlation(c: np.ndarray, name: str) -> None:
     """Raise ``ValueError`` naming ``name`` unless ``c`` (n, n) is a valid correlation matrix:
     finite, symmetric, unit diagonal, entries in [-1, 1] and positive semi-definite."""
+    from features.covariance import is_psd  # here, not at import: that module loads numba
+
     a = np.asarray(c, dtype="float64")
     if a.ndim != 2 or a.shape[0] != a.shape[1]:
         raise ValueError(f"{name} must be a square matrix; got shape {a.shape}")

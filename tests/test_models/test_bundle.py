@@ -499,12 +499,14 @@ def test_vol_of_vol_tenor_rule_by_hand() -> None:
 
 def test_import_cycle_resolved() -> None:
     """corr_forecast does not import forecast (not even for typing); forecast imports it; both
-    import orders work in a fresh process and name the same class."""
+    import orders work in a fresh process and name the same class, without loading numba (the
+    PSD check imports it when first called)."""
     tree = ast.parse((ROOT / "models" / "corr_forecast.py").read_text())
     mods = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
     assert "models.forecast" not in mods
     for first in ("models.corr_forecast", "models.forecast"):
-        code = (f"import {first}\nfrom models.corr_forecast import CorrForecast as A\n"
+        code = (f"import sys\nimport {first}\nassert 'numba' not in sys.modules\n"
+                "from models.corr_forecast import CorrForecast as A\n"
                 "from models.forecast import CorrForecast as B\nassert A is B\n")
         subprocess.run([sys.executable, "-c", code], check=True)
 

@@ -902,7 +902,8 @@ class RiskForecastBundle:
     stale : symbol -> :class:`~features.errors.Failure` for each symbol whose forecast is older
         than allowed (or fell back to a baseline), with the reason.
     provenance : :class:`Provenance`.
-    bundle_id : SHA-256 of the canonical serialization of all of the above (computed).
+    bundle_id : SHA-256 of the canonical serialization of all of the above (computed at
+        construction; treat the tables as read-only: build a new bundle to change a value).
     """
 
     as_of: pd.Timestamp
@@ -1314,6 +1315,9 @@ class RiskForecastBundle:
             existing = _read_id(target)
             if existing == self.bundle_id:
                 return target
+            if existing is None:
+                raise DataError("the path exists and holds no bundle (no readable bundle.json); "
+                                "refusing to write into it", source=str(target))
             raise DataError(f"a different bundle ({existing}) is already saved there; bundles are "
                             f"never overwritten (this one is {self.bundle_id})", source=str(target))
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -178,6 +178,9 @@ def test_save_is_idempotent_and_never_overwrites(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="never overwritten"):
         other.save(tmp_path / "b")
     assert RiskForecastBundle.load(tmp_path / "b") == b
+    (tmp_path / "other").mkdir()
+    with pytest.raises(DataError, match="holds no bundle"):
+        b.save(tmp_path / "other")
 
 
 def test_load_detects_altered_files(tmp_path: Path) -> None:

@@ -26,16 +26,20 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 import pandas as pd
 
-from features.covariance import is_psd
 from features.schema import TS_DTYPE
 
-if TYPE_CHECKING:  # models.forecast re-exports this module: no runtime import (no cycle)
-    from models.forecast import VolForecast
+
+class _CumulativeVariance(Protocol):
+    """What :meth:`CorrForecast.covariance` needs of a variance forecast (a
+    :class:`models.forecast.VolForecast`). A protocol, not an import: ``models.forecast`` imports
+    this module at top level, so this module must not import it back (no cycle)."""
+
+    def cumulative_var(self, h: int) -> pd.Series: ...
 
 CORR_FRAME_COLUMNS = (
     "model_id",
@@ -60,6 +64,8 @@ PSD_TOL = 1e-10
 def check_correlation(c: np.ndarray, name: str) -> None:
     """Raise ``ValueError`` naming ``name`` unless ``c`` (n, n) is a valid correlation matrix:
     finite, symmetric, unit diagonal, entries in [-1, 1] and positive semi-definite."""
+    from features.covariance import is_psd  # here, not at import: that module loads numba
+
     a = np.asarray(c, dtype="float64")
     if a.ndim != 2 or a.shape[0] != a.shape[1]:
         raise ValueError(f"{name} must be a square matrix; got shape {a.shape}")
@@ -293,7 +299,7 @@ class CorrForecast:
             pd.DatetimeIndex([self.data_cutoff_ts] * len(self.origins)), index=self.origins
         )
 
-    def covariance(self, vol: Mapping[str, VolForecast], h: int) -> np.ndarray:
+    def covariance(self, vol: Mapping[str, _CumulativeVariance], h: int) -> np.ndarray:
         """Covariance of the ``h``-period return at every origin.
 
         ``Sigma = D R D`` with ``R`` the horizon-``h`` correlation and ``D = diag(sqrt(h x

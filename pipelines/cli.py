@@ -434,7 +434,10 @@ def data_validate(
                      "store": {"dataset": ds, "ok": True, "orphaned": [], "missing": [], "stale": []},
                      "tables": {t: c.to_dict() for t, c in results[ds].items()}})
     if json_out:
-        typer.echo(json.dumps({"ok": not problems, "datasets": docs}, indent=2, default=str))
+        typer.echo(json.dumps({"ok": not problems, "datasets": docs,
+                               "rows": [{k: _plain(v) for k, v in r.items()}
+                                        for r in _validation_rows(results)]},
+                              indent=2, default=str))
     else:
         if results:
             _print_validation(results)
@@ -482,7 +485,8 @@ def data_repair(
         raise typer.Exit(code=2)
 
 
-def _print_validation(results: dict) -> None:
+def _validation_rows(results: dict) -> list[dict[str, Any]]:
+    """One row per dataset and table: rows stored, the rejecting and the flagging rules' counts."""
     from features.validate import FLAG_RULES, REJECT_RULES
 
     def fmt(c, rules) -> str:
@@ -494,6 +498,13 @@ def _print_validation(results: dict) -> None:
             rows.append({"dataset": ds, "table": table, "rows_stored": c.rows_out,
                          "rejected": fmt(c, REJECT_RULES), "flagged": fmt(c, FLAG_RULES),
                          "counts": dict(c.counts)})
+    return rows
+
+
+def _print_validation(results: dict) -> None:
+    from features.validate import FLAG_RULES, REJECT_RULES
+
+    rows = _validation_rows(results)
     _show_table("Validation: rule counts (every rule; zero counts shown as -)",
                 [("dataset", "dataset", ""), ("table", "table", ""),
                  ("rows_stored", "rows stored", "r"),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -298,7 +300,7 @@ def test_oracle_errors(sv: SimResult) -> None:
         oracle_vol_forecasts(sv, "1h", (0,))
     with pytest.raises(ValueError, match="The 'origins' parameter of oracle_vol_forecasts"):
         oracle_vol_forecasts(sv, "1h", (1,), origins=["2030-01-01T00:00Z"])
-    no_state = SimResult(*[getattr(sv, f) for f in SimResult.__dataclass_fields__][:-1])
+    no_state = dataclasses.replace(sv, truth_state=None)
     with pytest.raises(ValueError, match="must be a SimResult with truth_state"):
         oracle_vol_forecasts(no_state, "1h")
     with pytest.raises(ValueError, match="The 'origins' parameter of oracle_forecasts"):

@@ -207,7 +207,7 @@ def _show_table(title: str, columns: list[tuple[str, str, str]], rows: list[dict
 
 _JSON_TABLES: list[dict[str, Any]] = []
 
-MODELS_LIST_COLUMNS = ("model", "version", "aliases", "status", "gate_status", "primary",
+MODELS_LIST_COLUMNS = ("model", "version", "aliases", "status", "gate_status", "primary", "data",
                        "created_ts")
 """Columns of ``dprm models list`` shown at 80 columns (the others on wide terminals and in JSON)."""
 
@@ -895,8 +895,13 @@ def models_list(model: ModelOpt = None, json_out: JsonOpt = False) -> None:
     df = list_versions(home=home, name=model)
     if df.empty:
         _console().print("no registered versions; run `dprm train` first")
-        _JSON_TABLES.append({"title": "dprm-forecaster versions", "rows": []})
+        _JSON_TABLES.append({"title": "registered models", "rows": []})
         return
+    # the data a version was trained on, as one column (dataset/freq)
+    data = [f"{d}/{f}" if d else "" for d, f in zip(df["dataset"], df["freq"], strict=True)]
+    cols = list(df.columns)
+    df = df.assign(data=data)[cols[:cols.index("primary") + 1] + ["data"]
+                              + [c for c in cols[cols.index("primary") + 1:]]]
     _print_frame("registered models", df, MODELS_LIST_COLUMNS)
 
 

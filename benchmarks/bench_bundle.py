@@ -75,7 +75,10 @@ def main() -> None:
     ap.add_argument("--bundles", type=int, default=60)
     ap.add_argument("--scale-n-boot", type=int, default=None,
                     help="also estimate the variance scale in each bundle (bootstrap replications)")
+    ap.add_argument("--quick", action="store_true", help="a small run for `make bench` (600 days, 15 bundles)")
     args = ap.parse_args()
+    if args.quick:
+        args.days, args.bundles = min(args.days, 600), min(args.bundles, 15)
     if not 2 <= args.symbols <= len(SYMBOLS):
         ap.error(f"--symbols must be in 2..{len(SYMBOLS)}")
     with tempfile.TemporaryDirectory() as tmp:

@@ -38,6 +38,7 @@ from features.store import (
     check_name,
     describe_partition,
     file_fingerprint,
+    first_few,
     kill_point,
     merge_rows,
     partition_key_column,
@@ -604,9 +605,6 @@ class RepairReport:
         """What was done, one line per action, as a person reads it."""
         ds = self.dataset
 
-        def eg(items: list[str]) -> str:
-            return ", ".join(items[:3]) + (f", ... ({len(items) - 3} more)" if len(items) > 3 else "")
-
         out = []
         if self.recovered:
             out.append(f"{ds}: {self.recovered}")
@@ -615,19 +613,19 @@ class RepairReport:
             return out
         if self.adopted:
             out.append(f"{ds}: rebuilt the manifest from the files for {len(self.adopted)} orphaned "
-                       f"partition(s): {eg(self.adopted)}")
+                       f"partition(s): {first_few(self.adopted)}")
         if self.rebuilt:
             out.append(f"{ds}: rebuilt the manifest from the files for {len(self.rebuilt)} stale "
-                       f"partition(s): {eg(self.rebuilt)}")
+                       f"partition(s): {first_few(self.rebuilt)}")
         if self.quarantined:
             out.append(f"{ds}: set {len(self.quarantined)} partition file(s) aside in "
-                       f"{REPAIR_DIR}/ and out of the store: {eg(self.quarantined)}")
+                       f"{REPAIR_DIR}/ and out of the store: {first_few(self.quarantined)}")
         if self.removed:
             out.append(f"{ds}: removed {len(self.removed)} missing partition(s) from the manifest: "
-                       f"{eg(self.removed)}")
+                       f"{first_few(self.removed)}")
         if self.reingested:
             out.append(f"{ds}: re-ingested {len(self.reingested)} source(s) to restore them: "
-                       f"{eg([Path(s).name for s in self.reingested])}")
+                       f"{first_few([Path(s).name for s in self.reingested])}")
         out.extend(f"{ds}: {m}" for m in self.lost)
         if self.after is not None:
             out.append(f"{ds}: consistent now" if self.after.ok else f"{ds}: still inconsistent: "

@@ -362,6 +362,12 @@ class WriteStats:
 
 
 # ---- consistency -------------------------------------------------------------------------
+def first_few(items: list[str], n: int = 3) -> str:
+    """The first ``n`` items joined by commas, and how many more there are (for one-line reports)."""
+    more = f", ... ({len(items) - n} more)" if len(items) > n else ""
+    return ", ".join(items[:n]) + more
+
+
 @dataclass
 class StoreProblems:
     """How the files of a dataset disagree with its manifest (see :meth:`DataStore.check`)."""
@@ -381,21 +387,17 @@ class StoreProblems:
         """One line per kind of problem, with its count and the first few partitions."""
         out = []
 
-        def eg(items: list[str]) -> str:
-            more = f", ... ({len(items) - 3} more)" if len(items) > 3 else ""
-            return ", ".join(items[:3]) + more
-
         ds = self.dataset
         if self.orphaned:
             out.append(f"dataset '{ds}': {len(self.orphaned)} orphaned partition file(s) not in the "
-                       f"manifest: {eg(self.orphaned)}")
+                       f"manifest: {first_few(self.orphaned)}")
         if self.missing:
             out.append(f"dataset '{ds}': {len(self.missing)} missing partition file(s) listed in the "
-                       f"manifest: {eg(self.missing)}")
+                       f"manifest: {first_few(self.missing)}")
         if self.stale:
             stale = [f"{s['partition']} ({s['problem']})" for s in self.stale]
             out.append(f"dataset '{ds}': {len(self.stale)} stale partition file(s) whose rows or "
-                       f"digest differ from the manifest: {eg(stale)}")
+                       f"digest differ from the manifest: {first_few(stale)}")
         return out
 
     def summary(self) -> str:

@@ -681,19 +681,15 @@ def _int_list(option: str, text: str) -> tuple[int, ...]:
 def _check_dates(start: str | None, end: str | None) -> None:
     """``--start``/``--end`` parse as dates and ``--start`` is not after ``--end``."""
     from features.errors import ConfigError
+    from pipelines.config import parse_date
 
     def parse(option: str, text: str | None) -> Any:
         if text is None:
             return None
-        import pandas as pd
-
-        try:
-            ts = pd.Timestamp(text)
-        except ValueError:
-            ts = pd.NaT
-        if ts is pd.NaT:
+        ts = parse_date(text)
+        if ts is None:
             raise ConfigError(f"{option} {text!r} is not a date; expected e.g. 2025-09-01")
-        return ts.tz_localize("UTC") if ts.tz is None else ts
+        return ts
 
     lo, hi = parse("--start", start), parse("--end", end)
     if lo is not None and hi is not None and lo > hi:

@@ -57,6 +57,19 @@ def data_dir() -> Path:
     return Path(os.environ.get("DPRM_DATA_DIR", Path.cwd().parent / "shared" / "data")).resolve()
 
 
+
+def parse_date(text: str) -> Any:
+    """``text`` as a UTC ``pandas.Timestamp`` (naive times are UTC), or None if it is not a date."""
+    import pandas as pd
+
+    try:
+        ts = pd.Timestamp(text)
+    except ValueError:
+        return None
+    if ts is pd.NaT:
+        return None
+    return ts.tz_localize("UTC") if ts.tz is None else ts
+
 class _Config(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -135,15 +148,11 @@ class EvaluateConfig(_Config):
         """A parseable date, and ``end`` not before ``start``."""
         if value is None:
             return value
-        import pandas as pd
 
-        try:
-            ts = pd.Timestamp(value)
-        except ValueError:
-            ts = pd.NaT
-        if ts is pd.NaT:
+        ts = parse_date(value)
+        if ts is None:
             raise ValueError(f"{value!r} is not a date; expected e.g. 2025-09-01")
         start = info.data.get("start")
-        if info.field_name == "end" and start is not None and pd.Timestamp(start) > ts:
+        if info.field_name == "end" and start is not None and parse_date(start) > ts:
             raise ValueError(f"end {value} is before start {start}")
         return value

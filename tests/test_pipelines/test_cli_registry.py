@@ -21,24 +21,12 @@ from pathlib import Path
 
 import pytest
 
+from tests.test_pipelines.train_settings import SMALL_TRAIN_TOML
+
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
 DPRM = [sys.executable, "-m", "pipelines.cli"]
-SMALL = """
-[train]
-window = 200
-eval_periods = 150
-mcs_reps = 50
-[train.candidates.har]
-kind = "har"
-[train.candidates.loghar]
-kind = "loghar"
-[train.candidates.ewma]
-kind = "ewma"
-[train.candidates.rw]
-kind = "rw"
-"""
 
 
 def run(
@@ -69,7 +57,7 @@ def trained(embedded_template: Path, tmp_path_factory: pytest.TempPathFactory) -
     home = root / "home"
     shutil.copytree(embedded_template, home)
     cfg = root / "small.toml"
-    cfg.write_text(SMALL)
+    cfg.write_text(SMALL_TRAIN_TOML)
     steps = [
         ["train", "--config", str(cfg)],
         ["data", "simulate", "--days", "20"],

@@ -14,21 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.test_pipelines.train_settings import SMALL_TRAIN_TOML
+
 ROOT = Path(__file__).resolve().parents[2]
-SMALL = """
-[train]
-window = 200
-eval_periods = 150
-mcs_reps = 50
-[train.candidates.har]
-kind = "har"
-[train.candidates.loghar]
-kind = "loghar"
-[train.candidates.ewma]
-kind = "ewma"
-[train.candidates.rw]
-kind = "rw"
-"""
 
 
 @pytest.mark.slow
@@ -42,7 +30,7 @@ def test_two_processes_training_at_once_register_one_version_promoted_once(
     home = tmp_path / "home"
     shutil.copytree(embedded_template, home)
     cfg = tmp_path / "small.toml"
-    cfg.write_text(SMALL)
+    cfg.write_text(SMALL_TRAIN_TOML)
     procs = []
     for i in range(2):
         env = {

@@ -124,6 +124,7 @@ from features.schema import (
     VOLUME,
     conform,
 )
+from features.symbols import deribit_code
 
 __all__ = [
     "DEFAULT_ASSETS",
@@ -1554,7 +1555,6 @@ def _mc_iv(
 # derivatives: perpetual with funding, inverse futures, option chain
 # ---------------------------------------------------------------------------------------------
 
-_MONTH_CODES = ("JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC")
 _EXPIRY_HOUR = pd.Timedelta(hours=8)  # Deribit expiries settle at 08:00 UTC
 _QUOTES = ("USDT", "USDC", "USD")
 
@@ -1566,11 +1566,6 @@ def coin_of(symbol: str) -> str:
         if symbol.endswith(q) and len(symbol) > len(q):
             return symbol[: -len(q)]
     return symbol
-
-
-def deribit_code(expiry: pd.Timestamp) -> str:
-    """Deribit's expiry code of a date, day without a leading zero ("28MAR25", "7FEB25")."""
-    return f"{expiry.day}{_MONTH_CODES[expiry.month - 1]}{expiry.year % 100:02d}"
 
 
 def deribit_expiries(start: pd.Timestamp, end: pd.Timestamp, kind: str) -> pd.DatetimeIndex:

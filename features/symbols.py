@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass
+from datetime import date
 
 CRYPTO_24_7 = "24/7"
 """Calendar of venues trading around the clock (periods are UTC days)."""
@@ -136,3 +137,14 @@ def symbol_meta(symbol: str, *, market: str | None = None) -> SymbolMeta:
     if market in ("spot", "crypto"):
         return SymbolMeta(symbol, "crypto_spot", "24/7")
     return SymbolMeta(symbol, "unknown", "24/7" if market is None else "XNYS")
+
+
+# ---- Deribit date codes ---------------------------------------------------------------------
+DERIBIT_MONTHS = ("JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC")
+"""Month codes of Deribit instrument names (``BTC-27DEC24``): index 0 is January."""
+
+
+def deribit_code(expiry: date) -> str:
+    """Deribit's date code of a date (a ``pandas.Timestamp`` too), the day without a leading
+    zero: ``28MAR25``, ``7FEB25``."""
+    return f"{expiry.day}{DERIBIT_MONTHS[expiry.month - 1]}{expiry.year % 100:02d}"

@@ -34,7 +34,7 @@ from enum import StrEnum
 import pandas as pd
 
 from features.errors import DataError, Failure, FailureReason
-from features.symbols import CALENDARS
+from features.symbols import CALENDARS, DERIBIT_MONTHS
 
 __all__ = [
     "DERIBIT_EXPIRY_HOUR_UTC",
@@ -278,8 +278,7 @@ BINANCE_COINM_OTHER_USD = 10.0
 # (a portfolio file scales it by quantity or describes an exchange multiplier explicitly).
 INDEX_CONTRACT_SIZE = 1.0
 
-_MONTHS = {m: i for i, m in enumerate(
-    ["JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC"], 1)}
+_MONTHS = {m: i for i, m in enumerate(DERIBIT_MONTHS, 1)}
 _DATE = r"(\d{1,2})([A-Z]{3})(\d{2})"
 _RE_DERIBIT_OPTION = re.compile(rf"([A-Z][A-Z0-9]*)-{_DATE}-(\d+(?:[.D]\d+)?)-([CP])")
 _RE_DERIBIT_FUTURE = re.compile(rf"([A-Z][A-Z0-9]*)-{_DATE}")

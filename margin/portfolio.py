@@ -57,6 +57,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from features.errors import DataError, Failure, FailureReason
+from features.symbols import deribit_code
 from margin.instruments import (
     UNDERLYINGS,
     Future,
@@ -78,7 +79,6 @@ __all__ = [
     "resolve_expiry",
 ]
 
-_MONTHS = ("JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC")
 _REL = re.compile(r"\+(\d+)([DW])")
 _REL_IN_NAME = re.compile(r"\{\s*(\+\d+[DW])\s*\}")
 
@@ -210,7 +210,7 @@ def _name_code(offset: str, as_of: pd.Timestamp) -> str:
     """The Deribit date code of the first Friday on or after ``as_of + offset``."""
     day = resolve_expiry(offset, as_of).normalize()
     day = day + pd.Timedelta(days=(4 - day.dayofweek) % 7)
-    return f"{day.day}{_MONTHS[day.month - 1]}{day.year % 100:02d}"
+    return deribit_code(day)
 
 
 def _subject(row_id: object, where: str) -> str:

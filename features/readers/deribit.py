@@ -63,6 +63,7 @@ from features.schema import (
     DataError,
     conform,
 )
+from features.symbols import deribit_code
 
 EXPIRY_TIME = pd.Timedelta(hours=8)
 """Deribit options and futures expire at 08:00 UTC."""
@@ -91,13 +92,12 @@ CHAIN_COLUMNS = [
     "option_type",
 ]
 _TYPES = {"call": "C", "put": "P", "c": "C", "p": "P"}
-_MONTHS = ("JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC")
 
 
 def instrument_name(currency: str, expiry: pd.Timestamp, strike: float, option_type: str) -> str:
     """Deribit option name, e.g. ``BTC-25MAY24-63000-C`` (day without a leading zero; a
     fractional strike written with "d", ``0d625``)."""
-    day = f"{expiry.day}{_MONTHS[expiry.month - 1]}{expiry.year % 100:02d}"
+    day = deribit_code(expiry)
     k = str(int(strike)) if float(strike).is_integer() else repr(float(strike)).replace(".", "d")
     return f"{currency}-{day}-{k}-{option_type}"
 

@@ -6,6 +6,23 @@
   multi-day forecast (pure calendar arithmetic on the target window, not a look-ahead of data).
 - :func:`diurnal_profile` / :func:`seasonally_adjust`: a time-of-day profile estimated at each row
   only from strictly earlier rows of the same symbol and bucket, and the value divided by it.
+- :func:`exchange_holidays` / :func:`session_dates` / :func:`add_sessions`: the trading sessions of
+  an exchange calendar (weekdays minus its holidays) and the close ``n`` sessions after a time, the
+  end of an ``n``-period target window of daily exchange data.
+
+Holidays
+--------
+No exchange-calendar package is a dependency (``exchange_calendars`` is not installed and pandas'
+``USFederalHolidayCalendar`` is *not* the NYSE calendar: it has Columbus and Veterans Day, on which
+the NYSE trades, and lacks Good Friday, on which it closes). The NYSE (``XNYS``) holidays are
+therefore written here as pandas holiday rules: New Year's Day (a Sunday moves to Monday, a
+Saturday is not made up), Martin Luther King Jr. Day (from 1998), Washington's Birthday, Good
+Friday, Memorial Day, Juneteenth (from 2022), Independence Day, Labor Day, Thanksgiving and
+Christmas (Saturday -> Friday, Sunday -> Monday), plus the unscheduled closures since 1994
+(:data:`XNYS_SPECIAL_CLOSURES`). Tests check them against QuantLib's NYSE calendar (a test-only
+dependency) over 1995-2026 and against the trading days of the Oxford-Man S&P 500 rows. The other
+exchange calendars of :data:`features.symbols.CALENDARS` have no holiday rules yet: their sessions
+are the weekdays.
 """
 
 from __future__ import annotations
@@ -13,11 +30,33 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from pandas.tseries.holiday import (
+    AbstractHolidayCalendar,
+    GoodFriday,
+    Holiday,
+    USLaborDay,
+    USMartinLutherKingJr,
+    USMemorialDay,
+    USPresidentsDay,
+    USThanksgivingDay,
+    nearest_workday,
+    sunday_to_monday,
+)
+
 from features.errors import ConfigError
 from features.schema import SYMBOL, TS, DataError, to_utc_ns
 from features.symbols import CALENDARS, Calendar
 
-__all__ = ["calendar_features", "diurnal_profile", "seasonally_adjust", "weekend_share"]
+__all__ = [
+    "XNYS_SPECIAL_CLOSURES",
+    "add_sessions",
+    "calendar_features",
+    "diurnal_profile",
+    "exchange_holidays",
+    "seasonally_adjust",
+    "session_dates",
+    "weekend_share",
+]
 
 _DAY = pd.Timedelta("1D")
 
@@ -270,3 +309,124 @@ def seasonally_adjust(frame: pd.DataFrame, value_col: str, profile: pd.Series) -
     ok = np.isfinite(p) & (p != 0)
     np.divide(v, p, out=out, where=ok)
     return pd.Series(out, index=frame.index, name=f"{value_col}_sa")
+
+
+# ---- exchange sessions -------------------------------------------------------------------------
+
+XNYS_SPECIAL_CLOSURES = (
+    "1994-04-27",  # President Nixon's funeral
+    "2001-09-11", "2001-09-12", "2001-09-13", "2001-09-14",  # September 11
+    "2004-06-11",  # President Reagan's funeral
+    "2007-01-02",  # President Ford's funeral
+    "2012-10-29", "2012-10-30",  # Hurricane Sandy
+    "2018-12-05",  # President G.H.W. Bush's funeral
+    "2025-01-09",  # President Carter's funeral
+)
+"""Unscheduled full-day NYSE closures since 1994 (local dates)."""
+
+
+class _NYSEHolidays(AbstractHolidayCalendar):
+    """The NYSE's regular full-day holidays (module notes)."""
+
+    rules = [  # noqa: RUF012 (pandas' class attribute)
+        Holiday("New Year's Day", month=1, day=1, observance=sunday_to_monday),
+        Holiday(
+            "Martin Luther King Jr. Day",
+            month=1,
+            day=1,
+            offset=USMartinLutherKingJr.offset,
+            start_date="1998-01-01",
+        ),
+        USPresidentsDay,
+        GoodFriday,
+        USMemorialDay,
+        Holiday("Juneteenth", month=6, day=19, observance=nearest_workday, start_date="2022-01-01"),
+        Holiday("Independence Day", month=7, day=4, observance=nearest_workday),
+        USLaborDay,
+        USThanksgivingDay,
+        Holiday("Christmas Day", month=12, day=25, observance=nearest_workday),
+    ]
+
+
+_HOLIDAY_RULES: dict[str, AbstractHolidayCalendar] = {"XNYS": _NYSEHolidays()}
+_SPECIAL_CLOSURES: dict[str, tuple[str, ...]] = {"XNYS": XNYS_SPECIAL_CLOSURES}
+_HOLIDAY_SPAN = (pd.Timestamp("1970-01-01"), pd.Timestamp("2100-12-31"))
+_holiday_cache: dict[str, np.ndarray] = {}
+
+
+def _holiday_days(calendar: str) -> np.ndarray:
+    """All full-day holidays of ``calendar`` in 1970..2100 as sorted ``datetime64[D]`` (cached)."""
+    if calendar not in _holiday_cache:
+        rules = _HOLIDAY_RULES.get(calendar)
+        days = pd.DatetimeIndex([]) if rules is None else rules.holidays(*_HOLIDAY_SPAN)
+        days = days.union(pd.DatetimeIndex(list(_SPECIAL_CLOSURES.get(calendar, ()))))
+        arr = np.asarray(days.normalize().to_numpy().astype("datetime64[D]"))
+        _holiday_cache[calendar] = np.unique(arr[np.is_busday(arr)])
+    return _holiday_cache[calendar]
+
+
+def exchange_holidays(calendar: str, start: object, end: object) -> pd.DatetimeIndex:
+    """Full-day holidays (weekdays without a session) of an exchange calendar in ``[start, end]``.
+
+    Parameters
+    ----------
+    calendar : a :data:`features.symbols.CALENDARS` name; "24/7" and calendars without holiday
+        rules (module notes) have none.
+    start, end : local dates (anything ``pandas.Timestamp`` reads), inclusive.
+
+    Returns
+    -------
+    DatetimeIndex of naive local dates, sorted.
+    """
+    _calendar(calendar)
+    lo = np.datetime64(pd.Timestamp(start).date(), "D")
+    hi = np.datetime64(pd.Timestamp(end).date(), "D")
+    days = _holiday_days(calendar)
+    return pd.DatetimeIndex(days[(days >= lo) & (days <= hi)].astype("datetime64[ns]"))
+
+
+def session_dates(calendar: str, start: object, end: object) -> pd.DatetimeIndex:
+    """The trading days of ``calendar`` in ``[start, end]`` (naive local dates): every day on
+    "24/7", weekdays minus :func:`exchange_holidays` on an exchange calendar."""
+    cal = _calendar(calendar)
+    days = pd.date_range(pd.Timestamp(start).normalize(), pd.Timestamp(end).normalize(), freq="D")
+    if not cal.weekdays_only:
+        return days
+    d = days.to_numpy().astype("datetime64[D]")
+    return days[np.is_busday(d, holidays=_holiday_days(calendar))]
+
+
+def add_sessions(ts: pd.Series | pd.DatetimeIndex, n: int, calendar: str) -> pd.DatetimeIndex:
+    """The time ``n`` trading sessions after each timestamp, at the same local time of day.
+
+    Parameters
+    ----------
+    ts : UTC timestamps of session closes (a daily row's ``ts``).
+    n : sessions to move forward (an int >= 0).
+    calendar : a :data:`features.symbols.CALENDARS` name. On "24/7" a session is a day, so the
+        result is ``ts + n days``; on an exchange calendar the local date moves to the ``n``-th next
+        trading day (weekends and :func:`exchange_holidays` skipped; a row on a non-trading day
+        counts from the trading day before it) and keeps the local wall-clock time, so a Friday 16:00 New York close plus one session is Monday's 16:00 close (Tuesday's
+        after a Monday holiday), daylight-saving changes included.
+
+    Returns
+    -------
+    DatetimeIndex of UTC timestamps (ns), one per input.
+    """
+    if not isinstance(n, int | np.integer) or isinstance(n, bool) or n < 0:
+        raise ConfigError(f"The 'n' parameter must be an integer >= 0. Got {n!r} instead.")
+    cal = _calendar(calendar)
+    idx = _utc_index(ts)
+    if not cal.weekdays_only or n == 0:
+        return idx + int(n) * _DAY
+    local = idx.tz_convert(cal.tz).tz_localize(None)
+    day = local.normalize()
+    time_of_day = local - day
+    d = day.to_numpy().astype("datetime64[D]")
+    # a row on a non-trading day (a special session) rolls back first: its next session is the
+    # first trading day after it
+    target = np.busday_offset(d, int(n), roll="backward", holidays=_holiday_days(calendar))
+    wall = pd.DatetimeIndex(target.astype("datetime64[ns]")) + time_of_day
+    return wall.tz_localize(cal.tz, nonexistent="shift_forward", ambiguous="NaT").tz_convert(
+        "UTC"
+    ).as_unit("ns")

@@ -76,9 +76,18 @@ class SymbolMeta:
 
 
 _QUOTES = ("USDT", "USDC", "FDUSD", "BUSD", "USD", "BTC", "ETH", "EUR")
+CRYPTO_BASES = frozenset(
+    "BTC ETH BNB LTC SOL XRP ADA DOGE DOT AVAX LINK MATIC POL TRX BCH XLM ATOM ETC UNI FIL NEAR "
+    "APT ARB OP SHIB TON SUI XMR EOS AAVE ALGO ICP HBAR VET XTZ NEO".split()
+)
+"""Crypto assets whose bare name a source may use for its Binance USDT pair (``btc`` ->
+``BTCUSDT``, :func:`spot_pair`). Any other bare name is kept as it is."""
 _INDEX_CAL = {
     "SPX": "XNYS",
+    "GSPC": "XNYS",
     "DJI": "XNYS",
+    "DJIA": "XNYS",
+    "NDX": "XNYS",
     "IXIC": "XNYS",
     "RUT": "XNYS",
     "NASDAQ": "XNYS",
@@ -137,6 +146,18 @@ def symbol_meta(symbol: str, *, market: str | None = None) -> SymbolMeta:
     if market in ("spot", "crypto"):
         return SymbolMeta(symbol, "crypto_spot", "24/7")
     return SymbolMeta(symbol, "unknown", "24/7" if market is None else "XNYS")
+
+
+def spot_pair(name: str) -> str:
+    """The canonical symbol of a bare asset name taken from a file name or an option.
+
+    A known crypto base (:data:`CRYPTO_BASES`, any case) becomes its Binance spot USDT pair
+    (``btc`` -> ``BTCUSDT``); every other name is upper-cased and kept, never given a quote
+    currency: ``djia`` -> ``DJIA`` (an equity index on the NYSE calendar), ``BTCUSDT`` ->
+    ``BTCUSDT``, ``foo`` -> ``FOO``.
+    """
+    s = name.strip().upper()
+    return s + "USDT" if s in CRYPTO_BASES else s
 
 
 # ---- Deribit date codes ---------------------------------------------------------------------

@@ -4,9 +4,14 @@ Formats
 -------
 ``realized_measures_csv``
     ``{btc,eth}_measures.csv`` (Binance spot, 5-minute returns, UTC days): ``date, RV, RQ,
-    RS_plus, RS_minus, delta_J, BV, nobs``. Symbol from the file name (``btc_measures.csv`` ->
-    ``BTCUSDT``) or the ``symbol`` option; ``ts = date + 1 day`` 00:00 UTC (the close of the UTC
-    day). RV -> rv_var, BV -> bv_var, RQ -> rq_var2 (n/3 sum r^4, variance squared), RS_plus ->
+    RS_plus, RS_minus, delta_J, BV, nobs``; the same format for any other daily series, e.g. an
+    equity index (``djia_measures.csv``). Symbol from the ``symbol`` option, kept as given, or
+    the file name's prefix through :func:`features.symbols.spot_pair`: a known crypto asset gets
+    its USDT pair (``btc_measures.csv`` -> ``BTCUSDT``), any other name is kept (``djia`` ->
+    ``DJIA``), never given a quote currency. The calendar follows from the symbol
+    (:func:`features.symbols.symbol_meta`): on the 24/7 calendar ``ts = date + 1 day`` 00:00 UTC
+    (the close of the UTC day); on an exchange calendar (``DJIA``, ``SPX``: NYSE, 252 sessions a
+    year) ``ts`` is the date at the exchange's local close (below). RV -> rv_var, BV -> bv_var, RQ -> rq_var2 (n/3 sum r^4, variance squared), RS_plus ->
     rs_pos_var, RS_minus -> rs_neg_var, nobs -> n_obs; ``delta_J`` = RS_plus - RS_minus is
     derivable and dropped. Table ``realized_1d``.
 ``oxford_man_library``
@@ -88,7 +93,7 @@ from features.schema import (
     DataError,
     conform,
 )
-from features.symbols import CALENDARS, symbol_meta
+from features.symbols import CALENDARS, spot_pair, symbol_meta
 
 TABLE = "realized_1d"
 RK_TABLE = "realized_rk_1d"
@@ -161,8 +166,17 @@ def _measures(raw: pd.DataFrame, mapping: dict[str, str], src: str, line: int | 
 
 
 def measures_symbol(path: Path) -> str:
-    """``btc_measures.csv`` -> ``BTCUSDT`` (Binance spot USDT pair of the file's prefix)."""
-    return Path(path).name.split("_")[0].upper() + "USDT"
+    """The symbol a measures file's name gives: ``btc_measures.csv`` -> ``BTCUSDT`` (a known crypto
+    asset's USDT pair), ``djia_measures.csv`` -> ``DJIA`` (any other name kept as it is)."""
+    return spot_pair(Path(path).name.split("_")[0])
+
+
+def measures_ts(dates: pd.Series, symbol: str) -> pd.Series:
+    """Time stamps of daily measures: the exchange's local close on an exchange calendar
+    (:func:`index_close_ts`), else the end of the UTC day (``date + 1 day``)."""
+    if CALENDARS[symbol_meta(symbol).calendar].weekdays_only:
+        return index_close_ts(dates, symbol)
+    return day_close_ts(dates)
 
 
 def read_measures_csv(
@@ -179,11 +193,13 @@ def read_measures_csv(
         raise DataError(
             f"realized measures CSV lacks column(s) {missing}; got {header}", source=src, line=1
         )
-    sym = symbol or measures_symbol(path)
+    sym = symbol.strip() if symbol else measures_symbol(path)
+    if not sym:
+        raise DataError("the 'symbol' option must be a non-empty name", source=src)
     for line, raw in iter_csv(path, chunk_rows=chunk_rows, header=True, dtype={"date": "str"}):
         dates = parse_ts(raw["date"], column="date", source=src, first_line=line)
         frame = pd.DataFrame(
-            {TS: day_close_ts(dates), SYMBOL: sym, **_measures(raw, MEASURES_CSV, src, line)}
+            {TS: measures_ts(dates, sym), SYMBOL: sym, **_measures(raw, MEASURES_CSV, src, line)}
         )
         yield Chunk(
             TABLE,

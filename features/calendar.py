@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-
 from pandas.tseries.holiday import (
     AbstractHolidayCalendar,
     GoodFriday,
@@ -315,10 +314,14 @@ def seasonally_adjust(frame: pd.DataFrame, value_col: str, profile: pd.Series) -
 
 XNYS_SPECIAL_CLOSURES = (
     "1994-04-27",  # President Nixon's funeral
-    "2001-09-11", "2001-09-12", "2001-09-13", "2001-09-14",  # September 11
+    "2001-09-11",
+    "2001-09-12",
+    "2001-09-13",
+    "2001-09-14",  # September 11
     "2004-06-11",  # President Reagan's funeral
     "2007-01-02",  # President Ford's funeral
-    "2012-10-29", "2012-10-30",  # Hurricane Sandy
+    "2012-10-29",
+    "2012-10-30",  # Hurricane Sandy
     "2018-12-05",  # President G.H.W. Bush's funeral
     "2025-01-09",  # President Carter's funeral
 )
@@ -328,7 +331,7 @@ XNYS_SPECIAL_CLOSURES = (
 class _NYSEHolidays(AbstractHolidayCalendar):
     """The NYSE's regular full-day holidays (module notes)."""
 
-    rules = [  # noqa: RUF012 (pandas' class attribute)
+    rules = [
         Holiday("New Year's Day", month=1, day=1, observance=sunday_to_monday),
         Holiday(
             "Martin Luther King Jr. Day",
@@ -427,6 +430,8 @@ def add_sessions(ts: pd.Series | pd.DatetimeIndex, n: int, calendar: str) -> pd.
     # first trading day after it
     target = np.busday_offset(d, int(n), roll="backward", holidays=_holiday_days(calendar))
     wall = pd.DatetimeIndex(target.astype("datetime64[ns]")) + time_of_day
-    return wall.tz_localize(cal.tz, nonexistent="shift_forward", ambiguous="NaT").tz_convert(
-        "UTC"
-    ).as_unit("ns")
+    return (
+        wall.tz_localize(cal.tz, nonexistent="shift_forward", ambiguous="NaT")
+        .tz_convert("UTC")
+        .as_unit("ns")
+    )

@@ -39,7 +39,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from features.errors import ConfigError, DataError, ModelError
 from features.schema import CLOSE, N_OBS, RV, SYMBOL, TS, TS_DTYPE, to_utc_ns
-from models.forecast import VolForecast, default_annualization, format_period
+from models.forecast import VolForecast, default_annualization, format_period, row_target_end
 
 SQ_RET = "sq_ret_var"
 """Derived column: squared close-to-close log return of the period (needs ``close``)."""
@@ -637,7 +637,7 @@ class BaseForecaster(BaseEstimator):
             )
             sub = SymbolPanel(sym, panel.ts[origins], {}, panel.period, 0)
             try:
-                out[sym] = self._build(sub, var, reasons, hs, sub.ts)
+                out[sym] = self._build(sub, var, reasons, hs, sub.ts, data_ts=panel.ts)
             except InsufficientHistoryError:
                 continue
         return out
@@ -649,7 +649,11 @@ class BaseForecaster(BaseEstimator):
         reasons: Sequence[str | None] | None,
         horizons: Sequence[int],
         cutoff: pd.DatetimeIndex,
+        *,
+        data_ts: pd.DatetimeIndex | None = None,
     ) -> VolForecast:
+        """The forecast at the rows of ``panel`` with finite positive values; ``target_end`` is
+        the h-th next row of ``data_ts`` (default ``panel.ts``), the data's own calendar."""
         ok = np.isfinite(var).all(axis=1) & (var > 0).all(axis=1)
         if not ok.any():
             raise InsufficientHistoryError(
@@ -669,4 +673,7 @@ class BaseForecaster(BaseEstimator):
             model_version=self.model_version,
             data_cutoff_ts=pd.Series(pd.DatetimeIndex(cutoff)[ok], index=idx),
             fallback_reason=_reason_series(idx, rs),
+            target_end=row_target_end(
+                panel.ts if data_ts is None else data_ts, idx, horizons, panel.symbol, panel.period
+            ),
         )

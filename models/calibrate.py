@@ -99,6 +99,7 @@ def empirical_quantiles(
     if isinstance(cutoff, pd.Series):
         cutoff = cutoff[keep]
     reason = fc.fallback_reason[keep] if fc.fallback_reason is not None else None
+    ends = fc.target_end.loc[idx] if fc.target_end is not None else None
     return VolForecast(
         variance=fc.variance.loc[idx],
         symbol=fc.symbol,
@@ -109,4 +110,5 @@ def empirical_quantiles(
         data_cutoff_ts=cutoff,
         quantiles=quantiles,
         fallback_reason=reason,
+        target_end=ends,
     )

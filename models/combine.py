@@ -34,7 +34,7 @@ from models.base import (
     target_mean,
     validate_param,
 )
-from models.forecast import VolForecast, default_annualization, format_period
+from models.forecast import VolForecast, default_annualization, format_period, row_target_end
 from models.har import HARBase, LogHARDoWVol
 from models.lgbm import DEFAULT_QUANTILES, LGBMVol, _utc_or_none
 
@@ -385,6 +385,7 @@ class QLIKEWeightedVol(BaseForecaster):
             data_cutoff_ts=pd.Series(pd.DatetimeIndex(cut), index=ix),
             quantiles={q: pd.DataFrame(v, index=ix, columns=list(hs)) for q, v in qs.items()}
             or None,
+            target_end=row_target_end(p.ts, ix, hs, s, p.period),
         )
 
     def walk_forward(

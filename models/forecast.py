@@ -35,9 +35,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from features.calendar import add_sessions
 from features.errors import DataError, Failure, ModelError
 from features.schema import TS_DTYPE
-from features.symbols import symbol_meta
+from features.symbols import CALENDARS, symbol_meta
 from models.corr_forecast import CorrForecast, check_correlation
 
 FRAME_COLUMNS = (
@@ -93,6 +94,113 @@ def default_annualization(symbol: str, period: pd.Timedelta) -> float:
     return float(symbol_meta(symbol).annualization) * (pd.Timedelta(days=1) / period)
 
 
+def _session_calendar(symbol: str, period: pd.Timedelta) -> str | None:
+    """The exchange calendar whose sessions are the periods of daily data of ``symbol``, or None
+    (24/7 venues, intraday periods: a period is a fixed length of time)."""
+    cal = symbol_meta(symbol).calendar
+    return cal if CALENDARS[cal].weekdays_only and period == pd.Timedelta(days=1) else None
+
+
+def calendar_target_end(
+    origins: pd.DatetimeIndex, horizons: Iterable[int], symbol: str, period: pd.Timedelta
+) -> pd.DataFrame:
+    """End of each origin's ``h``-period target window from the symbol's calendar alone.
+
+    Daily data of an exchange-calendar symbol (an equity index on ``XNYS``): the close ``h``
+    trading sessions after the origin (:func:`features.calendar.add_sessions`: weekends and
+    holidays skipped). Otherwise (24/7 venues, intraday periods): ``origin + h x period``.
+
+    Returns
+    -------
+    DataFrame of UTC timestamps, index = ``origins``, one column per horizon.
+    """
+    origins = pd.DatetimeIndex(origins)
+    cal = _session_calendar(symbol, period)
+    cols = {}
+    for h in horizons:
+        h = int(h)
+        cols[h] = (
+            add_sessions(origins, h, cal)
+            if cal is not None
+            else (origins + h * period).as_unit("ns")
+        )
+    return pd.DataFrame(cols, index=origins)
+
+
+def row_target_end(
+    data_ts: pd.DatetimeIndex,
+    origins: pd.DatetimeIndex,
+    horizons: Iterable[int],
+    symbol: str,
+    period: pd.Timedelta,
+) -> pd.DataFrame:
+    """End of each origin's ``h``-period target window: the ``h``-th next row of the data.
+
+    Parameters
+    ----------
+    data_ts : the symbol's row times (UTC, sorted): the data the forecasts were made from.
+    origins : the origin times (each at or after the first row; an origin between rows counts from
+        the last row at or before it).
+    horizons : the h values, in periods (rows).
+    symbol, period : for the windows that run past the last row, which continue from the last row
+        by the symbol's calendar (:func:`calendar_target_end`).
+
+    Returns
+    -------
+    DataFrame of UTC timestamps, index = ``origins``, one column per horizon. Across a weekend or
+    a holiday of an exchange-calendar series the next row is the next trading day, as in the
+    realized targets of :func:`features.targets.forward_mean`.
+    """
+    data_ts = pd.DatetimeIndex(data_ts).as_unit("ns")
+    origins = pd.DatetimeIndex(origins)
+    n = len(data_ts)
+    pos = np.searchsorted(data_ts.asi8, origins.as_unit("ns").asi8, side="right") - 1
+    if n == 0 or (pos < 0).any():
+        raise ValueError("row_target_end: every origin must be at or after the first data row")
+    last = data_ts[-1:]
+    cols = {}
+    for h in horizons:
+        h = int(h)
+        k = pos + h
+        inside = k < n
+        out = np.empty(len(origins), dtype="int64")
+        out[inside] = data_ts.asi8[k[inside]]
+        for extra in np.unique(k[~inside] - (n - 1)):
+            out[k - (n - 1) == extra] = (
+                calendar_target_end(last, [int(extra)], symbol, period)[int(extra)].iloc[0].value
+            )
+        cols[h] = pd.DatetimeIndex(out.view("datetime64[ns]"), tz="UTC")
+    return pd.DataFrame(cols, index=origins)
+
+
+def infer_unit(
+    target_start: pd.Series, target_end: pd.Series, horizon: pd.Series, symbol: pd.Series | str
+) -> np.ndarray:
+    """The period (a :func:`format_period` label) of each long-table row from its target span.
+
+    ``(target_end - target_start) / horizon``, except on exchange calendars, whose daily target
+    windows are sessions: a span of whole days of at least ``horizon`` days (a window across a
+    weekend or a holiday) is "1D" there.
+    """
+    start = pd.DatetimeIndex(target_start)
+    end = pd.DatetimeIndex(target_end)
+    h = np.asarray(horizon, dtype="int64")
+    span = (end - start).asi8
+    day = pd.Timedelta(days=1).value
+    syms = np.broadcast_to(np.asarray(symbol, dtype=object), h.shape)
+    exchange = {str(x): CALENDARS[symbol_meta(str(x)).calendar].weekdays_only for x in set(syms)}
+    ex = np.fromiter((exchange[str(x)] for x in syms), dtype=bool, count=len(h))
+    sessions = ex & (span >= h * day) & (span % day == 0)
+    labels = {int(p): format_period(pd.Timedelta(int(p), "ns")) for p in np.unique(span // h)}
+    return np.where(sessions, "1D", np.array([labels[int(p)] for p in span // h], dtype=object))
+
+
+def _stack_ts(frame: pd.DataFrame) -> np.ndarray:
+    """A frame of UTC timestamp columns, row-major, as ``datetime64[ns]`` (UTC wall-clock)."""
+    cols = [pd.DatetimeIndex(frame[c]).as_unit("ns").asi8 for c in frame.columns]
+    return np.column_stack(cols).reshape(-1).view("datetime64[ns]")
+
+
 def _check_utc_index(index: pd.Index, name: str) -> None:
     if not isinstance(index, pd.DatetimeIndex) or str(index.tz) != "UTC":
         raise ValueError(
@@ -138,6 +246,11 @@ class VolForecast:
         quantiles of the per-period average variance.
     fallback_reason : optional Series indexed like ``variance``: why the model's own forecast was
         replaced at that origin (None where it was not). A Series without any reason is stored as None.
+    target_end : optional DataFrame shaped like ``variance`` of UTC timestamps: the close of the
+        last target period of each origin and horizon, the ``h``-th next row of the data the
+        forecast was made from (:func:`row_target_end`). None = from the symbol's calendar
+        (:func:`calendar_target_end`: ``origin + h`` periods on 24/7 venues, ``h`` trading
+        sessions on exchange calendars). See :meth:`target_ends`.
     """
 
     variance: pd.DataFrame
@@ -149,6 +262,7 @@ class VolForecast:
     data_cutoff_ts: pd.Timestamp | pd.Series
     quantiles: Mapping[float, pd.DataFrame] | None = field(default=None)
     fallback_reason: pd.Series | None = field(default=None)
+    target_end: pd.DataFrame | None = field(default=None)
 
     def __post_init__(self) -> None:
         v = self.variance
@@ -183,6 +297,45 @@ class VolForecast:
         self._init_cutoff()
         self._init_quantiles()
         self._init_fallback()
+        self._init_target_end()
+
+    def _init_target_end(self) -> None:
+        te = self.target_end
+        if te is None:
+            return
+        v = self.variance
+        if (
+            not isinstance(te, pd.DataFrame)
+            or te.shape != v.shape
+            or list(te.columns) != list(v.columns)
+        ):
+            raise ValueError(
+                "target_end must be a DataFrame with variance's origins and horizons, or None"
+            )
+        cols = {}
+        for h in v.columns:
+            col = pd.DatetimeIndex(te[h])
+            if col.tz is None or str(col.tz) != "UTC" or col.hasnans:
+                raise ValueError("target_end must hold UTC timestamps without gaps")
+            cols[h] = col.as_unit("ns")
+        te = pd.DataFrame(cols, index=v.index)
+        early = te.lt(pd.Series(v.index, index=v.index), axis=0).to_numpy() | (
+            te.to_numpy() == np.asarray(v.index)[:, None]
+        )
+        if early.any():
+            r, c = np.argwhere(early)[0]
+            raise ValueError(
+                f"target_end {te.iat[r, c]} of origin {v.index[r]}, horizon {v.columns[c]} is not "
+                "after its origin"
+            )
+        object.__setattr__(self, "target_end", te)
+
+    def target_ends(self) -> pd.DataFrame:
+        """The end of each origin's target window: DataFrame shaped like ``variance`` of UTC
+        timestamps (the stored ``target_end``, else :func:`calendar_target_end`)."""
+        if self.target_end is not None:
+            return self.target_end
+        return calendar_target_end(self.variance.index, self.horizons, self.symbol, self.period)
 
     def _init_cutoff(self) -> None:
         cut = self.data_cutoff_ts
@@ -313,12 +466,13 @@ class VolForecast:
     def to_frame(self) -> pd.DataFrame:
         """The long table: one row per origin and horizon, columns :data:`FRAME_COLUMNS` with the
         quantile columns ``q_<level>`` after ``forecast_var``; ``realized_var`` is NaN (filled by
-        evaluation), ``target_start`` = origin, ``target_end`` = origin + h periods."""
+        evaluation), ``target_start`` = origin, ``target_end`` = :meth:`target_ends` (the h-th
+        next row of the data; ``origin + h`` periods on 24/7 venues, ``h`` sessions on exchange
+        calendars)."""
         v = self.variance
         n, k = v.shape
         hs = np.asarray(self.horizons, dtype="int64")
         horizon = np.tile(hs, n)
-        period = self.period
         origin_idx = v.index.repeat(k)
         cut = pd.DatetimeIndex(self.cutoff_per_origin()).repeat(k)
         out = {
@@ -329,7 +483,7 @@ class VolForecast:
             "data_cutoff_ts": cut,
             "horizon": horizon,
             "target_start": origin_idx,
-            "target_end": origin_idx + pd.to_timedelta(horizon * period.value, unit="ns"),
+            "target_end": pd.DatetimeIndex(_stack_ts(self.target_ends()), tz="UTC"),
             "forecast_var": v.to_numpy(dtype="float64").reshape(-1),
         }
         for level, frame in (self.quantiles or {}).items():
@@ -385,15 +539,14 @@ class VolForecast:
         variance.columns = [int(h) for h in variance.columns]
         variance = variance.reindex(origins)
         if horizon_unit is None:
-            span = pd.to_timedelta(f["target_end"] - f["target_start"]) / f["horizon"].astype(
-                "int64"
+            units = pd.unique(
+                infer_unit(f["target_start"], f["target_end"], f["horizon"], f["symbol"].iloc[0])
             )
-            periods = span.unique()
-            if len(periods) != 1:
+            if len(units) != 1:
                 raise ValueError(
-                    f"cannot infer horizon_unit: target spans per horizon differ ({periods[:5]})"
+                    f"cannot infer horizon_unit: target spans per horizon differ ({list(units)[:5]})"
                 )
-            horizon_unit = format_period(pd.Timedelta(periods[0]))
+            horizon_unit = str(units[0])
         symbol = str(f["symbol"].iloc[0])
         if annualization is None:
             annualization = default_annualization(symbol, parse_horizon_unit(horizon_unit))
@@ -413,6 +566,10 @@ class VolForecast:
             np.where(reasons.notna().to_numpy(), reasons.to_numpy(), None).astype(object),
             index=variance.index,
         )
+        ends = f.assign(target_end=pd.to_datetime(f["target_end"], utc=True)).pivot(
+            index="origin_ts", columns="horizon", values="target_end"
+        )
+        ends = ends.reindex(origins).set_axis(variance.index).set_axis(variance.columns, axis=1)
         return cls(
             variance=variance,
             symbol=symbol,
@@ -423,6 +580,7 @@ class VolForecast:
             data_cutoff_ts=cutoff,
             quantiles=quantiles,
             fallback_reason=fallback,
+            target_end=ends,
         )
 
 
@@ -444,10 +602,13 @@ __all__ = [
     "StressedCorrelation",
     "VolForecast",
     "VolOfVol",
+    "calendar_target_end",
     "canonical_digest",
     "default_annualization",
     "format_period",
+    "infer_unit",
     "parse_horizon_unit",
+    "row_target_end",
 ]
 
 BUNDLE_FORMAT = 1

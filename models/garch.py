@@ -897,7 +897,9 @@ class GarchVol(BaseForecaster):
             sub = SymbolPanel(sym, panel.ts[origins], {}, panel.period, 0)
             if not (np.isfinite(res.variance).all(axis=1) & (res.variance > 0).all(axis=1)).any():
                 continue
-            out[sym] = self._build(sub, res.variance, res.reasons, hs, sub.ts)
+            out[sym] = self._build(
+                sub, res.variance, res.reasons, hs, sub.ts, data_ts=panel.ts
+            )
         return out
 
 

@@ -61,7 +61,7 @@ from models.base import (
     target_mean,
     validate_param,
 )
-from models.forecast import VolForecast, default_annualization, format_period
+from models.forecast import VolForecast, default_annualization, format_period, row_target_end
 
 DEFAULT_QUANTILES = (0.005, 0.025, 0.975, 0.995)
 QUARTER = 66
@@ -739,6 +739,8 @@ class LGBMVol(BaseForecaster):
         qs: Mapping[float, np.ndarray],
         hs: Sequence[int],
         cutoff: pd.DatetimeIndex,
+        *,
+        data_ts: pd.DatetimeIndex | None = None,
     ) -> VolForecast:
         ok = np.isfinite(var).all(axis=1) & (var > 0).all(axis=1)
         for v in qs.values():
@@ -761,6 +763,7 @@ class LGBMVol(BaseForecaster):
             data_cutoff_ts=pd.Series(pd.DatetimeIndex(cutoff)[ok], index=idx),
             quantiles=quant,
             fallback_reason=_reason_series(idx, None),
+            target_end=row_target_end(ts if data_ts is None else data_ts, idx, hs, symbol, period),
         )
 
     def walk_forward(
@@ -869,7 +872,9 @@ class LGBMVol(BaseForecaster):
             sub_q = {q: v[idx] for q, v in qv[s].items()}
             if not (np.isfinite(var[s][idx]).all(axis=1)).any():
                 continue
-            out[s] = est._build_q(s, p.ts[idx], p.period, var[s][idx], sub_q, hs, p.ts[idx])
+            out[s] = est._build_q(
+                s, p.ts[idx], p.period, var[s][idx], sub_q, hs, p.ts[idx], data_ts=p.ts
+            )
         return out
 
 

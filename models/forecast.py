@@ -179,20 +179,32 @@ def infer_unit(
     """The period (a :func:`format_period` label) of each long-table row from its target span.
 
     ``(target_end - target_start) / horizon``, except on exchange calendars, whose daily target
-    windows are sessions: a span of whole days of at least ``horizon`` days (a window across a
-    weekend or a holiday) is "1D" there.
+    windows are sessions: a span of whole local days (wall-clock, so a daylight-saving change
+    inside does not count) of at least ``horizon`` days, a window across a weekend or a holiday,
+    is "1D" there.
     """
     start = pd.DatetimeIndex(target_start)
     end = pd.DatetimeIndex(target_end)
     h = np.asarray(horizon, dtype="int64")
     span = (end - start).asi8
     day = pd.Timedelta(days=1).value
-    syms = np.broadcast_to(np.asarray(symbol, dtype=object), h.shape)
-    exchange = {str(x): CALENDARS[symbol_meta(str(x)).calendar].weekdays_only for x in set(syms)}
-    ex = np.fromiter((exchange[str(x)] for x in syms), dtype=bool, count=len(h))
-    sessions = ex & (span >= h * day) & (span % day == 0)
-    labels = {int(p): format_period(pd.Timedelta(int(p), "ns")) for p in np.unique(span // h)}
-    return np.where(sessions, "1D", np.array([labels[int(p)] for p in span // h], dtype=object))
+    syms = np.broadcast_to(np.asarray(symbol, dtype=object), h.shape).astype(str)
+    sessions = np.zeros(len(h), dtype=bool)
+    for sym in np.unique(syms):
+        cal = CALENDARS[symbol_meta(str(sym)).calendar]
+        if not cal.weekdays_only:
+            continue
+        m = syms == sym
+        wall = (
+            end[m].tz_convert(cal.tz).tz_localize(None)
+            - start[m].tz_convert(cal.tz).tz_localize(None)
+        ).asi8
+        sessions[m] = (wall >= h[m] * day) & (wall % day == 0)
+    per = span // np.maximum(h, 1)
+    labels = {int(p): format_period(pd.Timedelta(int(p), "ns")) for p in np.unique(per[~sessions])}
+    return np.array(
+        ["1D" if ok else labels[int(p)] for ok, p in zip(sessions, per, strict=True)], dtype=object
+    )
 
 
 def _stack_ts(frame: pd.DataFrame) -> np.ndarray:

@@ -52,6 +52,7 @@ from models.forecast import (
     VolForecast,
     canonical_digest,
     format_period,
+    infer_unit,
     parse_horizon_unit,
 )
 
@@ -198,10 +199,10 @@ def _normalize_vol(frame: pd.DataFrame, source: str) -> pd.DataFrame:
         units = {u: _canon_unit(u) for u in pd.unique(frame["unit"])}
         f["unit"] = frame["unit"].map(units).to_numpy().astype(str)
     else:
-        span = (_utc_col(frame["target_end"], "target_end")
-                - _utc_col(frame["target_start"], "target_start")) / f["horizon"].to_numpy()
-        f["unit"] = np.array([format_period(pd.Timedelta(p)) for p in span], dtype=object)
-        f["unit"] = f["unit"].astype(str)
+        # a daily exchange-calendar window spans sessions (a weekend or holiday inside): "1D"
+        f["unit"] = infer_unit(_utc_col(frame["target_start"], "target_start"),
+                               _utc_col(frame["target_end"], "target_end"), f["horizon"],
+                               f["symbol"]).astype(str)
     f["as_of"] = (_utc_col(frame["as_of"], "as_of") if "as_of" in frame.columns
                   else f["data_cutoff_ts"])
     v = pd.to_numeric(frame["forecast_var"], errors="coerce").to_numpy(dtype="float64")

@@ -277,7 +277,7 @@ def data_ingest(
     paths: Annotated[list[Path], typer.Argument(help="Files or folders to ingest (folders: every data file inside).")],
     dataset: Annotated[str | None, typer.Option(help="Dataset name (default: the file's folder name).")] = None,
     fmt: Annotated[str | None, typer.Option("--format", help="Reader format (default: detected).")] = None,
-    symbol: Annotated[str | None, typer.Option(help="Symbol, for files that do not name it.")] = None,
+    symbol: Annotated[str | None, typer.Option(help="Symbol, for files that do not name it (kept as given: its calendar follows from it, e.g. DJIA or SPX on the NYSE, BTCUSDT 24/7).")] = None,
     mapping: Annotated[Path | None, typer.Option(help="TOML file of reader options: the column mapping of --format generic; interval, snapshot, ticker, date of other formats.", exists=True)] = None,
     force: Annotated[bool, typer.Option(help="Re-read sources already ingested (idempotent).")] = False,
     config: ConfigOpt = None,

@@ -431,7 +431,7 @@ def add_sessions(ts: pd.Series | pd.DatetimeIndex, n: int, calendar: str) -> pd.
     target = np.busday_offset(d, int(n), roll="backward", holidays=_holiday_days(calendar))
     wall = pd.DatetimeIndex(target.astype("datetime64[ns]")) + time_of_day
     return (
-        wall.tz_localize(cal.tz, nonexistent="shift_forward", ambiguous="NaT")
+        wall.tz_localize(cal.tz, nonexistent="shift_forward", ambiguous=np.zeros(len(wall), bool))
         .tz_convert("UTC")
         .as_unit("ns")
     )

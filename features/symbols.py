@@ -99,6 +99,8 @@ _INDEX_CAL = {
     "N225": "XTKS",
     "HSI": "XHKG",
 }
+_INDEX_ETF_CAL = {"SPY": "XNYS", "QQQ": "XNYS", "IWM": "XNYS", "DIA": "XNYS"}
+"""Exchange-traded funds tracking the mapped indices: equities on their exchange's calendar."""
 _KNOWN: dict[str, SymbolMeta] = {
     # Binance COIN-M inverse perpetuals: 100 USD (BTC) / 10 USD (others) per contract.
     "BTCUSD_PERP": SymbolMeta(
@@ -122,6 +124,8 @@ def symbol_meta(symbol: str, *, market: str | None = None) -> SymbolMeta:
     if s in _KNOWN:
         return _KNOWN[s]
     bare = s.lstrip(".^")
+    if bare in _INDEX_ETF_CAL:
+        return SymbolMeta(symbol, "equity", _INDEX_ETF_CAL[bare])
     if bare in _INDEX_CAL or market == "index":
         cls = "vol_index" if bare in ("VIX", "DVOL") or bare.endswith("DVOL") else "equity_index"
         if bare.endswith("DVOL"):

@@ -122,7 +122,6 @@ def _class(module: str, name: str, horizon_free: bool = False, **defaults: Any) 
 
     def factory(horizons: tuple[int, ...] | None = None, **overrides: Any) -> Any:
         import importlib
-
         import inspect
 
         cls = getattr(importlib.import_module(module), name)

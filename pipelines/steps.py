@@ -328,9 +328,10 @@ def build_model(spec: ModelSpec) -> BaseForecaster:
     periods)."""
     entry = catalog.resolve(spec.kind, "volatility")
     params = {k: tuple(v) if isinstance(v, list) else v for k, v in spec.params.items()}
-    est = entry.build(None, **params)
+    hs = params.pop("horizons", None)
+    est = entry.build(hs, **params)
     if "min_obs" in est.get_params(deep=False) and "min_obs" not in params:
-        est = entry.build(None, **params, min_obs=None)
+        est = entry.build(hs, **params, min_obs=None)
     return est
 
 

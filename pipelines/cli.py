@@ -25,7 +25,7 @@ app = typer.Typer(
 data_app = typer.Typer(help="Canonical market data: ingest, validate, simulate, list.",
                        no_args_is_help=True)
 app.add_typer(data_app, name="data")
-models_app = typer.Typer(help="The model registry: list, show, promote, rollback.", no_args_is_help=True)
+models_app = typer.Typer(help="The model registry (list, show, promote, rollback) and the model catalog.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 features_app = typer.Typer(help="The feature store: build and show feature frames.", no_args_is_help=True)
 app.add_typer(features_app, name="features")
@@ -710,7 +710,8 @@ def evaluate(
                                             show_default="the data's last")] = None,
     window: Annotated[int | None, typer.Option(help="Estimation window (observations).")] = None,
     models: Annotated[str | None, typer.Option(
-        help="Comma-separated models: any of the ladder, plus the learned lgbm, har_boost, qlike_combo.")] = None,
+        help="Comma-separated catalog models (`dprm models catalog`), e.g. log_har,lgbm,qlike_combo.",
+        show_default="the ladder")] = None,
     config: ConfigOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
@@ -899,6 +900,28 @@ def models_list(model: ModelOpt = None, json_out: JsonOpt = False) -> None:
     df = df.assign(data=data)[cols[:cols.index("primary") + 1] + ["data"]
                               + [c for c in cols[cols.index("primary") + 1:]]]
     _print_frame("registered models", df, MODELS_LIST_COLUMNS)
+
+
+@models_app.command("catalog")
+@clean_errors
+def models_catalog(
+    target: Annotated[str | None, typer.Option(help="Only volatility or correlation models.")] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """List the model catalog: every name `dprm evaluate --models` and a flow's model kind accept,
+    with its target, the inputs it needs and what it is (aliases in --json and on wide terminals)."""
+    from features.errors import ConfigError
+    from models.catalog import catalog_records
+
+    if target not in (None, "volatility", "correlation"):
+        raise ConfigError(f"--target must be volatility or correlation; got {target!r}")
+    rows = [r for r in catalog_records() if target is None or r["target"] == target]
+    for r in rows:
+        r["target_short"] = {"volatility": "vol", "correlation": "corr"}[r["target"]]
+        r["alias_text"] = ", ".join(r["aliases"])
+    _show_table("model catalog", [("name", "name", ""), ("target_short", "target", ""),
+                                  ("inputs", "inputs", ""), ("description", "description", ""),
+                                  ("alias_text", "aliases", "w")], rows)
 
 
 @models_app.command("show")

@@ -24,6 +24,7 @@ Models are named through :mod:`models.catalog`. Heavy imports (mlflow through
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import warnings
@@ -36,7 +37,7 @@ import numpy as np
 import pandas as pd
 
 from features.build import BuildReport, FeatureSpec, FeatureStore
-from features.errors import ConfigError, ModelError
+from features.errors import ConfigError, Failure, FailureReason, ModelError
 from features.ingest import IngestReport, write_chunks
 from features.schema import BV, CLOSE, RQ, RS_NEG, RS_POS, RV, SYMBOL, TS, DataError
 from features.store import (
@@ -49,7 +50,13 @@ from features.store import (
 from models import catalog
 from models import monitoring as mon
 from models.base import BaseForecaster, target_mean
-from models.evaluation import POOLED, EvaluationResult, merge_evaluations, walk_forward
+from models.evaluation import (
+    POOLED,
+    EvaluationResult,
+    SkippedModelWarning,
+    merge_evaluations,
+    walk_forward,
+)
 from pipelines.config import SimulateConfig
 from pipelines.flow_config import (
     FeaturesFlowConfig,
@@ -1266,7 +1273,10 @@ def ladder(cfg: Any, *, has_close: bool) -> dict[str, Any]:
     if unknown:
         raise ConfigError(f"unknown model(s) {sorted(unknown)}; the catalog's volatility models: "
                           f"{', '.join(catalog.names('volatility'))} (`dprm models catalog`)")
-    return {k: evaluation_model(k, cfg) for k in dict.fromkeys(cfg.models)}
+    order = [*LADDER, *GARCH_LADDER, *LEARNED]  # the ladder's order first, then as given
+    asked = list(dict.fromkeys(cfg.models))
+    asked.sort(key=lambda k: (order.index(k), 0) if k in order else (len(order), asked.index(k)))
+    return {k: evaluation_model(k, cfg) for k in asked}
 
 
 def learned_models(cfg: Any) -> dict[str, Any]:
@@ -1312,6 +1322,12 @@ def evaluate(home: Path, dataset: str, cfg: Any) -> tuple[Any, Path]:
             if "window" in m.get_params():
                 m.set_params(window=window)
     entries = {k: catalog.resolve(k) for k in models}
+    # a model needing close prices the data lack is skipped with the catalog's reason
+    pre = {k: catalog.missing_inputs(e, data.columns, has_close=has_close)
+           for k, e in entries.items() if e.inputs.close and not has_close}
+    for k, why in pre.items():
+        warnings.warn(f"walk_forward skips model {k!r}: {why}", SkippedModelWarning, stacklevel=2)
+        del models[k], entries[k]
     own = [k for k, e in entries.items() if e.own_schedule]
     base = [k for k, e in entries.items() if "learned" not in e.tags]
     result = walk_forward(models, data, horizons=tuple(cfg.horizons), start=cfg.start, end=cfg.end,
@@ -1319,6 +1335,11 @@ def evaluate(home: Path, dataset: str, cfg: Any) -> tuple[Any, Path]:
                           own_schedule=own, baselines=base or None,
                           truth=truth, min_obs=None, mcs_reps=cfg.mcs_reps,
                           random_state=cfg.seed)
+    if pre:
+        result = dataclasses.replace(
+            result, skipped={**pre, **result.skipped},
+            failures=(*(Failure(FailureReason.MISSING_INPUTS, k, why) for k, why in pre.items()),
+                      *result.failures))
     out = write_evaluation(home, dataset, cfg, result, extra={"window_used": window,
                                                               "input_fingerprint": store.fingerprint(dataset)})
     return result, out

@@ -1300,15 +1300,11 @@ def load_truth(store: DataStore, dataset: str, freq: str) -> pd.DataFrame | None
 def evaluate(home: Path, dataset: str, cfg: Any) -> tuple[Any, Path]:
     """Walk-forward evaluation of the ladder on ``dataset``; writes tables and plots, returns
     the result and the output folder."""
-    from features.build import FeatureStore
-    from features.schema import DataError
-    from models.evaluation import walk_forward
     from pipelines.report import write_evaluation
 
     store = DataStore(home / "data")
-    fcfg_freq = cfg.freq
     build_feature_frame(home, dataset, cfg)
-    frame = FeatureStore(home / "features").read(dataset, fcfg_freq)
+    frame = FeatureStore(home / "features").read(dataset, cfg.freq)
     data = frame[frame["valid"].astype(bool)].copy()
     if data.empty:
         raise DataError(f"dataset '{dataset}' has no valid {cfg.freq} bars to evaluate")

@@ -1274,8 +1274,8 @@ def ladder(cfg: Any, *, has_close: bool) -> dict[str, Any]:
         raise ConfigError(f"unknown model(s) {sorted(unknown)}; the catalog's volatility models: "
                           f"{', '.join(catalog.names('volatility'))} (`dprm models catalog`)")
     order = [*LADDER, *GARCH_LADDER, *LEARNED]  # the ladder's order first, then as given
-    asked = list(dict.fromkeys(cfg.models))
-    asked.sort(key=lambda k: (order.index(k), 0) if k in order else (len(order), asked.index(k)))
+    given = {k: i for i, k in enumerate(dict.fromkeys(cfg.models))}
+    asked = sorted(given, key=lambda k: (order.index(k), 0) if k in order else (len(order), given[k]))
     return {k: evaluation_model(k, cfg) for k in asked}
 
 

@@ -28,8 +28,8 @@ FAST = {  # learned models: a few small trees so the whole catalog fits in secon
 
 @pytest.fixture(scope="module")
 def sim() -> dict[str, pd.DataFrame]:
-    """30 simulated days of two assets: 1-minute bars and their hourly realized measures (with
-    the trade count per hour)."""
+    """30 simulated days of two assets: hourly realized measures of the 1-minute bars (with the
+    trade count per hour) and the hourly return panel with realized covariances."""
     cfg = SimConfig(n_days=30)
     res = simulate(cfg.select("BTCUSDT", "ETHUSDT"), random_state=0)
     bars = res.tables()["bars_1m"][1]
@@ -37,7 +37,8 @@ def sim() -> dict[str, pd.DataFrame]:
     counts = (bars.set_index(TS).groupby(SYMBOL)[TRADE_COUNT]
               .resample("1h", closed="right", label="right").sum().reset_index())
     rm = rm.merge(counts, on=[TS, SYMBOL], how="left")
-    return {"bars": bars, "hourly": rm[rm["valid"].astype(bool)].reset_index(drop=True)}
+    return {"hourly": rm[rm["valid"].astype(bool)].reset_index(drop=True),
+            "panel": returns_panel(bars, freq="1h")}
 
 
 def _overrides(entry: catalog.CatalogEntry) -> dict:
@@ -77,7 +78,7 @@ def test_every_entry_builds_and_fits_or_is_skipped_with_its_reason(name: str, si
         assert np.all(np.isfinite(last)) and np.all(last > 0)
     else:
         assert isinstance(model, BaseCorrForecaster)
-        panel = returns_panel(sim["bars"], freq="1h")
+        panel = sim["panel"]
         model.fit(panel)
         fc = model.predict(panel, horizons=(1,))
         assert fc is not None

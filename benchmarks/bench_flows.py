@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
     from features.ingest import ingest_frames
-    from pipelines import cycle
+    from pipelines import steps
     from pipelines.flow_config import (
         FeaturesFlowConfig,
         IngestFlowConfig,
@@ -97,18 +97,18 @@ def main(argv: list[str] | None = None) -> int:
     from pipelines.runners import make_runner
 
     t0 = time.perf_counter()
-    cycle.ingest_source(home, "embedded", IngestFlowConfig())
-    cycle.build_features(home, FeaturesFlowConfig())
+    steps.ingest_source(home, "embedded", IngestFlowConfig())
+    steps.build_features(home, FeaturesFlowConfig())
     n_syn = max([n for n in args.symbols if n > 2], default=0)
     if n_syn:
         bars = simulate_bars(n_syn, args.days, np.random.default_rng(args.seed))
         ingest_frames(
-            cycle.Workspace(home).data,
+            steps.Workspace(home).data,
             "bench",
             {"bars_1d": ("bars", bars, pd.Timedelta("1D"))},
             source=f"bench_flows.simulate_bars(seed={args.seed}, n={n_syn}, days={args.days})",
         )
-        cycle.build_features(home, FeaturesFlowConfig(dataset="bench"))
+        steps.build_features(home, FeaturesFlowConfig(dataset="bench"))
     print(f"data prepared in {time.perf_counter() - t0:.1f} s (workspace {home})")
 
     def config(n: int) -> TrainFlowConfig:

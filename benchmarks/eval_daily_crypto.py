@@ -43,17 +43,13 @@ from features.context import asof_context, intraday_recency  # noqa: E402
 from features.microstructure import implied_vol_features  # noqa: E402
 from features.readers import read_source  # noqa: E402
 from features.schema import RV, SYMBOL, TS  # noqa: E402
+from models import catalog  # noqa: E402
 from models.base import prepare_panels, target_mean  # noqa: E402
 from models.calibrate import empirical_quantiles  # noqa: E402
 from models.combine import HARBoostVol, QLIKEWeightedVol  # noqa: E402
 from models.har import (  # noqa: E402
-    HARQDoWVol,
-    HARQVol,
-    HARVol,
     LogHARDoWVol,
     LogHARDoWXVol,
-    LogHARVol,
-    SHARVol,
 )
 from models.lgbm import LGBMVol  # noqa: E402
 from models.losses import diebold_mariano, model_confidence_set, qlike  # noqa: E402
@@ -211,21 +207,15 @@ def add_context(X: pd.DataFrame, data: Path = DATA) -> pd.DataFrame:
 def make_models(period: str) -> dict[str, object]:
     """Every named configuration (the ladder uses the period's rolling window)."""
     w = PERIODS[period][2]
-    ladder = {
-        "har": HARVol(window=w),
-        "log_har": LogHARVol(window=w),
-        "log_har_dow": LogHARDoWVol(window=w),
-        "harq": HARQVol(window=w),
-        "harq_dow": HARQDoWVol(window=w),
-        "shar": SHARVol(window=w),
-    }
+    ladder = {n: catalog.build(n, window=w)
+              for n in ("har", "log_har", "log_har_dow", "harq", "harq_dow", "shar")}
     base = LogHARDoWVol(window=500, window_type="expanding")
     hb_ctx = ("har_boost_ctx", HARBoostVol(base=base, horizons=(1, 5), feature_columns=CONTEXT))
     return {
         **ladder,
-        "lgbm": LGBMVol(horizons=(1, 5)),
-        "lgbm_ctx": LGBMVol(horizons=(1, 5), feature_columns=CONTEXT),
-        "har_boost": HARBoostVol(base=base, horizons=(1, 5)),
+        "lgbm": catalog.build("lgbm", (1, 5)),
+        "lgbm_ctx": catalog.build("lgbm", (1, 5), feature_columns=CONTEXT),
+        "har_boost": catalog.build("har_boost", (1, 5), base=base),
         "har_boost_ctx": HARBoostVol(base=base, horizons=(1, 5), feature_columns=CONTEXT),
         "lgbm_reg": LGBMVol(horizons=(1, 5), **REG),
         "lgbm_offm": LGBMVol(horizons=(1, 5), offset_feature="lrv_m"),
@@ -247,7 +237,7 @@ def make_models(period: str) -> dict[str, object]:
             power=8.0,
             extra=[hb_ctx, ("lgbm_ctx", LGBMVol(horizons=(1, 5), feature_columns=CONTEXT))],
         ),
-        "log_har_dow_x": LogHARDoWXVol(window=w, exog=["rec4_x"]),
+        "log_har_dow_x": catalog.build("log_har_dow_x", window=w, exog=["rec4_x"]),
         "combo3x_p8": _combo3(
             ("log_har_dow_x", LogHARDoWXVol(window=w, exog=["rec4_x"])), power=8.0
         ),

@@ -59,12 +59,10 @@ sys.path.insert(0, str(ROOT))
 from features.calendar import diurnal_profile  # noqa: E402
 from features.realized import realized_measures  # noqa: E402
 from features.schema import RV, SYMBOL, TS  # noqa: E402
+from models import catalog  # noqa: E402
 from models.combine import QLIKEWeightedVol  # noqa: E402
 from models.diurnal import DiurnalHARVol, bucket_ids, diurnal_shape  # noqa: E402
 from models.diurnal_x import DiurnalBoostVol, DiurnalHARXVol  # noqa: E402
-from models.ewma import RandomWalkVol  # noqa: E402
-from models.garch import GarchVol  # noqa: E402
-from models.har import LogHARVol  # noqa: E402
 from models.lgbm import LGBMVol  # noqa: E402
 from models.losses import diebold_mariano, model_confidence_set, qlike, rmspe  # noqa: E402
 
@@ -438,10 +436,12 @@ def models(grid: str | None = None, data_kind: str = "1m") -> dict[str, object]:
     lgbm_x = _lgbm(offset_feature=SELECTED_OFFSET, feature_columns=[*FEATURES, *LGBM_X])
     dhx_sel = _dhx(SELECTED_EXOG[data_kind])
     ms: dict[str, object] = {
-        "persistence": RandomWalkVol(min_obs=None),
+        "persistence": catalog.build("random_walk", min_obs=None),
         "diurnal_har": dh,
-        "garch": GarchVol(window=None, refit_every=24, min_fit_obs=200, random_state=0),
-        "log_har": LogHARVol(horizons=(1,), window=120, window_type="expanding", min_obs=None),
+        "garch": catalog.build("garch_1_1", window=None, refit_every=24, min_fit_obs=200,
+                               random_state=0),
+        "log_har": catalog.build("log_har", (1,), window=120, window_type="expanding",
+                                 min_obs=None),
         "lgbm": lgbm,
         "combo_dh_lgbm": _combo(dh, lgbm, SELECTED_POWER),
         "lgbm_x": lgbm_x,

@@ -39,11 +39,9 @@ import pandas as pd
 from features.realized import realized_measures
 from features.schema import SYMBOL, TRADE_COUNT, TS
 from features.simulate import SimConfig, SimResult, simulate
-from models.diurnal import DiurnalHARVol
+from models import catalog
 from models.evaluation import POOLED, walk_forward
-from models.ewma import EWMAVol, RandomWalkVol
 from models.filtered import FilteredLogVol
-from models.har import HARQDoWVol, HARQVol, HARVol, LogHARDoWVol, LogHARVol, SHARVol
 from models.losses import qlike
 from models.oracle import ORACLE_ID, oracle_forecasts, truth_var
 
@@ -89,21 +87,19 @@ origins >= 500 h, oracle 0.0420 / 0.0978). Ratios = model / oracle.
 
 
 def _models(window: int) -> dict:
+    """The compared models, by catalog name (:mod:`models.catalog`) with this study's settings."""
+    ladder = ("har", "log_har", "log_har_dow", "harq", "harq_dow", "shar")
     return {
-        "diurnal_har": DiurnalHARVol(
-            lags=(1, 6, 24), log=True, profile_stat="log", window=window, window_type="rolling"
+        "diurnal_har": catalog.build(
+            "diurnal_har", lags=(1, 6, 24), log=True, profile_stat="log", window=window,
+            window_type="rolling"
         ),
-        "filtered_1h": FilteredLogVol(
-            half_lives=(1, 48), n_harmonics=3, activity_col=TRADE_COUNT, window=window
+        "filtered_1h": catalog.build(
+            "filtered_activity", half_lives=(1, 48), n_harmonics=3, window=window
         ),
-        "har": HARVol(window=window),
-        "log_har": LogHARVol(window=window),
-        "log_har_dow": LogHARDoWVol(window=window),
-        "harq": HARQVol(window=window),
-        "harq_dow": HARQDoWVol(window=window),
-        "shar": SHARVol(window=window),
-        "ewma": EWMAVol(lam=0.94),
-        "random_walk": RandomWalkVol(),
+        **{n: catalog.build(n, window=window) for n in ladder},
+        "ewma": catalog.build("ewma", lam=0.94),
+        "random_walk": catalog.build("random_walk"),
     }
 
 

@@ -160,6 +160,20 @@ class FeatureStore:
         self._write(dataset, spec, frame, store.fingerprint(dataset), report)
         return report
 
+    def build_symbol(self, store: DataStore, dataset: str, spec: FeatureSpec, symbol: str) -> BuildReport:
+        """Compute one symbol's per-partition base measures and extra features into the cache.
+
+        The full :meth:`build` caches its per-partition work keyed by each input partition's
+        content digest, so running this per symbol first (in parallel, e.g. mapped over a task
+        runner) leaves only the cheap cross-symbol assembly to :meth:`build`. Writes no feature
+        frame; the report counts the partitions computed now and those already cached.
+        """
+        man = store.symbol_manifest(dataset, [symbol])
+        report = BuildReport(dataset=dataset, freq=spec.freq, path=self.path(dataset, spec.freq))
+        self._base_measures(store, dataset, man, spec, report)
+        self._extra_features(store, dataset, man, spec, report)
+        return report
+
     def _base_measures(self, store: DataStore, dataset: str, man: dict, spec: FeatureSpec,
                        report: BuildReport) -> pd.DataFrame:
         from features.ranges import range_variance

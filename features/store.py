@@ -457,7 +457,9 @@ class DataStore:
         base = self.path(dataset)
         return inside(base, base / rel)
 
-    def _read_manifest(self, dataset: str) -> dict:
+    def read_manifest(self, dataset: str) -> dict:
+        """The manifest file of ``dataset`` as stored (no journal recovery; an empty manifest if the
+        dataset does not exist yet); an unreadable file is a :class:`StoreError`."""
         p = self.path(dataset) / MANIFEST
         if not p.exists():
             return {"dataset": dataset, "tables": {}, "sources": {}}
@@ -474,7 +476,23 @@ class DataStore:
         """
         if (self.path(dataset) / JOURNAL).exists():
             self.recover(dataset)
-        return self._read_manifest(dataset)
+        return self.read_manifest(dataset)
+
+    def symbol_manifest(self, dataset: str, symbols: list[str] | tuple[str, ...]) -> dict:
+        """The manifest of an existing dataset (:meth:`require`) with each table's partitions
+        restricted to those of ``symbols`` (a per-symbol view for per-symbol work)."""
+        keys = {safe_name(s) for s in symbols}
+        man = self.require(dataset)
+        for info in man["tables"].values():
+            info["partitions"] = {rel: m for rel, m in info["partitions"].items()
+                                  if rel.split("/")[1].split("=", 1)[1] in keys}
+        return man
+
+    def symbols(self, dataset: str) -> list[str]:
+        """Symbols (partition keys) stored in an existing ``dataset``, sorted."""
+        man = self.require(dataset)
+        return sorted({rel.split("/")[1].split("=", 1)[1]
+                       for info in man["tables"].values() for rel in info["partitions"]})
 
     def exists(self, dataset: str) -> bool:
         """True when ``dataset`` has a manifest."""
@@ -621,7 +639,7 @@ class DataStore:
         """
         with self.lock(dataset):
             problems = StoreProblems(dataset, recovered=self.recover(dataset))
-            man = self._read_manifest(dataset)
+            man = self.read_manifest(dataset)
             listed = {rel: meta for info in man["tables"].values()
                       for rel, meta in info["partitions"].items()}
             on_disk = set(self.partition_files(dataset))
@@ -779,7 +797,7 @@ class Transaction:
         self.dataset = dataset
         self.ds = store.path(dataset)
         self.id = uuid.uuid4().hex
-        self.manifest = store._read_manifest(dataset)
+        self.manifest = store.read_manifest(dataset)
         self.existed = (self.ds / MANIFEST).exists()
         self.committing = False
         self._staged: dict[str, str] = {}  # final rel -> staged rel (relative to the dataset)

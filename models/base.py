@@ -431,6 +431,24 @@ class BaseForecaster(BaseEstimator):
         history, and optional per-row fallback reasons."""
         raise NotImplementedError
 
+    def walk_forward_panel(
+        self,
+        panel: SymbolPanel,
+        horizons: Sequence[int],
+        origins: np.ndarray,
+        *,
+        window: int,
+        window_type: str,
+        refit_every: int,
+        purge: int | None,
+    ) -> tuple[np.ndarray, list[str | None] | None]:
+        """Out-of-sample forecasts at row positions ``origins`` of one symbol's ``panel``: array of
+        shape (len(origins), len(horizons)), NaN where the model could not be fitted, and optional
+        per-origin fallback reasons (the public entry to each model's walk-forward hook)."""
+        return self._walk_forward_panel(panel, horizons, origins, window=window,
+                                        window_type=window_type, refit_every=refit_every,
+                                        purge=purge)
+
     def _walk_forward_panel(
         self,
         panel: SymbolPanel,

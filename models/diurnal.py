@@ -48,7 +48,7 @@ from models.har import HARBase, HorizonFit
 _DAY_NS = 86_400_000_000_000
 
 
-class _LagHAR(HARBase):
+class LagHAR(HARBase):
     """HAR on ``rv_var`` with trailing means over arbitrary ``lags`` (rows), level or log."""
 
     model_id: ClassVar[str] = "lag_har"
@@ -206,7 +206,7 @@ class DiurnalHARVol(BaseForecaster):
         self.min_obs = min_obs
         self.insanity_filter = insanity_filter
 
-    def _inner(self, **over: object) -> _LagHAR:
+    def _inner(self, **over: object) -> LagHAR:
         params = {
             "lags": tuple(int(k) for k in self.lags),
             "log": self.log,
@@ -218,7 +218,7 @@ class DiurnalHARVol(BaseForecaster):
             "insanity_filter": self.insanity_filter,
         }
         params.update(over)
-        return _LagHAR(**params)  # type: ignore[arg-type]
+        return LagHAR(**params)  # type: ignore[arg-type]
 
     def adjust(self, panel: SymbolPanel) -> tuple[SymbolPanel, np.ndarray, np.ndarray]:
         """The adjusted panel, the shape known at each row and the row buckets.

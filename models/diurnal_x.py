@@ -39,12 +39,12 @@ from models.base import (
     attach_columns,
     prepare_panels,
 )
-from models.diurnal import DiurnalHARVol, _LagHAR
+from models.diurnal import DiurnalHARVol, LagHAR
 from models.lgbm import LGBMVol, PooledDesign
 
 
-class _LagHARX(_LagHAR):
-    """:class:`models.diurnal._LagHAR` plus the panel columns ``exog`` as extra regressors."""
+class _LagHARX(LagHAR):
+    """:class:`models.diurnal.LagHAR` plus the panel columns ``exog`` as extra regressors."""
 
     model_id: ClassVar[str] = "lag_har_x"
 
@@ -279,7 +279,7 @@ class DiurnalBoostVol(LGBMVol):
             data = dict(panel.data)
             data.update({c: np.asarray(ex[c], dtype="float64") for c in exog})
             panel = SymbolPanel(panel.symbol, panel.ts, data, panel.period, panel.n_dropped)
-        f, _ = base._walk_forward_panel(
+        f, _ = base.walk_forward_panel(
             panel,
             (h,),
             np.arange(len(panel)),

@@ -486,3 +486,76 @@ def walk_forward(
             "mcs_reps": mcs_reps,
         },
     )
+
+
+def merge_evaluations(results: Mapping[str, EvaluationResult]) -> EvaluationResult:
+    """One :class:`EvaluationResult` from per-symbol evaluations (the mapped tasks' outputs).
+
+    Per-symbol rows are kept as they are. Pooled loss rows are rebuilt exactly as
+    :func:`models.evaluation.walk_forward` defines them (means over all scored rows of all symbols:
+    the ``n``-weighted means of the per-symbol means; RMSPE from the weighted mean square), and the
+    pooled benchmark is the baseline with the lowest pooled QLIKE. Pooled Diebold-Mariano and MCS
+    rows need the per-origin cross-section and are left out (per-symbol ones are kept).
+    """
+    if not results:
+        raise ConfigError("merge_evaluations needs at least one per-symbol result; got none")
+    items = list(results.values())
+    loss = pd.concat([r.losses[r.losses["symbol"] != POOLED] for r in items], ignore_index=True)
+    keys = ["model_id", "horizon", "regime", "target"]
+    w = loss["n"].astype("float64")
+    tmp = loss.assign(
+        **{f"w_{c}": loss[c] * w for c in ("qlike", "mse", "mse_log")},
+        w_sq=loss["rmspe"] ** 2 * w,
+        w_n=w,
+    )
+    g = tmp.groupby(keys, sort=True)[["w_qlike", "w_mse", "w_mse_log", "w_sq", "w_n"]].sum()
+    pooled = (
+        pd.DataFrame(
+            {
+                "qlike": g["w_qlike"] / g["w_n"],
+                "mse": g["w_mse"] / g["w_n"],
+                "mse_log": g["w_mse_log"] / g["w_n"],
+                "rmspe": np.sqrt(g["w_sq"] / g["w_n"]),
+                "n": g["w_n"].astype("int64"),
+            }
+        )
+        .reset_index()
+        .assign(symbol=POOLED)
+    )
+    baselines = set()
+    for r in items:
+        baselines |= set(r.benchmark.values())
+    bench: dict[tuple[str, int], str] = {}
+    for r in items:
+        bench.update({k: v for k, v in r.benchmark.items() if k[0] != POOLED})
+    base_all = pooled[(pooled["regime"] == "all") & (pooled["target"] == "realized")]
+    for h, gg in base_all.groupby("horizon"):
+        cand = gg[gg["model_id"].isin(baselines)]
+        cand = cand if not cand.empty else gg
+        bench[(POOLED, int(h))] = str(cand.loc[cand["qlike"].idxmin(), "model_id"])
+    ref = pooled.apply(lambda r: bench[(POOLED, int(r["horizon"]))], axis=1)
+    bq = pooled.set_index(["model_id", "horizon", "regime", "target"])["qlike"]
+    pooled["qlike_ratio"] = [
+        row.qlike / bq.get((b, row.horizon, row.regime, row.target), np.nan)
+        for row, b in zip(pooled.itertuples(index=False), ref, strict=True)
+    ]
+    cols = list(items[0].losses.columns)
+    losses = pd.concat([loss, pooled[cols]], ignore_index=True)
+    skipped: dict[str, str] = {}
+    for sym, r in results.items():
+        for m, why in r.skipped.items():
+            skipped[m] = skipped.get(m, "") + (
+                f"; {sym}: {why}" if m in skipped else f"{sym}: {why}"
+            )
+    return EvaluationResult(
+        forecasts=pd.concat([r.forecasts for r in items], ignore_index=True),
+        losses=losses,
+        dm=pd.concat([r.dm[r.dm["symbol"] != POOLED] for r in items], ignore_index=True),
+        mcs=pd.concat([r.mcs[r.mcs["symbol"] != POOLED] for r in items], ignore_index=True),
+        benchmark=bench,
+        skipped=skipped,
+        failures=tuple(Failure(f.reason, f.subject, f"{sym}: {f.message}", f.details)
+                       for sym, r in results.items() for f in r.failures),
+        n_configurations=max(r.n_configurations for r in items),
+        settings={**dict(items[0].settings), "merged_symbols": sorted(results)},
+    )

@@ -682,7 +682,7 @@ class GarchVol(BaseForecaster):
     ) -> tuple[np.ndarray, list[str | None] | None]:
         """Out-of-sample forecasts at ``origins`` (see module docs); the base class's hook."""
         with _routed_warnings():
-            res = self._walk_forward_symbol(
+            res = self.walk_forward_symbol(
                 panel,
                 horizons,
                 origins,
@@ -694,7 +694,7 @@ class GarchVol(BaseForecaster):
             )
         return res.variance, res.reasons
 
-    def _walk_forward_symbol(
+    def walk_forward_symbol(
         self,
         panel: SymbolPanel,
         horizons: Sequence[int],
@@ -706,6 +706,8 @@ class GarchVol(BaseForecaster):
         purge: int | None,
         entropy: int,
     ) -> _WalkForwardResult:
+        """One symbol's walk-forward: forecasts at row positions ``origins`` of ``panel`` (array of
+        shape (len(origins), len(horizons))), fallback reasons, standardized residuals and fits."""
         r = panel.col(LOG_RET)
         n, hs, H = len(r), list(horizons), max(horizons)
         ewma = ewma_recursion(r * r, EWMA_LAMBDA)
@@ -923,7 +925,7 @@ def _run_walk_forward(
 ) -> _WalkForwardResult:
     """One symbol's walk-forward (module level so that worker processes can unpickle it)."""
     panel, origins = job
-    return model._walk_forward_symbol(
+    return model.walk_forward_symbol(
         panel,
         horizons,
         origins,

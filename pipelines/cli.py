@@ -25,7 +25,7 @@ app = typer.Typer(
 data_app = typer.Typer(help="Canonical market data: ingest, validate, simulate, list.",
                        no_args_is_help=True)
 app.add_typer(data_app, name="data")
-models_app = typer.Typer(help="The model registry: list, show, promote, rollback.", no_args_is_help=True)
+models_app = typer.Typer(help="The model registry (list, show, promote, rollback) and the model catalog.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 features_app = typer.Typer(help="The feature store: build and show feature frames.", no_args_is_help=True)
 app.add_typer(features_app, name="features")
@@ -584,7 +584,7 @@ def features_build(
     from features.schema import DataError
     from features.store import DataStore
     from pipelines.config import FeaturesConfig, dprm_home, load_config
-    from pipelines.steps import build_features
+    from pipelines.steps import build_feature_frame
 
     cfg = load_config(FeaturesConfig, config, "features", freq=freq, grid=grid)
     home = dprm_home()
@@ -597,7 +597,7 @@ def features_build(
         skipped: dict[str, str] = {}
         for ds in names:
             try:
-                rep = build_features(home, ds, cfg)
+                rep = build_feature_frame(home, ds, cfg)
             except DataError as exc:
                 if datasets:  # asked for by name: an error
                     raise
@@ -710,7 +710,8 @@ def evaluate(
                                             show_default="the data's last")] = None,
     window: Annotated[int | None, typer.Option(help="Estimation window (observations).")] = None,
     models: Annotated[str | None, typer.Option(
-        help="Comma-separated models: any of the ladder, plus the learned lgbm, har_boost, qlike_combo.")] = None,
+        help="Comma-separated catalog models (`dprm models catalog`), e.g. log_har,lgbm,qlike_combo.",
+        show_default="the ladder")] = None,
     config: ConfigOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
@@ -870,10 +871,10 @@ def _model_data(dataset: str, freq: str):
     """The valid rows of a dataset's feature frame (what the gate re-evaluates on)."""
     from features.build import FeatureStore
     from pipelines.config import FeaturesConfig
-    from pipelines.steps import build_features
+    from pipelines.steps import build_feature_frame
 
     home = _registry_home()
-    build_features(home, dataset, FeaturesConfig(freq=freq))
+    build_feature_frame(home, dataset, FeaturesConfig(freq=freq))
     frame = FeatureStore(home / "features").read(dataset, freq)
     return frame[frame["valid"].astype(bool)].reset_index(drop=True)
 
@@ -899,6 +900,28 @@ def models_list(model: ModelOpt = None, json_out: JsonOpt = False) -> None:
     df = df.assign(data=data)[cols[:cols.index("primary") + 1] + ["data"]
                               + [c for c in cols[cols.index("primary") + 1:]]]
     _print_frame("registered models", df, MODELS_LIST_COLUMNS)
+
+
+@models_app.command("catalog")
+@clean_errors
+def models_catalog(
+    target: Annotated[str | None, typer.Option(help="Only volatility or correlation models.")] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """List the model catalog: every name `dprm evaluate --models` and a flow's model kind accept,
+    with its target, the inputs it needs and what it is (aliases in --json and on wide terminals)."""
+    from features.errors import ConfigError
+    from models.catalog import catalog_records
+
+    if target not in (None, "volatility", "correlation"):
+        raise ConfigError(f"--target must be volatility or correlation; got {target!r}")
+    rows = [r for r in catalog_records() if target is None or r["target"] == target]
+    for r in rows:
+        r["target_short"] = {"volatility": "vol", "correlation": "corr"}[r["target"]]
+        r["alias_text"] = ", ".join(r["aliases"])
+    _show_table("model catalog", [("name", "name", ""), ("target_short", "target", ""),
+                                  ("inputs", "inputs", ""), ("description", "description", ""),
+                                  ("alias_text", "aliases", "w")], rows)
 
 
 @models_app.command("show")
@@ -1015,15 +1038,15 @@ def _preflight(cfg: Any, step: str) -> None:
     consistent with the promotion log, and the model fits the data (train: the model holds no
     other dataset's versions; forecast/monitor: the champion was trained on this data)."""
     from models.registry import verify_registry
-    from pipelines import cycle
+    from pipelines import steps
     from pipelines.config import dprm_home
 
     home = dprm_home()
     verify_registry(home, cfg.registered_model)
     if step == "train":
-        cycle.check_train_target(home, cfg)
-    elif step == "monitor" or cycle.forecast_source(home, cfg.registered_model)["source"] == "champion":
-        cycle.check_champion(home, cfg)
+        steps.check_train_target(home, cfg)
+    elif step == "monitor" or steps.forecast_source(home, cfg.registered_model)["source"] == "champion":
+        steps.check_champion(home, cfg)
 
 
 @app.command("train")
@@ -1359,13 +1382,90 @@ def _print_surface(rep: Any) -> None:
 
 
 # ---- demo ---------------------------------------------------------------------------------
+def run_demo(cfg: Any, console: Any) -> dict[str, Any]:
+    """The demo: ingest the embedded data and the simulator output, validate, summarise, then run
+    the forecasting cycle through Prefect; renders each stage on ``console`` (the steps and flows
+    return data)."""
+    from features.ingest import validate_dataset
+    from features.store import DataStore
+    from models.registry import verify_registry
+    from pipelines.config import dprm_home
+    from pipelines.steps import ingest_embedded, simulate_to_store
+
+    home = dprm_home()
+    verify_registry(home)  # an unreachable or inconsistent registry fails now, in seconds
+    store = DataStore(home / "data")
+    console.rule("1. ingest embedded real data (arch: S&P 500, NASDAQ, VIX)")
+    reports = ingest_embedded(store, cfg.embedded_dataset)
+    console.rule(f"2. simulate {cfg.simulate.n_days} days of {len(cfg.simulate.symbols)} assets")
+    with console.status("simulating"):
+        sim_report, truth_dir = simulate_to_store(store, cfg.simulate)
+    _print_ingest([*reports, sim_report], store)
+    console.print(f"simulator ground truth: {truth_dir}")
+    console.rule("3. validate")
+    results = {ds: validate_dataset(store, ds) for ds in (cfg.embedded_dataset, cfg.simulate.dataset)}
+    _print_validation(results)
+    console.rule("4. summary")
+    import pandas as pd
+    from rich.table import Table
+
+    t = Table(title="Stored data")
+    summary = pd.concat([store.summary(ds) for ds in results], ignore_index=True)
+    for c in ("dataset", "table", "symbol", "rows", "first", "last"):
+        t.add_column(c)
+    for row in summary.itertuples(index=False):
+        t.add_row(row.dataset, row.table, row.symbol, f"{row.rows:,}", str(row.first)[:19], str(row.last)[:19])
+    console.print(t)
+    console.rule("5. the forecasting cycle through Prefect: ingest -> features -> train -> forecast -> monitor")
+    from pipelines.flows import demo_cycle_config, run_cycle
+
+    cycles = {}
+    for ds in ("embedded", "sim"):
+        ccfg = demo_cycle_config(ds)
+        ccfg = ccfg.model_copy(update={"monitor": ccfg.monitor.model_copy(update={"fail_on_breach": False})})
+        with console.status(f"daily_cycle on {ds}"):
+            cycles[ds] = run_cycle(ccfg)
+        print_cycle(console, ds, cycles[ds])
+    console.rule("where things are")
+    console.print(f"workspace:      {home}")
+    console.print(f"canonical data: {home / 'data'}")
+    console.print(f"features:       {home / 'features'}")
+    console.print(f"forecasts:      {home / 'forecasts'}")
+    console.print(f"MLflow store:   {os.environ.get('MLFLOW_TRACKING_URI') or 'sqlite:///' + str(home / 'mlflow.db')}"
+                  f" (artifacts {home / 'mlartifacts'}); `dprm models list`")
+    console.print(f"reports:        {home / 'reports'}")
+    return {"home": home, "validation": results, "cycles": cycles}
+
+
+def print_cycle(console: Any, dataset: str, out: dict[str, Any]) -> None:
+    """A compact view of one cycle's summary (every step's state and key outputs)."""
+    from rich.table import Table
+
+    t = Table(title=f"daily_cycle on {dataset}")
+    t.add_column("step")
+    t.add_column("result")
+    for step in ("ingest", "features", "train", "forecast", "monitor"):
+        r = out.get(step)
+        if r is None:
+            continue
+        if isinstance(r, list):
+            detail = f"{len(r)} source(s) ingested"
+        else:
+            keys = {"features": ("rows", "path"),
+                    "train": ("challenger", "version", "promoted", "gate_status", "gate_reason"),
+                    "forecast": ("model", "version", "source", "data_cutoff_ts", "path"),
+                    "monitor": ("status", "breaches", "report")}.get(step, ())
+            detail = "; ".join(f"{k}={r[k]}" for k in keys if r.get(k) not in (None, ""))
+        t.add_row(step, detail)
+    console.print(t)
+
+
 @app.command("demo")
 @clean_errors
 @registry_errors
 def demo(config: ConfigOpt = None) -> None:
     """Run the whole pipeline on the embedded default data (arch's daily indices + the simulator)."""
     from pipelines.config import DemoConfig, load_config
-    from pipelines.steps import run_demo
 
     # Prefect's per-task INFO lines would bury the demo's tables; warnings and errors still show
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")

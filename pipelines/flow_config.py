@@ -76,20 +76,25 @@ MODEL_KINDS = (
     "rw",
     "garch",
 )
-"""Forecaster kinds a :class:`ModelSpec` can name (see :func:`pipelines.cycle.build_model`)."""
+"""The kinds a :class:`ModelSpec` named before the catalog (all still valid, as catalog names or
+aliases); any volatility model of :mod:`models.catalog` is a valid kind."""
 
 
 class ModelSpec(_Config):
-    """One forecaster configuration: a kind and its constructor parameters."""
+    """One forecaster configuration: a catalog name (or alias) and its constructor parameters."""
 
-    kind: str = Field("har", description=f"one of {MODEL_KINDS}")
+    kind: str = Field("har", description="a volatility model of the catalog (`dprm models catalog`)")
     params: dict[str, Any] = Field(default_factory=dict, description="constructor arguments")
 
     @field_validator("kind")
     @classmethod
     def _known(cls, v: str) -> str:
-        if v not in MODEL_KINDS:
-            raise ValueError(f"unknown model kind {v!r}; expected one of {list(MODEL_KINDS)}")
+        from models import catalog
+
+        known = catalog.names("volatility")
+        if catalog.ALIASES.get(v, v) not in known:
+            raise ValueError(f"unknown model kind {v!r}; expected one of {known} "
+                             f"(or an alias: {sorted(catalog.ALIASES)})")
         return v
 
 
@@ -160,6 +165,8 @@ class FeaturesFlowConfig(Target):
 
     grid: str = "5min"
     horizons: tuple[int, ...] = (1, 5, 22)
+    har_windows: tuple[int, ...] = (1, 5, 22)
+    min_coverage: float = Field(0.85, gt=0, le=1)
     per_symbol: bool = Field(True, description="compute base measures per symbol on the runner")
 
 

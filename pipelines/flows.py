@@ -38,7 +38,7 @@ from prefect.states import Failed  # noqa: E402
 from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
 
 from features.errors import ConfigError, DPRMError  # noqa: E402
-from pipelines import cycle  # noqa: E402
+from pipelines import steps  # noqa: E402
 from pipelines.config import dprm_home  # noqa: E402
 from pipelines.flow_config import (  # noqa: E402
     CycleConfig,
@@ -144,7 +144,7 @@ def ingest(cfg: IngestFlowConfig = IngestFlowConfig()) -> list[dict[str, Any]]:
 def build_features(cfg: FeaturesFlowConfig = FeaturesFlowConfig()) -> dict[str, Any]:
     """Per-symbol base measures on the runner, then the (incremental) feature frame."""
     home = _home()
-    symbols = cycle.dataset_symbols(home, cfg.dataset)
+    symbols = steps.dataset_symbols(home, cfg.dataset)
     if cfg.per_symbol and len(symbols) > 1:
         futures = warm_symbol_task.map(unmapped(home), unmapped(cfg), symbols)
         wait(futures)
@@ -160,25 +160,25 @@ def train(cfg: TrainFlowConfig = TrainFlowConfig()) -> dict[str, Any]:
     :func:`registry_slot` and the registry's file lock)."""
     home = _home()
     tracking = init_tracking_task.submit(home) if cfg.register_model else None
-    symbols = cycle.train_symbols(home, cfg)
-    fps = [cycle.feature_fingerprint(home, cfg.dataset, cfg.freq, [s]) for s in symbols]
+    symbols = steps.train_symbols(home, cfg)
+    fps = [steps.feature_fingerprint(home, cfg.dataset, cfg.freq, [s]) for s in symbols]
     evaluate = evaluate_symbol_task.with_options(refresh_cache=cfg.refresh_cache or None)
     futures = evaluate.map(unmapped(home), unmapped(cfg), symbols, fps)
     results = {s: f.result() for s, f in zip(symbols, futures, strict=True)}
     merged = merge_task(results)
-    ranking = cycle.rank_candidates(merged, cfg)
+    ranking = steps.rank_candidates(merged, cfg)
     out: dict[str, Any] = {
         "dataset": cfg.dataset,
         "freq": cfg.freq,
         "symbols": symbols,
-        "scores": cycle.score_table(merged),
-        "challenger": cycle.choose_challenger(ranking),
+        "scores": steps.score_table(merged),
+        "challenger": steps.choose_challenger(ranking),
         "ranking": ranking.to_dict(orient="records"),
         "skipped": dict(merged.skipped),
     }
     if cfg.register_model:
         tracking.result()
-        data_fp = cycle.feature_fingerprint(home, cfg.dataset, cfg.freq, symbols)
+        data_fp = steps.feature_fingerprint(home, cfg.dataset, cfg.freq, symbols)
         with registry_slot(cfg.registered_model):
             out.update(register_task(home, cfg, merged, data_fp))
     return out
@@ -237,7 +237,7 @@ def daily_cycle(cfg: CycleConfig = CycleConfig()) -> dict[str, Any]:
         if state.is_completed():
             out["monitor"] = state.result()
         else:
-            latest = cycle.read_latest_report(out["home"], cfg.monitor.dataset, cfg.monitor.freq)
+            latest = steps.read_latest_report(out["home"], cfg.monitor.dataset, cfg.monitor.freq)
             out["monitor"] = {
                 "status": "breach" if latest else "error",
                 "state": state.name,

@@ -1,4 +1,4 @@
-"""Prefect tasks: thin wrappers of :mod:`pipelines.cycle` with retries, timeouts and caching.
+"""Prefect tasks: thin wrappers of :mod:`pipelines.steps` with retries, timeouts and caching.
 
 Caching: only pure computations are cached across runs — the per-symbol walk-forward evaluation,
 keyed (:func:`evaluation_cache_key`) on the symbol's feature fingerprint (content digests of its
@@ -29,7 +29,7 @@ from typing import Any
 from prefect import get_run_logger, task
 
 from models.evaluation import EvaluationResult
-from pipelines import cycle
+from pipelines import steps
 from pipelines.flow_config import (
     FeaturesFlowConfig,
     ForecastFlowConfig,
@@ -61,7 +61,8 @@ _CODE_FILES = (
     "models/garch.py",
     "models/losses.py",
     "models/forecast.py",
-    "pipelines/cycle.py",
+    "models/catalog.py",
+    "pipelines/steps.py",
 )
 
 
@@ -100,7 +101,7 @@ def retry_unless_user_error(task: Any, task_run: Any, state: Any) -> bool:
 @task(name="ingest-source", retries=2, retry_delay_seconds=2, task_run_name="ingest-{source}")
 def ingest_source_task(home: str, source: str, cfg: IngestFlowConfig) -> dict[str, Any]:
     """Ingest one source (idempotent; retried on I/O errors)."""
-    out = cycle.ingest_source(home, source, cfg)
+    out = steps.ingest_source(home, source, cfg)
     get_run_logger().info(
         "ingest %s -> %s: %s rows added%s",
         source,
@@ -116,13 +117,13 @@ def ingest_source_task(home: str, source: str, cfg: IngestFlowConfig) -> dict[st
 )
 def warm_symbol_task(home: str, cfg: FeaturesFlowConfig, symbol: str) -> dict[str, Any]:
     """One symbol's base measures into the feature cache."""
-    return cycle.warm_symbol_features(home, cfg, symbol)
+    return steps.warm_symbol_features(home, cfg, symbol)
 
 
 @task(name="build-features", retries=1, retry_delay_seconds=1)
 def build_features_task(home: str, cfg: FeaturesFlowConfig) -> dict[str, Any]:
     """Assemble and write the feature frame (incremental)."""
-    out = cycle.build_features(home, cfg)
+    out = steps.build_features(home, cfg)
     get_run_logger().info(
         "features %s/%s: %d rows, %d partitions written, %d unchanged",
         cfg.dataset,
@@ -161,13 +162,13 @@ def evaluate_symbol_task(
 ) -> EvaluationResult:
     """Walk-forward evaluation of every candidate on one symbol; ``features_fp`` (the symbol's
     feature fingerprint) is part of the cache key."""
-    return cycle.evaluate_symbol(home, cfg, symbol)
+    return steps.evaluate_symbol(home, cfg, symbol)
 
 
 @task(name="merge-evaluations")
 def merge_task(results: dict[str, EvaluationResult]) -> EvaluationResult:
     """Per-symbol evaluations -> one result with pooled losses."""
-    return cycle.merge_evaluations(results)
+    return steps.merge_evaluations(results)
 
 
 @task(
@@ -180,7 +181,7 @@ def register_task(
     home: str, cfg: TrainFlowConfig, result: EvaluationResult, data_fp: str
 ) -> dict[str, Any]:
     """Log, register the challenger and run the promotion gate (idempotent per training key)."""
-    out = cycle.register_and_promote(home, cfg, result, data_fp)
+    out = steps.register_and_promote(home, cfg, result, data_fp)
     log = get_run_logger()
     log.info(
         "challenger %s -> version %s (%s); gate %s%s",
@@ -196,7 +197,7 @@ def register_task(
 @task(name="forecast", retries=2, retry_delay_seconds=2, retry_condition_fn=retry_unless_user_error)
 def forecast_task(home: str, cfg: ForecastFlowConfig) -> dict[str, Any]:
     """Forecast with the champion (or the baseline fallback) and persist the table."""
-    out = cycle.forecast_step(home, cfg)
+    out = steps.forecast_step(home, cfg)
     get_run_logger().info(
         "forecast %s v%s (%s) at cutoff %s -> %s%s",
         out.model,
@@ -212,4 +213,4 @@ def forecast_task(home: str, cfg: ForecastFlowConfig) -> dict[str, Any]:
 @task(name="monitor", retries=1, retry_delay_seconds=2, retry_condition_fn=retry_unless_user_error)
 def monitor_task(home: str, cfg: MonitorFlowConfig) -> dict[str, Any]:
     """All monitoring checks; writes the report and applies the fallback rule."""
-    return cycle.monitor_step(home, cfg).to_dict()
+    return steps.monitor_step(home, cfg).to_dict()

@@ -54,12 +54,12 @@ def prefect_harness() -> Iterator[str]:
 @pytest.fixture(scope="session")
 def embedded_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A workspace with the embedded data, its 1D features and an initialised MLflow store."""
-    from pipelines import cycle
+    from pipelines import steps
     from pipelines.flow_config import FeaturesFlowConfig, IngestFlowConfig
 
     home = tmp_path_factory.mktemp("embedded-template") / "home"
-    cycle.ingest_source(home, "embedded", IngestFlowConfig())
-    cycle.build_features(home, FeaturesFlowConfig())
+    steps.ingest_source(home, "embedded", IngestFlowConfig())
+    steps.build_features(home, FeaturesFlowConfig())
     from models import registry
 
     registry.init_store(home)

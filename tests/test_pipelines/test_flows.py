@@ -18,7 +18,7 @@ from pydantic import ValidationError
 
 from features.schema import SYMBOL, TS
 from models.evaluation import POOLED, walk_forward
-from pipelines import cycle
+from pipelines import steps
 from pipelines.config import load_config
 from pipelines.flow_config import (
     CycleConfig,
@@ -49,18 +49,18 @@ def test_merge_of_per_symbol_evaluations_equals_the_joint_walk_forward(
     """Mapping the evaluation per symbol loses nothing: per-symbol and pooled losses equal those of
     one walk_forward over all symbols (pooled = means over all scored rows)."""
     home = embedded_template
-    symbols = cycle.feature_symbols(home, "embedded", "1D")
+    symbols = steps.feature_symbols(home, "embedded", "1D")
     assert symbols == ["NASDAQ", "SP500"]
-    merged = cycle.merge_evaluations({s: cycle.evaluate_symbol(home, FAST, s) for s in symbols})
-    data = cycle.model_frame(home, "embedded", "1D")
-    models = {n: cycle.build_model(s) for n, s in FAST.candidates.items()}
+    merged = steps.merge_evaluations({s: steps.evaluate_symbol(home, FAST, s) for s in symbols})
+    data = steps.model_frame(home, "embedded", "1D")
+    models = {n: steps.build_model(s) for n, s in FAST.candidates.items()}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         joint = walk_forward(
             models,
             data,
             horizons=FAST.horizons,
-            start=cycle._eval_start(data, FAST),
+            start=steps._eval_start(data, FAST),
             window=FAST.window,
             min_obs=None,
             baselines=list(FAST.baselines),
@@ -78,76 +78,76 @@ def test_merge_of_per_symbol_evaluations_equals_the_joint_walk_forward(
     assert merged.benchmark == joint.benchmark
     assert (merged.dm["symbol"] != POOLED).all() and set(merged.dm["symbol"]) == set(symbols)
     # ranking: pooled QLIKE averaged over horizons, recomputed by hand
-    ranking = cycle.rank_candidates(merged, FAST)
+    ranking = steps.rank_candidates(merged, FAST)
     pooled = b[(b["symbol"] == POOLED) & (b["regime"] == "all") & (b["target"] == "realized")]
     by_hand = pooled.groupby("model_id")["qlike"].mean().sort_values()
     assert list(ranking["model_id"]) == list(by_hand.index)
     np.testing.assert_allclose(ranking["qlike"], by_hand.to_numpy(), rtol=1e-12)
     best_non_base = by_hand[[m for m in by_hand.index if m not in FAST.baselines]].idxmin()
-    assert cycle.choose_challenger(ranking) == best_non_base
+    assert steps.choose_challenger(ranking) == best_non_base
     only_base = ranking[ranking["is_baseline"]]
-    assert cycle.choose_challenger(only_base) == by_hand[list(FAST.baselines)].idxmin()
+    assert steps.choose_challenger(only_base) == by_hand[list(FAST.baselines)].idxmin()
 
 
 def test_merge_evaluations_needs_results() -> None:
     with pytest.raises(ValueError, match="needs at least one per-symbol result"):
-        cycle.merge_evaluations({})
+        steps.merge_evaluations({})
 
 
 def test_model_frame_keeps_valid_rows_and_realized_columns(embedded_template: Path) -> None:
-    f = cycle.model_frame(embedded_template, "embedded", "1D")
-    feats = cycle.Workspace(embedded_template).features.read("embedded", "1D")
+    f = steps.model_frame(embedded_template, "embedded", "1D")
+    feats = steps.Workspace(embedded_template).features.read("embedded", "1D")
     assert list(f.columns) == [TS, SYMBOL, "rv_var", "close"]
     assert len(f) == int(feats[feats[SYMBOL].isin(["NASDAQ", "SP500"])]["valid"].sum())
     assert (f["rv_var"] > 0).all()
 
 
 def test_train_key_tracks_data_and_settings_not_flags() -> None:
-    k = cycle.train_key(FAST, "fp1", "loghar")
-    assert k == cycle.train_key(
+    k = steps.train_key(FAST, "fp1", "loghar")
+    assert k == steps.train_key(
         FAST.model_copy(update={"promote": False, "register_model": False}), "fp1", "loghar"
     )
-    assert k != cycle.train_key(FAST, "fp2", "loghar")
-    assert k != cycle.train_key(FAST.model_copy(update={"window": 400}), "fp1", "loghar")
-    assert k != cycle.train_key(FAST, "fp1", "har")
+    assert k != steps.train_key(FAST, "fp2", "loghar")
+    assert k != steps.train_key(FAST.model_copy(update={"window": 400}), "fp1", "loghar")
+    assert k != steps.train_key(FAST, "fp1", "har")
 
 
 def test_build_model_defaults_min_obs_to_none() -> None:
     from models.har import LogHARVol
 
-    m = cycle.build_model(ModelSpec(kind="loghar", params={"window": 300, "horizons": [1, 5]}))
+    m = steps.build_model(ModelSpec(kind="loghar", params={"window": 300, "horizons": [1, 5]}))
     assert isinstance(m, LogHARVol) and m.min_obs is None and m.window == 300
     assert m.horizons == (1, 5)
-    assert cycle.build_model(ModelSpec(kind="ewma", params={"min_obs": 10})).min_obs == 10
+    assert steps.build_model(ModelSpec(kind="ewma", params={"min_obs": 10})).min_obs == 10
     with pytest.raises(ValidationError, match="unknown model kind 'lstm'"):
         ModelSpec(kind="lstm")
 
 
 def test_forecast_source_state_round_trip(tmp_path: Path) -> None:
-    assert cycle.forecast_source(tmp_path, "m")["source"] == "champion"
-    s1 = cycle.set_forecast_source(tmp_path, "m", "baseline", "monitoring breach: x", version="3")
-    s2 = cycle.set_forecast_source(tmp_path, "m", "baseline", "monitoring breach: y")
+    assert steps.forecast_source(tmp_path, "m")["source"] == "champion"
+    s1 = steps.set_forecast_source(tmp_path, "m", "baseline", "monitoring breach: x", version="3")
+    s2 = steps.set_forecast_source(tmp_path, "m", "baseline", "monitoring breach: y")
     assert s2["since"] == s1["since"] and len(s2["history"]) == 1  # no switch, no new history row
-    s3 = cycle.set_forecast_source(tmp_path, "m", "champion", "version 4 passed the gate")
+    s3 = steps.set_forecast_source(tmp_path, "m", "champion", "version 4 passed the gate")
     assert [h["source"] for h in s3["history"]] == ["baseline", "champion"]
-    assert json.loads(cycle.Workspace(tmp_path).state_file("m").read_text())["source"] == "champion"
+    assert json.loads(steps.Workspace(tmp_path).state_file("m").read_text())["source"] == "champion"
     with pytest.raises(ValueError, match="source must be 'champion' or 'baseline'; got 'lgbm'"):
-        cycle.set_forecast_source(tmp_path, "m", "lgbm", "")
+        steps.set_forecast_source(tmp_path, "m", "lgbm", "")
 
 
 def test_resolve_now() -> None:
     latest = pd.Timestamp("2018-12-31 21:00", tz="UTC")
-    assert cycle.resolve_now("data", latest) == latest
-    assert cycle.resolve_now("2019-01-02", latest) == pd.Timestamp("2019-01-02", tz="UTC")
-    assert abs(cycle.resolve_now(None, latest) - pd.Timestamp.now(tz="UTC")) < pd.Timedelta("1min")
+    assert steps.resolve_now("data", latest) == latest
+    assert steps.resolve_now("2019-01-02", latest) == pd.Timestamp("2019-01-02", tz="UTC")
+    assert abs(steps.resolve_now(None, latest) - pd.Timestamp.now(tz="UTC")) < pd.Timedelta("1min")
     from features.schema import DataError
 
     with pytest.raises(DataError, match="now='data' needs data"):
-        cycle.resolve_now("data", None)
+        steps.resolve_now("data", None)
 
 
 def test_flow_configs_load_from_toml(tmp_path: Path) -> None:
-    p = tmp_path / "cycle.toml"
+    p = tmp_path / "steps.toml"
     p.write_text(
         'dataset = "sim"\nfreq = "1h"\nsteps = ["train", "forecast"]\n'
         "[train]\nhorizons = [1, 5]\nwindow = 300\n"
@@ -190,7 +190,7 @@ def test_ingest_source_rejects_unknown_source(tmp_path: Path) -> None:
     from features.schema import DataError
 
     with pytest.raises(DataError, match="neither 'embedded', 'simulate' nor an existing path"):
-        cycle.ingest_source(tmp_path, "nowhere.csv", IngestFlowConfig())
+        steps.ingest_source(tmp_path, "nowhere.csv", IngestFlowConfig())
 
 
 # ---- flows ---------------------------------------------------------------------------------------
@@ -252,11 +252,11 @@ def test_daily_cycle_end_to_end_then_rerun_is_cached_and_idempotent(
     # the forecast file holds what the champion model gives when fitted directly
     fc = out["forecast"]
     table = pd.read_parquet(fc["path"])
-    data = cycle.model_frame(home, "embedded", "1D")
+    data = steps.model_frame(home, "embedded", "1D")
     ref = (
         LogHARVol(window=500, horizons=(1, 5), min_obs=None)
         .fit(data)
-        .predict(cycle._history(data, ForecastFlowConfig().history), horizons=(1, 5))
+        .predict(steps._history(data, ForecastFlowConfig().history), horizons=(1, 5))
     )
     for sym, f in ref.items():
         last = f.variance.iloc[-1]
@@ -268,12 +268,12 @@ def test_daily_cycle_end_to_end_then_rerun_is_cached_and_idempotent(
     assert fc["data_cutoff_ts"] == str(data[TS].max().isoformat())
     # monitoring on the embedded data: model checks pass, Q4-2018 volatility drifts from history
     mo = out["monitor"]
-    report = cycle.read_latest_report(home, "embedded", "1D")
+    report = steps.read_latest_report(home, "embedded", "1D")
     assert report is not None and report["context"]["champion"].startswith("dprm-forecaster v1")
     names = {(c["name"], c["symbol"]): c["breached"] for c in report["checks"]}
     assert names[("qlike_ratio", "SP500")] is False and names[("mz_slope", "NASDAQ")] is False
     assert mo["status"] == ("breach" if report["n_breaches"] else "ok")
-    assert cycle.forecast_source(home, "dprm-forecaster")["source"] == "champion"
+    assert steps.forecast_source(home, "dprm-forecaster")["source"] == "champion"
 
     # rerun on unchanged data: evaluations come from the cache, nothing new is registered or written
     out2 = daily_cycle(cfg)
@@ -312,18 +312,18 @@ def test_monitor_breach_falls_back_to_baseline_until_the_gate_passes(
     mcfg = MonitorFlowConfig(now="data", max_psi=1e6)
     state = monitor(mcfg, return_state=True)
     assert state.is_failed() and "qlike_ratio" in state.message
-    report = cycle.read_latest_report(home, "embedded", "1D")
+    report = steps.read_latest_report(home, "embedded", "1D")
     breached = {c["name"] for c in report["breaches"]}
     assert "qlike_ratio" in breached and report["forecast_source"]["switched_now"]
     qr = [c for c in report["checks"] if c["name"] == "qlike_ratio"]
     assert all(c["value"] > 1.1 for c in qr)
     md = (
-        Path(report and cycle.Workspace(home).reports("embedded", "1D")) / "latest.md"
+        Path(report and steps.Workspace(home).reports("embedded", "1D")) / "latest.md"
     ).read_text()
     assert "## Breaches" in md and "## Forecast source" in md and "baseline" in md
     logs = _flow_logs(state.state_details.flow_run_id, "monitoring breach on")
     assert any(m.startswith("monitoring breach on embedded/1D: qlike_ratio") for m in logs)
-    src = cycle.forecast_source(home, "dprm-forecaster")
+    src = steps.forecast_source(home, "dprm-forecaster")
     assert src["source"] == "baseline" and src["reason"].startswith(
         "monitoring breach: qlike_ratio"
     )
@@ -333,7 +333,7 @@ def test_monitor_breach_falls_back_to_baseline_until_the_gate_passes(
     t1 = pd.read_parquet(f1["path"])
     assert f1["source"] == "baseline" and Path(f1["path"]).name.endswith("_baseline-ewma.parquet")
     assert t1["source_reason"].str.startswith("monitoring breach").all()
-    hist = cycle._history(cycle.model_frame(home, "embedded", "1D"), ForecastFlowConfig().history)
+    hist = steps._history(steps.model_frame(home, "embedded", "1D"), ForecastFlowConfig().history)
     ref = EWMAVol(min_obs=None).fit(hist).predict(hist, horizons=(1, 5))
     for sym, f in ref.items():
         got = t1[t1["symbol"] == sym].set_index("horizon")["forecast_var"].loc[[1, 5]]
@@ -347,13 +347,13 @@ def test_monitor_breach_falls_back_to_baseline_until_the_gate_passes(
         return_state=True,
     )
     assert ok.is_completed()
-    assert cycle.forecast_source(home, "dprm-forecaster")["source"] == "baseline"
+    assert steps.forecast_source(home, "dprm-forecaster")["source"] == "baseline"
 
     # a challenger that passes the promotion gate brings the champion back
     good = train(FAST)
     assert good["challenger"] == "loghar" and good["version"] == "2", good
     assert good["promoted"], good["gate_reason"]
-    src = cycle.forecast_source(home, "dprm-forecaster")
+    src = steps.forecast_source(home, "dprm-forecaster")
     assert src["source"] == "champion" and "passed the promotion gate" in src["reason"]
     assert [h["source"] for h in src["history"]] == ["baseline", "champion"]
     f2 = forecast(ForecastFlowConfig())

@@ -10,7 +10,7 @@ import pytest
 from features.errors import ModelError
 from models import registry as R
 from models.har import HARVol
-from pipelines import cycle
+from pipelines import steps
 from pipelines.flow_config import CycleConfig, ForecastFlowConfig, MonitorFlowConfig, model_name_for
 from tests.test_models.test_registry import HS, realized_frame
 
@@ -45,18 +45,18 @@ def test_champion_is_checked_against_the_data(tmp_path, monkeypatch) -> None:
         ref.version, home=home, mode="manual", approver="a", reason="b", name="dprm-forecaster-sim"
     )
     cfg = ForecastFlowConfig(dataset="sim", freq="1D")
-    info = cycle.check_champion(home, cfg)
+    info = steps.check_champion(home, cfg)
     assert (info["name"], info["version"]) == ("dprm-forecaster-sim", "1")
     # a symbol the champion was not fitted on is left out and named
     extra = data[data["symbol"] == "BTCUSDT"].assign(symbol="SOLUSDT")
-    wider = cycle._champion_data(info, pd.concat([data, extra], ignore_index=True), cfg)
+    wider = steps._champion_data(info, pd.concat([data, extra], ignore_index=True), cfg)
     assert sorted(wider[0]["symbol"].unique()) == ["BTCUSDT", "ETHUSDT"] and wider[1] == ["SOLUSDT"]
     with pytest.raises(
         ModelError,
         match=r"fitted on symbols \['BTCUSDT', 'ETHUSDT'\]; sim/1D has "
         r"\['SOLUSDT'\]: none in common; pass --model NAME",
     ):
-        cycle._champion_data(info, extra, cfg)
+        steps._champion_data(info, extra, cfg)
     # another frequency is refused, named or not
     for c in (
         MonitorFlowConfig(dataset="sim", freq="1h"),
@@ -67,9 +67,9 @@ def test_champion_is_checked_against_the_data(tmp_path, monkeypatch) -> None:
             match=r"the champion of 'dprm-forecaster-sim' \(version 1\) "
             r"was trained on sim/1D, not sim/1h: pass --model NAME",
         ):
-            cycle.check_champion(home, c)
+            steps.check_champion(home, c)
     # another dataset only when the model is named explicitly
     other = ForecastFlowConfig(dataset="other", freq="1D", model_name="dprm-forecaster-sim")
-    assert cycle.check_champion(home, other)["version"] == "1"
+    assert steps.check_champion(home, other)["version"] == "1"
     # a dataset whose own model has no champion: None (the baseline), not an error
-    assert cycle.check_champion(home, ForecastFlowConfig(dataset="other", freq="1D")) is None
+    assert steps.check_champion(home, ForecastFlowConfig(dataset="other", freq="1D")) is None

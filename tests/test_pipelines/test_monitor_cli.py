@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines import cycle
+from pipelines import steps
 from pipelines.flow_config import ModelSpec, TrainFlowConfig
 
 DPRM = [sys.executable, "-m", "pipelines.cli"]
@@ -46,10 +46,10 @@ def champion_home(embedded_template: Path, tmp_path_factory: pytest.TempPathFact
     """The embedded workspace with a log-HAR champion trained and promoted without Prefect."""
     home = tmp_path_factory.mktemp("monitor-cli") / "home"
     shutil.copytree(embedded_template, home)
-    symbols = cycle.train_symbols(home, TRAIN)
-    merged = cycle.merge_evaluations({s: cycle.evaluate_symbol(home, TRAIN, s) for s in symbols})
-    fp = cycle.feature_fingerprint(home, TRAIN.dataset, TRAIN.freq, symbols)
-    out = cycle.register_and_promote(home, TRAIN, merged, fp)
+    symbols = steps.train_symbols(home, TRAIN)
+    merged = steps.merge_evaluations({s: steps.evaluate_symbol(home, TRAIN, s) for s in symbols})
+    fp = steps.feature_fingerprint(home, TRAIN.dataset, TRAIN.freq, symbols)
+    out = steps.register_and_promote(home, TRAIN, merged, fp)
     assert out.promoted and out.champion_version == "1", out
     return home
 
@@ -84,10 +84,10 @@ def test_monitor_exit_codes_and_output(champion_home: Path, tmp_path: Path) -> N
     assert "BREACH" in stale.stdout and "e+0" not in stale.stdout
     table = [x for x in stale.stdout.splitlines() if not x.startswith("report: ")]
     assert max(len(x) for x in table) <= 80  # the report path alone may be longer
-    latest = cycle.read_latest_report(home, "embedded", "1D")
+    latest = steps.read_latest_report(home, "embedded", "1D")
     assert latest is not None and latest["status"] == "breach" and latest["n_breaches"] == 2
     # a stale feed is a data problem: forecasting stays with the champion
-    assert cycle.forecast_source(home, "dprm-forecaster")["source"] == "champion"
+    assert steps.forecast_source(home, "dprm-forecaster")["source"] == "champion"
 
     # bad input: one line, exit 2, before any flow runs
     bad = _dprm(["monitor", "--now", "yesterday-ish"], home)

@@ -347,7 +347,9 @@ class LGBMCorr(BaseCorrForecaster):
             names.append(k)
         x = np.stack(cols, axis=2)
         need = [names.index(f"z_lag{lag}") for lag in sorted_lags] + [names.index("z_ewma")]
-        ok = np.isfinite(x[:, :, need]).all(axis=(1, 2)) & np.isfinite(x[:, :, names.index("mkt_disp")]).all(axis=1)
+        ok = np.isfinite(x[:, :, need]).all(axis=(1, 2)) & np.isfinite(
+            x[:, :, names.index("mkt_disp")]
+        ).all(axis=1)
         return x, names, ok
 
     def _offset_design(self, x: np.ndarray, names: Sequence[str]) -> np.ndarray:
@@ -397,10 +399,16 @@ class LGBMCorr(BaseCorrForecaster):
             dtr_o, dva_o = self._offset_design(xtr, names), self._offset_design(xva, names)
             coef = self._offset_fit(dtr_o, ytr)
             otr, ova = dtr_o @ coef, dva_o @ coef
-            dtr = lgb.Dataset(xtr, ytr - otr, feature_name=list(names), free_raw_data=False,
-                              params={"verbosity": -1})
-            dva = lgb.Dataset(xva, yva - ova, reference=dtr, feature_name=list(names),
-                              free_raw_data=False)
+            dtr = lgb.Dataset(
+                xtr,
+                ytr - otr,
+                feature_name=list(names),
+                free_raw_data=False,
+                params={"verbosity": -1},
+            )
+            dva = lgb.Dataset(
+                xva, yva - ova, reference=dtr, feature_name=list(names), free_raw_data=False
+            )
             booster = lgb.train(
                 params,
                 dtr,
@@ -418,8 +426,13 @@ class LGBMCorr(BaseCorrForecaster):
                 xall, yall = x[both].reshape(-1, len(names)), y[both].reshape(-1)
                 dall_o = self._offset_design(xall, names)
                 coef = self._offset_fit(dall_o, yall)
-                dall = lgb.Dataset(xall, yall - dall_o @ coef, feature_name=list(names),
-                                   free_raw_data=False, params={"verbosity": -1})
+                dall = lgb.Dataset(
+                    xall,
+                    yall - dall_o @ coef,
+                    feature_name=list(names),
+                    free_raw_data=False,
+                    params={"verbosity": -1},
+                )
                 booster = lgb.train(params, dall, num_boost_round=best)
             out[h] = LGBMCorrHorizon(
                 booster=booster,
@@ -448,7 +461,9 @@ class LGBMCorr(BaseCorrForecaster):
             hm = state.horizons[int(h)]
             z = d_off @ hm.offset_coef
             if hm.booster.num_trees() > 0:
-                z = z + hm.booster.predict(flat, num_iteration=hm.best_iteration if not self.refit_full else None)
+                z = z + hm.booster.predict(
+                    flat, num_iteration=hm.best_iteration if not self.refit_full else None
+                )
             cval = np.tanh(z).reshape(int(good.sum()), len(iu))
             m = np.repeat(np.eye(n)[None], int(good.sum()), axis=0)
             m[:, iu, ju] = cval
@@ -470,5 +485,6 @@ def make_lgbm_corr(
 ) -> LGBMCorr:
     """The catalog factory: an unfitted :class:`LGBMCorr` with the given horizons, seed, threads
     and any other hyperparameters (``LGBMCorr`` keyword arguments)."""
-    return LGBMCorr(horizons=tuple(horizons), random_state=random_state, num_threads=num_threads,
-                    **params)
+    return LGBMCorr(
+        horizons=tuple(horizons), random_state=random_state, num_threads=num_threads, **params
+    )

@@ -51,6 +51,7 @@ derived from ``random_state``: the same data and seed give bit-identical forecas
 
 from __future__ import annotations
 
+import dataclasses
 import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -67,6 +68,7 @@ from models.corr_forecast import CorrForecast
 __all__ = ["LGBMCorr", "LGBMCorrHorizon", "LGBMCorrState", "make_lgbm_corr", "repaired_share"]
 
 _VAR_FLOOR = 1e-16
+_Z_MAX = float(np.arctanh(FISHER_CLIP))
 
 
 def _z(c: np.ndarray) -> np.ndarray:
@@ -144,6 +146,10 @@ class LGBMCorr(BaseCorrForecaster):
         hyperparameters.
     early_stopping_rounds : patience on the validation L2.
     refit_full : refit on training + validation rows with the early-stopped tree count.
+    min_eigenvalue : a matrix repaired to the nearest correlation matrix lies on the PSD boundary
+        (singular: no Stein loss, no GMV weights), so it is blended ``(1 - d) C + d I`` with
+        ``d = min_eigenvalue``: still a correlation matrix, smallest eigenvalue >= ``d``. 0 keeps
+        the plain Higham projection.
     num_threads : LightGBM threads (fixed for determinism; keep small on shared machines).
     random_state : int seed >= 0 (or a ``numpy.random.Generator`` to draw one at fit).
     stress_quantile : quantile of the equal-weight absolute move defining the stressed days.
@@ -173,6 +179,7 @@ class LGBMCorr(BaseCorrForecaster):
         "reg_lambda": [Interval(float, 0, None)],
         "early_stopping_rounds": [Interval(int, 1, None)],
         "refit_full": [Boolean()],
+        "min_eigenvalue": [Interval(float, 0, 1, closed="left")],
         "num_threads": [Interval(int, 1, None)],
         "stress_quantile": [Interval(float, 0, 1, closed="neither")],
     }
@@ -198,6 +205,7 @@ class LGBMCorr(BaseCorrForecaster):
         reg_lambda: float = 1.0,
         early_stopping_rounds: int = 30,
         refit_full: bool = True,
+        min_eigenvalue: float = 0.01,
         num_threads: int = 1,
         random_state: int | np.random.Generator | None = 0,
         stress_quantile: float = 0.95,
@@ -221,6 +229,7 @@ class LGBMCorr(BaseCorrForecaster):
         self.reg_lambda = reg_lambda
         self.early_stopping_rounds = early_stopping_rounds
         self.refit_full = refit_full
+        self.min_eigenvalue = min_eigenvalue
         self.num_threads = num_threads
         self.random_state = random_state
         self.stress_quantile = stress_quantile
@@ -464,12 +473,31 @@ class LGBMCorr(BaseCorrForecaster):
                 z = z + hm.booster.predict(
                     flat, num_iteration=hm.best_iteration if not self.refit_full else None
                 )
+            z = np.clip(z, -_Z_MAX, _Z_MAX)  # the targets' range
             cval = np.tanh(z).reshape(int(good.sum()), len(iu))
             m = np.repeat(np.eye(n)[None], int(good.sum()), axis=0)
             m[:, iu, ju] = cval
             m[:, ju, iu] = cval
             out[np.flatnonzero(good), k] = m
         return out
+
+    def predict(
+        self,
+        X: object,
+        horizons: Sequence[int] | None = None,
+        *,
+        origins: Sequence[Any] | None = None,
+    ) -> CorrForecast:
+        """Forecast from each row of ``X`` as origin (see
+        :meth:`models.corr.BaseCorrForecaster.predict`); repaired matrices are moved off the PSD
+        boundary by ``min_eigenvalue`` (class docs) and stay flagged in ``repaired``."""
+        fc = super().predict(X, horizons, origins=origins)
+        d = float(self.min_eigenvalue)
+        if fc.repaired is None or not fc.repaired.any() or d == 0.0:
+            return fc
+        corr = fc.corr.copy()
+        corr[fc.repaired] = (1.0 - d) * corr[fc.repaired] + d * np.eye(fc.n_symbols)
+        return dataclasses.replace(fc, corr=corr)
 
 
 def repaired_share(forecast: CorrForecast) -> float:

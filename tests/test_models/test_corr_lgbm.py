@@ -93,6 +93,15 @@ def test_output_is_psd_and_repairs_are_counted(rng: np.random.Generator) -> None
     for m in fc2.corr.reshape(-1, 3, 3):
         check_correlation(m, "forecast")
         assert is_psd(m)
+    # repaired matrices are moved off the PSD boundary (positive definite: a Stein loss exists)
+    assert np.linalg.eigvalsh(fc2.corr[fc2.repaired]).min() >= 0.01 - 1e-12
+    plain = clone(fitted).set_params(min_eigenvalue=0.0).fit(make_panel(r[:250], rc[:250]))
+    fc3 = plain.predict(p2)
+    np.testing.assert_array_equal(fc3.repaired, fc2.repaired)
+    assert np.linalg.eigvalsh(fc3.corr[fc3.repaired]).min() < 1e-8  # Higham: on the boundary
+    np.testing.assert_allclose(
+        fc2.corr[fc2.repaired], 0.99 * fc3.corr[fc3.repaired] + 0.01 * np.eye(3), atol=1e-12
+    )
 
 
 def test_returns_only_panel(rng: np.random.Generator) -> None:

@@ -193,7 +193,7 @@ class LGBMCorr(BaseCorrForecaster):
         min_target_periods: int | None = None,
         offset: str | None = "linear",
         validation_size: int = 40,
-        min_train: int = 200,
+        min_train: int = 100,
         n_estimators: int = 300,
         learning_rate: float = 0.05,
         num_leaves: int = 7,

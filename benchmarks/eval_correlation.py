@@ -7,14 +7,19 @@ Usage::
 
 Runs :func:`models.corr_evaluation.walk_forward_corr` with :func:`models.corr.default_corr_models`
 (EWMA 0.94, rolling 250, Ledoit-Wolf toward identity / constant correlation, DCC, asymmetric DCC,
-realized-correlation HAR scalar / per pair) on
+realized-correlation HAR scalar / per pair) and the gradient-boosted :class:`models.corr_lgbm.LGBMCorr`
+(``lgbm``) on
 
 (a) the daily closes embedded in ``arch`` (SP500 and NASDAQ, 1999-2018; outer-product targets, so
     the HAR models are skipped; stressed: the largest drawdowns and 2008-09..2009-03 explicitly;
     2020 is after the data's end);
 (b) every real multi-symbol intraday set in the data directory, as daily realized correlations:
     the 15-minute 16-asset Binance spot panel (two windows with different symbol sets), the
-    5-minute BTC/ETH/BNB/LTC spot set and the USD-M perpetuals (5-minute BTC/ETH/BNB). The
+    5-minute BTC/ETH/BNB/LTC spot set, the USD-M perpetuals (5-minute BTC/ETH/BNB), the 1-minute
+    BTC/ETH spot set's 90-day window as 4-hour realized correlations (horizons 1 and 6 periods:
+    4 hours and a day); and the
+    12-asset daily Binance spot panel over the span all 12 trade (2020-09-22..2024-12-30; daily
+    closes only: outer-product targets, HAR skipped, LGBMCorr on 22-period forward correlations). The
     Oxford-Man 30-index panel holds only per-index realized variances (no covariances, no
     synchronized returns), so it cannot be used for correlation;
 (c) the simulator: 15-minute bars from the 1-minute bars of a seeded 60-day market with stress
@@ -22,7 +27,10 @@ realized-correlation HAR scalar / per pair) on
     correlation after a correlation break (half-way to the stressed level).
 
 It prints one summary table per data set (``CorrEvaluationResult.summary()``) and the goals:
-best model vs EWMA and rolling on Stein QLIKE and GMV variance, Mahalanobis ratio, PSD share.
+best model vs EWMA and rolling on Stein QLIKE and GMV variance, Mahalanobis ratio, PSD share; and
+for ``lgbm`` its Stein difference and GMV ratio vs EWMA, rolling, DCC and both realized HARs with
+one-sided Diebold-Mariano p-values (``p_better``: H1 lgbm has the lower Stein loss; ``p_worse``:
+H1 it has the higher), its Mahalanobis ratio and the share of matrices repaired to PSD (Higham).
 """
 
 from __future__ import annotations
@@ -41,6 +49,8 @@ from features.readers.arch_data import load_embedded
 from features.simulate import SimConfig, simulate
 from models.corr import CorrPanel, default_corr_models, returns_panel
 from models.corr_evaluation import correlation_response_lag, walk_forward_corr
+from models.corr_lgbm import LGBMCorr
+from models.losses import diebold_mariano
 
 COLS = [
     "model_id",
@@ -63,6 +73,46 @@ COLS = [
 ]
 
 
+def _models(window: int, seed: int = 0) -> dict:
+    """The comparison set: :func:`default_corr_models` and ``lgbm`` (seeded, one thread)."""
+    return {
+        **default_corr_models(window=window),
+        "lgbm": LGBMCorr(random_state=seed, num_threads=1),
+    }
+
+
+def _lgbm_goals(res, model: str = "lgbm") -> str:
+    """Stein difference, GMV ratio and one-sided DM p-values of ``model`` vs each baseline."""
+    po = res.per_origin
+    if model not in set(po["model_id"]):
+        return f"  {model}: not evaluated ({res.skipped.get(model, 'absent')})"
+    lines = []
+    for h, g in po.groupby("horizon"):
+        st = g.pivot(index="origin_ts", columns="model_id", values="stein_qlike")
+        gmv = g.pivot(index="origin_ts", columns="model_id", values="gmv_var")
+        mine = g[g["model_id"] == model]
+        parts = []
+        for ref in ("ewma", "rolling", "dcc", "har_scalar", "har_pair"):
+            if ref not in st.columns:
+                continue
+            try:
+                dm = diebold_mariano(st[model].to_numpy(), st[ref].to_numpy(), h=int(h))
+                pb, pw = dm.pvalue_less, dm.pvalue_greater
+            except ValueError:
+                pb = pw = np.nan
+            parts.append(
+                f"vs {ref}: stein {st[model].mean() - st[ref].mean():+.4f} (p_better {pb:.3g}, "
+                f"p_worse {pw:.3g}), gmv x{gmv[model].mean() / gmv[ref].mean():.4f}"
+            )
+        lines.append(
+            f"  {model} h={h}: "
+            + "; ".join(parts)
+            + f"; mahalanobis {mine['mahalanobis'].mean():.3f}; repaired share "
+            f"{mine['repaired'].mean():.3f}"
+        )
+    return "\n".join(lines)
+
+
 def _read(path: Path) -> pd.DataFrame:
     return pd.concat([c.frame for c in read_source(path)], ignore_index=True)
 
@@ -78,9 +128,12 @@ def _show(title: str, res, extra: list[str] | None = None) -> None:
             f"{res.settings['stein_form']}; stressed {[(str(a.date()), str(b.date())) for a, b in res.stress_periods]}"
         )
         if res.skipped:
-            print(f"skipped: {sorted(res.skipped)} (no realized covariances)")
+            print(
+                "skipped: " + "; ".join(f"{k} ({v[:60]})" for k, v in sorted(res.skipped.items()))
+            )
         print(s[cols].to_string(index=False))
         print(_goals(s))
+        print(_lgbm_goals(res))
 
 
 def _goals(s: pd.DataFrame) -> str:
@@ -107,7 +160,7 @@ def run_arch(args: argparse.Namespace) -> None:
         [c.frame for name in ("sp500", "nasdaq") for c in load_embedded(name)], ignore_index=True
     )
     panel = returns_panel(frame, freq=None)
-    models = default_corr_models(window=250)
+    models = _models(250, args.seed)
     for label, periods in (
         ("largest drawdowns", None),
         ("2008-09..2009-03", [("2008-09-01", "2009-03-31")]),
@@ -171,7 +224,7 @@ def run_crypto(args: argparse.Namespace) -> None:
         panel = returns_panel(frame, freq="1D", symbols=symbols)
         corr = np.nanmean([np.corrcoef(panel.returns.T)[np.triu_indices(panel.n_symbols, 1)]])
         res = walk_forward_corr(
-            default_corr_models(window=150),
+            _models(150, args.seed),
             panel,
             horizons=(1, 5),
             window=200,
@@ -183,9 +236,78 @@ def run_crypto(args: argparse.Namespace) -> None:
             f"[{time.perf_counter() - t0:.0f} s]",
             res,
         )
+    run_btc_eth_1m(args)
+    run_daily12(args)
     print(
         "\n=== (b) Oxford-Man 30 indices 2013-2017: realized variances per index only (no realized "
         "covariances, no synchronized intraday returns): cannot be used for correlation."
+    )
+
+
+DAILY12_SPAN = ("2020-09-22", "2024-12-31")
+"""The span over which all 12 assets of the daily set trade (SOL/DOT/ADA/DOGE/XRP end 2024-12-30)."""
+
+
+def run_daily12(args: argparse.Namespace) -> None:
+    """The 12-asset daily Binance spot panel: daily closes only (outer-product targets)."""
+    path = Path(args.data_dir) / "binance_spot_daily_multi_asset_2017_2026" / "klines_1d.parquet"
+    title = "12-asset daily spot panel 2020-09..2024-12"
+    if not path.is_file():
+        print(f"\n=== (b) {title}: {path} not found, skipped")
+        return
+    t0 = time.perf_counter()
+    frame = _read(path)
+    ts = frame["ts"]
+    lo, hi = (pd.Timestamp(x, tz="UTC") for x in DAILY12_SPAN)
+    frame = frame[(ts >= lo) & (ts < hi)]
+    panel = returns_panel(frame, freq=None, realized=False)
+    corr = np.nanmean([np.corrcoef(panel.returns.T)[np.triu_indices(panel.n_symbols, 1)]])
+    res = walk_forward_corr(
+        _models(250, args.seed),
+        panel,
+        horizons=(1, 5),
+        window=500,
+        refit_every=args.refit_daily,
+        mcs_reps=args.mcs_reps,
+    )
+    _show(
+        f"(b) {title}: {len(panel)} days, {panel.n_symbols} symbols, mean pairwise daily corr "
+        f"{corr:.2f} [{time.perf_counter() - t0:.0f} s]",
+        res,
+    )
+
+
+BTC_ETH_1M_SPAN = ("2025-05-20", "2025-08-19")
+"""The long contiguous window of the 1-minute BTC/ETH set (the other one has only 30 days)."""
+
+
+def run_btc_eth_1m(args: argparse.Namespace) -> None:
+    """1-minute BTC/ETH spot bars, 2025-05-20..2025-08-18, as 4-hour realized correlations: 90
+    days are too few daily periods for the protocol's 200-period window, so the period is 4 hours
+    (540 periods, realized covariances of the 1-minute returns in each)."""
+    path = Path(args.data_dir) / "binance_spot_btc_eth_1m" / "klines_1m.parquet"
+    title = "1m spot BTC/ETH 2025-05..2025-08, 4-hour periods"
+    if not path.is_file():
+        print(f"\n=== (b) {title}: {path} not found, skipped")
+        return
+    t0 = time.perf_counter()
+    frame = _read(path)
+    ts = frame["ts"]
+    lo, hi = (pd.Timestamp(x, tz="UTC") for x in BTC_ETH_1M_SPAN)
+    frame = frame[(ts >= lo) & (ts < hi)]
+    panel = returns_panel(frame, freq="4h")
+    corr = float(np.corrcoef(panel.returns.T)[0, 1])
+    res = walk_forward_corr(
+        _models(150, args.seed),
+        panel,
+        horizons=(1, 6),
+        window=200,
+        refit_every=6 * args.refit_crypto,
+        mcs_reps=args.mcs_reps,
+    )
+    _show(
+        f"(b) {title}: {len(panel)} periods, 4-hour corr {corr:.2f} [{time.perf_counter() - t0:.0f} s]",
+        res,
     )
 
 
@@ -258,7 +380,7 @@ def run_sim(args: argparse.Namespace) -> None:
         else:
             i += 1
     res = walk_forward_corr(
-        default_corr_models(window=4 * bars_per_day),
+        _models(4 * bars_per_day, args.seed),
         panel,
         horizons=(1, 4),
         window=5 * bars_per_day,
@@ -297,7 +419,11 @@ def main(argv: list[str] | None = None) -> int:
         "DPRM_DATA_DIR", str(Path(__file__).resolve().parents[2] / "shared" / "data")
     )
     ap.add_argument("--data-dir", default=default_dir)
-    ap.add_argument("--only", default="arch,crypto,sim")
+    ap.add_argument(
+        "--only",
+        default="arch,crypto,sim",
+        help="parts: arch, crypto (incl. the 12-asset daily panel), daily12, sim",
+    )
     ap.add_argument("--mcs-reps", type=int, default=500)
     ap.add_argument("--refit-daily", type=int, default=20)
     ap.add_argument("--refit-crypto", type=int, default=10)
@@ -312,6 +438,8 @@ def main(argv: list[str] | None = None) -> int:
         run_arch(args)
     if "crypto" in parts:
         run_crypto(args)
+    elif "daily12" in parts:
+        run_daily12(args)
     if "sim" in parts:
         run_sim(args)
     return 0

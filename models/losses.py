@@ -282,14 +282,22 @@ def model_confidence_set(
     bs = default_block_size(n, h) if block_size is None else int(block_size)
     if bs < h:
         raise ValueError(f"block_size must be >= h = {h} for overlapping targets; got {bs}")
-    # identical loss columns (e.g. two models falling back to the same forecast) make the loss
-    # differentials degenerate and arch's MCS fail: test one representative per group and give
-    # every member the representative's verdict and p-value
+    # identical loss columns (e.g. two models falling back to the same forecast, or equal up to
+    # round-off: Ledoit-Wolf toward constant correlation of two symbols is the sample matrix) make
+    # the loss differentials degenerate and arch's MCS fail (tied statistics): test one
+    # representative per group and give every member the representative's verdict and p-value
     rep_of: dict[object, object] = {}
     reps_seen: list[object] = []
     for c in losses.columns:
         col = losses[c].to_numpy(dtype="float64")
-        same = next((r for r in reps_seen if np.array_equal(losses[r].to_numpy(), col)), None)
+        same = next(
+            (
+                r
+                for r in reps_seen
+                if np.allclose(losses[r].to_numpy(dtype="float64"), col, rtol=1e-9, atol=0.0)
+            ),
+            None,
+        )
         rep_of[c] = c if same is None else same
         if same is None:
             reps_seen.append(c)

@@ -1351,7 +1351,9 @@ def evaluate_correlation(home: Path, dataset: str, cfg: Any) -> tuple[Any, Path]
     from features.schema import CLOSE, SYMBOL, TS, DataError
     from features.store import atomic_write_bytes, atomic_write_json
     from models.base import InsufficientHistoryError
+    from models.corr import default_corr_models
     from models.corr_evaluation import evaluate_correlation_frame
+    from models.corr_lgbm import LGBMCorr
 
     store = DataStore(home / "data")
     man = store.require(dataset)
@@ -1377,9 +1379,16 @@ def evaluate_correlation(home: Path, dataset: str, cfg: Any) -> tuple[Any, Path]
                         "correlation needs at least 2")
     periods = int((frame[TS].max() - frame[TS].min()) / pd.Timedelta(cfg.freq))
     window = min(cfg.window, 500, max(60, periods // 2))
+
+    def models(window: int) -> dict:
+        """The comparison set: the library's baselines and the gradient-boosted ``lgbm``."""
+        return {**default_corr_models(window=min(250, window)),
+                "lgbm": LGBMCorr(random_state=cfg.seed, num_threads=1)}
+
     try:
         result = evaluate_correlation_frame(frame, freq=cfg.freq, horizons=tuple(cfg.horizons),
-                                            window=window, random_state=cfg.seed)
+                                            window=window, random_state=cfg.seed,
+                                            models=models(window))
     except InsufficientHistoryError as exc:
         # the common sample (periods where every symbol trades) can be shorter than the span:
         # retry once with half of it as the window
@@ -1387,7 +1396,8 @@ def evaluate_correlation(home: Path, dataset: str, cfg: Any) -> tuple[Any, Path]
             raise
         window = exc.periods // 2
         result = evaluate_correlation_frame(frame, freq=cfg.freq, horizons=tuple(cfg.horizons),
-                                            window=window, random_state=cfg.seed)
+                                            window=window, random_state=cfg.seed,
+                                            models=models(window))
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     out = home / "evaluations" / f"{dataset}-{cfg.freq}-correlation-{stamp}"
     summ = result.summary()

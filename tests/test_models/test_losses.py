@@ -212,3 +212,20 @@ def test_mcs_with_identical_loss_columns_gives_twins_the_same_verdict(rng):
     assert r.pvalues["bad_twin"] == r.pvalues["bad"] == ref.pvalues["bad"]
     all_same = model_confidence_set(losses[["best", "twin"]], h=1, reps=50, random_state=3)
     assert all_same.included == ("best", "twin") and all_same.excluded == ()
+
+
+def test_mcs_groups_columns_equal_up_to_round_off(rng):
+    # rolling and Ledoit-Wolf-to-constant-correlation of two symbols differ by ~1e-14: arch's MCS
+    # then hits tied statistics and fails, so they are grouped like exact twins
+    n = 400
+    base = rng.gamma(2.0, 1.0, n)
+    losses = pd.DataFrame(
+        {
+            "a": base,
+            "b": base + 1.0 + rng.normal(0, 0.3, n),
+        }
+    )
+    losses["b_round_off"] = losses["b"] * (1 + 1e-14)
+    r = model_confidence_set(losses, h=1, reps=200, random_state=3)
+    ref = model_confidence_set(losses[["a", "b"]], h=1, reps=200, random_state=3)
+    assert r.pvalues["b_round_off"] == r.pvalues["b"] == ref.pvalues["b"]

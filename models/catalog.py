@@ -287,6 +287,10 @@ _ENTRIES: tuple[CatalogEntry, ...] = (
                  ModelInputs((), close=True, intraday=True, min_symbols=2),
                  "HAR on Fisher-z realized correlations, one regression per pair",
                  horizon_free=True),
+    CatalogEntry("lgbm_corr", _class("models.corr_lgbm", "LGBMCorr", num_threads=1), _C,
+                 ModelInputs((), close=True, min_symbols=2),
+                 "LightGBM on Fisher-z pair correlations, pooled, Higham-repaired",
+                 horizon_free=True),
 )
 
 CATALOG: dict[str, CatalogEntry] = {e.name: e for e in _ENTRIES}

@@ -1351,9 +1351,9 @@ def evaluate_correlation(home: Path, dataset: str, cfg: Any) -> tuple[Any, Path]
     from features.schema import CLOSE, SYMBOL, TS, DataError
     from features.store import atomic_write_bytes, atomic_write_json
     from models.base import InsufficientHistoryError
+    from models.catalog import build as build_model
     from models.corr import default_corr_models
     from models.corr_evaluation import evaluate_correlation_frame
-    from models.corr_lgbm import LGBMCorr
 
     store = DataStore(home / "data")
     man = store.require(dataset)
@@ -1383,7 +1383,7 @@ def evaluate_correlation(home: Path, dataset: str, cfg: Any) -> tuple[Any, Path]
     def models(window: int) -> dict:
         """The comparison set: the library's baselines and the gradient-boosted ``lgbm``."""
         return {**default_corr_models(window=min(250, window)),
-                "lgbm": LGBMCorr(random_state=cfg.seed, num_threads=1)}
+                "lgbm": build_model("lgbm_corr", random_state=cfg.seed)}
 
     try:
         result = evaluate_correlation_frame(frame, freq=cfg.freq, horizons=tuple(cfg.horizons),

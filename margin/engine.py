@@ -1,0 +1,676 @@
+"""The margin engine: ``compute_margin(portfolio, market_state, bundle, params) -> MarginResult``.
+
+A pure function (no I/O, no clock, no MLflow, no Prefect): the same inputs give the same bytes
+(:meth:`MarginResult.to_json`). The recomputation path:
+
+1. **Inputs per position** from the market state (spot/index, perpetual mark, future's mark or
+   forward, option forward + smile vol + rate); a position that cannot be priced, or whose
+   underlying has no forecast in the bundle, becomes a :class:`~features.errors.Failure` and the
+   rest of the book still computes. The portfolio's row failures are carried along.
+2. **Scenarios** (:mod:`margin.scenarios`) over the book's MPOR (the longest of the product kinds
+   it holds, ``params.mpor_days``): FHS and Monte Carlo scaled by the forecast vols, the same draws
+   scaled by stressed vols, Monte Carlo under each correlation matrix, the stress grid.
+3. **Full revaluation** of every distinct instrument (one contract) in every scenario through
+   :func:`margin.revalue.position_pnl`, in USD, converted to the margin currency at the scenario's
+   price. Each option gets its own vol-shift column (its implied-vol dynamics). Instruments are
+   kept in name order and positions in (instrument, id) order, so permuting a portfolio's
+   positions changes no bit.
+4. **The chain** (confidence ``c`` of ``params.measure``; ``rho`` = ES or VaR on a pooled set):
+
+   ========================  ==========================================================
+   market_risk   R           rho(forecast pool: FHS + MC under the forecast matrix)
+   stress_blend  B - R       B = x R + (1 - x) rho(stressed pool)
+   correlation   C - B       C = max(B, rho(pool under each matrix), R + alpha (sum_u R_u - R));
+                             R_u = rho of underlying u's positions alone on the forecast pool
+   grid_floor    G - C       G = max(C, grid_floor_share x worst grid loss, 0)
+   liquidity, concentration, short_option_minimum, apc   0 (filled by the add-ons issue)
+   ========================  ==========================================================
+
+   IM = the sum of the components. MM: ``IM / im_over_mm`` ("ratio") or the same chain at
+   ``mm_confidence`` ("confidence").
+5. **Attribution**: every step is an Euler allocation on the scenario set that binds (ES: each
+   position's mean loss over the tail scenarios; VaR: its loss in the VaR scenario; the grid: its
+   loss in the worst grid scenario; the cap: ``(1 - alpha) e_R + alpha e_{R_u}``), so per-position
+   contributions sum to each component and to the total (to rounding); per underlying is the sum
+   over its positions.
+
+:func:`what_if` adds one trade and reuses the day's scenarios and cached per-instrument P&L
+vectors (a new instrument is revalued alone): the result equals a full recompute.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from numpy.typing import NDArray
+
+from features.errors import DataError, Failure, FailureReason
+from margin.instruments import Future, Instrument, Option, Perpetual, Spot
+from margin.market_state import MarketState
+from margin.params import MarginParams
+from margin.portfolio import Portfolio, Position
+from margin.revalue import MarketInputs, build_book, position_pnl
+from margin.risk import TailMeasure, euler, measure
+from margin.scenarios import (
+    Scenarios,
+    build_scenarios,
+    bundle_symbol,
+    option_vol,
+    tenor_factor,
+    to_scenario_set,
+)
+from models.forecast import RiskForecastBundle
+
+__all__ = [
+    "COMPONENTS",
+    "MarginContext",
+    "MarginResult",
+    "WhatIf",
+    "compute_margin",
+    "prepare",
+    "result_frame",
+    "what_if",
+]
+
+COMPONENTS = ("market_risk", "stress_blend", "correlation_stress", "grid_floor", "liquidity",
+              "concentration", "short_option_minimum", "apc")
+"""The IM components, in the order they are applied; they sum to the IM."""
+
+_N_WORST = 5
+_SMILE_EPS = 0.02
+
+
+def _kind(inst: Instrument) -> str:
+    return {Spot: "spot", Perpetual: "perpetual", Future: "future", Option: "option"}.get(
+        type(inst), type(inst).__name__.lower())
+
+
+@dataclass(frozen=True)
+class _Priced:
+    """An instrument's valuation inputs (and, for an option, its smile around the strike)."""
+
+    inputs: MarketInputs
+    spot: float
+    vol0: float = 0.0
+    slope: float = 0.0
+    curvature: float = 0.0
+    dte_days: float = 0.0
+
+
+def _price(inst: Instrument, ms: MarketState, bundle: RiskForecastBundle,
+           subject: str) -> _Priced | Failure:
+    """Inputs of one instrument at ``ms.as_of``, or why there are none."""
+    u = inst.underlying
+    sym = bundle_symbol(u)
+    if sym not in bundle.symbols:
+        return Failure(FailureReason.MISSING_INPUTS, subject,
+                       f"no forecast for {u} (bundle symbol {sym!r}) in bundle "
+                       f"{bundle.bundle_id[:12]}; it has {list(bundle.symbols)}",
+                       {"field": "underlying", "value": u})
+    st = ms.underlying(u)
+    if isinstance(st, Failure):
+        return replace(st, subject=subject)
+    ref = st.reference
+    if ref is None:
+        return Failure(FailureReason.MISSING_PRICE, subject, f"no spot/index price for {u} at "
+                       f"{ms.as_of}", {"field": "spot"})
+    s0 = float(ref.value)
+    if isinstance(inst, Option):
+        fw = ms.forward(u, inst.expiry)
+        if isinstance(fw, Failure):
+            return replace(fw, subject=subject)
+        if st.vol_surface is None:
+            return Failure(FailureReason.MISSING_INPUTS, subject, f"no vol surface for {u} at "
+                           f"{ms.as_of}", {"field": "vol_surface"})
+        if st.rate is None:
+            return Failure(FailureReason.MISSING_INPUTS, subject, f"no interest rate for {u} at "
+                           f"{ms.as_of}", {"field": "rate"})
+        k = np.array([inst.strike * math.exp(-_SMILE_EPS), inst.strike,
+                      inst.strike * math.exp(_SMILE_EPS)])
+        v = np.asarray(st.vol_surface.implied_vol(k, inst.expiry), dtype=np.float64).reshape(-1)
+        if v.size != 3 or not (np.isfinite(v).all() and (v > 0).all()):
+            return Failure(FailureReason.NON_FINITE, subject, f"the vol surface gives {v.tolist()} "
+                           f"around strike {inst.strike}", {"field": "vol"})
+        slope = float((v[2] - v[0]) / (2 * _SMILE_EPS))
+        curv = float((v[2] - 2 * v[1] + v[0]) / _SMILE_EPS**2)
+        dte = (inst.expiry - ms.as_of).total_seconds() / 86400.0
+        return _Priced(MarketInputs(float(fw.value), float(v[1]), 0, float(st.rate.value)), s0,
+                       float(v[1]), slope, curv, dte)
+    q = ms.price(inst)
+    if isinstance(q, Failure):
+        return replace(q, subject=subject)
+    p = float(q.value)
+    if not (math.isfinite(p) and p > 0):
+        return Failure(FailureReason.INVALID_VALUE, subject, f"price {p!r} of {inst.name} is not a "
+                       "finite number > 0", {"field": "price", "value": p})
+    if isinstance(inst, (Future,)) and inst.expiry <= ms.as_of:
+        return Failure(FailureReason.EXPIRED, subject, f"{inst.name} expired at {inst.expiry}",
+                       {"field": "expiry"})
+    if isinstance(inst, Spot) and inst.inverse:
+        return Failure(FailureReason.UNSUPPORTED_INSTRUMENT, subject, "inverse spot")
+    if not isinstance(inst, (Spot, Perpetual, Future)):
+        return Failure(FailureReason.UNSUPPORTED_INSTRUMENT, subject,
+                       f"{type(inst).__name__} is not supported by the revaluation kernel")
+    return _Priced(MarketInputs(p), s0)
+
+
+# ---- the context (the warm cache) -----------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class MarginContext:
+    """The day's scenarios and per-instrument P&L vectors for one (market state, bundle, params,
+    margin currency, underlyings, MPOR): what :func:`what_if` and a warm recompute reuse.
+
+    Attributes
+    ----------
+    market_state, bundle, params : the inputs.
+    margin_currency : "USD" or a coin.
+    scenarios : :class:`margin.scenarios.Scenarios`.
+    order : names of the scenario sets in the concatenated P&L vectors; ``offsets`` their start.
+    unit : instrument name -> P&L of one contract in every scenario (margin currency), array of
+        shape (n_scenarios_total,); ``priced`` its inputs.
+    """
+
+    market_state: MarketState
+    bundle: RiskForecastBundle
+    params: MarginParams
+    margin_currency: str
+    scenarios: Scenarios
+    order: tuple[str, ...]
+    offsets: Mapping[str, tuple[int, int]]
+    unit: dict[str, NDArray[np.float64]] = field(default_factory=dict)
+    priced: dict[str, _Priced] = field(default_factory=dict)
+
+    def add(self, instruments: Sequence[Instrument]) -> dict[str, Failure]:
+        """Revalue the instruments not yet cached (one kernel call for all); returns a failure per
+        instrument whose revaluation is not finite or that the kernel rejects."""
+        new = [i for i in instruments if i.name not in self.unit]
+        if not new:
+            return {}
+        fails: dict[str, Failure] = {}
+        try:
+            mat = self._revalue(new)
+        except DataError:
+            mat = None
+        if mat is None:  # isolate the instrument the kernel rejects
+            rows = []
+            for inst in new:
+                try:
+                    rows.append(self._revalue([inst])[0])
+                except DataError as exc:
+                    fails[inst.name] = Failure(FailureReason.INVALID_VALUE, inst.name, str(exc))
+                    rows.append(None)
+        else:
+            rows = list(mat)
+        for inst, row in zip(new, rows, strict=True):
+            if row is None:
+                continue
+            if not np.isfinite(row).all():
+                fails[inst.name] = Failure(FailureReason.NON_FINITE, inst.name,
+                                           "revaluation gave a non-finite P&L in some scenario")
+                continue
+            row.setflags(write=False)
+            self.unit[inst.name] = row
+        return fails
+
+    def _revalue(self, insts: Sequence[Instrument]) -> NDArray[np.float64]:
+        sc = self.scenarios
+        opts = [i for i in insts if isinstance(i, Option)]
+        bucket = {o.name: b for b, o in enumerate(opts)}
+        inputs = {}
+        for inst in insts:
+            p = self.priced[inst.name]
+            inputs[inst.name] = (replace(p.inputs, vol_bucket=bucket[inst.name])
+                                 if inst.name in bucket else p.inputs)
+        spot = {u: self.priced_spot(u) for u in {i.underlying for i in insts}}
+        book = build_book([(i, 1.0) for i in insts], inputs, spot, self.market_state.as_of)
+        out = np.empty((len(insts), self.offsets[self.order[-1]][1]))
+        for name in self.order:
+            fs = sc.sets[name]
+            lo, hi = self.offsets[name]
+            vs = None
+            if opts:
+                vs = np.empty((fs.n, len(opts)))
+                for b, o in enumerate(opts):
+                    p = self.priced[o.name]
+                    j = sc.underlyings.index(o.underlying)
+                    vov = sc.vol_of_vol[j]
+                    f = tenor_factor(vov, p.dte_days, self.params.iv_fallback_tenor_days)
+                    vol1 = option_vol(fs.log_return[:, j], fs.iv_log_shock[:, j], p.vol0, p.slope,
+                                      p.curvature, float(sc.beta[j]), f, self.params.iv_dynamics,
+                                      self.params.iv_floor)
+                    vs[:, b] = vol1 - p.vol0
+            ss = to_scenario_set(sc, fs, vs)
+            pnl = position_pnl(book, ss, np.arange(fs.n), margin_currency="USD")
+            if self.margin_currency != "USD":
+                j = sc.underlyings.index(self.margin_currency)
+                pnl = pnl / (self.priced_spot(self.margin_currency) * np.exp(fs.log_return[:, j]))
+            out[:, lo:hi] = pnl
+        return out
+
+    def priced_spot(self, underlying: str) -> float:
+        """The spot/index price S0 of an underlying (the reference the scenarios move)."""
+        st = self.market_state.underlying(underlying)
+        if isinstance(st, Failure) or st.reference is None:
+            raise DataError(f"no spot/index price for {underlying}", column="spot")
+        return float(st.reference.value)
+
+
+def prepare(market_state: MarketState, bundle: RiskForecastBundle, params: MarginParams,
+            underlyings: Sequence[str], mpor_days: int, margin_currency: str = "USD"
+            ) -> MarginContext:
+    """The day's scenarios for these underlyings and MPOR, with an empty instrument cache."""
+    unds = set(underlyings) | ({margin_currency} if margin_currency != "USD" else set())
+    carry = {}
+    for u in unds:
+        st = market_state.underlying(u)
+        if not isinstance(st, Failure) and st.funding is not None:
+            carry[u] = float(st.funding.carry_ann)
+    sc = build_scenarios(sorted(unds), bundle, params, mpor_days, as_of=market_state.as_of,
+                         funding_carry_ann=carry)
+    order = tuple(sc.sets)
+    offsets, lo = {}, 0
+    for name in order:
+        offsets[name] = (lo, lo + sc.sets[name].n)
+        lo += sc.sets[name].n
+    return MarginContext(market_state, bundle, params, margin_currency, sc, order, offsets)
+
+
+# ---- the result -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class MarginResult:
+    """A margin requirement with everything needed to recompute it (see the module docstring).
+
+    Attributes
+    ----------
+    portfolio : the portfolio's name; ``margin_currency`` the unit of every amount.
+    as_of : the market state's time (ISO string).
+    im, mm : initial and maintenance margin (>= 0).
+    components : :data:`COMPONENTS` -> amount (sums to ``im``); ``mm_components`` likewise for MM.
+    measures : the reported measures: ES and VaR of the forecast pool, the stressed pool, each
+        correlation matrix, the standalone per-underlying measures and the worst grid loss.
+    by_position : position id -> {component: contribution, "total": ...} (sums to the totals).
+    by_underlying : underlying -> {component: contribution, "total": ...}.
+    worst_scenarios : the forecast pool's worst scenarios (label, portfolio P&L).
+    failures : per-position failures (the portfolio's rows and the positions that could not be
+        priced or revalued).
+    bundle_id, model_versions : the bundle and the models behind it; ``params_hash`` the
+        parameters'.
+    explain : intermediates (scale factors per underlying, quantile positions, per-position P&L
+        in the worst scenarios, notes).
+    """
+
+    portfolio: str
+    margin_currency: str
+    as_of: str
+    im: float
+    mm: float
+    components: Mapping[str, float]
+    mm_components: Mapping[str, float]
+    measures: Mapping[str, Any]
+    by_position: Mapping[str, Mapping[str, float]]
+    by_underlying: Mapping[str, Mapping[str, float]]
+    worst_scenarios: tuple[Mapping[str, Any], ...]
+    failures: tuple[Failure, ...]
+    bundle_id: str
+    model_versions: Mapping[str, str]
+    params_hash: str
+    explain: Mapping[str, Any]
+    context: MarginContext | None = field(default=None, repr=False, compare=False)
+    positions: tuple[Position, ...] = field(default=(), repr=False, compare=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict of every field except the cache (``context``, ``positions``)."""
+        return {
+            "portfolio": self.portfolio, "margin_currency": self.margin_currency,
+            "as_of": self.as_of, "im": self.im, "mm": self.mm,
+            "components": dict(self.components), "mm_components": dict(self.mm_components),
+            "measures": self.measures, "by_position": {k: dict(v) for k, v in self.by_position.items()},
+            "by_underlying": {k: dict(v) for k, v in self.by_underlying.items()},
+            "worst_scenarios": list(self.worst_scenarios),
+            "failures": [f.to_dict() for f in self.failures],
+            "bundle_id": self.bundle_id, "model_versions": dict(self.model_versions),
+            "params_hash": self.params_hash, "explain": self.explain,
+        }
+
+    def to_json(self) -> str:
+        """Deterministic JSON (sorted keys, shortest round-trip floats): same inputs, same bytes."""
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"), allow_nan=False,
+                          default=str)
+
+
+# ---- the chain --------------------------------------------------------------------------------
+
+
+@dataclass
+class _Book:
+    """Positions that priced, in canonical (instrument, id) order, with the aggregated P&L."""
+
+    positions: list[Position]
+    und: list[str]
+    unit_rows: NDArray[np.float64]  # (n_positions, n_total): quantity x unit P&L
+    total: NDArray[np.float64]  # (n_total,)
+
+
+def _pool(ctx: MarginContext, names: Sequence[str]) -> NDArray[np.int64]:
+    return np.concatenate([np.arange(*ctx.offsets[n]) for n in names])
+
+
+def _chain(ctx: MarginContext, bk: _Book, confidence: float) -> dict[str, Any]:
+    """The component chain at one confidence, with each step's allocation per position."""
+    p = ctx.params
+    kind = p.measure
+    pools = ctx.scenarios.pools
+    n_pos = len(bk.positions)
+
+    def rho(cols: NDArray[np.int64], rows: NDArray[np.float64] | None = None
+            ) -> tuple[TailMeasure, NDArray[np.float64]]:
+        vec = bk.total[cols] if rows is None else rows.sum(axis=0)
+        tm = measure(vec, confidence, kind)
+        sub = bk.unit_rows[:, cols] if rows is None else None
+        alloc = euler(sub, tm) if sub is not None else None
+        return tm, alloc
+
+    fc = _pool(ctx, pools["forecast"])
+    r_tm, e_r = rho(fc)
+    st_cols = _pool(ctx, pools["stressed"])
+    s_tm, e_s = rho(st_cols)
+    x = p.blend_x
+    blend = x * r_tm.value + (1 - x) * s_tm.value
+    e_b = x * e_r + (1 - x) * e_s
+    # correlation stress: each matrix, and the correlation-break cap
+    corr_vals: dict[str, float] = {}
+    best, e_c, binding = blend, e_b, "blend"
+    for key in sorted(k for k in pools if k.startswith("corr:")):
+        cols = _pool(ctx, pools[key])
+        tm, e = rho(cols)
+        corr_vals[key.split(":", 1)[1]] = tm.value
+        if tm.value > best:
+            best, e_c, binding = tm.value, e, key
+    stand: dict[str, float] = {}
+    e_u = np.zeros(n_pos)
+    unds = sorted(set(bk.und))
+    und_arr = np.array(bk.und, dtype=object)
+    for u in unds:
+        mask = und_arr == u
+        sub = bk.unit_rows[mask][:, fc]
+        tm = measure(sub.sum(axis=0), confidence, kind)
+        stand[u] = tm.value
+        e_u[mask] = euler(sub, tm)
+    alpha = p.correlation_break_alpha
+    cap = r_tm.value + alpha * (sum(stand.values()) - r_tm.value)
+    if cap > best:
+        best, e_c, binding = cap, (1 - alpha) * e_r + alpha * e_u, "correlation_break_cap"
+    # grid floor
+    g_cols = _pool(ctx, pools["grid"])
+    g_pnl = bk.total[g_cols]
+    gi = int(np.argsort(g_pnl, kind="stable")[0])
+    worst_grid = float(-g_pnl[gi])
+    floor = p.grid_floor_share * worst_grid
+    g_val, e_g, g_binding = best, e_c, binding
+    if floor > g_val:
+        g_val, e_g, g_binding = floor, -p.grid_floor_share * bk.unit_rows[:, g_cols[gi]], "grid"
+    if g_val < 0:
+        g_val, e_g, g_binding = 0.0, np.zeros(n_pos), "zero"
+    comps = {"market_risk": r_tm.value, "stress_blend": blend - r_tm.value,
+             "correlation_stress": best - blend, "grid_floor": g_val - best}
+    alloc = {"market_risk": e_r, "stress_blend": e_b - e_r, "correlation_stress": e_c - e_b,
+             "grid_floor": e_g - e_c}
+    for c in COMPONENTS[4:]:
+        comps[c], alloc[c] = 0.0, np.zeros(n_pos)
+    return {"components": comps, "alloc": alloc, "r": r_tm, "s": s_tm, "corr": corr_vals,
+            "standalone": stand, "cap": cap, "blend": blend, "worst_grid": worst_grid,
+            "worst_grid_col": int(g_cols[gi]), "binding": g_binding, "fc_cols": fc}
+
+
+def _labels(ctx: MarginContext, col: int) -> str:
+    for name in ctx.order:
+        lo, hi = ctx.offsets[name]
+        if lo <= col < hi:
+            return ctx.scenarios.sets[name].labels[col - lo]
+    raise IndexError(col)
+
+
+def _r(x: float) -> float:
+    return float(x)
+
+
+def _assemble(ctx: MarginContext, portfolio: Portfolio, positions: Sequence[Position],
+              failures: list[Failure]) -> MarginResult:
+    p = ctx.params
+    pos = sorted(positions, key=lambda q: (q.instrument.name, q.id))
+    n_total = ctx.offsets[ctx.order[-1]][1]
+    rows = np.empty((len(pos), n_total))
+    for j, q in enumerate(pos):
+        rows[j] = q.quantity * ctx.unit[q.instrument.name]
+    # the portfolio P&L: instruments in name order, quantities summed in (name, id) order
+    total = np.zeros(n_total)
+    qty: dict[str, float] = {}
+    for q in pos:
+        qty[q.instrument.name] = qty.get(q.instrument.name, 0.0) + q.quantity
+    for name, qv in qty.items():
+        total += qv * ctx.unit[name]
+    bk = _Book(pos, [q.instrument.underlying for q in pos], rows, total)
+    ch = _chain(ctx, bk, p.confidence())
+    comps = {c: _r(ch["components"][c]) for c in COMPONENTS}
+    im = math.fsum(comps.values())
+    if p.mm_rule == "ratio":
+        mm_comps = {c: v / p.im_over_mm for c, v in comps.items()}
+        mm_alloc = {c: a / p.im_over_mm for c, a in ch["alloc"].items()}
+    else:
+        chm = _chain(ctx, bk, p.mm_confidence)
+        mm_comps = {c: _r(chm["components"][c]) for c in COMPONENTS}
+        mm_alloc = chm["alloc"]
+    mm = math.fsum(mm_comps.values())
+    by_pos: dict[str, dict[str, float]] = {}
+    by_und: dict[str, dict[str, float]] = {}
+    for j, q in enumerate(pos):
+        d = {c: _r(ch["alloc"][c][j]) for c in COMPONENTS}
+        d["total"] = math.fsum(d.values())
+        d["mm_total"] = _r(math.fsum(float(mm_alloc[c][j]) for c in COMPONENTS))
+        by_pos[q.id] = d
+        u = by_und.setdefault(q.instrument.underlying, {c: 0.0 for c in (*COMPONENTS, "total",
+                                                                         "mm_total")})
+        for c, v in d.items():
+            u[c] += v
+    # worst scenarios of the forecast pool, with each position's P&L in them
+    fc = ch["fc_cols"]
+    worst = fc[np.argsort(total[fc], kind="stable")[:_N_WORST]]
+    worst_list = tuple({"scenario": _labels(ctx, int(c)), "pnl": _r(total[c])} for c in worst)
+    sc = ctx.scenarios
+    explain = {
+        "mpor_days": sc.mpor_days, "dt_yr": sc.dt_yr,
+        "measure": p.measure, "confidence": p.confidence(),
+        "scale_factors": {u: {"symbol": s, "sigma_mpor": _r(sc.sigma[k]),
+                              "sigma_stressed_mpor": _r(sc.sigma_stressed[k]),
+                              "forecast_horizon_used": sc.sigma_source_horizon[k],
+                              "variance_scale": _r(_scale(ctx.bundle, s, sc.sigma_source_horizon[k])),
+                              "spot_vol_beta": _r(sc.beta[k]),
+                              "vol_of_vol": None if sc.vol_of_vol[k] is None else
+                              sc.vol_of_vol[k].source}
+                          for k, (u, s) in enumerate(zip(sc.underlyings, sc.symbols, strict=True))},
+        "quantile_positions": {
+            "forecast_pool": list(sc.pools["forecast"]), "n_scenarios": int(ch["r"].n_scenarios),
+            "tail_scenarios": [_labels(ctx, int(fc[i])) for i in ch["r"].scenarios],
+            "stressed_pool_n": int(ch["s"].n_scenarios),
+            "worst_grid_scenario": _labels(ctx, ch["worst_grid_col"]),
+            "binding": ch["binding"],
+        },
+        "chain": {"market_risk": _r(ch["r"].value), "stressed_measure": _r(ch["s"].value),
+                  "blend": _r(ch["blend"]), "correlation_break_cap": _r(ch["cap"]),
+                  "worst_grid_loss": _r(ch["worst_grid"])},
+        "worst_scenario_pnl_by_position": {
+            q.id: [_r(rows[j, c]) for c in worst] for j, q in enumerate(pos)},
+        "n_scenarios": {n: ctx.scenarios.sets[n].n for n in ctx.order},
+        "notes": list(sc.notes),
+    }
+    measures = {
+        "es_forecast": _r(measure(total[fc], p.es_confidence, "es").value),
+        "var_forecast": _r(measure(total[fc], p.var_confidence, "var").value),
+        "stressed": _r(ch["s"].value), "by_matrix": {k: _r(v) for k, v in ch["corr"].items()},
+        "standalone_by_underlying": {k: _r(v) for k, v in ch["standalone"].items()},
+        "worst_grid_loss": _r(ch["worst_grid"]),
+    }
+    b = ctx.bundle
+    versions = {m.role: f"{m.name}:{m.version}" for m in b.provenance.members}
+    if not versions:
+        versions = {f"vol:{r.unit}:{r.symbol}": f"{r.model_id}:{r.model_version}"
+                    for r in b.vol_table.itertuples() if r.symbol in sc.symbols}
+    fails = tuple(sorted(failures, key=lambda f: (f.subject, f.reason.value, f.message)))
+    return MarginResult(portfolio.name, ctx.margin_currency, ctx.market_state.as_of.isoformat(),
+                        _r(im), _r(mm), comps, mm_comps, measures, by_pos, by_und, worst_list,
+                        fails, b.bundle_id, versions, p.params_hash, explain, ctx, tuple(pos))
+
+
+def _scale(bundle: RiskForecastBundle, symbol: str, h: int) -> float:
+    v = bundle.vol_table
+    row = v[(v["unit"] == "1D") & (v["symbol"] == symbol) & (v["horizon"] == h)]
+    return float(row["scale"].iloc[0]) if len(row) else 1.0
+
+
+def _empty(portfolio: Portfolio, ms: MarketState, bundle: RiskForecastBundle, params: MarginParams,
+           failures: list[Failure]) -> MarginResult:
+    zero = {c: 0.0 for c in COMPONENTS}
+    return MarginResult(portfolio.name, portfolio.margin_currency, ms.as_of.isoformat(), 0.0, 0.0,
+                        zero, dict(zero), {}, {}, {}, (), tuple(sorted(
+                            failures, key=lambda f: (f.subject, f.reason.value, f.message))),
+                        bundle.bundle_id, {}, params.params_hash, {"notes": ["no position priced"]})
+
+
+def _price_all(positions: Sequence[Position], ms: MarketState, bundle: RiskForecastBundle
+               ) -> tuple[list[Position], dict[str, _Priced], list[Failure]]:
+    ok, priced, fails = [], {}, []
+    for q in positions:
+        name = q.instrument.name
+        if name not in priced:
+            pr = _price(q.instrument, ms, bundle, q.id)
+            if isinstance(pr, Failure):
+                fails.append(pr)
+                continue
+            priced[name] = pr
+        ok.append(q)
+    return ok, priced, fails
+
+
+def _mpor(positions: Sequence[Position], params: MarginParams) -> int:
+    return max((params.mpor(_kind(q.instrument)) for q in positions), default=1)
+
+
+def compute_margin(portfolio: Portfolio, market_state: MarketState, bundle: RiskForecastBundle,
+                   params: MarginParams | None = None) -> MarginResult:
+    """Initial and maintenance margin of a portfolio (see the module docstring).
+
+    Parameters
+    ----------
+    portfolio : positions (and row failures) from :func:`margin.portfolio.parse_portfolio`.
+    market_state : the market inputs at ``as_of``.
+    bundle : the risk-forecast bundle (residuals after ``market_state.as_of`` are ignored).
+    params : :class:`~margin.params.MarginParams` (defaults if None).
+
+    Returns
+    -------
+    MarginResult; positions that cannot be priced or revalued are failures in it, the rest
+    computes.
+
+    Raises
+    ------
+    ModelError : the bundle cannot scale any scenario (no "1D" forecasts).
+    """
+    params = params or MarginParams()
+    failures = list(portfolio.failures)
+    ok, priced, fails = _price_all(portfolio.positions, market_state, bundle)
+    failures += fails
+    if not ok:
+        return _empty(portfolio, market_state, bundle, params, failures)
+    ctx = prepare(market_state, bundle, params, [q.instrument.underlying for q in ok],
+                  _mpor(ok, params), portfolio.margin_currency)
+    return _finish(ctx, portfolio, ok, priced, failures)
+
+
+def _finish(ctx: MarginContext, portfolio: Portfolio, ok: list[Position],
+            priced: Mapping[str, _Priced], failures: list[Failure]) -> MarginResult:
+    for name, pr in priced.items():
+        ctx.priced.setdefault(name, pr)
+    insts = sorted({q.instrument.name: q.instrument for q in ok}.values(), key=lambda i: i.name)
+    bad = ctx.add(insts)
+    good = []
+    for q in ok:
+        if q.instrument.name in bad:
+            f = bad[q.instrument.name]
+            failures.append(Failure(f.reason, q.id, f.message, f.details))
+        else:
+            good.append(q)
+    if not good:
+        return _empty(portfolio, ctx.market_state, ctx.bundle, ctx.params, failures)
+    return _assemble(ctx, portfolio, good, failures)
+
+
+@dataclass(frozen=True)
+class WhatIf:
+    """The margin before and after a trade: ``incremental_im = after.im - before.im`` (and MM)."""
+
+    before: MarginResult
+    after: MarginResult
+    incremental_im: float
+    incremental_mm: float
+
+
+def what_if(base: MarginResult, trade: Position | tuple[Instrument, float]) -> WhatIf:
+    """Margin of ``base``'s portfolio plus one trade, reusing the day's scenarios and cached
+    per-instrument P&L (a new instrument is revalued alone). When the trade brings a new
+    underlying or a longer MPOR the scenarios differ, so everything is recomputed. Either way the
+    result equals :func:`compute_margin` on the combined portfolio.
+
+    Parameters
+    ----------
+    base : a result of :func:`compute_margin` (it carries its context).
+    trade : a :class:`~margin.portfolio.Position`, or (instrument, signed quantity) (id
+        ``"what-if"``).
+    """
+    ctx = base.context
+    if ctx is None:
+        raise DataError("this MarginResult carries no context (it computed no position); use "
+                        "compute_margin on the combined portfolio", column="context")
+    if not isinstance(trade, Position):
+        inst, qv = trade
+        ids = {q.id for q in base.positions}
+        tid = "what-if"
+        while tid in ids:
+            tid += "'"
+        trade = Position(tid, inst, float(qv), None, -1, inst.name)
+    failed = [f for f in base.failures]
+    positions = [*base.positions, trade]
+    pf = Portfolio(base.portfolio, tuple(positions), (), ctx.market_state.as_of, ctx.margin_currency)
+    pr = _price(trade.instrument, ctx.market_state, ctx.bundle, trade.id)
+    same = (not isinstance(pr, Failure)
+            and trade.instrument.underlying in ctx.scenarios.underlyings
+            and set(ctx.scenarios.underlyings) == (
+                {q.instrument.underlying for q in positions}
+                | ({ctx.margin_currency} if ctx.margin_currency != "USD" else set()))
+            and _mpor(positions, ctx.params) == ctx.scenarios.mpor_days)
+    if isinstance(pr, Failure):
+        after = _finish(ctx, pf, list(base.positions), {}, [*failed, pr])
+    elif same:
+        after = _finish(ctx, pf, positions, {trade.instrument.name: pr}, failed)
+    else:
+        ok, priced, fails = _price_all(positions, ctx.market_state, ctx.bundle)
+        nctx = prepare(ctx.market_state, ctx.bundle, ctx.params,
+                       [q.instrument.underlying for q in ok], _mpor(ok, ctx.params),
+                       ctx.margin_currency)
+        after = _finish(nctx, pf, ok, priced, [*failed, *fails])
+    return WhatIf(base, after, after.im - base.im, after.mm - base.mm)
+
+
+def result_frame(result: MarginResult) -> pd.DataFrame:
+    """Per-position attribution as a table (one row per position, one column per component)."""
+    return pd.DataFrame.from_dict(dict(result.by_position), orient="index").sort_index()
+

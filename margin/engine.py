@@ -50,7 +50,7 @@ import numpy as np
 import pandas as pd
 from numpy.typing import NDArray
 
-from features.errors import DataError, Failure, FailureReason
+from features.errors import DataError, Failure, FailureReason, ModelError
 from margin.instruments import Future, Instrument, Option, Perpetual, Spot
 from margin.market_state import MarketState
 from margin.params import MarginParams
@@ -583,9 +583,13 @@ def compute_margin(portfolio: Portfolio, market_state: MarketState, bundle: Risk
 
     Raises
     ------
-    ModelError : the bundle cannot scale any scenario (no "1D" forecasts).
+    ModelError : the bundle is from after ``market_state.as_of`` (look-ahead) or cannot scale
+        any scenario (no "1D" forecasts).
     """
     params = params or MarginParams()
+    if bundle.as_of > market_state.as_of:
+        raise ModelError(f"the bundle's as_of {bundle.as_of} is after the market state's "
+                         f"{market_state.as_of}: its forecasts may use later data (look-ahead)")
     failures = list(portfolio.failures)
     ok, priced, fails = _price_all(portfolio.positions, market_state, bundle)
     failures += fails

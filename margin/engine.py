@@ -56,7 +56,7 @@ from margin.market_state import MarketState
 from margin.params import MarginParams
 from margin.portfolio import Portfolio, Position
 from margin.revalue import MarketInputs, build_book, position_pnl
-from margin.risk import TailMeasure, euler, measure
+from margin.risk import TailMeasure, measure
 from margin.scenarios import (
     Scenarios,
     build_scenarios,
@@ -74,6 +74,7 @@ __all__ = [
     "WhatIf",
     "compute_margin",
     "prepare",
+    "recompute",
     "result_frame",
     "what_if",
 ]
@@ -174,8 +175,8 @@ class MarginContext:
     margin_currency : "USD" or a coin.
     scenarios : :class:`margin.scenarios.Scenarios`.
     order : names of the scenario sets in the concatenated P&L vectors; ``offsets`` their start.
-    unit : instrument name -> P&L of one contract in every scenario (margin currency), array of
-        shape (n_scenarios_total,); ``priced`` its inputs.
+    index : instrument name -> its row of :attr:`unit` (P&L of one contract in every scenario,
+        margin currency); ``priced`` its inputs.
     """
 
     market_state: MarketState
@@ -185,13 +186,38 @@ class MarginContext:
     scenarios: Scenarios
     order: tuple[str, ...]
     offsets: Mapping[str, tuple[int, int]]
-    unit: dict[str, NDArray[np.float64]] = field(default_factory=dict)
+    index: dict[str, int] = field(default_factory=dict)
     priced: dict[str, _Priced] = field(default_factory=dict)
+    _store: list[NDArray[np.float64]] = field(default_factory=list, repr=False)
+
+    @property
+    def n_total(self) -> int:
+        """Scenarios in all sets together (the length of every P&L vector)."""
+        return self.offsets[self.order[-1]][1]
+
+    @property
+    def unit(self) -> NDArray[np.float64]:
+        """Array of shape (n_instruments_cached, n_total): row ``index[name]`` is the P&L of one
+        contract of that instrument in every scenario (a view; do not write to it)."""
+        if not self._store:
+            return np.zeros((0, self.n_total))
+        return self._store[0][:len(self.index)]
+
+    def _append(self, name: str, row: NDArray[np.float64]) -> None:
+        n = len(self.index)
+        buf = self._store[0] if self._store else np.zeros((0, self.n_total))
+        if n == buf.shape[0]:  # grow geometrically: appending stays amortized O(row)
+            bigger = np.empty((max(8, 2 * n), self.n_total))
+            bigger[:n] = buf[:n]
+            self._store[:] = [bigger]
+            buf = bigger
+        buf[n] = row
+        self.index[name] = n
 
     def add(self, instruments: Sequence[Instrument]) -> dict[str, Failure]:
         """Revalue the instruments not yet cached (one kernel call for all); returns a failure per
         instrument whose revaluation is not finite or that the kernel rejects."""
-        new = [i for i in instruments if i.name not in self.unit]
+        new = [i for i in instruments if i.name not in self.index]
         if not new:
             return {}
         fails: dict[str, Failure] = {}
@@ -216,8 +242,7 @@ class MarginContext:
                 fails[inst.name] = Failure(FailureReason.NON_FINITE, inst.name,
                                            "revaluation gave a non-finite P&L in some scenario")
                 continue
-            row.setflags(write=False)
-            self.unit[inst.name] = row
+            self._append(inst.name, row)
         return fails
 
     def _revalue(self, insts: Sequence[Instrument]) -> NDArray[np.float64]:
@@ -353,16 +378,34 @@ class MarginResult:
 
 @dataclass
 class _Book:
-    """Positions that priced, in canonical (instrument, id) order, with the aggregated P&L."""
+    """Positions that priced, in canonical (instrument, id) order, and the portfolio P&L."""
 
     positions: list[Position]
-    und: list[str]
-    unit_rows: NDArray[np.float64]  # (n_positions, n_total): quantity x unit P&L
-    total: NDArray[np.float64]  # (n_total,)
+    und: NDArray[np.object_]  # underlying per position
+    row: NDArray[np.int64]  # row of ctx.unit per position
+    q: NDArray[np.float64]  # quantity per position
+    unit: NDArray[np.float64]  # ctx.unit
+    total: NDArray[np.float64]  # (n_total,) portfolio P&L
+
+    def rows(self, cols: NDArray[np.int64] | slice, mask: NDArray[np.bool_] | None = None
+             ) -> NDArray[np.float64]:
+        """Per-position P&L in the given scenarios, array of shape (n_positions, n_cols)."""
+        r, q = (self.row, self.q) if mask is None else (self.row[mask], self.q[mask])
+        if isinstance(cols, slice):
+            return q[:, None] * self.unit[r, cols]
+        return q[:, None] * self.unit[np.ix_(r, cols)]
 
 
-def _pool(ctx: MarginContext, names: Sequence[str]) -> NDArray[np.int64]:
-    return np.concatenate([np.arange(*ctx.offsets[n]) for n in names])
+def _pool(ctx: MarginContext, names: Sequence[str]) -> NDArray[np.int64] | slice:
+    spans = [ctx.offsets[n] for n in names]
+    if all(a[1] == b[0] for a, b in zip(spans, spans[1:], strict=False)):
+        return slice(spans[0][0], spans[-1][1])
+    return np.concatenate([np.arange(*sp) for sp in spans])
+
+
+def _cols(cols: NDArray[np.int64] | slice, idx: NDArray[np.int64]) -> NDArray[np.int64]:
+    """Global scenario columns of positions ``idx`` within a pool."""
+    return (cols.start + idx) if isinstance(cols, slice) else cols[idx]
 
 
 def _chain(ctx: MarginContext, bk: _Book, confidence: float) -> dict[str, Any]:
@@ -372,18 +415,13 @@ def _chain(ctx: MarginContext, bk: _Book, confidence: float) -> dict[str, Any]:
     pools = ctx.scenarios.pools
     n_pos = len(bk.positions)
 
-    def rho(cols: NDArray[np.int64], rows: NDArray[np.float64] | None = None
-            ) -> tuple[TailMeasure, NDArray[np.float64]]:
-        vec = bk.total[cols] if rows is None else rows.sum(axis=0)
-        tm = measure(vec, confidence, kind)
-        sub = bk.unit_rows[:, cols] if rows is None else None
-        alloc = euler(sub, tm) if sub is not None else None
-        return tm, alloc
+    def rho(cols: NDArray[np.int64] | slice) -> tuple[TailMeasure, NDArray[np.float64]]:
+        tm = measure(bk.total[cols], confidence, kind)
+        return tm, -bk.rows(_cols(cols, tm.scenarios)).mean(axis=1)
 
     fc = _pool(ctx, pools["forecast"])
     r_tm, e_r = rho(fc)
-    st_cols = _pool(ctx, pools["stressed"])
-    s_tm, e_s = rho(st_cols)
+    s_tm, e_s = rho(_pool(ctx, pools["stressed"]))
     x = p.blend_x
     blend = x * r_tm.value + (1 - x) * s_tm.value
     e_b = x * e_r + (1 - x) * e_s
@@ -391,21 +429,18 @@ def _chain(ctx: MarginContext, bk: _Book, confidence: float) -> dict[str, Any]:
     corr_vals: dict[str, float] = {}
     best, e_c, binding = blend, e_b, "blend"
     for key in sorted(k for k in pools if k.startswith("corr:")):
-        cols = _pool(ctx, pools[key])
-        tm, e = rho(cols)
+        tm, e = rho(_pool(ctx, pools[key]))
         corr_vals[key.split(":", 1)[1]] = tm.value
         if tm.value > best:
             best, e_c, binding = tm.value, e, key
     stand: dict[str, float] = {}
     e_u = np.zeros(n_pos)
-    unds = sorted(set(bk.und))
-    und_arr = np.array(bk.und, dtype=object)
-    for u in unds:
-        mask = und_arr == u
-        sub = bk.unit_rows[mask][:, fc]
-        tm = measure(sub.sum(axis=0), confidence, kind)
+    for u in sorted(set(bk.und)):
+        mask = bk.und == u
+        vec = bk.rows(fc, mask).sum(axis=0) if mask.sum() > 1 else bk.rows(fc, mask)[0]
+        tm = measure(vec, confidence, kind)
         stand[u] = tm.value
-        e_u[mask] = euler(sub, tm)
+        e_u[mask] = -bk.rows(_cols(fc, tm.scenarios), mask).mean(axis=1)
     alpha = p.correlation_break_alpha
     cap = r_tm.value + alpha * (sum(stand.values()) - r_tm.value)
     if cap > best:
@@ -414,11 +449,12 @@ def _chain(ctx: MarginContext, bk: _Book, confidence: float) -> dict[str, Any]:
     g_cols = _pool(ctx, pools["grid"])
     g_pnl = bk.total[g_cols]
     gi = int(np.argsort(g_pnl, kind="stable")[0])
+    g_col = int(_cols(g_cols, np.array([gi]))[0])
     worst_grid = float(-g_pnl[gi])
     floor = p.grid_floor_share * worst_grid
     g_val, e_g, g_binding = best, e_c, binding
     if floor > g_val:
-        g_val, e_g, g_binding = floor, -p.grid_floor_share * bk.unit_rows[:, g_cols[gi]], "grid"
+        g_val, e_g, g_binding = floor, -p.grid_floor_share * bk.rows(np.array([g_col]))[:, 0], "grid"
     if g_val < 0:
         g_val, e_g, g_binding = 0.0, np.zeros(n_pos), "zero"
     comps = {"market_risk": r_tm.value, "stress_blend": blend - r_tm.value,
@@ -429,7 +465,7 @@ def _chain(ctx: MarginContext, bk: _Book, confidence: float) -> dict[str, Any]:
         comps[c], alloc[c] = 0.0, np.zeros(n_pos)
     return {"components": comps, "alloc": alloc, "r": r_tm, "s": s_tm, "corr": corr_vals,
             "standalone": stand, "cap": cap, "blend": blend, "worst_grid": worst_grid,
-            "worst_grid_col": int(g_cols[gi]), "binding": g_binding, "fc_cols": fc}
+            "worst_grid_col": g_col, "binding": g_binding, "fc_cols": fc}
 
 
 def _labels(ctx: MarginContext, col: int) -> str:
@@ -448,18 +484,17 @@ def _assemble(ctx: MarginContext, portfolio: Portfolio, positions: Sequence[Posi
               failures: list[Failure]) -> MarginResult:
     p = ctx.params
     pos = sorted(positions, key=lambda q: (q.instrument.name, q.id))
-    n_total = ctx.offsets[ctx.order[-1]][1]
-    rows = np.empty((len(pos), n_total))
-    for j, q in enumerate(pos):
-        rows[j] = q.quantity * ctx.unit[q.instrument.name]
-    # the portfolio P&L: instruments in name order, quantities summed in (name, id) order
-    total = np.zeros(n_total)
-    qty: dict[str, float] = {}
-    for q in pos:
-        qty[q.instrument.name] = qty.get(q.instrument.name, 0.0) + q.quantity
-    for name, qv in qty.items():
-        total += qv * ctx.unit[name]
-    bk = _Book(pos, [q.instrument.underlying for q in pos], rows, total)
+    unit = ctx.unit
+    row = np.array([ctx.index[q.instrument.name] for q in pos], dtype=np.int64)
+    qv = np.array([q.quantity for q in pos], dtype=np.float64)
+    # the portfolio P&L: quantities summed per instrument in (name, id) order, one matrix-vector
+    # product over the cached instruments (unheld ones weigh 0)
+    qty = np.zeros(unit.shape[0])
+    for r_, x_ in zip(row.tolist(), qv.tolist(), strict=True):
+        qty[r_] += x_
+    total = qty @ unit
+    bk = _Book(pos, np.array([q.instrument.underlying for q in pos], dtype=object), row, qv, unit,
+               total)
     ch = _chain(ctx, bk, p.confidence())
     comps = {c: _r(ch["components"][c]) for c in COMPONENTS}
     im = math.fsum(comps.values())
@@ -484,7 +519,8 @@ def _assemble(ctx: MarginContext, portfolio: Portfolio, positions: Sequence[Posi
             u[c] += v
     # worst scenarios of the forecast pool, with each position's P&L in them
     fc = ch["fc_cols"]
-    worst = fc[np.argsort(total[fc], kind="stable")[:_N_WORST]]
+    worst = _cols(fc, np.argsort(total[fc], kind="stable")[:_N_WORST])
+    wrows = bk.rows(worst)
     worst_list = tuple({"scenario": _labels(ctx, int(c)), "pnl": _r(total[c])} for c in worst)
     sc = ctx.scenarios
     explain = {
@@ -500,7 +536,7 @@ def _assemble(ctx: MarginContext, portfolio: Portfolio, positions: Sequence[Posi
                           for k, (u, s) in enumerate(zip(sc.underlyings, sc.symbols, strict=True))},
         "quantile_positions": {
             "forecast_pool": list(sc.pools["forecast"]), "n_scenarios": int(ch["r"].n_scenarios),
-            "tail_scenarios": [_labels(ctx, int(fc[i])) for i in ch["r"].scenarios],
+            "tail_scenarios": [_labels(ctx, int(c)) for c in _cols(fc, ch["r"].scenarios)],
             "stressed_pool_n": int(ch["s"].n_scenarios),
             "worst_grid_scenario": _labels(ctx, ch["worst_grid_col"]),
             "binding": ch["binding"],
@@ -509,7 +545,7 @@ def _assemble(ctx: MarginContext, portfolio: Portfolio, positions: Sequence[Posi
                   "blend": _r(ch["blend"]), "correlation_break_cap": _r(ch["cap"]),
                   "worst_grid_loss": _r(ch["worst_grid"])},
         "worst_scenario_pnl_by_position": {
-            q.id: [_r(rows[j, c]) for c in worst] for j, q in enumerate(pos)},
+            q.id: [_r(v) for v in wrows[j]] for j, q in enumerate(pos)},
         "n_scenarios": {n: ctx.scenarios.sets[n].n for n in ctx.order},
         "notes": list(sc.notes),
     }
@@ -546,9 +582,10 @@ def _empty(portfolio: Portfolio, ms: MarketState, bundle: RiskForecastBundle, pa
                         bundle.bundle_id, {}, params.params_hash, {"notes": ["no position priced"]})
 
 
-def _price_all(positions: Sequence[Position], ms: MarketState, bundle: RiskForecastBundle
+def _price_all(positions: Sequence[Position], ms: MarketState, bundle: RiskForecastBundle,
+               cache: Mapping[str, _Priced] | None = None
                ) -> tuple[list[Position], dict[str, _Priced], list[Failure]]:
-    ok, priced, fails = [], {}, []
+    ok, priced, fails = [], dict(cache or {}), []
     for q in positions:
         name = q.instrument.name
         if name not in priced:
@@ -616,6 +653,25 @@ def _finish(ctx: MarginContext, portfolio: Portfolio, ok: list[Position],
     if not good:
         return _empty(portfolio, ctx.market_state, ctx.bundle, ctx.params, failures)
     return _assemble(ctx, portfolio, good, failures)
+
+
+def recompute(context: MarginContext, portfolio: Portfolio) -> MarginResult:
+    """Margin of ``portfolio`` from a context's cached scenarios and per-instrument P&L (the warm
+    path: only instruments not yet cached are priced and revalued). When the portfolio's
+    underlyings or MPOR differ from the context's the scenarios differ, so it computes from
+    scratch. Equals :func:`compute_margin` (to rounding: cached instruments are summed in cache
+    order)."""
+    ctx = context
+    ok, priced, fails = _price_all(portfolio.positions, ctx.market_state, ctx.bundle, ctx.priced)
+    failures = [*portfolio.failures, *fails]
+    if not ok:
+        return _empty(portfolio, ctx.market_state, ctx.bundle, ctx.params, failures)
+    want = {q.instrument.underlying for q in ok} | (
+        {ctx.margin_currency} if ctx.margin_currency != "USD" else set())
+    if (portfolio.margin_currency != ctx.margin_currency or want != set(ctx.scenarios.underlyings)
+            or _mpor(ok, ctx.params) != ctx.scenarios.mpor_days):
+        return compute_margin(portfolio, ctx.market_state, ctx.bundle, ctx.params)
+    return _finish(ctx, portfolio, ok, priced, failures)
 
 
 @dataclass(frozen=True)

@@ -48,6 +48,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from numba import njit
 from numpy.typing import NDArray
 
 from features.errors import DataError, Failure, FailureReason, ModelError
@@ -55,15 +56,14 @@ from margin.instruments import Future, Instrument, Option, Perpetual, Spot
 from margin.market_state import MarketState
 from margin.params import MarginParams
 from margin.portfolio import Portfolio, Position
-from margin.revalue import MarketInputs, build_book, position_pnl
+from margin.revalue import MarketInputs, ScenarioSet, build_book, position_pnl
 from margin.risk import TailMeasure, measure
 from margin.scenarios import (
     Scenarios,
     build_scenarios,
     bundle_symbol,
-    option_vol,
+    option_vol_shifts,
     tenor_factor,
-    to_scenario_set,
 )
 from models.forecast import RiskForecastBundle
 
@@ -105,7 +105,8 @@ class _Priced:
 
 
 def _price(inst: Instrument, ms: MarketState, bundle: RiskForecastBundle,
-           subject: str) -> _Priced | Failure:
+           subject: str, forwards: dict[tuple[str, pd.Timestamp], Any] | None = None
+           ) -> _Priced | Failure:
     """Inputs of one instrument at ``ms.as_of``, or why there are none."""
     u = inst.underlying
     sym = bundle_symbol(u)
@@ -123,7 +124,12 @@ def _price(inst: Instrument, ms: MarketState, bundle: RiskForecastBundle,
                        f"{ms.as_of}", {"field": "spot"})
     s0 = float(ref.value)
     if isinstance(inst, Option):
-        fw = ms.forward(u, inst.expiry)
+        key = (u, inst.expiry)
+        fw = forwards.get(key) if forwards is not None else None
+        if fw is None:
+            fw = ms.forward(u, inst.expiry)
+            if forwards is not None:
+                forwards[key] = fw
         if isinstance(fw, Failure):
             return replace(fw, subject=subject)
         if st.vol_surface is None:
@@ -161,6 +167,30 @@ def _price(inst: Instrument, ms: MarketState, bundle: RiskForecastBundle,
     return _Priced(MarketInputs(p), s0)
 
 
+@njit(cache=True, nogil=True)
+def _combine_kernel(weights, unit, lo, hi, out):
+    for k in range(weights.shape[0]):
+        for i in range(weights.shape[1]):
+            w = weights[k, i]
+            if w == 0.0:
+                continue
+            for s in range(lo, hi):
+                out[k, s - lo] += w * unit[i, s]
+
+
+def _combine(weights: NDArray[np.float64], unit: NDArray[np.float64],
+             cols: slice | NDArray[np.int64] | None = None) -> NDArray[np.float64]:
+    """``weights @ unit[:, cols]`` (weights of shape (k, n_instruments)) summed in row order,
+    one thread: the same bits on any machine and BLAS (BLAS threads also stall on a shared
+    machine)."""
+    if cols is not None and not isinstance(cols, slice):
+        unit, cols = np.ascontiguousarray(unit[:, cols]), None
+    lo, hi = (0, unit.shape[1]) if cols is None else (cols.start, cols.stop)
+    out = np.zeros((weights.shape[0], hi - lo))
+    _combine_kernel(np.ascontiguousarray(weights), unit, lo, hi, out)
+    return out
+
+
 # ---- the context (the warm cache) -----------------------------------------------------------------
 
 
@@ -189,6 +219,7 @@ class MarginContext:
     index: dict[str, int] = field(default_factory=dict)
     priced: dict[str, _Priced] = field(default_factory=dict)
     _store: list[NDArray[np.float64]] = field(default_factory=list, repr=False)
+    _stack: list[Any] = field(default_factory=list, repr=False)
 
     @property
     def n_total(self) -> int:
@@ -246,39 +277,49 @@ class MarginContext:
         return fails
 
     def _revalue(self, insts: Sequence[Instrument]) -> NDArray[np.float64]:
-        sc = self.scenarios
+        """P&L of one contract of each instrument in every scenario: one kernel call over all
+        sets stacked (array of shape (n_instruments, n_total))."""
+        sc, p = self.scenarios, self.params
         opts = [i for i in insts if isinstance(i, Option)]
         bucket = {o.name: b for b, o in enumerate(opts)}
         inputs = {}
         for inst in insts:
-            p = self.priced[inst.name]
-            inputs[inst.name] = (replace(p.inputs, vol_bucket=bucket[inst.name])
-                                 if inst.name in bucket else p.inputs)
+            pr = self.priced[inst.name]
+            inputs[inst.name] = (replace(pr.inputs, vol_bucket=bucket[inst.name])
+                                 if inst.name in bucket else pr.inputs)
         spot = {u: self.priced_spot(u) for u in {i.underlying for i in insts}}
         book = build_book([(i, 1.0) for i in insts], inputs, spot, self.market_state.as_of)
-        out = np.empty((len(insts), self.offsets[self.order[-1]][1]))
-        for name in self.order:
-            fs = sc.sets[name]
-            lo, hi = self.offsets[name]
-            vs = None
-            if opts:
-                vs = np.empty((fs.n, len(opts)))
-                for b, o in enumerate(opts):
-                    p = self.priced[o.name]
-                    j = sc.underlyings.index(o.underlying)
-                    vov = sc.vol_of_vol[j]
-                    f = tenor_factor(vov, p.dte_days, self.params.iv_fallback_tenor_days)
-                    vol1 = option_vol(fs.log_return[:, j], fs.iv_log_shock[:, j], p.vol0, p.slope,
-                                      p.curvature, float(sc.beta[j]), f, self.params.iv_dynamics,
-                                      self.params.iv_floor)
-                    vs[:, b] = vol1 - p.vol0
-            ss = to_scenario_set(sc, fs, vs)
-            pnl = position_pnl(book, ss, np.arange(fs.n), margin_currency="USD")
+        x, shock, basis, funding, div = self.stacked
+        vs = None
+        if opts:
+            pr = [self.priced[o.name] for o in opts]
+            und = np.array([sc.underlyings.index(o.underlying) for o in opts], dtype=np.int64)
+            fac = np.array([tenor_factor(sc.vol_of_vol[u], q.dte_days, p.iv_fallback_tenor_days)
+                            for u, q in zip(und.tolist(), pr, strict=True)])
+            vs = option_vol_shifts(x, shock, und, np.array([q.vol0 for q in pr]),
+                                   np.array([q.slope for q in pr]),
+                                   np.array([q.curvature for q in pr]), sc.beta[und], fac,
+                                   p.iv_dynamics, p.iv_floor)
+        ss = ScenarioSet(sc.underlyings, x, sc.dt_yr, vs, basis, funding)
+        pnl = position_pnl(book, ss, np.arange(x.shape[0]), margin_currency="USD")
+        return pnl if div is None else pnl / div
+
+    @property
+    def stacked(self) -> tuple[NDArray[np.float64], ...]:
+        """Every set's factors stacked in :attr:`order` (log return, IV shock, basis, funding) and
+        the margin currency's scenario price (None for USD)."""
+        if not self._stack:
+            sets = [self.scenarios.sets[n] for n in self.order]
+            x = np.ascontiguousarray(np.vstack([f.log_return for f in sets]))
+            out = [x, np.vstack([f.iv_log_shock for f in sets]),
+                   np.vstack([f.basis_shift_ann for f in sets]),
+                   np.vstack([f.funding for f in sets])]
+            div = None
             if self.margin_currency != "USD":
-                j = sc.underlyings.index(self.margin_currency)
-                pnl = pnl / (self.priced_spot(self.margin_currency) * np.exp(fs.log_return[:, j]))
-            out[:, lo:hi] = pnl
-        return out
+                j = self.scenarios.underlyings.index(self.margin_currency)
+                div = (self.priced_spot(self.margin_currency) * np.exp(x[:, j]))[None, :]
+            self._stack.extend([*out, div])
+        return tuple(self._stack)
 
     def priced_spot(self, underlying: str) -> float:
         """The spot/index price S0 of an underlying (the reference the scenarios move)."""
@@ -435,10 +476,15 @@ def _chain(ctx: MarginContext, bk: _Book, confidence: float) -> dict[str, Any]:
             best, e_c, binding = tm.value, e, key
     stand: dict[str, float] = {}
     e_u = np.zeros(n_pos)
-    for u in sorted(set(bk.und)):
+    unds = sorted(set(bk.und))
+    ui = {u: k for k, u in enumerate(unds)}
+    qm = np.zeros((len(unds), bk.unit.shape[0]))
+    for u_, r_, q_ in zip(bk.und.tolist(), bk.row.tolist(), bk.q.tolist(), strict=True):
+        qm[ui[u_], r_] += q_
+    vecs = _combine(qm, bk.unit, fc)  # (n_underlyings, n_forecast): each underlying alone
+    for u in unds:
         mask = bk.und == u
-        vec = bk.rows(fc, mask).sum(axis=0) if mask.sum() > 1 else bk.rows(fc, mask)[0]
-        tm = measure(vec, confidence, kind)
+        tm = measure(vecs[ui[u]], confidence, kind)
         stand[u] = tm.value
         e_u[mask] = -bk.rows(_cols(fc, tm.scenarios), mask).mean(axis=1)
     alpha = p.correlation_break_alpha
@@ -492,7 +538,7 @@ def _assemble(ctx: MarginContext, portfolio: Portfolio, positions: Sequence[Posi
     qty = np.zeros(unit.shape[0])
     for r_, x_ in zip(row.tolist(), qv.tolist(), strict=True):
         qty[r_] += x_
-    total = qty @ unit
+    total = _combine(qty[None, :], unit)[0]
     bk = _Book(pos, np.array([q.instrument.underlying for q in pos], dtype=object), row, qv, unit,
                total)
     ch = _chain(ctx, bk, p.confidence())
@@ -506,17 +552,15 @@ def _assemble(ctx: MarginContext, portfolio: Portfolio, positions: Sequence[Posi
         mm_comps = {c: _r(chm["components"][c]) for c in COMPONENTS}
         mm_alloc = chm["alloc"]
     mm = math.fsum(mm_comps.values())
-    by_pos: dict[str, dict[str, float]] = {}
+    keys = (*COMPONENTS, "total", "mm_total")
+    a = np.column_stack([ch["alloc"][c] for c in COMPONENTS])
+    am = np.column_stack([mm_alloc[c] for c in COMPONENTS])
+    table = np.column_stack([a, a.sum(axis=1), am.sum(axis=1)])
+    by_pos = {q.id: dict(zip(keys, vals, strict=True))
+              for q, vals in zip(pos, table.tolist(), strict=True)}
     by_und: dict[str, dict[str, float]] = {}
-    for j, q in enumerate(pos):
-        d = {c: _r(ch["alloc"][c][j]) for c in COMPONENTS}
-        d["total"] = math.fsum(d.values())
-        d["mm_total"] = _r(math.fsum(float(mm_alloc[c][j]) for c in COMPONENTS))
-        by_pos[q.id] = d
-        u = by_und.setdefault(q.instrument.underlying, {c: 0.0 for c in (*COMPONENTS, "total",
-                                                                         "mm_total")})
-        for c, v in d.items():
-            u[c] += v
+    for u in sorted(set(bk.und.tolist())):
+        by_und[u] = dict(zip(keys, table[bk.und == u].sum(axis=0).tolist(), strict=True))
     # worst scenarios of the forecast pool, with each position's P&L in them
     fc = ch["fc_cols"]
     worst = _cols(fc, np.argsort(total[fc], kind="stable")[:_N_WORST])
@@ -529,7 +573,7 @@ def _assemble(ctx: MarginContext, portfolio: Portfolio, positions: Sequence[Posi
         "scale_factors": {u: {"symbol": s, "sigma_mpor": _r(sc.sigma[k]),
                               "sigma_stressed_mpor": _r(sc.sigma_stressed[k]),
                               "forecast_horizon_used": sc.sigma_source_horizon[k],
-                              "variance_scale": _r(_scale(ctx.bundle, s, sc.sigma_source_horizon[k])),
+                              "variance_scale": _r(sc.variance_scale[k]),
                               "spot_vol_beta": _r(sc.beta[k]),
                               "vol_of_vol": None if sc.vol_of_vol[k] is None else
                               sc.vol_of_vol[k].source}
@@ -545,7 +589,7 @@ def _assemble(ctx: MarginContext, portfolio: Portfolio, positions: Sequence[Posi
                   "blend": _r(ch["blend"]), "correlation_break_cap": _r(ch["cap"]),
                   "worst_grid_loss": _r(ch["worst_grid"])},
         "worst_scenario_pnl_by_position": {
-            q.id: [_r(v) for v in wrows[j]] for j, q in enumerate(pos)},
+            q.id: v for q, v in zip(pos, wrows.tolist(), strict=True)},
         "n_scenarios": {n: ctx.scenarios.sets[n].n for n in ctx.order},
         "notes": list(sc.notes),
     }
@@ -567,12 +611,6 @@ def _assemble(ctx: MarginContext, portfolio: Portfolio, positions: Sequence[Posi
                         fails, b.bundle_id, versions, p.params_hash, explain, ctx, tuple(pos))
 
 
-def _scale(bundle: RiskForecastBundle, symbol: str, h: int) -> float:
-    v = bundle.vol_table
-    row = v[(v["unit"] == "1D") & (v["symbol"] == symbol) & (v["horizon"] == h)]
-    return float(row["scale"].iloc[0]) if len(row) else 1.0
-
-
 def _empty(portfolio: Portfolio, ms: MarketState, bundle: RiskForecastBundle, params: MarginParams,
            failures: list[Failure]) -> MarginResult:
     zero = {c: 0.0 for c in COMPONENTS}
@@ -586,10 +624,11 @@ def _price_all(positions: Sequence[Position], ms: MarketState, bundle: RiskForec
                cache: Mapping[str, _Priced] | None = None
                ) -> tuple[list[Position], dict[str, _Priced], list[Failure]]:
     ok, priced, fails = [], dict(cache or {}), []
+    forwards: dict[tuple[str, pd.Timestamp], Any] = {}
     for q in positions:
         name = q.instrument.name
         if name not in priced:
-            pr = _price(q.instrument, ms, bundle, q.id)
+            pr = _price(q.instrument, ms, bundle, q.id, forwards)
             if isinstance(pr, Failure):
                 fails.append(pr)
                 continue

@@ -58,6 +58,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
+from numba import njit
 from numpy.typing import NDArray
 from scipy.special import ndtr, ndtri, stdtr, stdtrit
 
@@ -76,6 +77,7 @@ __all__ = [
     "horizon_vol",
     "mc_standardized",
     "option_vol",
+    "option_vol_shifts",
     "tenor_factor",
     "to_scenario_set",
 ]
@@ -207,6 +209,37 @@ def option_vol(x: NDArray[np.float64], shock: NDArray[np.float64], vol0: float, 
     return base * lvl
 
 
+@njit(cache=True, nogil=True, error_model="numpy")
+def _vol_shift_kernel(x, shock, und, vol0, slope, curv, beta, factor, moneyness, floor, out):
+    n, m = out.shape
+    for s in range(n):
+        for o in range(m):
+            u = und[o]
+            xs = x[s, u]
+            lvl = math.exp(beta[o] * xs + factor[o] * shock[s, u])
+            base = vol0[o]
+            if moneyness:
+                base = max(vol0[o] - slope[o] * xs + 0.5 * curv[o] * xs * xs, min(floor, vol0[o]))
+            out[s, o] = base * lvl - vol0[o]
+
+
+def option_vol_shifts(x: NDArray[np.float64], shock: NDArray[np.float64], und: NDArray[np.int64],
+                      vol0: NDArray[np.float64], slope: NDArray[np.float64],
+                      curvature: NDArray[np.float64], beta: NDArray[np.float64],
+                      factor: NDArray[np.float64], dynamics: str, floor: float
+                      ) -> NDArray[np.float64]:
+    """:func:`option_vol` minus ``vol0`` for many options at once (compiled): ``x`` and ``shock``
+    arrays of shape (n_scenarios, n_underlyings), the rest one entry per option (``und`` its
+    underlying's column); returns the kernel's ``vol_shift``, (n_scenarios, n_options)."""
+    out = np.empty((x.shape[0], len(vol0)))
+    _vol_shift_kernel(np.ascontiguousarray(x), np.ascontiguousarray(shock),
+                      np.asarray(und, dtype=np.int64), np.asarray(vol0, dtype=np.float64),
+                      np.asarray(slope, dtype=np.float64), np.asarray(curvature, dtype=np.float64),
+                      np.asarray(beta, dtype=np.float64), np.asarray(factor, dtype=np.float64),
+                      dynamics == "sticky_moneyness", float(floor), out)
+    return out
+
+
 # ---- the scenario sets ---------------------------------------------------------------------------
 
 
@@ -237,7 +270,8 @@ class Scenarios:
     underlyings : margin underlyings ("BTC"), sorted; ``symbols`` the bundle symbols behind them.
     mpor_days : the MPOR ``h``; ``dt_yr = h / 365`` (ACT/365) the time every contract ages.
     sigma, sigma_stressed : forecast and stressed ``h``-day vols per underlying.
-    sigma_source_horizon : the bundle horizon each forecast vol came from.
+    sigma_source_horizon : the bundle horizon each forecast vol came from; ``variance_scale``
+        the bundle's variance scale applied to it.
     beta : spot-vol beta per underlying (bundle or fallback); ``vol_of_vol`` per underlying
         (None where the bundle has none).
     sets : name -> :class:`FactorSet`.
@@ -253,6 +287,7 @@ class Scenarios:
     sigma: NDArray[np.float64]
     sigma_stressed: NDArray[np.float64]
     sigma_source_horizon: tuple[int, ...]
+    variance_scale: NDArray[np.float64]
     beta: NDArray[np.float64]
     vol_of_vol: tuple[VolOfVol | None, ...]
     sets: Mapping[str, FactorSet]
@@ -429,7 +464,11 @@ def build_scenarios(underlyings: Sequence[str], bundle: RiskForecastBundle, para
         pools[f"corr:{mat}"] = tuple(names)
     sets["grid"] = _grid(unds, sigma, vovs, h, carry, params)
     pools["grid"] = ("grid",)
-    return Scenarios(unds, syms, h, h / 365.0, sigma, sigma_st, src_h, beta, vovs, sets, pools,
+    vt = bundle.vol_table
+    vt = vt[vt["unit"] == _UNIT].set_index(["symbol", "horizon"])["scale"]
+    vscale = np.array([float(vt.loc[(s, k)]) for s, k in zip(syms, src_h, strict=True)])
+    return Scenarios(unds, syms, h, h / 365.0, sigma, sigma_st, src_h, vscale, beta, vovs, sets,
+                     pools,
                      matrices, tuple(notes), fhs_dates)
 
 

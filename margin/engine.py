@@ -56,7 +56,7 @@ from margin.instruments import Future, Instrument, Option, Perpetual, Spot
 from margin.market_state import MarketState
 from margin.params import MarginParams
 from margin.portfolio import Portfolio, Position
-from margin.revalue import MarketInputs, ScenarioSet, build_book, position_pnl
+from margin.revalue import MarketInputs, ScenarioSet, build_book, instrument_pnl
 from margin.risk import TailMeasure, measure
 from margin.scenarios import (
     Scenarios,
@@ -234,51 +234,53 @@ class MarginContext:
             return np.zeros((0, self.n_total))
         return self._store[0][:len(self.index)]
 
-    def _append(self, name: str, row: NDArray[np.float64]) -> None:
-        n = len(self.index)
-        buf = self._store[0] if self._store else np.zeros((0, self.n_total))
-        if n == buf.shape[0]:  # grow geometrically: appending stays amortized O(row)
-            bigger = np.empty((max(8, 2 * n), self.n_total))
-            bigger[:n] = buf[:n]
-            self._store[:] = [bigger]
-            buf = bigger
-        buf[n] = row
-        self.index[name] = n
-
     def add(self, instruments: Sequence[Instrument]) -> dict[str, Failure]:
-        """Revalue the instruments not yet cached (one kernel call for all); returns a failure per
-        instrument whose revaluation is not finite or that the kernel rejects."""
+        """Revalue the instruments not yet cached (one kernel call for all, written straight into
+        the cache); returns a failure per instrument whose revaluation is not finite or that the
+        kernel rejects."""
         new = [i for i in instruments if i.name not in self.index]
         if not new:
             return {}
         fails: dict[str, Failure] = {}
+        n0 = len(self.index)
+        out = self._reserve(len(new))
+        ok = np.ones(len(new), dtype=bool)
         try:
-            mat = self._revalue(new)
-        except DataError:
-            mat = None
-        if mat is None:  # isolate the instrument the kernel rejects
-            rows = []
-            for inst in new:
+            self._revalue(new, out)
+        except DataError:  # isolate the instrument the kernel rejects
+            for k, inst in enumerate(new):
                 try:
-                    rows.append(self._revalue([inst])[0])
+                    self._revalue([inst], out[k:k + 1])
                 except DataError as exc:
                     fails[inst.name] = Failure(FailureReason.INVALID_VALUE, inst.name, str(exc))
-                    rows.append(None)
-        else:
-            rows = list(mat)
-        for inst, row in zip(new, rows, strict=True):
-            if row is None:
-                continue
-            if not np.isfinite(row).all():
+                    ok[k] = False
+        finite = np.isfinite(out).all(axis=1)
+        for k, inst in enumerate(new):
+            if ok[k] and not finite[k]:
                 fails[inst.name] = Failure(FailureReason.NON_FINITE, inst.name,
                                            "revaluation gave a non-finite P&L in some scenario")
-                continue
-            self._append(inst.name, row)
+                ok[k] = False
+        keep = np.flatnonzero(ok)
+        if len(keep) < len(new):
+            out[:len(keep)] = out[keep]
+        for r, k in enumerate(keep.tolist()):
+            self.index[new[k].name] = n0 + r
         return fails
 
-    def _revalue(self, insts: Sequence[Instrument]) -> NDArray[np.float64]:
-        """P&L of one contract of each instrument in every scenario: one kernel call over all
-        sets stacked (array of shape (n_instruments, n_total))."""
+    def _reserve(self, k: int) -> NDArray[np.float64]:
+        """Rows n..n+k of the cache buffer (grown geometrically), C-contiguous, to write into."""
+        n = len(self.index)
+        buf = self._store[0] if self._store else np.zeros((0, self.n_total))
+        if n + k > buf.shape[0]:
+            bigger = np.empty((max(n + k + 8, 2 * n), self.n_total))
+            bigger[:n] = buf[:n]
+            self._store[:] = [bigger]
+            buf = bigger
+        return buf[n:n + k]
+
+    def _revalue(self, insts: Sequence[Instrument], out: NDArray[np.float64]) -> None:
+        """P&L of one contract of each instrument in every scenario, written into ``out`` (rows of
+        shape (n_instruments, n_total)): one kernel call over all sets stacked."""
         sc, p = self.scenarios, self.params
         opts = [i for i in insts if isinstance(i, Option)]
         bucket = {o.name: b for b, o in enumerate(opts)}
@@ -301,8 +303,9 @@ class MarginContext:
                                    np.array([q.curvature for q in pr]), sc.beta[und], fac,
                                    p.iv_dynamics, p.iv_floor)
         ss = ScenarioSet(sc.underlyings, x, sc.dt_yr, vs, basis, funding)
-        pnl = position_pnl(book, ss, np.arange(x.shape[0]), margin_currency="USD")
-        return pnl if div is None else pnl / div
+        instrument_pnl(book, ss, out=out)
+        if div is not None:
+            out /= div
 
     @property
     def stacked(self) -> tuple[NDArray[np.float64], ...]:

@@ -396,9 +396,11 @@ class MarginResult:
     explain: Mapping[str, Any]
     context: MarginContext | None = field(default=None, repr=False, compare=False)
     positions: tuple[Position, ...] = field(default=(), repr=False, compare=False)
+    cache: Mapping[str, Any] | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict of every field except the cache (``context``, ``positions``)."""
+        """A JSON-ready dict of every field except the caches (``context``, ``positions``,
+        ``cache``)."""
         return {
             "portfolio": self.portfolio, "margin_currency": self.margin_currency,
             "as_of": self.as_of, "im": self.im, "mm": self.mm,
@@ -452,8 +454,23 @@ def _cols(cols: NDArray[np.int64] | slice, idx: NDArray[np.int64]) -> NDArray[np
     return (cols.start + idx) if isinstance(cols, slice) else cols[idx]
 
 
-def _chain(ctx: MarginContext, bk: _Book, confidence: float) -> dict[str, Any]:
-    """The component chain at one confidence, with each step's allocation per position."""
+def _standalone(ctx: MarginContext, bk: _Book) -> dict[str, NDArray[np.float64]]:
+    """Each underlying's positions alone on the forecast pool: P&L vectors per underlying."""
+    fc = _pool(ctx, ctx.scenarios.pools["forecast"])
+    unds = sorted(set(bk.und.tolist()))
+    ui = {u: k for k, u in enumerate(unds)}
+    qm = np.zeros((len(unds), bk.unit.shape[0]))
+    for u_, r_, q_ in zip(bk.und.tolist(), bk.row.tolist(), bk.q.tolist(), strict=True):
+        qm[ui[u_], r_] += q_
+    vecs = _combine(qm, bk.unit, fc)
+    return {u: vecs[ui[u]] for u in unds}
+
+
+def _chain(ctx: MarginContext, bk: _Book, confidence: float,
+           vecs: Mapping[str, NDArray[np.float64]]) -> dict[str, Any]:
+    """The component chain at one confidence, with each step's allocation per position (a book
+    without positions gives the values only: the what-if fast path); ``vecs`` from
+    :func:`_standalone`."""
     p = ctx.params
     kind = p.measure
     pools = ctx.scenarios.pools
@@ -479,15 +496,9 @@ def _chain(ctx: MarginContext, bk: _Book, confidence: float) -> dict[str, Any]:
             best, e_c, binding = tm.value, e, key
     stand: dict[str, float] = {}
     e_u = np.zeros(n_pos)
-    unds = sorted(set(bk.und))
-    ui = {u: k for k, u in enumerate(unds)}
-    qm = np.zeros((len(unds), bk.unit.shape[0]))
-    for u_, r_, q_ in zip(bk.und.tolist(), bk.row.tolist(), bk.q.tolist(), strict=True):
-        qm[ui[u_], r_] += q_
-    vecs = _combine(qm, bk.unit, fc)  # (n_underlyings, n_forecast): each underlying alone
-    for u in unds:
+    for u in sorted(vecs):
         mask = bk.und == u
-        tm = measure(vecs[ui[u]], confidence, kind)
+        tm = measure(vecs[u], confidence, kind)
         stand[u] = tm.value
         e_u[mask] = -bk.rows(_cols(fc, tm.scenarios), mask).mean(axis=1)
     alpha = p.correlation_break_alpha
@@ -544,14 +555,15 @@ def _assemble(ctx: MarginContext, portfolio: Portfolio, positions: Sequence[Posi
     total = _combine(qty[None, :], unit)[0]
     bk = _Book(pos, np.array([q.instrument.underlying for q in pos], dtype=object), row, qv, unit,
                total)
-    ch = _chain(ctx, bk, p.confidence())
+    vecs = _standalone(ctx, bk)
+    ch = _chain(ctx, bk, p.confidence(), vecs)
     comps = {c: _r(ch["components"][c]) for c in COMPONENTS}
     im = math.fsum(comps.values())
     if p.mm_rule == "ratio":
         mm_comps = {c: v / p.im_over_mm for c, v in comps.items()}
         mm_alloc = {c: a / p.im_over_mm for c, a in ch["alloc"].items()}
     else:
-        chm = _chain(ctx, bk, p.mm_confidence)
+        chm = _chain(ctx, bk, p.mm_confidence, vecs)
         mm_comps = {c: _r(chm["components"][c]) for c in COMPONENTS}
         mm_alloc = chm["alloc"]
     mm = math.fsum(mm_comps.values())
@@ -611,7 +623,8 @@ def _assemble(ctx: MarginContext, portfolio: Portfolio, positions: Sequence[Posi
     fails = tuple(sorted(failures, key=lambda f: (f.subject, f.reason.value, f.message)))
     return MarginResult(portfolio.name, ctx.margin_currency, ctx.market_state.as_of.isoformat(),
                         _r(im), _r(mm), comps, mm_comps, measures, by_pos, by_und, worst_list,
-                        fails, b.bundle_id, versions, p.params_hash, explain, ctx, tuple(pos))
+                        fails, b.bundle_id, versions, p.params_hash, explain, ctx, tuple(pos),
+                        {"total": total, "vecs": vecs})
 
 
 def _empty(portfolio: Portfolio, ms: MarketState, bundle: RiskForecastBundle, params: MarginParams,
@@ -718,58 +731,110 @@ def recompute(context: MarginContext, portfolio: Portfolio) -> MarginResult:
 
 @dataclass(frozen=True)
 class WhatIf:
-    """The margin before and after a trade: ``incremental_im = after.im - before.im`` (and MM)."""
+    """The margin before and after a trade.
+
+    Attributes
+    ----------
+    before : the base result.
+    after : the full result of the combined book (None on the fast path, ``full=False``).
+    im, mm, components : the combined book's IM, MM and components.
+    incremental_im, incremental_mm : ``im - before.im``, ``mm - before.mm``.
+    failure : why the trade could not be priced or revalued (then ``im == before.im``).
+    """
 
     before: MarginResult
-    after: MarginResult
+    after: MarginResult | None
+    im: float
+    mm: float
+    components: Mapping[str, float]
     incremental_im: float
     incremental_mm: float
+    failure: Failure | None = None
 
 
-def what_if(base: MarginResult, trade: Position | tuple[Instrument, float]) -> WhatIf:
+def _as_position(base: MarginResult, trade: Position | tuple[Instrument, float]) -> Position:
+    if isinstance(trade, Position):
+        return trade
+    inst, qv = trade
+    ids = {q.id for q in base.positions}
+    tid = "what-if"
+    while tid in ids:
+        tid += "'"
+    return Position(tid, inst, float(qv), None, -1, inst.name)
+
+
+def what_if(base: MarginResult, trade: Position | tuple[Instrument, float], *,
+            full: bool = True) -> WhatIf:
     """Margin of ``base``'s portfolio plus one trade, reusing the day's scenarios and cached
     per-instrument P&L (a new instrument is revalued alone). When the trade brings a new
     underlying or a longer MPOR the scenarios differ, so everything is recomputed. Either way the
-    result equals :func:`compute_margin` on the combined portfolio.
+    result equals :func:`compute_margin` on the combined portfolio (within 1e-9 of the IM).
 
     Parameters
     ----------
     base : a result of :func:`compute_margin` (it carries its context).
     trade : a :class:`~margin.portfolio.Position`, or (instrument, signed quantity) (id
         ``"what-if"``).
+    full : also build the combined book's full :class:`MarginResult` (attribution, explain);
+        False: the IM, MM and components only, from the base's P&L vectors plus the trade's
+        (the pre-trade check).
     """
     ctx = base.context
     if ctx is None:
         raise DataError("this MarginResult carries no context (it computed no position); use "
                         "compute_margin on the combined portfolio", column="context")
-    if not isinstance(trade, Position):
-        inst, qv = trade
-        ids = {q.id for q in base.positions}
-        tid = "what-if"
-        while tid in ids:
-            tid += "'"
-        trade = Position(tid, inst, float(qv), None, -1, inst.name)
-    failed = [f for f in base.failures]
+    trade = _as_position(base, trade)
+    name = trade.instrument.name
     positions = [*base.positions, trade]
     pf = Portfolio(base.portfolio, tuple(positions), (), ctx.market_state.as_of, ctx.margin_currency)
-    pr = _price(trade.instrument, ctx.market_state, ctx.bundle, trade.id)
-    same = (not isinstance(pr, Failure)
-            and trade.instrument.underlying in ctx.scenarios.underlyings
-            and set(ctx.scenarios.underlyings) == (
-                {q.instrument.underlying for q in positions}
-                | ({ctx.margin_currency} if ctx.margin_currency != "USD" else set()))
-            and _mpor(positions, ctx.params) == ctx.scenarios.mpor_days)
+    pr = ctx.priced.get(name) or _price(trade.instrument, ctx.market_state, ctx.bundle, trade.id)
     if isinstance(pr, Failure):
-        after = _finish(ctx, pf, list(base.positions), {}, [*failed, pr])
-    elif same:
-        after = _finish(ctx, pf, positions, {trade.instrument.name: pr}, failed)
+        return WhatIf(base, base if full else None, base.im, base.mm, base.components, 0.0, 0.0, pr)
+    ctx.priced.setdefault(name, pr)
+    same = (set(ctx.scenarios.underlyings) == (
+        {q.instrument.underlying for q in positions}
+        | ({ctx.margin_currency} if ctx.margin_currency != "USD" else set()))
+        and _mpor(positions, ctx.params) == ctx.scenarios.mpor_days)
+    if same:
+        bad = ctx.add([trade.instrument])
+        if name in bad:
+            f = bad[name]
+            fail = Failure(f.reason, trade.id, f.message, f.details)
+            return WhatIf(base, base if full else None, base.im, base.mm, base.components, 0.0,
+                          0.0, fail)
+        if not full and base.cache is not None:
+            return _fast_what_if(base, ctx, trade)
+        after = _finish(ctx, pf, positions, {}, list(base.failures))
     else:
         ok, priced, fails = _price_all(positions, ctx.market_state, ctx.bundle)
         nctx = prepare(ctx.market_state, ctx.bundle, ctx.params,
                        [q.instrument.underlying for q in ok], _mpor(ok, ctx.params),
                        ctx.margin_currency)
-        after = _finish(nctx, pf, ok, priced, [*failed, *fails])
-    return WhatIf(base, after, after.im - base.im, after.mm - base.mm)
+        after = _finish(nctx, pf, ok, priced, [*base.failures, *fails])
+    return WhatIf(base, after if full else None, after.im, after.mm, after.components,
+                  after.im - base.im, after.mm - base.mm)
+
+
+def _fast_what_if(base: MarginResult, ctx: MarginContext, trade: Position) -> WhatIf:
+    """IM/MM of base + trade from the base's cached P&L vectors plus the trade's: O(scenarios)."""
+    assert base.cache is not None
+    u = ctx.unit[ctx.index[trade.instrument.name]]
+    total = base.cache["total"] + trade.quantity * u
+    fc = _pool(ctx, ctx.scenarios.pools["forecast"])
+    vecs = dict(base.cache["vecs"])
+    und = trade.instrument.underlying
+    vecs[und] = vecs[und] + trade.quantity * u[fc] if und in vecs else trade.quantity * u[fc]
+    empty = _Book([], np.zeros(0, dtype=object), np.zeros(0, dtype=np.int64), np.zeros(0),
+                  ctx.unit, total)
+    p = ctx.params
+    comps = _chain(ctx, empty, p.confidence(), vecs)["components"]
+    im = math.fsum(comps.values())
+    if p.mm_rule == "ratio":
+        mm = im / p.im_over_mm
+    else:
+        mm = math.fsum(_chain(ctx, empty, p.mm_confidence, vecs)["components"].values())
+    return WhatIf(base, None, im, mm, {c: float(comps[c]) for c in COMPONENTS}, im - base.im,
+                  mm - base.mm)
 
 
 def result_frame(result: MarginResult) -> pd.DataFrame:

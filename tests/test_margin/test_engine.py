@@ -245,6 +245,15 @@ def test_what_if_equals_full_recompute() -> None:
         assert wi.after.im == pytest.approx(full.im, rel=1e-9, abs=1e-9)
         assert wi.incremental_im == pytest.approx(full.im - base.im, rel=1e-9, abs=1e-9)
         _close(wi.after, full)
+        fast = what_if(base, (inst, q), full=False)
+        assert fast.after is None and fast.failure is None
+        assert fast.im == pytest.approx(full.im, rel=1e-9, abs=1e-9)
+        assert fast.mm == pytest.approx(full.mm, rel=1e-9, abs=1e-9)
+        for c in COMPONENTS:
+            assert fast.components[c] == pytest.approx(full.components[c], rel=1e-9, abs=1e-6)
+    bad = what_if(base, (parse_instrument("DOGEUSDT"), 5.0), full=False)
+    assert bad.failure is not None and bad.failure.reason is FailureReason.MISSING_INPUTS
+    assert bad.incremental_im == 0.0 and bad.im == base.im
     # the warm path: the same book from the context's cache
     _close(recompute(base.context, base_pf), base)
 

@@ -19,6 +19,8 @@ Timings (JIT excluded by a warm-up; ``--repeat`` runs each; p50 and p99 printed)
 
 1. **cold**: ``compute_margin`` from the market state: pricing every position, building every
    scenario set, revaluing every instrument in every scenario, the chain and the attribution;
+   also split into building the day's scenario sets (``prepare``: book-independent, cacheable
+   per bundle, parameters and MPOR) and pricing + revaluation + chain on them;
 2. **warm**: ``recompute`` of the same account on the context's cached scenarios and
    per-instrument P&L vectors (no revaluation): the chain, attribution and explain;
 3. **what-if**: ``what_if(..., full=False)`` (the pre-trade check: IM, MM, components) with one
@@ -40,7 +42,7 @@ import numba
 import numpy as np
 import pandas as pd
 
-from margin.engine import compute_margin, recompute, what_if
+from margin.engine import compute_margin, prepare, recompute, what_if
 from margin.instruments import Option, OptionRight, Perpetual, Settlement, Spot
 from margin.market_state import FundingQuote, MarketState, Quote, UnderlyingState
 from margin.params import MarginParams
@@ -191,11 +193,18 @@ def main(argv: list[str] | None = None) -> int:
           f"load avg {os.getloadavg()[0]:.1f}; warm-up {warmup:.1f} s")
     print(f"IM {res.im:,.2f} USD, MM {res.mm:,.2f}; components "
           f"{ {k: round(v, 2) for k, v in res.components.items() if v} }")
-    cold, warm, wi_new, wi_held, wi_full = [], [], [], [], []
+    cold, warm, wi_new, wi_held, wi_full, build, reval = [], [], [], [], [], [], []
+    unds = sorted({q.instrument.underlying for q in pf.positions})
     for i in range(repeat):
         t0 = time.perf_counter()
         r = compute_margin(pf, state, bundle, params)
         cold.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        ctx = prepare(state, bundle, params, unds, res.context.scenarios.mpor_days)
+        build.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        recompute(ctx, pf)
+        reval.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
         w = recompute(r.context, pf)
         warm.append(time.perf_counter() - t0)
@@ -210,13 +219,16 @@ def main(argv: list[str] | None = None) -> int:
         wi_full.append(time.perf_counter() - t0)
         assert abs(a.im - b.im) <= 1e-9 * b.im
         assert abs(w.im - r.im) <= 1e-9 * r.im
-    for name, ts, target in (("cold (from market state)", cold, 50), ("warm (cached P&L)", warm, 10),
+    for name, ts, target in (("cold (from market state)", cold, 50),
+                             ("  of which: scenario sets", build, None),
+                             ("  of which: price+revalue+chain", reval, None), ("warm (cached P&L)", warm, 10),
                              ("what-if, new instrument", wi_new, 5),
                              ("what-if, held instrument", wi_held, 5),
                              ("what-if + full attribution", wi_full, 10)):
         p99 = pct(ts, 99)
-        print(f"{name:28s} p50 {pct(ts, 50):7.1f} ms   p99 {p99:7.1f} ms   target {target} ms: "
-              f"{'ok' if p99 <= target else 'MISSED'}")
+        verdict = "" if target is None else (f"target {target} ms: "
+                                             f"{'ok' if p99 <= target else 'MISSED'}")
+        print(f"{name:32s} p50 {pct(ts, 50):7.1f} ms   p99 {p99:7.1f} ms   {verdict}")
     return 0
 
 

@@ -300,7 +300,7 @@ class MarginContext:
                             for u, q in zip(und.tolist(), pr, strict=True)])
             vs = option_vol_shifts(x, shock, und, np.array([q.vol0 for q in pr]),
                                    np.array([q.slope for q in pr]),
-                                   np.array([q.curvature for q in pr]), sc.beta[und], fac,
+                                   np.array([q.curvature for q in pr]), sc.beta, fac,
                                    p.iv_dynamics, p.iv_floor)
         ss = ScenarioSet(sc.underlyings, x, sc.dt_yr, vs, basis, funding)
         instrument_pnl(book, ss, out=out)

@@ -58,7 +58,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
-from numba import njit
+from numba import njit, prange
 from numpy.typing import NDArray
 from scipy.special import ndtr, ndtri, stdtr, stdtrit
 
@@ -75,6 +75,7 @@ __all__ = [
     "bundle_symbol",
     "fhs_standardized",
     "horizon_vol",
+    "horizon_vols",
     "mc_standardized",
     "option_vol",
     "option_vol_shifts",
@@ -98,14 +99,30 @@ def _rng(seed: int, stream: int) -> np.random.Generator:
     return np.random.default_rng([int(seed), int(stream)])
 
 
+def _source_horizon(hs: Sequence[int], h: int) -> int:
+    below = [x for x in hs if x < h]
+    return h if h in hs else (max(below) if below else min(hs))
+
+
+def horizon_vols(bundle: RiskForecastBundle, symbols: Sequence[str], h: int
+                 ) -> tuple[NDArray[np.float64], tuple[int, ...], NDArray[np.float64]]:
+    """Forecast ``h``-day log-return vols of ``symbols`` (scaled), the bundle horizon each comes
+    from and its variance scale: ``h`` itself if the bundle holds it, else the largest held
+    horizon below ``h`` (the smallest if none is below), its per-day average variance
+    ``forecast_var x scale`` times ``h`` (the bundle's units: ``vol(s, k)^2 = k x forecast_var x
+    scale``). One read of the vol table."""
+    src = _source_horizon(bundle.horizons(_UNIT), h)
+    vt = bundle.vol_table
+    g = vt[(vt["unit"] == _UNIT) & (vt["horizon"] == src)].set_index("symbol").loc[list(symbols)]
+    var = g["forecast_var"].to_numpy(dtype=np.float64) * g["scale"].to_numpy(dtype=np.float64)
+    return (np.sqrt(var * h), (src,) * len(symbols), g["scale"].to_numpy(dtype=np.float64))
+
+
 def horizon_vol(bundle: RiskForecastBundle, symbol: str, h: int) -> tuple[float, int]:
-    """The forecast ``h``-day log-return vol of ``symbol`` (scaled), and the bundle horizon it
-    comes from: ``h`` itself if the bundle holds it, else the largest held horizon below ``h``
-    (the smallest if none is below), its per-day average variance times ``h``."""
-    hs = bundle.horizons(_UNIT)
-    src = h if h in hs else (max([x for x in hs if x < h]) if any(x < h for x in hs) else min(hs))
-    avg = bundle.variance(symbol, src, _UNIT) / src
-    return float(math.sqrt(avg * h)), int(src)
+    """The forecast ``h``-day log-return vol of one symbol and its source horizon (see
+    :func:`horizon_vols`)."""
+    v, src, _ = horizon_vols(bundle, [symbol], h)
+    return float(v[0]), src[0]
 
 
 # ---- standardized draws --------------------------------------------------------------------------
@@ -209,14 +226,16 @@ def option_vol(x: NDArray[np.float64], shock: NDArray[np.float64], vol0: float, 
     return base * lvl
 
 
-@njit(cache=True, nogil=True, error_model="numpy")
-def _vol_shift_kernel(x, shock, und, vol0, slope, curv, beta, factor, moneyness, floor, out):
+@njit(cache=True, nogil=True, parallel=True, error_model="numpy")
+def _vol_shift_kernel(x, shock, und, vol0, slope, curv, e1, factor, moneyness, floor, out):
     n, m = out.shape
-    for s in range(n):
+    for s in prange(n):
         for o in range(m):
             u = und[o]
             xs = x[s, u]
-            lvl = math.exp(beta[o] * xs + factor[o] * shock[s, u])
+            lvl = e1[s, u]  # exp(beta_u x), shared by the underlying's options
+            if shock[s, u] != 0.0:
+                lvl *= math.exp(factor[o] * shock[s, u])
             base = vol0[o]
             if moneyness:
                 base = max(vol0[o] - slope[o] * xs + 0.5 * curv[o] * xs * xs, min(floor, vol0[o]))
@@ -225,17 +244,21 @@ def _vol_shift_kernel(x, shock, und, vol0, slope, curv, beta, factor, moneyness,
 
 def option_vol_shifts(x: NDArray[np.float64], shock: NDArray[np.float64], und: NDArray[np.int64],
                       vol0: NDArray[np.float64], slope: NDArray[np.float64],
-                      curvature: NDArray[np.float64], beta: NDArray[np.float64],
+                      curvature: NDArray[np.float64], beta_und: NDArray[np.float64],
                       factor: NDArray[np.float64], dynamics: str, floor: float
                       ) -> NDArray[np.float64]:
     """:func:`option_vol` minus ``vol0`` for many options at once (compiled): ``x`` and ``shock``
-    arrays of shape (n_scenarios, n_underlyings), the rest one entry per option (``und`` its
-    underlying's column); returns the kernel's ``vol_shift``, (n_scenarios, n_options)."""
+    arrays of shape (n_scenarios, n_underlyings), ``beta_und`` one spot-vol beta per underlying,
+    the rest one entry per option (``und`` its underlying's column); returns the kernel's
+    ``vol_shift``, (n_scenarios, n_options). ``exp(beta x + f shock)`` is computed as
+    ``exp(beta x) exp(f shock)`` (equal to rounding)."""
     out = np.empty((x.shape[0], len(vol0)))
-    _vol_shift_kernel(np.ascontiguousarray(x), np.ascontiguousarray(shock),
+    x = np.ascontiguousarray(x)
+    e1 = np.exp(x * np.asarray(beta_und, dtype=np.float64)[None, :])
+    _vol_shift_kernel(x, np.ascontiguousarray(shock),
                       np.asarray(und, dtype=np.int64), np.asarray(vol0, dtype=np.float64),
                       np.asarray(slope, dtype=np.float64), np.asarray(curvature, dtype=np.float64),
-                      np.asarray(beta, dtype=np.float64), np.asarray(factor, dtype=np.float64),
+                      e1, np.asarray(factor, dtype=np.float64),
                       dynamics == "sticky_moneyness", float(floor), out)
     return out
 
@@ -356,9 +379,7 @@ def build_scenarios(underlyings: Sequence[str], bundle: RiskForecastBundle, para
     h = int(mpor_days)
     m = len(unds)
     notes: list[str] = []
-    vols = [horizon_vol(bundle, s, h) for s in syms]
-    sigma = np.array([v for v, _ in vols])
-    src_h = tuple(k for _, k in vols)
+    sigma, src_h, vscale = horizon_vols(bundle, syms, h)
     for s, k in zip(syms, src_h, strict=True):
         if k != h:
             notes.append(f"{s}: no {h}-day forecast; used the {k}-day per-day average x {h}")
@@ -396,7 +417,8 @@ def build_scenarios(underlyings: Sequence[str], bundle: RiskForecastBundle, para
         zf = fhs_standardized(z_panel.to_numpy(), h, params.fhs_multi_day,
                               n_compound=params.fhs_n_compound, seed=params.mc_seed)
         if params.fhs_multi_day == "overlapping":
-            fhs_dates = tuple(f"{d:%Y-%m-%d}" for d in z_panel.index[h - 1:])
+            fhs_dates = tuple(np.datetime_as_string(
+                z_panel.index[h - 1:].tz_convert(None).to_numpy(), unit="D").tolist())
             labels["fhs"] = tuple(f"fhs {d}" for d in fhs_dates)
         else:
             labels["fhs"] = tuple(f"fhs draw {i}" for i in range(zf.shape[0]))
@@ -464,9 +486,6 @@ def build_scenarios(underlyings: Sequence[str], bundle: RiskForecastBundle, para
         pools[f"corr:{mat}"] = tuple(names)
     sets["grid"] = _grid(unds, sigma, vovs, h, carry, params)
     pools["grid"] = ("grid",)
-    vt = bundle.vol_table
-    vt = vt[vt["unit"] == _UNIT].set_index(["symbol", "horizon"])["scale"]
-    vscale = np.array([float(vt.loc[(s, k)]) for s, k in zip(syms, src_h, strict=True)])
     return Scenarios(unds, syms, h, h / 365.0, sigma, sigma_st, src_h, vscale, beta, vovs, sets,
                      pools,
                      matrices, tuple(notes), fhs_dates)

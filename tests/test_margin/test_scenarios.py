@@ -15,6 +15,7 @@ from margin.params import MarginParams
 from margin.scenarios import (
     build_scenarios,
     fhs_standardized,
+    horizon_vol,
     mc_standardized,
     option_vol,
     recorrelate,
@@ -45,6 +46,16 @@ def test_fhs_rescales_by_forecast_over_issued_vol() -> None:
     np.testing.assert_allclose(sc.sets["fhs"].log_return, 2 * _panel(b), rtol=1e-13)
     # the stressed vol is at least the forecast (here: the forecast, issued vols are lower)
     np.testing.assert_allclose(sc.sigma_stressed, sc.sigma)
+
+
+@pytest.mark.parametrize("h", [1, 2, 3, 7])
+def test_horizon_vol_uses_the_bundle_units(h: int) -> None:
+    """sqrt(h x forecast_var x scale) of the held horizon (the largest below h when missing)."""
+    b = make_bundle(scale=1.2)
+    v, src = horizon_vol(b, "ETHUSDT", h)
+    assert src == {1: 1, 2: 2, 3: 2, 7: 5}[h]
+    assert v == pytest.approx(math.sqrt(b.variance("ETHUSDT", src) / src * h), rel=1e-14)
+    assert v == pytest.approx(0.04 * math.sqrt(1.2 * h), rel=1e-14)
 
 
 def test_multi_day_rules_by_hand() -> None:

@@ -58,7 +58,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
-from numba import njit, prange
+from numba import njit
 from numpy.typing import NDArray
 from scipy.special import ndtr, ndtri, stdtr, stdtrit
 
@@ -226,10 +226,10 @@ def option_vol(x: NDArray[np.float64], shock: NDArray[np.float64], vol0: float, 
     return base * lvl
 
 
-@njit(cache=True, nogil=True, parallel=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def _vol_shift_kernel(x, shock, und, vol0, slope, curv, e1, factor, moneyness, floor, out):
     n, m = out.shape
-    for s in prange(n):
+    for s in range(n):
         for o in range(m):
             u = und[o]
             xs = x[s, u]

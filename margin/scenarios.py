@@ -383,6 +383,9 @@ def build_scenarios(underlyings: Sequence[str], bundle: RiskForecastBundle, para
     for s, k in zip(syms, src_h, strict=True):
         if k != h:
             notes.append(f"{s}: no {h}-day forecast; used the {k}-day per-day average x {h}")
+    for sym in syms:
+        if sym in bundle.stale:
+            notes.append(f"{sym}: stale forecast in the bundle ({bundle.stale[sym].note()})")
     vovs = tuple(_vov(bundle, u) for u in unds)
     beta = np.array([params.spot_vol_beta_fallback if v is None or v.spot_vol_beta is None
                      else float(v.spot_vol_beta) for v in vovs])

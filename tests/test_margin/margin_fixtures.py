@@ -99,8 +99,8 @@ def make_bundle(*, vols: dict[str, float] | None = None, rho: float = 0.6, n_day
                                Member("corr:1D", "dcc", "2", None)), {"sim": "ab12"}, "test"))
 
 
-def _q(v: float, unit: str = "USD", src: str = "test") -> Quote:
-    return Quote(v, unit, src, AS_OF)
+def _q(v: float, unit: str = "USD", src: str = "test", ts: pd.Timestamp = AS_OF) -> Quote:
+    return Quote(v, unit, src, ts)
 
 
 def make_state(spot: dict[str, float] | None = None, vol: float = 0.6,
@@ -108,20 +108,24 @@ def make_state(spot: dict[str, float] | None = None, vol: float = 0.6,
     """BTC/ETH/SOL with spot = index, a perpetual mark 0.05% above, an 8h funding rate, a flat
     surface (``vol``) and r = 0; SP500/NASDAQ with rate 2.5%, dividend yield 1.5%, flat 20 vol."""
     spot = dict(SPOT if spot is None else spot)
+
+    def q(v: float, unit: str = "USD") -> Quote:
+        return _q(v, unit, ts=as_of)
+
     unds = {}
     for c in ("BTC", "ETH", "SOL"):
         s = spot[c]
         e = as_of + pd.Timedelta(days=90)
         unds[c] = UnderlyingState(
-            c, spot=_q(s), index=_q(s), forwards={e: Forward(e, s * 1.02, "test future", as_of)},
-            marks={f"{c}USDT-PERP": _q(s * 1.0005)},
-            funding=FundingQuote(_q(funding_rate, "per_period"), pd.Timedelta("8h")),
-            vol_surface=FlatVolSurface(vol), vol_surface_source=_q(vol, "fraction"),
-            rate=_q(0.0, "fraction"))
+            c, spot=q(s), index=q(s), forwards={e: Forward(e, s * 1.02, "test future", as_of)},
+            marks={f"{c}USDT-PERP": q(s * 1.0005)},
+            funding=FundingQuote(q(funding_rate, "per_period"), pd.Timedelta("8h")),
+            vol_surface=FlatVolSurface(vol), vol_surface_source=q(vol, "fraction"),
+            rate=q(0.0, "fraction"))
     for c, v in (("SP500", 0.2), ("NASDAQ", 0.22)):
-        unds[c] = UnderlyingState(c, spot=_q(spot[c]), index=_q(spot[c]),
-                                  vol_surface=FlatVolSurface(v), vol_surface_source=_q(v, "fraction"),
-                                  rate=_q(0.025, "fraction"), dividend_yield=_q(0.015, "fraction"))
+        unds[c] = UnderlyingState(c, spot=q(spot[c]), index=q(spot[c]),
+                                  vol_surface=FlatVolSurface(v), vol_surface_source=q(v, "fraction"),
+                                  rate=q(0.025, "fraction"), dividend_yield=q(0.015, "fraction"))
     return MarketState(as_of, unds, (), source="test")
 
 

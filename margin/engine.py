@@ -71,6 +71,7 @@ __all__ = [
     "COMPONENTS",
     "MarginContext",
     "MarginResult",
+    "PricedInstrument",
     "WhatIf",
     "compute_margin",
     "prepare",
@@ -93,8 +94,10 @@ def _kind(inst: Instrument) -> str:
 
 
 @dataclass(frozen=True)
-class _Priced:
-    """An instrument's valuation inputs (and, for an option, its smile around the strike)."""
+class PricedInstrument:
+    """An instrument's valuation inputs at ``as_of`` (``inputs``: price or forward, vol, rate),
+    its underlying's spot/index ``spot``, and for an option its smile at the strike (``vol0``, the
+    slope and curvature in log-moneyness, central differences at +/- 2%) and days to expiry."""
 
     inputs: MarketInputs
     spot: float
@@ -106,7 +109,7 @@ class _Priced:
 
 def _price(inst: Instrument, ms: MarketState, bundle: RiskForecastBundle,
            subject: str, forwards: dict[tuple[str, pd.Timestamp], Any] | None = None
-           ) -> _Priced | Failure:
+           ) -> PricedInstrument | Failure:
     """Inputs of one instrument at ``ms.as_of``, or why there are none."""
     u = inst.underlying
     sym = bundle_symbol(u)
@@ -147,7 +150,7 @@ def _price(inst: Instrument, ms: MarketState, bundle: RiskForecastBundle,
         slope = float((v[2] - v[0]) / (2 * _SMILE_EPS))
         curv = float((v[2] - 2 * v[1] + v[0]) / _SMILE_EPS**2)
         dte = (inst.expiry - ms.as_of).total_seconds() / 86400.0
-        return _Priced(MarketInputs(float(fw.value), float(v[1]), 0, float(st.rate.value)), s0,
+        return PricedInstrument(MarketInputs(float(fw.value), float(v[1]), 0, float(st.rate.value)), s0,
                        float(v[1]), slope, curv, dte)
     q = ms.price(inst)
     if isinstance(q, Failure):
@@ -164,7 +167,7 @@ def _price(inst: Instrument, ms: MarketState, bundle: RiskForecastBundle,
     if not isinstance(inst, (Spot, Perpetual, Future)):
         return Failure(FailureReason.UNSUPPORTED_INSTRUMENT, subject,
                        f"{type(inst).__name__} is not supported by the revaluation kernel")
-    return _Priced(MarketInputs(p), s0)
+    return PricedInstrument(MarketInputs(p), s0)
 
 
 @njit(cache=True, nogil=True)
@@ -217,7 +220,7 @@ class MarginContext:
     order: tuple[str, ...]
     offsets: Mapping[str, tuple[int, int]]
     index: dict[str, int] = field(default_factory=dict)
-    priced: dict[str, _Priced] = field(default_factory=dict)
+    priced: dict[str, PricedInstrument] = field(default_factory=dict)
     _store: list[NDArray[np.float64]] = field(default_factory=list, repr=False)
     _stack: list[Any] = field(default_factory=list, repr=False)
 
@@ -637,8 +640,8 @@ def _empty(portfolio: Portfolio, ms: MarketState, bundle: RiskForecastBundle, pa
 
 
 def _price_all(positions: Sequence[Position], ms: MarketState, bundle: RiskForecastBundle,
-               cache: Mapping[str, _Priced] | None = None
-               ) -> tuple[list[Position], dict[str, _Priced], list[Failure]]:
+               cache: Mapping[str, PricedInstrument] | None = None
+               ) -> tuple[list[Position], dict[str, PricedInstrument], list[Failure]]:
     ok, priced, fails = [], dict(cache or {}), []
     forwards: dict[tuple[str, pd.Timestamp], Any] = {}
     for q in positions:
@@ -693,7 +696,7 @@ def compute_margin(portfolio: Portfolio, market_state: MarketState, bundle: Risk
 
 
 def _finish(ctx: MarginContext, portfolio: Portfolio, ok: list[Position],
-            priced: Mapping[str, _Priced], failures: list[Failure]) -> MarginResult:
+            priced: Mapping[str, PricedInstrument], failures: list[Failure]) -> MarginResult:
     for name, pr in priced.items():
         ctx.priced.setdefault(name, pr)
     insts = sorted({q.instrument.name: q.instrument for q in ok}.values(), key=lambda i: i.name)
@@ -766,7 +769,8 @@ def _as_position(base: MarginResult, trade: Position | tuple[Instrument, float])
 def what_if(base: MarginResult, trade: Position | tuple[Instrument, float], *,
             full: bool = True) -> WhatIf:
     """Margin of ``base``'s portfolio plus one trade, reusing the day's scenarios and cached
-    per-instrument P&L (a new instrument is revalued alone). When the trade brings a new
+    per-instrument P&L (a new instrument is revalued alone and added to ``base.context``'s
+    cache, which only grows). When the trade brings a new
     underlying or a longer MPOR the scenarios differ, so everything is recomputed. Either way the
     result equals :func:`compute_margin` on the combined portfolio (within 1e-9 of the IM).
 

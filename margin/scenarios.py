@@ -79,6 +79,7 @@ __all__ = [
     "mc_standardized",
     "option_vol",
     "option_vol_shifts",
+    "recorrelate",
     "tenor_factor",
     "to_scenario_set",
 ]

@@ -67,6 +67,7 @@ __all__ = [
     "ScenarioSet",
     "build_book",
     "ncdf",
+    "instrument_pnl",
     "position_pnl",
     "revalue",
     "revalue_scalar",
@@ -617,6 +618,26 @@ def position_pnl(book: Book, scenarios: ScenarioSet, scenario_idx: ArrayLike, *,
     unit = np.empty((book.n_instruments, idx.size))
     _unit_kernel(idx, *args, 64, unit)
     return book.position_quantity[:, None] * unit[book.position_index]
+
+
+def instrument_pnl(book: Book, scenarios: ScenarioSet, *, margin_currency: str = "USD",
+                   out: NDArray[np.float64] | None = None) -> NDArray[np.float64]:
+    """P&L of one contract of each distinct instrument in every scenario.
+
+    Returns
+    -------
+    Array of shape (n_instruments, n_scenarios) in ``margin_currency`` (written into ``out``
+    when given: a C-contiguous float64 array of that shape, e.g. rows of a larger buffer).
+    """
+    shape = (book.n_instruments, scenarios.n_scenarios)
+    if out is None:
+        out = np.empty(shape)
+    elif out.shape != shape or out.dtype != np.float64 or not out.flags.c_contiguous:
+        raise DataError(f"out must be a C-contiguous float64 array of shape {shape}. Got "
+                        f"{out.shape} {out.dtype} instead.", column="out")
+    args = _kernel_args(book, scenarios, margin_currency)
+    _unit_kernel(np.arange(scenarios.n_scenarios, dtype=np.int64), *args, 64, out)
+    return out
 
 
 def revalue_scalar(book: Book, scenarios: ScenarioSet, s: int, *,

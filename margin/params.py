@@ -1,0 +1,186 @@
+"""Margin parameters: one pydantic model, every field defaulted and documented, loadable from TOML.
+
+:class:`MarginParams` is everything :func:`margin.engine.compute_margin` needs besides the
+portfolio, the market state and the risk-forecast bundle. Its :attr:`MarginParams.params_hash`
+(SHA-256 of the canonical JSON of every field) is recorded with each margin number.
+
+TOML: a file with the fields at the top level or under a ``[margin]`` table, e.g.::
+
+    [margin]
+    measure = "es"
+    es_confidence = 0.975
+    mc_n_scenarios = 2000
+    [margin.mpor_days]
+    future = 3
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tomllib
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from features.errors import ConfigError
+
+__all__ = ["DEFAULT_MPOR_DAYS", "MarginParams", "load_params"]
+
+DEFAULT_MPOR_DAYS: dict[str, int] = {"spot": 1, "perpetual": 1, "option": 1, "future": 2}
+"""Margin period of risk per product kind, in days (crypto 1 day; dated futures 2 days)."""
+
+
+class MarginParams(BaseModel):
+    """Parameters of the margin engine (see ``margin/engine.py`` for how each is used)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # ---- risk measure -------------------------------------------------------------------------
+    es_confidence: float = Field(0.975, gt=0.5, lt=1.0, description=(
+        "Expected-shortfall confidence: ES is the mean loss of the ceil(n (1 - c)) worst "
+        "scenarios."))
+    var_confidence: float = Field(0.99, gt=0.5, lt=1.0, description=(
+        "Value-at-risk confidence: VaR is the ceil(n c)-th smallest loss."))
+    measure: Literal["es", "var"] = Field("es", description=(
+        "The measure the requirement uses (both are reported); every comparison uses one."))
+    scenario_sources: tuple[Literal["fhs", "mc"], ...] = Field(("fhs", "mc"), description=(
+        "Which forecast-scaled scenario sets are pooled (equal weight per scenario) for the "
+        "market-risk measure: filtered historical simulation, parametric Monte Carlo."))
+
+    # ---- margin period of risk ----------------------------------------------------------------
+    mpor_days: dict[str, int] = Field(default_factory=lambda: dict(DEFAULT_MPOR_DAYS),
+                                      description=(
+        "MPOR in days per product kind (spot, perpetual, option, future). A portfolio's "
+        "scenarios use the longest MPOR of the kinds it holds."))
+
+    # ---- filtered historical simulation -------------------------------------------------------
+    fhs_lookback_days: int = Field(1500, ge=10, description=(
+        "Residual history used: the last N daily dates (at or before as_of) on which every "
+        "scenario underlying has a residual."))
+    fhs_min_obs: int = Field(50, ge=1, description=(
+        "Fewer common residual dates than this: FHS is skipped (recorded in explain)."))
+    fhs_multi_day: Literal["overlapping", "compound"] = Field("overlapping", description=(
+        "How an h-day scenario is built from daily residual vectors z_t: 'overlapping' = the "
+        "sum of h consecutive vectors (one scenario per end date, overlapping windows); "
+        "'compound' = the sum of h vectors drawn with replacement (seeded, fhs_n_compound "
+        "scenarios). Either sum is divided by sqrt(h) (unit variance) and multiplied by the "
+        "forecast h-day volatility."))
+    fhs_n_compound: int = Field(1000, ge=1, description="Scenarios drawn by 'compound'.")
+    fhs_recorrelate: bool = Field(False, description=(
+        "Re-correlate the FHS residual vectors to the forecast correlation (z -> z A^-1 B with A, B "
+        "the Cholesky factors of the sample and the forecast correlation). It keeps each "
+        "residual's rank-1 shape but mixes tails across assets: sample correlation becomes the "
+        "forecast exactly, tail dependence moves toward that of the linear mix."))
+
+    # ---- parametric Monte Carlo ---------------------------------------------------------------
+    mc_n_scenarios: int = Field(1000, ge=10, description="Monte Carlo scenarios per matrix.")
+    mc_seed: int = Field(20_240_601, ge=0, description="Seed of every random draw.")
+    mc_dof_source: Literal["bundle", "normal", "fixed"] = Field("bundle", description=(
+        "Marginals and dependence of the Monte Carlo: 'bundle' = each symbol's innovation "
+        "distribution (normal, t, skew-t; unit variance) with a t-copula of the bundle's "
+        "copula_df (Gaussian copula if None); 'normal' = Gaussian marginals and copula; "
+        "'fixed' = unit-variance t marginals and t-copula, both with mc_dof."))
+    mc_dof: float = Field(5.0, gt=2.0, description="Degrees of freedom for 'fixed'.")
+
+    # ---- stress grid --------------------------------------------------------------------------
+    grid_k_sigma: float = Field(3.0, gt=0.0, description=(
+        "Grid price moves span +/- k sigma sqrt(h) (sigma sqrt(h) = forecast h-day vol)."))
+    grid_n_moves: int = Field(7, ge=3, description="Price points across the range (odd: has 0).")
+    grid_min_range: float = Field(0.03, ge=0.0, description=(
+        "Floor of the grid's range as a log return: it spans at least +/- this."))
+    grid_floor_share: float = Field(0.75, ge=0.0, le=1.0, description=(
+        "Margin >= this share of the worst grid loss."))
+    iv_shock_level: float = Field(0.99, gt=0.5, lt=1.0, description=(
+        "Grid IV shocks: up = the vol-of-vol quantile at this level of d log IV over the MPOR, "
+        "down = the one at 1 - level (nearest stored level/horizon), times the tenor factor "
+        "(reference_tenor / max(DTE, min_tenor))^p."))
+    iv_shock_fallback_log: tuple[float, float] = Field((-0.25, 0.35), description=(
+        "(down, up) d log IV at the reference tenor when the bundle has no vol-of-vol for the "
+        "underlying."))
+    iv_fallback_tenor_days: float = Field(30.0, gt=0.0, description=(
+        "Reference tenor of the fallback shocks (exponent 0.5, minimum tenor 7 days)."))
+
+    # ---- implied-vol dynamics, basis, funding --------------------------------------------------
+    iv_dynamics: Literal["sticky_moneyness", "sticky_strike"] = Field(
+        "sticky_moneyness", description=(
+            "Implied vol in a scenario with log return x: 'sticky_moneyness' = the smile moves "
+            "with the forward (second-order Taylor of the smile in log-moneyness at the "
+            "strike), 'sticky_strike' = the strike's vol stays; both times exp(beta x), beta = "
+            "the bundle's spot-vol beta."))
+    spot_vol_beta_fallback: float = Field(0.0, description=(
+        "Spot-vol beta where the bundle has none for the underlying."))
+    iv_floor: float = Field(0.01, gt=0.0, description="Lowest implied vol in any scenario.")
+    basis_shock_sd_ann: float = Field(0.01, ge=0.0, description=(
+        "Std dev of the change of a future's annualized log basis per sqrt(day) (an independent "
+        "normal factor per underlying, seeded)."))
+    funding_shock_sd_per_day: float = Field(0.0005, ge=0.0, description=(
+        "Std dev of the perpetual funding paid over one day beyond its current carry, as a "
+        "fraction of notional per sqrt(day)."))
+
+    # ---- stress blend, correlation stress ------------------------------------------------------
+    blend_x: float = Field(0.75, ge=0.0, le=1.0, description=(
+        "Blend x * forecast measure + (1 - x) * stressed-period measure. The stressed measure "
+        "reuses the standardized scenarios scaled by each symbol's stressed vol = max(forecast "
+        "vol, the stress_vol_quantile of its issued vols over the residual history)."))
+    stress_vol_quantile: float = Field(0.99, gt=0.0, lt=1.0, description=(
+        "Quantile of issued vols that defines the stressed-period vol."))
+    correlation_break_alpha: float = Field(0.3, ge=0.0, le=1.0, description=(
+        "Correlation-break cap M >= M_div + alpha (sum of standalone per-underlying margins - "
+        "M_div)."))
+
+    # ---- maintenance margin -------------------------------------------------------------------
+    mm_rule: Literal["ratio", "confidence"] = Field("ratio", description=(
+        "'ratio': MM = IM / im_over_mm (OKX style IM = 1.3 MM); 'confidence': MM = the same "
+        "chain at mm_confidence."))
+    im_over_mm: float = Field(1.3, ge=1.0, description="IM / MM for 'ratio'.")
+    mm_confidence: float = Field(0.95, gt=0.5, lt=1.0, description=(
+        "The measure's confidence for 'confidence' (ES or VaR per 'measure')."))
+
+    @model_validator(mode="after")
+    def _check(self) -> MarginParams:
+        unknown = sorted(set(self.mpor_days) - set(DEFAULT_MPOR_DAYS))
+        if unknown:
+            raise ValueError(f"mpor_days keys must be among {sorted(DEFAULT_MPOR_DAYS)}; got "
+                             f"{unknown}")
+        bad = {k: v for k, v in self.mpor_days.items() if v < 1}
+        if bad:
+            raise ValueError(f"mpor_days must be >= 1 day; got {bad}")
+        if not self.scenario_sources:
+            raise ValueError("scenario_sources must name at least one of 'fhs', 'mc'")
+        lo, hi = self.iv_shock_fallback_log
+        if not lo <= 0 <= hi:
+            raise ValueError(f"iv_shock_fallback_log must be (down <= 0, up >= 0); got "
+                             f"{self.iv_shock_fallback_log}")
+        return self
+
+    def mpor(self, kind: str) -> int:
+        """MPOR in days of one product kind ("spot", "perpetual", "option", "future")."""
+        return int({**DEFAULT_MPOR_DAYS, **self.mpor_days}[kind])
+
+    def confidence(self) -> float:
+        """The confidence of the measure the requirement uses."""
+        return self.es_confidence if self.measure == "es" else self.var_confidence
+
+    @property
+    def params_hash(self) -> str:
+        """SHA-256 of the canonical JSON of every field (sorted keys, defaults included)."""
+        doc = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(doc.encode()).hexdigest()
+
+
+def load_params(text: str) -> MarginParams:
+    """MarginParams from TOML text (the caller reads the file: margin does no I/O).
+
+    The fields sit at the top level or under ``[margin]``. Raises ``ConfigError`` naming the
+    problem (TOML syntax, unknown or invalid field).
+    """
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"cannot parse margin parameters (TOML): {exc}") from None
+    doc = doc.get("margin", doc)
+    try:
+        return MarginParams.model_validate(doc)
+    except ValueError as exc:
+        raise ConfigError(f"invalid margin parameters: {exc}") from None

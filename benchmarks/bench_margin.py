@@ -42,7 +42,7 @@ import numba
 import numpy as np
 import pandas as pd
 
-from margin.engine import compute_margin, prepare, recompute, what_if
+from margin.calculator import compute_margin, prepare, recompute, what_if
 from margin.instruments import Option, OptionRight, Perpetual, Settlement, Spot
 from margin.market_state import FundingQuote, MarketState, Quote, UnderlyingState
 from margin.params import MarginParams

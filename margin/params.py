@@ -1,6 +1,6 @@
 """Margin parameters: one pydantic model, every field defaulted and documented, loadable from TOML.
 
-:class:`MarginParams` is everything :func:`margin.engine.compute_margin` needs besides the
+:class:`MarginParams` is everything :func:`margin.calculator.compute_margin` needs besides the
 portfolio, the market state and the risk-forecast bundle. Its :attr:`MarginParams.params_hash`
 (SHA-256 of the canonical JSON of every field) is recorded with each margin number.
 
@@ -32,7 +32,7 @@ DEFAULT_MPOR_DAYS: dict[str, int] = {"spot": 1, "perpetual": 1, "option": 1, "fu
 
 
 class MarginParams(BaseModel):
-    """Parameters of the margin engine (see ``margin/engine.py`` for how each is used)."""
+    """Parameters of the margin engine (see ``margin/calculator.py`` for how each is used)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from scipy import stats
 
 from features.errors import ConfigError, FailureReason, ModelError
-from margin.engine import COMPONENTS, MarginResult, compute_margin, recompute, what_if
+from margin.calculator import COMPONENTS, MarginResult, compute_margin, recompute, what_if
 from margin.instruments import Future, Option, Perpetual, Spot, parse_instrument
 from margin.params import MarginParams, load_params
 from margin.portfolio import Portfolio

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from scipy import stats
 
 from features.errors import ConfigError, DataError
-from margin.risk import es, euler, measure, tail_count, var, var_rank
+from margin.measures import es, euler, measure, tail_count, var, var_rank
 from margin.scenarios import mc_standardized
 from models.forecast import Innovation
 

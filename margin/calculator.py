@@ -54,10 +54,10 @@ from numpy.typing import NDArray
 from features.errors import DataError, Failure, FailureReason, ModelError
 from margin.instruments import Future, Instrument, Option, Perpetual, Spot
 from margin.market_state import MarketState
+from margin.measures import TailMeasure, measure
 from margin.params import MarginParams
 from margin.portfolio import Portfolio, Position
 from margin.revalue import MarketInputs, ScenarioSet, build_book, instrument_pnl
-from margin.risk import TailMeasure, measure
 from margin.scenarios import (
     Scenarios,
     build_scenarios,

@@ -581,7 +581,7 @@ def gate_config(cfg: TrainFlowConfig, *, champion_benched: bool = False) -> Any:
     would block exactly the repair it should allow. Every other check still applies (the challenger
     must beat the benched champion and the best baseline).
     """
-    from models.registry import GateConfig
+    from models.gate import GateConfig
 
     n = cfg.eval_periods or 250
     checks = GateConfig.model_fields["checks"].default

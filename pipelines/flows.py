@@ -121,7 +121,7 @@ def registry_slot(
         return contextlib.nullcontext()
     from prefect.concurrency.sync import concurrency
 
-    from models.registry import LOCK_TIMEOUT_S
+    from models.promotion_log import LOCK_TIMEOUT_S
 
     return concurrency(
         ensure_registry_limit(model_name),

@@ -22,6 +22,7 @@ The first version ever promoted has no champion to compare with: the champion ch
 
 from __future__ import annotations
 
+import getpass
 import json
 import re
 import warnings
@@ -449,3 +450,46 @@ def gate_tags(
         for c in decision.checks:
             tags[f"gate.check.{c.name}"] = c.as_tag()[:TAG_MAX]
     return tags
+
+
+@dataclass(frozen=True)
+class PromotionOutcome:
+    """What a promotion request comes to: whether ``champion`` moves, the ``gate.status`` tag
+    ("passed", "override", "not_run" or "rejected"), the reason recorded and who decided."""
+
+    promoted: bool
+    status: str
+    reason: str
+    who: str
+
+
+def check_promotion_request(
+    mode: str, approver: str | None, reason: str, *, has_data: bool
+) -> None:
+    """Refuse a malformed request (:class:`~features.errors.ConfigError`): ``mode`` "auto" or
+    "manual"; "manual" needs a named approver and a reason; "auto" needs data for the gate."""
+    if mode not in ("auto", "manual"):
+        raise ConfigError(f"mode must be 'auto' or 'manual'; got {mode!r}")
+    if mode == "manual" and not (approver and approver.strip()):
+        raise ConfigError(f"manual promotion needs a named approver; got approver={approver!r}")
+    if mode == "manual" and not reason.strip():
+        raise ConfigError("manual promotion needs a reason; got an empty reason")
+    if mode == "auto" and not has_data:
+        raise ConfigError("auto promotion runs the gate and needs data=<canonical realized frame>")
+
+
+def promotion_outcome(
+    decision: GateDecision | None, *, mode: str, approver: str | None, reason: str
+) -> PromotionOutcome:
+    """ "auto": promoted when the gate ran and passed; "manual": always promoted (an override when
+    the gate did not pass or did not run). The reason is the caller's, else the gate's."""
+    who = approver.strip() if approver else f"gate (run by {getpass.getuser()})"
+    passed = decision is not None and decision.passed
+    promoted = passed if mode == "auto" else True
+    if promoted:
+        status = "passed" if passed else ("override" if decision is not None else "not_run")
+        why = reason or (decision.reason if decision is not None else "")
+    else:
+        status = "rejected"
+        why = decision.reason if decision is not None else reason
+    return PromotionOutcome(promoted, status, why, who)

@@ -52,6 +52,7 @@ from features.schema import (
 )
 from models.base import BaseForecaster, jsonable
 from models.forecast import FRAME_COLUMNS, VolForecast
+from models.promotion_log import ModelRef
 from models.run_record import data_fingerprint, dprm_version
 
 BUNDLE_FORMAT = "dprm-forecaster-bundle"
@@ -525,3 +526,127 @@ def version_tags(
     if evaluation_run_id is not None:
         out["dprm.evaluation_run_id"] = evaluation_run_id
     return out
+
+
+@dataclass(frozen=True)
+class LoadedForecaster:
+    """A registered forecaster loaded through MLflow (by :func:`models.registry.load_forecaster`),
+    with the reference to record.
+
+    Attributes
+    ----------
+    ref : the :class:`ModelRef` it was loaded from.
+    pyfunc : MLflow's ``PyFuncModel``.
+    primary : the package's primary member (the champion model).
+    """
+
+    ref: ModelRef
+    pyfunc: Any
+    primary: str
+
+    def predict(self, frame: pd.DataFrame, *, origins: str = "last") -> pd.DataFrame:
+        """The long forecast table for a canonical realized frame (``ts`` may be tz-aware)."""
+        return self.pyfunc.predict(naive_utc(frame), params={"origins": origins})
+
+    def vol_forecasts(
+        self, frame: pd.DataFrame, *, origins: str = "last", member: str | None = None
+    ) -> dict[str, VolForecast]:
+        """``{symbol: VolForecast}`` of ``member`` (default: the primary member)."""
+        table = self.predict(frame, origins=origins)
+        return forecast_frame_to_volforecasts(table, model_id=member or self.primary)
+
+
+VERSION_COLUMNS = (
+    "model",
+    "version",
+    "aliases",
+    "status",
+    "gate_status",
+    "gate_reason",
+    "primary",
+    "members",
+    "dataset",
+    "freq",
+    "created_ts",
+    "run_id",
+    "data_end_ts",
+)
+"""Columns of :func:`models.registry.list_versions` (:func:`version_row`)."""
+
+
+def version_row(model: str, mv: Any, aliases: Mapping[str, str]) -> dict[str, Any]:
+    """One row of :data:`VERSION_COLUMNS` for a registered version ``mv`` (an MLflow
+    ``ModelVersion``: version, tags, creation_timestamp, run_id) of ``model`` given its aliases
+    (alias -> version): aliases, status, gate status and reason, primary member, members, the
+    dataset and frequency it was trained on (empty when not recorded), creation time, run id and
+    the training data's end."""
+    t = mv.tags or {}
+    return {
+        "model": model,
+        "version": int(mv.version),
+        "aliases": ",".join(sorted(a for a, v in aliases.items() if v == str(mv.version))),
+        "status": t.get("dprm.status", ""),
+        "gate_status": t.get("gate.status", ""),
+        "gate_reason": t.get("gate.reason", ""),
+        "primary": t.get("dprm.primary", ""),
+        "members": ",".join(json.loads(t.get("dprm.members", "{}"))),
+        "dataset": t.get("dprm.dataset", ""),
+        "freq": t.get("dprm.freq", ""),
+        "created_ts": pd.Timestamp(int(mv.creation_timestamp), unit="ms", tz="UTC"),
+        "run_id": mv.run_id,
+        "data_end_ts": t.get("data.end_ts", ""),
+    }
+
+
+def versions_frame(rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+    """:func:`version_row` rows as a frame of :data:`VERSION_COLUMNS`, sorted by model and version."""
+    cols = list(VERSION_COLUMNS)
+    if not rows:
+        return pd.DataFrame(columns=cols)
+    return pd.DataFrame(rows, columns=cols).sort_values(["model", "version"]).reset_index(drop=True)
+
+
+_OUTPUT_KINDS = {
+    "origin_ts": "datetime",
+    "data_cutoff_ts": "datetime",
+    "target_start": "datetime",
+    "target_end": "datetime",
+    "horizon": "long",
+    "model_id": "string",
+    "model_version": "string",
+    "symbol": "string",
+    "fallback_reason": "string",
+}
+
+
+def input_schema(package: ForecasterPackage) -> list[tuple[str, str, bool]]:
+    """The pyfunc's input columns as (MLflow type, name, required): ``ts`` (naive UTC datetime),
+    ``symbol``, and the realized columns of :data:`INPUT_COLUMNS` (required when a member needs
+    them)."""
+    need = set(package.required_columns())
+    return [
+        ("datetime", TS, True),
+        ("string", SYMBOL, True),
+        *[("double", c, c in need) for c in INPUT_COLUMNS],
+    ]
+
+
+def output_schema(table: pd.DataFrame) -> list[tuple[str, str, bool]]:
+    """The pyfunc's output columns (those of ``table``, its forecast table) as (MLflow type, name,
+    required): times as datetime, ``horizon`` long, names str, numbers double; only
+    ``fallback_reason`` may be missing."""
+    return [(_OUTPUT_KINDS.get(c, "double"), c, c != "fallback_reason") for c in table.columns]
+
+
+def registration_run_tags(evaluation_run_id: str | None = None) -> dict[str, str]:
+    """The tags of a registration run (nested under the evaluation run that chose it, if any)."""
+    tags = {
+        "mlflow.runName": "register-forecaster",
+        "dprm.kind": "register",
+        "dprm.version": dprm_version(),
+    }
+    if evaluation_run_id is not None:
+        tags.update(
+            {"mlflow.parentRunId": evaluation_run_id, "dprm.evaluation_run_id": evaluation_run_id}
+        )
+    return tags

@@ -1,4 +1,5 @@
-"""The hash-chained promotion log and the per-model write lock (no MLflow here).
+"""The hash-chained promotion log, the per-model write lock and the records of registered versions
+(:class:`ModelRef`, :class:`PromotionResult`); no MLflow here.
 
 Every alias move (and every rejection) of the registry is appended to
 ``<home>/registry/promotions.jsonl`` (MLflow keeps no alias history); each line carries the
@@ -16,13 +17,17 @@ import json
 import os
 import re
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from features.errors import RegistryError
+from features.errors import ConfigError, RegistryError
 from models.base import jsonable
+
+if TYPE_CHECKING:  # pragma: no cover
+    from models.gate import GateDecision
 
 MODEL_NAME = "dprm-forecaster"
 """The registered model of the volatility forecaster."""
@@ -30,6 +35,7 @@ CHAMPION = "champion"
 CHALLENGER = "challenger"
 LOCK_TIMEOUT_S = 900.0
 """How long registration or promotion waits for another process holding the model's lock."""
+SQLITE_HEADER = b"SQLite format 3\x00"
 
 
 def promotion_log_path(home: Path) -> Path:
@@ -159,3 +165,125 @@ def champion_moves(
         for e in read_promotion_log(home)
         if e.get("name") == name and e.get("alias") == CHAMPION and e.get("action") in actions
     ]
+
+
+def champion_mismatch(
+    home: Path, uri: str, name: str, *, logged: str | None, registered: str | None, exists: bool
+) -> RegistryError:
+    """The error for a registry whose ``champion`` of ``name`` (``registered``) is not the one
+    the log names (``logged``); ``exists``: whether the registry has a model of that name."""
+    log = promotion_log_path(home)
+    if registered is None:
+        what = "has no champion alias on it" if exists else "has no model of that name"
+        return RegistryError(
+            f"the promotion log {log} names version {logged} of {name!r} as champion, but the "
+            f"registry {uri} {what}: the registry was wiped, replaced or edited outside "
+            "dprm; restore it from a backup, or move the log away to start a new registry"
+        )
+    logged_as = f"version {logged}" if logged is not None else "no champion"
+    return RegistryError(
+        f"the registry {uri} has version {registered} of {name!r} as champion, but the promotion "
+        f"log {log} names {logged_as}: the alias was moved outside dprm; set it back "
+        "or restore the registry from a backup"
+    )
+
+
+def previous_champion(home: Path, name: str, current: str) -> str:
+    """The champion that version ``current`` of ``name`` replaced: the ``from_version`` of the
+    log's last promotion to it (so repeated rollbacks walk back through the promotion history);
+    :class:`~features.errors.ConfigError` when the log has none."""
+    moves = [e for e in champion_moves(home, name, ("promote",)) if e.get("to_version") == current]
+    if not moves or moves[-1].get("from_version") is None:
+        raise ConfigError(
+            f"the promotion log has no champion before version {current} of {name!r}; "
+            "give the version with --to-version (to_version= in Python)"
+        )
+    return str(moves[-1]["from_version"])
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """Which registered model produced a number: recorded with every margin result.
+
+    Attributes
+    ----------
+    name, version : the registered model and version (a string, as MLflow has it).
+    alias : the alias it was resolved through ("champion", "challenger") or None.
+    run_id : the MLflow run the model was logged in.
+    uri : ``models:/<name>/<version>`` (pinned to the version, not the alias).
+    """
+
+    name: str
+    version: str
+    alias: str | None
+    run_id: str | None
+    uri: str
+
+    def as_tags(self) -> dict[str, str]:
+        """Flat string fields for result metadata: model_name, model_version, model_alias, ..."""
+        return {
+            "model_name": self.name,
+            "model_version": self.version,
+            "model_alias": self.alias or "",
+            "model_run_id": self.run_id or "",
+            "model_uri": self.uri,
+        }
+
+
+@dataclass(frozen=True)
+class PromotionResult:
+    """What :func:`promote` or :func:`rollback` did.
+
+    Attributes
+    ----------
+    promoted : whether ``champion`` now points at ``version``.
+    version : the version considered.
+    previous_champion : the champion before (None if there was none).
+    decision : the gate's decision (None when the gate did not run).
+    log_entry : the line appended to the promotion log.
+    """
+
+    promoted: bool
+    version: str
+    previous_champion: str | None
+    decision: GateDecision | None
+    log_entry: Mapping[str, Any]
+
+    @property
+    def ref(self) -> ModelRef | None:
+        """The new champion's reference (None when not promoted)."""
+        if not self.promoted:
+            return None
+        name = str(self.log_entry.get("name", MODEL_NAME))
+        return ModelRef(
+            name,
+            self.version,
+            CHAMPION,
+            self.log_entry.get("run_id"),
+            f"models:/{name}/{self.version}",
+        )
+
+
+def check_store_file(db: Path, home: Path) -> None:
+    """Refuse a SQLite store that is not a database, or that is empty or missing while the
+    promotion log records events (a wiped registry must not be silently re-created)."""
+    size = db.stat().st_size if db.exists() else None
+    if size:
+        with open(db, "rb") as fh:
+            head = fh.read(len(SQLITE_HEADER))
+        if head != SQLITE_HEADER:
+            raise RegistryError(
+                f"the MLflow store {db} is not an SQLite database (it starts with {head[:8]!r}); "
+                "restore it from a backup or point MLFLOW_TRACKING_URI at a working store"
+            )
+        return
+    log = promotion_log_path(home)
+    if log.exists() and log.stat().st_size > 0:
+        state = "missing" if size is None else "empty (0 bytes)"
+        champs = ", ".join(f"version {v} of {n!r}" for n, v in sorted(log_champions(home).items()))
+        records = f"names {champs} as champion" if champs else "records registrations"
+        raise RegistryError(
+            f"the MLflow store {db} is {state} but the promotion log {log} {records}: the "
+            f"registry was wiped; restore {db.name} from a backup, or move the log away to start "
+            "a new registry"
+        )

@@ -1,47 +1,24 @@
 """MLflow tracking and the ``dprm-forecaster`` model registry (the only library module that uses mlflow).
 
-What needs no MLflow lives beside it: the forecaster package the pyfunc serves
-(:mod:`models.package`), the promotion gate (:mod:`models.gate`), the hash-chained promotion log and
-the per-model lock (:mod:`models.promotion_log`) and what runs record (:mod:`models.run_record`);
-``dprm train``'s orchestration is :func:`pipelines.train.train_and_register`.
+What needs no MLflow lives beside it: the package the pyfunc serves (:mod:`models.package`), the
+promotion gate (:mod:`models.gate`), the hash-chained promotion log, the per-model lock and the
+version records (:mod:`models.promotion_log`) and what runs record (:mod:`models.run_record`).
 
-Tracking
---------
-:func:`tracking_uri` is ``MLFLOW_TRACKING_URI`` when set, else ``sqlite:///<home>/mlflow.db`` with
-artifacts under ``<home>/mlartifacts`` (experiments are created with that ``artifact_location``;
-a remote ``http(s)`` server chooses its own). MLflow's telemetry and chatter are switched off with
-``os.environ.setdefault`` before mlflow is imported (lazily, inside the functions, so
-``import models.registry`` stays cheap). A fresh SQLite store is initialised once, under a lock
-file, by :func:`init_store` before anything fans out. Metrics and params go through
-``MlflowClient.log_batch`` on explicit run ids (MLflow's fluent API is thread-local); only
-``log_model`` and ``load_model`` use the fluent API, under a process lock that restores the global
-tracking URI afterwards. :func:`log_evaluation_run` writes one run of a walk-forward evaluation
-into the experiment of its target, with child runs per symbol.
-
-LightGBM members (:class:`models.lgbm.LGBMVol`) are not pickled: while the package is logged, the
-codec's ``on_log`` hook logs every horizon's booster (and quantile booster) with
-``mlflow.lightgbm.log_model`` into the registration run, with a signature, an input example and
-explicit pins, and keeps the logged models' URIs on the estimator (``booster_uris_``); on load the
-boosters come back through ``mlflow.lightgbm.load_model``.
-
-Aliases and promotion
----------------------
-Aliases ``challenger`` and ``champion`` (no stages). :func:`register_challenger` logs and registers
-a package and points ``challenger`` at it. :func:`promote` runs the gate
-(:func:`models.gate.evaluate_gate`) and, if it passes (``mode="auto"``) or a named approver signs
-(``mode="manual"``, which still records the gate), moves ``champion``. The gate's inputs and
-decision are tagged on the version; a rejected challenger stays registered with the reason. Every
-move and rejection is appended to the promotion log. :func:`rollback` moves ``champion`` back.
-
-Integrity
----------
-Network calls are bounded (``MLFLOW_HTTP_REQUEST_TIMEOUT`` 5 s, at most one retry) and a remote
-server is probed once (``/health``) by :func:`init_store`; a store that is not SQLite, or
-empty/missing while the promotion log records events, is a :class:`~features.errors.RegistryError`.
-:func:`verify_registry` cross-checks the ``champion`` aliases with the promotion log before every
-champion read and every write (never a fallback); promotions log first and move the alias second,
-and a move killed in between is completed there. Writes of one model hold
-:func:`models.promotion_log.model_lock`.
+- Tracking: :func:`tracking_uri` is ``MLFLOW_TRACKING_URI`` when set, else
+  ``sqlite:///<home>/mlflow.db`` (artifacts under ``<home>/mlartifacts``). MLflow's telemetry and
+  chatter are switched off (``setdefault``) before mlflow is imported, lazily, inside functions.
+  :func:`init_store` initialises a fresh SQLite store once, under a lock file, and probes a remote
+  server once (network calls bounded: 5 s, one retry). Metrics and params go through
+  ``log_batch`` on explicit run ids; only ``log_model``/``load_model`` use the fluent API, under a
+  process lock that restores the global tracking URI (:func:`_fluent`).
+- :func:`log_evaluation_run`: one run per walk-forward evaluation, child runs per symbol.
+- :func:`register_challenger` logs a package as a pyfunc (LightGBM boosters through
+  ``mlflow.lightgbm``, by URI in the member JSON), registers it and points ``challenger`` at it.
+- :func:`promote` runs the gate and moves ``champion`` (``mode="auto"``: if it passes; "manual": a
+  named approver's override, the gate still recorded); :func:`rollback` moves it back. Decisions
+  are tagged on the version and appended to the promotion log first (write-ahead).
+- :func:`verify_registry` cross-checks the ``champion`` aliases with the log before every champion
+  read and write (never a fallback) and completes a move killed between log line and alias move.
 """
 
 from __future__ import annotations
@@ -49,12 +26,10 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import getpass
-import json
 import os
 import tempfile
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -62,47 +37,15 @@ import numpy as np
 import pandas as pd
 
 from features.errors import ConfigError, RegistryError
-from features.schema import SYMBOL, TS
-from models.base import BaseForecaster, jsonable
+from models import gate
+from models import package as pkg
+from models import promotion_log as plog
+from models import run_record as rr
+from models.base import BaseForecaster
 from models.evaluation import POOLED, EvaluationResult
-from models.forecast import VolForecast
-from models.gate import GateConfig, GateDecision, evaluate_gate, gate_tags
-from models.package import (
-    INPUT_COLUMNS,
-    ForecasterPackage,
-    MemberCodec,
-    canonical_input,
-    codec_for,
-    forecast_frame_to_volforecasts,
-    input_example,
-    model_code_path,
-    naive_utc,
-    pins,
-    pip_requirements,
-    register_member_codec,
-    registration_params,
-    version_tags,
-)
-from models.promotion_log import (
-    CHALLENGER,
-    CHAMPION,
-    MODEL_NAME,
-    append_promotion_log,
-    champion_moves,
-    log_champions,
-    model_lock,
-    promotion_log_path,
-)
-from models.run_record import (
-    TAG_MAX,
-    dprm_version,
-    evaluation_metrics,
-    evaluation_run_params,
-    evaluation_run_tags,
-    evaluation_symbols,
-    git_commit,
-    write_evaluation_artifacts,
-)
+from models.gate import GateConfig
+from models.package import ForecasterPackage, LoadedForecaster
+from models.promotion_log import CHALLENGER, CHAMPION, MODEL_NAME, ModelRef, model_lock
 
 if TYPE_CHECKING:  # pragma: no cover
     from mlflow import MlflowClient
@@ -130,7 +73,6 @@ _ALREADY_EXISTS = ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS")
 _FLUENT_LOCK = threading.RLock()
 _INIT_LOCK = threading.Lock()
 _INITIALISED: set[str] = set()
-_SQLITE_HEADER = b"SQLite format 3\x00"
 _PROBE_TIMEOUT_S = 5.0
 """Connect/read timeout of the reachability probe of a tracking server (one attempt)."""
 
@@ -170,31 +112,6 @@ def _client(uri: str) -> MlflowClient:
 
 def _sqlite_path(uri: str) -> Path | None:
     return Path(uri[len("sqlite:///") :]) if uri.startswith("sqlite:///") else None
-
-
-def _check_sqlite_file(db: Path, home: Path) -> None:
-    """Refuse a SQLite store that is not a database, or that is empty or missing while the
-    promotion log records events (a wiped registry must not be silently re-created)."""
-    size = db.stat().st_size if db.exists() else None
-    if size:
-        with open(db, "rb") as fh:
-            head = fh.read(len(_SQLITE_HEADER))
-        if head != _SQLITE_HEADER:
-            raise RegistryError(
-                f"the MLflow store {db} is not an SQLite database (it starts with {head[:8]!r}); "
-                "restore it from a backup or point MLFLOW_TRACKING_URI at a working store"
-            )
-        return
-    log = promotion_log_path(home)
-    if log.exists() and log.stat().st_size > 0:
-        state = "missing" if size is None else "empty (0 bytes)"
-        champs = ", ".join(f"version {v} of {n!r}" for n, v in sorted(log_champions(home).items()))
-        records = f"names {champs} as champion" if champs else "records registrations"
-        raise RegistryError(
-            f"the MLflow store {db} is {state} but the promotion log {log} {records}: the "
-            f"registry was wiped; restore {db.name} from a backup, or move the log away to start "
-            "a new registry"
-        )
 
 
 def _probe_server(uri: str) -> None:
@@ -247,7 +164,7 @@ def init_store(home: Path) -> str:
             with open(db.with_name(db.name + ".lock"), "a") as fh:
                 fcntl.flock(fh, fcntl.LOCK_EX)
                 try:
-                    _check_sqlite_file(db, Path(home))
+                    plog.check_store_file(db, Path(home))
                     _first_contact(uri)
                 finally:
                     fcntl.flock(fh, fcntl.LOCK_UN)
@@ -305,14 +222,6 @@ def _fluent(uri: str) -> Iterator[Any]:
                 os.environ["MLFLOW_TRACKING_URI"] = prev_env
 
 
-def _param_value(v: Any) -> str:
-    if isinstance(v, (list, tuple)):
-        return json.dumps([jsonable(x) for x in v])
-    if isinstance(v, np.random.Generator):
-        return "Generator"
-    return str(v)[:6000]
-
-
 def _log_batch(
     client: MlflowClient,
     run_id: str,
@@ -328,8 +237,8 @@ def _log_batch(
 
     ts = int(time.time() * 1000)
     ms = [Metric(k, float(v), ts, 0) for k, v in metrics.items() if np.isfinite(v)]
-    ps = [Param(k[:250], _param_value(v)) for k, v in params.items()]
-    tg = [RunTag(k, str(v)[:TAG_MAX]) for k, v in tags.items()]
+    ps = [Param(k[:250], rr.param_value(v)) for k, v in params.items()]
+    tg = [RunTag(k, str(v)[: rr.TAG_MAX]) for k, v in tags.items()]
     for i in range(0, len(ms), 1000):
         client.log_batch(run_id, metrics=ms[i : i + 1000], synchronous=True)
     for i in range(0, len(ps), 100):
@@ -377,7 +286,7 @@ def log_evaluation_run(
         raise TypeError(f"result must be an EvaluationResult; got {type(result).__name__}")
     exp = experiment_id(home, target)
     client = _client(tracking_uri(home))
-    run_tags = evaluation_run_tags(
+    run_tags = rr.evaluation_run_tags(
         result,
         target=target,
         feature_set_version=feature_set_version,
@@ -385,16 +294,16 @@ def log_evaluation_run(
         data=data,
         tags=tags,
     )
-    params = evaluation_run_params(
+    params = rr.evaluation_run_params(
         result, feature_set_version=feature_set_version, models=models, data=data
     )
     run = client.create_run(exp, tags=run_tags)
     run_id = run.info.run_id
     status = "FAILED"
     try:
-        _log_batch(client, run_id, metrics=evaluation_metrics(result), params=params)
+        _log_batch(client, run_id, metrics=rr.evaluation_metrics(result), params=params)
         with tempfile.TemporaryDirectory(prefix="dprm-eval-") as tmp:
-            write_evaluation_artifacts(
+            rr.write_evaluation_artifacts(
                 result,
                 Path(tmp),
                 target=target,
@@ -403,7 +312,7 @@ def log_evaluation_run(
                 config=config,
             )
             client.log_artifacts(run_id, tmp)
-        symbols = evaluation_symbols(result)
+        symbols = rr.evaluation_symbols(result)
         if per_symbol_runs and len(symbols) > 1:
             for sym in symbols:
                 child = client.create_run(
@@ -415,7 +324,7 @@ def log_evaluation_run(
                         "dprm.symbol": str(sym),
                     },
                 )
-                _log_batch(client, child.info.run_id, metrics=evaluation_metrics(result, sym))
+                _log_batch(client, child.info.run_id, metrics=rr.evaluation_metrics(result, sym))
                 client.set_terminated(child.info.run_id)
         status = "FINISHED"
     finally:
@@ -453,8 +362,8 @@ def _log_lgbm(est: Any, member: str, run_id: str, example: pd.DataFrame) -> None
         )
     from models.lgbm import booster_sha256
 
-    matrices = est.feature_matrices(canonical_input(example))
-    reqs = pins(_LGBM_PINS)
+    matrices = est.feature_matrices(pkg.canonical_input(example))
+    reqs = pkg.pins(_LGBM_PINS)
     uris: dict[int, dict[str, Any]] = {}
     for h, m in sorted(est.models_.items()):
         if len(matrices[h]) == 0:
@@ -495,8 +404,8 @@ def _restore_lgbm(est: Any, state: dict[str, Any]) -> None:
     est.from_state(state, load_booster=mlflow.lightgbm.load_model)
 
 
-register_member_codec(
-    MemberCodec("models.lgbm.LGBMVol", _export_lgbm, _restore_lgbm, _log_lgbm, exact=True)
+pkg.register_member_codec(
+    pkg.MemberCodec("models.lgbm.LGBMVol", _export_lgbm, _restore_lgbm, _log_lgbm, exact=True)
 )
 
 
@@ -506,59 +415,14 @@ def model_signature(package: ForecasterPackage, example: pd.DataFrame) -> Any:
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
-    need = set(package.required_columns())
-    inputs = [ColSpec("datetime", TS), ColSpec("string", SYMBOL)]
-    inputs += [ColSpec("double", c, required=c in need) for c in INPUT_COLUMNS]
-    out_example = package.predict(example)
-    kinds = {
-        "origin_ts": "datetime",
-        "data_cutoff_ts": "datetime",
-        "target_start": "datetime",
-        "target_end": "datetime",
-        "horizon": "long",
-        "model_id": "string",
-        "model_version": "string",
-        "symbol": "string",
-        "fallback_reason": "string",
-    }
-    outputs = [
-        ColSpec(kinds.get(c, "double"), c, required=c != "fallback_reason")
-        for c in out_example.columns
-    ]
+    inputs = [ColSpec(kind, c, required=req) for kind, c, req in pkg.input_schema(package)]
+    out = pkg.output_schema(package.predict(example))
+    outputs = [ColSpec(kind, c, required=req) for kind, c, req in out]
     return ModelSignature(
         inputs=Schema(inputs),
         outputs=Schema(outputs),
         params=ParamSchema([ParamSpec("origins", "string", "last")]),
     )
-
-
-@dataclass(frozen=True)
-class ModelRef:
-    """Which registered model produced a number: recorded with every margin result.
-
-    Attributes
-    ----------
-    name, version : the registered model and version (a string, as MLflow has it).
-    alias : the alias it was resolved through ("champion", "challenger") or None.
-    run_id : the MLflow run the model was logged in.
-    uri : ``models:/<name>/<version>`` (pinned to the version, not the alias).
-    """
-
-    name: str
-    version: str
-    alias: str | None
-    run_id: str | None
-    uri: str
-
-    def as_tags(self) -> dict[str, str]:
-        """Flat string fields for result metadata: model_name, model_version, model_alias, ..."""
-        return {
-            "model_name": self.name,
-            "model_version": self.version,
-            "model_alias": self.alias or "",
-            "model_run_id": self.run_id or "",
-            "model_uri": self.uri,
-        }
 
 
 def _serialized(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -629,48 +493,40 @@ def register_challenger(
     exp = experiment_id(home, target)
     uri = tracking_uri(home)
     client = _client(uri)
-    run_tags = {
-        "mlflow.runName": "register-forecaster",
-        "dprm.kind": "register",
-        "dprm.version": dprm_version(),
-    }
-    if evaluation_run_id is not None:
-        run_tags.update(
-            {"mlflow.parentRunId": evaluation_run_id, "dprm.evaluation_run_id": evaluation_run_id}
-        )
+    run_tags = pkg.registration_run_tags(evaluation_run_id)
     run_id = client.create_run(exp, tags=run_tags).info.run_id
     with tempfile.TemporaryDirectory(prefix="dprm-bundle-") as tmp:
         bdir = Path(tmp) / "bundle"  # the artifact keeps its stored name "bundle"
-        example = input_example(package, training_data)
+        example = pkg.input_example(package, training_data)
         signature = model_signature(package, example)
         with _fluent(uri) as mlflow, mlflow.start_run(run_id=run_id):
             for mname, est in package.members.items():
-                codec = codec_for(est)
+                codec = pkg.codec_for(est)
                 if codec is not None and codec.on_log is not None:
                     codec.on_log(est, mname, run_id, example)
             manifest = package.save(bdir)
             info = mlflow.pyfunc.log_model(
                 name="forecaster",
-                python_model=str(model_code_path()),
+                python_model=str(pkg.model_code_path()),
                 artifacts={"bundle": str(bdir)},
                 signature=signature,
                 input_example=example,
-                pip_requirements=pip_requirements(package),
+                pip_requirements=pkg.pip_requirements(package),
                 metadata={
                     "dprm_bundle": {k: manifest[k] for k in ("primary", "horizons", "symbols")}
                 },
             )
-    _log_batch(client, run_id, params=registration_params(package, manifest))
+    _log_batch(client, run_id, params=pkg.registration_params(package, manifest))
     try:
         client.create_registered_model(name, description="DPRM volatility forecaster bundle")
     except MlflowException as exc:
         if exc.error_code not in _ALREADY_EXISTS:
             raise
-    mv_tags = version_tags(
+    mv_tags = pkg.version_tags(
         package,
         manifest,
         status=CHALLENGER,
-        commit=git_commit(),
+        commit=rr.git_commit(),
         evaluation_run_id=evaluation_run_id,
         tags=tags,
     )
@@ -686,7 +542,7 @@ def register_challenger(
     previous = _aliases(client, name).get(CHALLENGER)
     client.set_registered_model_alias(name, CHALLENGER, mv.version)
     client.set_terminated(run_id)
-    append_promotion_log(
+    plog.append_promotion_log(
         home,
         {
             "action": "register_challenger",
@@ -743,33 +599,12 @@ def _version(client: MlflowClient, name: str, version: int | str) -> Any:
         raise
 
 
-VERSION_COLUMNS = (
-    "model",
-    "version",
-    "aliases",
-    "status",
-    "gate_status",
-    "gate_reason",
-    "primary",
-    "members",
-    "dataset",
-    "freq",
-    "created_ts",
-    "run_id",
-    "data_end_ts",
-)
-"""Columns of :func:`list_versions`."""
-
-
 def list_versions(*, home: Path, name: str | None = MODEL_NAME) -> pd.DataFrame:
-    """One row per registered version (:data:`VERSION_COLUMNS`): model, version, aliases, status,
-    gate status and reason, primary member, members, the dataset and frequency it was trained on
-    (empty when not recorded), creation time, run id and the training data's end; sorted by model
-    and version. ``name=None`` lists every registered model."""
+    """One row per registered version (:func:`models.package.version_row`, columns
+    :data:`~models.package.VERSION_COLUMNS`), sorted by model and version; ``name=None``: every registered model."""
     from mlflow.exceptions import MlflowException
 
     client = _client(init_store(home))
-    cols = list(VERSION_COLUMNS)
     names = registered_model_names(home) if name is None else [name]
     rows = []
     for n in names:
@@ -780,30 +615,8 @@ def list_versions(*, home: Path, name: str | None = MODEL_NAME) -> pd.DataFrame:
                 continue
             raise
         aliases = _aliases(client, n)
-        for mv in versions:
-            t = mv.tags or {}
-            rows.append(
-                {
-                    "model": n,
-                    "version": int(mv.version),
-                    "aliases": ",".join(
-                        sorted(a for a, v in aliases.items() if v == str(mv.version))
-                    ),
-                    "status": t.get("dprm.status", ""),
-                    "gate_status": t.get("gate.status", ""),
-                    "gate_reason": t.get("gate.reason", ""),
-                    "primary": t.get("dprm.primary", ""),
-                    "members": ",".join(json.loads(t.get("dprm.members", "{}"))),
-                    "dataset": t.get("dprm.dataset", ""),
-                    "freq": t.get("dprm.freq", ""),
-                    "created_ts": pd.Timestamp(int(mv.creation_timestamp), unit="ms", tz="UTC"),
-                    "run_id": mv.run_id,
-                    "data_end_ts": t.get("data.end_ts", ""),
-                }
-            )
-    if not rows:
-        return pd.DataFrame(columns=cols)
-    return pd.DataFrame(rows, columns=cols).sort_values(["model", "version"]).reset_index(drop=True)
+        rows += [pkg.version_row(n, mv, aliases) for mv in versions]
+    return pkg.versions_frame(rows)
 
 
 def show_version(version: int | str, *, home: Path, name: str = MODEL_NAME) -> dict[str, Any]:
@@ -854,33 +667,6 @@ def model_ref(alias_or_version: str | int, *, home: Path, name: str = MODEL_NAME
     return ModelRef(name, str(mv.version), alias, mv.run_id, f"models:/{name}/{mv.version}")
 
 
-@dataclass(frozen=True)
-class LoadedForecaster:
-    """A registered forecaster loaded through MLflow, with the reference to record.
-
-    Attributes
-    ----------
-    ref : the :class:`ModelRef` it was loaded from.
-    pyfunc : MLflow's ``PyFuncModel``.
-    primary : the package's primary member (the champion model).
-    """
-
-    ref: ModelRef
-    pyfunc: Any
-    primary: str
-
-    def predict(self, frame: pd.DataFrame, *, origins: str = "last") -> pd.DataFrame:
-        """The long forecast table for a canonical realized frame (``ts`` may be tz-aware)."""
-        return self.pyfunc.predict(naive_utc(frame), params={"origins": origins})
-
-    def vol_forecasts(
-        self, frame: pd.DataFrame, *, origins: str = "last", member: str | None = None
-    ) -> dict[str, VolForecast]:
-        """``{symbol: VolForecast}`` of ``member`` (default: the primary member)."""
-        table = self.predict(frame, origins=origins)
-        return forecast_frame_to_volforecasts(table, model_id=member or self.primary)
-
-
 def load_forecaster(
     ref: ModelRef | str | int = CHAMPION, *, home: Path, name: str = MODEL_NAME
 ) -> LoadedForecaster:
@@ -928,7 +714,7 @@ def _apply_move(client: MlflowClient, name: str, entry: Mapping[str, Any]) -> No
     elif prev is not None:
         client.set_model_version_tag(name, str(prev), "dprm.status", "rolled_back")
         client.set_model_version_tag(
-            name, str(prev), "gate.rolled_back", f"{entry['who']}: {entry['reason']}"[:TAG_MAX]
+            name, str(prev), "gate.rolled_back", f"{entry['who']}: {entry['reason']}"[: rr.TAG_MAX]
         )
 
 
@@ -940,7 +726,7 @@ def _interrupted_move(
     run id): a promotion or rollback killed between its log line and the alias move."""
     from mlflow.exceptions import MlflowException
 
-    moves = champion_moves(home, name)
+    moves = plog.champion_moves(home, name)
     if not moves or moves[-1].get("from_version") != have:
         return None
     last = moves[-1]
@@ -989,8 +775,7 @@ def verify_registry(home: Path, name: str | None = None) -> dict[str, str | None
     """
     uri = init_store(home)
     client = _client(uri)
-    logged = log_champions(home)
-    log = promotion_log_path(home)
+    logged = plog.log_champions(home)
     names = [name] if name is not None else sorted(set(logged) | set(registered_model_names(home)))
     out: dict[str, str | None] = {}
     for n in names:
@@ -1004,23 +789,8 @@ def verify_registry(home: Path, name: str | None = None) -> dict[str, str | None
                     _apply_move(client, n, move)
                     have = want
         if want != have:
-            if have is None:
-                what = (
-                    "has no champion alias on it"
-                    if _model_exists(client, n)
-                    else "has no model of that name"
-                )
-                raise RegistryError(
-                    f"the promotion log {log} names version {want} of {n!r} as champion, but the "
-                    f"registry {uri} {what}: the registry was wiped, replaced or edited outside "
-                    "dprm; restore it from a backup, or move the log away to start a new registry"
-                )
-            logged_as = f"version {want}" if want is not None else "no champion"
-            raise RegistryError(
-                f"the registry {uri} has version {have} of {n!r} as champion, but the promotion "
-                f"log {log} names {logged_as}: the alias was moved outside dprm; set it back "
-                "or restore the registry from a backup"
-            )
+            exists = have is not None or _model_exists(client, n)
+            raise plog.champion_mismatch(home, uri, n, logged=want, registered=have, exists=exists)
         out[n] = have
     return out
 
@@ -1029,40 +799,6 @@ def champion_version(home: Path, name: str = MODEL_NAME) -> str | None:
     """The champion version of ``name`` after :func:`verify_registry` (None: no champion in the
     registry and none in the log)."""
     return verify_registry(home, name)[name]
-
-
-@dataclass(frozen=True)
-class PromotionResult:
-    """What :func:`promote` or :func:`rollback` did.
-
-    Attributes
-    ----------
-    promoted : whether ``champion`` now points at ``version``.
-    version : the version considered.
-    previous_champion : the champion before (None if there was none).
-    decision : the gate's decision (None when the gate did not run).
-    log_entry : the line appended to the promotion log.
-    """
-
-    promoted: bool
-    version: str
-    previous_champion: str | None
-    decision: GateDecision | None
-    log_entry: Mapping[str, Any]
-
-    @property
-    def ref(self) -> ModelRef | None:
-        """The new champion's reference (None when not promoted)."""
-        if not self.promoted:
-            return None
-        name = str(self.log_entry.get("name", MODEL_NAME))
-        return ModelRef(
-            name,
-            self.version,
-            CHAMPION,
-            self.log_entry.get("run_id"),
-            f"models:/{name}/{self.version}",
-        )
 
 
 @_serialized
@@ -1076,7 +812,7 @@ def promote(
     gate_config: GateConfig | None = None,
     data: pd.DataFrame | None = None,
     name: str = MODEL_NAME,
-) -> PromotionResult:
+) -> plog.PromotionResult:
     """Promote ``version`` to ``champion`` through the gate.
 
     Parameters
@@ -1096,14 +832,7 @@ def promote(
     A :class:`PromotionResult`; a rejected challenger is not an error (``promoted`` False, the
     reason is tagged on the version and logged).
     """
-    if mode not in ("auto", "manual"):
-        raise ConfigError(f"mode must be 'auto' or 'manual'; got {mode!r}")
-    if mode == "manual" and not (approver and approver.strip()):
-        raise ConfigError(f"manual promotion needs a named approver; got approver={approver!r}")
-    if mode == "manual" and not reason.strip():
-        raise ConfigError("manual promotion needs a reason; got an empty reason")
-    if mode == "auto" and data is None:
-        raise ConfigError("auto promotion runs the gate and needs data=<canonical realized frame>")
+    gate.check_promotion_request(mode, approver, reason, has_data=data is not None)
     uri = init_store(home)
     client = _client(uri)
     mv = _version(client, name, version)
@@ -1121,43 +850,36 @@ def promote(
             champion = _load_package(
                 ModelRef(name, current, CHAMPION, cp.run_id, f"models:/{name}/{current}"), uri
             )
-        decision = evaluate_gate(
+        decision = gate.evaluate_gate(
             challenger, champion, data, gate_config, challenger_version=v, champion_version=current
         )
-    who = approver.strip() if approver else f"gate (run by {getpass.getuser()})"
-    passed = decision is not None and decision.passed
-    promoted = passed if mode == "auto" else True
-    if promoted:
-        status = "passed" if passed else ("override" if decision is not None else "not_run")
-        why = reason or (decision.reason if decision is not None else "")
-    else:
-        status = "rejected"
-        why = decision.reason if decision is not None else reason
-    for k, val in gate_tags(decision, mode=mode, who=who, status=status, reason=why).items():
+    out = gate.promotion_outcome(decision, mode=mode, approver=approver, reason=reason)
+    tags = gate.gate_tags(decision, mode=mode, who=out.who, status=out.status, reason=out.reason)
+    for k, val in tags.items():
         client.set_model_version_tag(name, v, k, val)
     # write-ahead: the log records the move before the alias moves, so a run killed in between
     # leaves a move that verify_registry completes (never an alias the log does not know)
-    entry = append_promotion_log(
+    entry = plog.append_promotion_log(
         home,
         {
-            "action": "promote" if promoted else "reject",
+            "action": "promote" if out.promoted else "reject",
             "name": name,
             "alias": CHAMPION,
             "from_version": current,
-            "to_version": v if promoted else current,
+            "to_version": v if out.promoted else current,
             "candidate_version": v,
-            "who": who,
+            "who": out.who,
             "mode": mode,
-            "reason": why,
+            "reason": out.reason,
             "gate": None if decision is None else decision.summary(),
             "run_id": mv.run_id,
         },
     )
-    if promoted:
+    if out.promoted:
         _apply_move(client, name, entry)
     else:
         client.set_model_version_tag(name, v, "dprm.status", "rejected")
-    return PromotionResult(promoted, v, current, decision, entry)
+    return plog.PromotionResult(out.promoted, v, current, decision, entry)
 
 
 @_serialized
@@ -1168,7 +890,7 @@ def rollback(
     reason: str,
     to_version: int | str | None = None,
     name: str = MODEL_NAME,
-) -> PromotionResult:
+) -> plog.PromotionResult:
     """Move ``champion`` back: to ``to_version``, or to the champion the current one replaced
     (the ``from_version`` of the last *promotion* of the current champion in the log, so repeated
     rollbacks walk back through the promotion history instead of flipping between two versions).
@@ -1190,20 +912,12 @@ def rollback(
     if current is None:
         raise ConfigError(f"model {name!r} has no champion to roll back")
     if to_version is None:
-        moves = [
-            e for e in champion_moves(home, name, ("promote",)) if e.get("to_version") == current
-        ]
-        if not moves or moves[-1].get("from_version") is None:
-            raise ConfigError(
-                f"the promotion log has no champion before version {current} of {name!r}; "
-                "give the version with --to-version (to_version= in Python)"
-            )
-        to_version = moves[-1]["from_version"]
+        to_version = plog.previous_champion(home, name, current)
     mv = _version(client, name, to_version)
     target = str(mv.version)
     if target == current:
         raise ConfigError(f"version {target} of {name!r} is already the champion")
-    entry = append_promotion_log(  # write-ahead, as in promote
+    entry = plog.append_promotion_log(  # write-ahead, as in promote
         home,
         {
             "action": "rollback",
@@ -1220,4 +934,4 @@ def rollback(
         },
     )
     _apply_move(client, name, entry)
-    return PromotionResult(True, target, current, None, entry)
+    return plog.PromotionResult(True, target, current, None, entry)

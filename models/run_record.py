@@ -22,7 +22,7 @@ from sklearn.exceptions import NotFittedError
 from sklearn.utils.validation import check_is_fitted
 
 from features.schema import SYMBOL, TS, to_utc_ns
-from models.base import BaseForecaster
+from models.base import BaseForecaster, jsonable
 from models.evaluation import POOLED, EvaluationResult
 
 TAG_MAX = 4000
@@ -346,3 +346,12 @@ def write_evaluation_artifacts(
 def evaluation_symbols(result: EvaluationResult) -> list[str]:
     """The evaluated symbols (the pooled row left out), sorted: one child run each."""
     return sorted(s for s in result.losses["symbol"].unique() if s != POOLED)
+
+
+def param_value(v: Any) -> str:
+    """A run param as MLflow stores it: lists as JSON, a Generator as "Generator", else str (cut)."""
+    if isinstance(v, (list, tuple)):
+        return json.dumps([jsonable(x) for x in v])
+    if isinstance(v, np.random.Generator):
+        return "Generator"
+    return str(v)[:6000]

@@ -23,6 +23,7 @@ import pandas as pd
 import pytest
 
 from features.errors import RegistryError
+from models import package as P
 from models import promotion_log as L
 from models import registry as R
 from models.har import HARVol
@@ -286,7 +287,7 @@ def test_list_versions_of_every_model(home: Path, data: pd.DataFrame) -> None:
         tags={"dprm.dataset": "sim", "dprm.freq": "1h"},
     )
     every = R.list_versions(home=home, name=None)
-    assert list(every.columns) == list(R.VERSION_COLUMNS)
+    assert list(every.columns) == list(P.VERSION_COLUMNS)
     assert every[["model", "version", "aliases", "dataset", "freq"]].values.tolist() == [
         ["dprm-forecaster", 1, "challenger", "", ""],
         ["dprm-forecaster-sim", 1, "challenger", "sim", "1h"],

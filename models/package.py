@@ -650,3 +650,25 @@ def registration_run_tags(evaluation_run_id: str | None = None) -> dict[str, str
             {"mlflow.parentRunId": evaluation_run_id, "dprm.evaluation_run_id": evaluation_run_id}
         )
     return tags
+
+
+def version_details(
+    name: str, mv: Any, aliases: Sequence[str], metrics: Mapping[str, float]
+) -> dict[str, Any]:
+    """What :func:`models.registry.show_version` returns for version ``mv`` (an MLflow
+    ``ModelVersion``) of ``name``: its aliases, status, run id, source, description, creation
+    time, tags, evaluation run and that run's pooled QLIKE ``metrics``, and its URI."""
+    return {
+        "name": name,
+        "version": str(mv.version),
+        "aliases": list(aliases),
+        "status": (mv.tags or {}).get("dprm.status", ""),
+        "run_id": mv.run_id,
+        "source": mv.source,
+        "description": mv.description or "",
+        "created_ts": pd.Timestamp(int(mv.creation_timestamp), unit="ms", tz="UTC"),
+        "tags": dict(mv.tags or {}),
+        "evaluation_run_id": (mv.tags or {}).get("dprm.evaluation_run_id"),
+        "evaluation_metrics": dict(metrics),
+        "uri": f"models:/{name}/{mv.version}",
+    }

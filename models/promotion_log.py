@@ -219,6 +219,11 @@ class ModelRef:
     run_id: str | None
     uri: str
 
+    @classmethod
+    def at(cls, name: str, version: int | str, alias: str | None, run_id: str | None) -> ModelRef:
+        """The reference of version ``version`` of ``name`` (``uri`` pinned to that version)."""
+        return cls(name, str(version), alias, run_id, f"models:/{name}/{version}")
+
     def as_tags(self) -> dict[str, str]:
         """Flat string fields for result metadata: model_name, model_version, model_alias, ..."""
         return {

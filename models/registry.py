@@ -557,7 +557,7 @@ def register_challenger(
             "run_id": run_id,
         },
     )
-    return ModelRef(name, str(mv.version), CHALLENGER, run_id, f"models:/{name}/{mv.version}")
+    return ModelRef.at(name, mv.version, CHALLENGER, run_id)
 
 
 # =================================================================================================
@@ -600,8 +600,8 @@ def _version(client: MlflowClient, name: str, version: int | str) -> Any:
 
 
 def list_versions(*, home: Path, name: str | None = MODEL_NAME) -> pd.DataFrame:
-    """One row per registered version (:func:`models.package.version_row`, columns
-    :data:`~models.package.VERSION_COLUMNS`), sorted by model and version; ``name=None``: every registered model."""
+    """One row per registered version (:func:`models.package.version_row`), sorted by model and
+    version; ``name=None``: every registered model."""
     from mlflow.exceptions import MlflowException
 
     client = _client(init_store(home))
@@ -635,20 +635,7 @@ def show_version(version: int | str, *, home: Path, name: str = MODEL_NAME) -> d
             for k, v in run.data.metrics.items()
             if k.startswith("qlike/") and f"/{POOLED}/" in k
         }
-    return {
-        "name": name,
-        "version": str(mv.version),
-        "aliases": aliases,
-        "status": (mv.tags or {}).get("dprm.status", ""),
-        "run_id": mv.run_id,
-        "source": mv.source,
-        "description": mv.description or "",
-        "created_ts": pd.Timestamp(int(mv.creation_timestamp), unit="ms", tz="UTC"),
-        "tags": dict(mv.tags or {}),
-        "evaluation_run_id": eval_run,
-        "evaluation_metrics": metrics,
-        "uri": f"models:/{name}/{mv.version}",
-    }
+    return pkg.version_details(name, mv, aliases, metrics)
 
 
 def model_ref(alias_or_version: str | int, *, home: Path, name: str = MODEL_NAME) -> ModelRef:
@@ -664,7 +651,7 @@ def model_ref(alias_or_version: str | int, *, home: Path, name: str = MODEL_NAME
             )
         alias, key = key, aliases[key]
     mv = _version(client, name, key)
-    return ModelRef(name, str(mv.version), alias, mv.run_id, f"models:/{name}/{mv.version}")
+    return ModelRef.at(name, mv.version, alias, mv.run_id)
 
 
 def load_forecaster(
@@ -842,14 +829,12 @@ def promote(
         raise ConfigError(f"version {v} of {name!r} is already the champion")
     decision = None
     if data is not None:
-        ch_ref = ModelRef(name, v, None, mv.run_id, f"models:/{name}/{v}")
+        ch_ref = ModelRef.at(name, v, None, mv.run_id)
         challenger = _load_package(ch_ref, uri)
         champion = None
         if current is not None:
             cp = _version(client, name, current)
-            champion = _load_package(
-                ModelRef(name, current, CHAMPION, cp.run_id, f"models:/{name}/{current}"), uri
-            )
+            champion = _load_package(ModelRef.at(name, current, CHAMPION, cp.run_id), uri)
         decision = gate.evaluate_gate(
             challenger, champion, data, gate_config, challenger_version=v, champion_version=current
         )

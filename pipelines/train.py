@@ -15,7 +15,8 @@ from sklearn.base import clone
 
 from models.base import BaseForecaster
 from models.evaluation import POOLED, EvaluationResult, walk_forward
-from models.registry import ModelRef, log_evaluation_run, register_challenger
+from models.promotion_log import ModelRef
+from models.registry import log_evaluation_run, register_challenger
 
 
 @dataclass(frozen=True)

@@ -381,9 +381,30 @@ def backward_mean(x: np.ndarray, k: int) -> np.ndarray:
     return out
 
 
-def _reason_series(
+def jsonable(v: Any) -> Any:
+    """``v`` as JSON values: numpy scalars to Python, tuples and arrays to lists, mapping keys to
+    str, a numpy Generator to None; anything else but None and str is a TypeError."""
+    if isinstance(v, (bool, np.bool_)):
+        return bool(v)
+    if isinstance(v, (int, np.integer)):
+        return int(v)
+    if isinstance(v, (float, np.floating)):
+        return float(v)
+    if isinstance(v, (list, tuple, np.ndarray)):
+        return [jsonable(x) for x in v]
+    if isinstance(v, Mapping):
+        return {str(k): jsonable(x) for k, x in v.items()}
+    if isinstance(v, np.random.Generator):
+        return None
+    if v is None or isinstance(v, str):
+        return v
+    raise TypeError(f"cannot store {type(v).__name__} value {v!r} as JSON")
+
+
+def reason_series(
     index: pd.DatetimeIndex, reasons: Sequence[str | None] | None
 ) -> pd.Series | None:
+    """Per-origin fallback reasons as a ``fallback_reason`` series on ``index`` (None: no reasons)."""
     if reasons is None:
         return None
     return pd.Series(np.asarray(reasons, dtype=object), index=index, name="fallback_reason")
@@ -419,6 +440,44 @@ class BaseForecaster(BaseEstimator):
     def _required_columns(self) -> tuple[str, ...]:
         """Columns needed with the current hyperparameters (default: ``required_inputs``)."""
         return tuple(self.required_inputs)
+
+    def required_columns(self) -> tuple[str, ...]:
+        """Canonical columns this forecaster needs with its current hyperparameters."""
+        return self._required_columns()
+
+    # -- serving without pickling (in the spirit of arch's ``fix(params)``) -----------------------
+    def to_state(self) -> dict[str, Any]:
+        """The learned state as a JSON-able dict: ``{"common": ...}`` here (symbols, periods, dropped
+        rows, data cutoffs, fitted horizons); families that can be rebuilt without pickling add
+        ``"state"`` (their per-symbol fitted parameters). :meth:`from_state` is the inverse."""
+        check_is_fitted(self, "state_")
+        common: dict[str, Any] = {
+            "symbols": list(self.symbols_),
+            "period_ns": {s: int(p.value) for s, p in self.period_.items()},
+            "n_dropped": {s: int(n) for s, n in self.n_dropped_.items()},
+            "data_cutoff_ns": {
+                s: None if t is None else int(t.value) for s, t in self.data_cutoff_ts_.items()
+            },
+        }
+        if getattr(self, "horizons_", None) is not None:
+            common["horizons"] = [int(h) for h in self.horizons_]
+        return {"common": common}
+
+    def from_state(self, state: Mapping[str, Any]) -> BaseForecaster:
+        """Set the learned attributes from :meth:`to_state`'s dict (on an estimator with the same
+        hyperparameters); returns self, ready to ``predict``. The base class restores ``"common"``;
+        families extend it with their ``"state"``."""
+        common = state["common"]
+        self.symbols_ = list(common["symbols"])
+        self.period_ = {s: pd.Timedelta(int(v), unit="ns") for s, v in common["period_ns"].items()}
+        self.n_dropped_ = {s: int(v) for s, v in common["n_dropped"].items()}
+        self.data_cutoff_ts_ = {
+            s: None if v is None else pd.Timestamp(int(v), unit="ns", tz="UTC")
+            for s, v in common["data_cutoff_ns"].items()
+        }
+        if "horizons" in common:
+            self.horizons_ = tuple(int(h) for h in common["horizons"])
+        return self
 
     def _fit_panel(self, panel: SymbolPanel) -> Any:
         """Learn the state of one symbol."""
@@ -690,7 +749,7 @@ class BaseForecaster(BaseEstimator):
             model_id=self.model_id,
             model_version=self.model_version,
             data_cutoff_ts=pd.Series(pd.DatetimeIndex(cutoff)[ok], index=idx),
-            fallback_reason=_reason_series(idx, rs),
+            fallback_reason=reason_series(idx, rs),
             target_end=row_target_end(
                 panel.ts if data_ts is None else data_ts, idx, horizons, panel.symbol, panel.period
             ),

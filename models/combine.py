@@ -36,7 +36,7 @@ from models.base import (
 )
 from models.forecast import VolForecast, default_annualization, format_period, row_target_end
 from models.har import HARBase, LogHARDoWVol
-from models.lgbm import DEFAULT_QUANTILES, LGBMVol, _utc_or_none
+from models.lgbm import DEFAULT_QUANTILES, LGBMVol, utc_or_none
 
 
 class HARBoostVol(LGBMVol):
@@ -414,8 +414,8 @@ class QLIKEWeightedVol(BaseForecaster):
         validate_param(type(self).__name__, "horizons", list(horizons), [Horizons()])
         hs = tuple(sorted(int(h) for h in horizons))
         panels = prepare_panels(X, [RV], min_obs=self.min_obs, owner=type(self).__name__)
-        lo = _utc_or_none(start)
-        hi = _utc_or_none(end)
+        lo = utc_or_none(start)
+        hi = utc_or_none(end)
         early = None
         if lo is not None:
             starts = []

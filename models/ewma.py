@@ -16,8 +16,8 @@ recursion itself: the forecast at each origin uses the rows up to that origin on
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import ClassVar
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -36,7 +36,25 @@ def ewma_recursion(x: np.ndarray, lam: float) -> np.ndarray:
     return out
 
 
-class RandomWalkVol(BaseForecaster):
+class _LevelState:
+    """``to_state``/``from_state`` of the level models: ``"state"`` is symbol -> last level."""
+
+    state_: dict[str, float]
+
+    def to_state(self) -> dict[str, Any]:
+        """:meth:`BaseForecaster.to_state` plus ``"state"``: symbol -> the fitted level."""
+        out = super().to_state()  # type: ignore[misc]
+        out["state"] = {sym: float(v) for sym, v in self.state_.items()}
+        return out
+
+    def from_state(self, state: Mapping[str, Any]) -> Any:
+        """The inverse of :meth:`to_state`; returns self, ready to ``predict``."""
+        super().from_state(state)  # type: ignore[misc]
+        self.state_ = {sym: float(v) for sym, v in state["state"].items()}
+        return self
+
+
+class RandomWalkVol(_LevelState, BaseForecaster):
     """Random walk: the forecast at every horizon is the last realized variance ``RV_t``.
 
     Parameters
@@ -66,7 +84,7 @@ class RandomWalkVol(BaseForecaster):
         return var[origins], None
 
 
-class EWMAVol(BaseForecaster):
+class EWMAVol(_LevelState, BaseForecaster):
     """EWMA / RiskMetrics variance (see module docs).
 
     Parameters
@@ -109,6 +127,13 @@ class EWMAVol(BaseForecaster):
 
     def _lam(self) -> float:
         return float(self.lam) if self.half_life is None else 0.5 ** (1.0 / float(self.half_life))
+
+    def from_state(self, state: Mapping[str, Any]) -> EWMAVol:
+        """The inverse of :meth:`to_state` (also sets ``lam_`` and ``level_`` as ``fit`` does)."""
+        super().from_state(state)
+        self.lam_ = self._lam()
+        self.level_ = dict(self.state_)
+        return self
 
     def _series(self, panel: SymbolPanel) -> np.ndarray:
         return ewma_recursion(panel.col(self._required_columns()[0]), self._lam())

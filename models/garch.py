@@ -808,6 +808,66 @@ class GarchVol(BaseForecaster):
         self.n_dropped_ = {s: p.n_dropped for s, p in panels.items()}
         self.data_cutoff_ts_ = {s: p.ts[-1] if len(p) else None for s, p in panels.items()}
         self.state_ = dict(zip(panels, states, strict=True))
+        self._set_fit_attributes()
+        return self
+
+    def to_state(self) -> dict[str, Any]:
+        """:meth:`BaseForecaster.to_state` plus ``"state"``: the seed entropy and, per symbol, the
+        fit (reason, code, n_obs, return scale, arch's parameters, persistence, long-run variance,
+        distribution parameters, warnings); no ``arch`` object is kept."""
+        out = super().to_state()
+        state: dict[str, Any] = {"__seed_entropy__": str(int(self.seed_entropy_))}
+        for sym, st in self.state_.items():
+            f = st.fit
+            state[sym] = {
+                "reason": f.reason,
+                "code": f.code.value,
+                "n_obs": f.n_obs,
+                "scale": f.scale,
+                "params": None
+                if f.params is None
+                else [[str(k), float(v)] for k, v in f.params.items()],
+                "persistence": f.persistence,
+                "unconditional_var": f.unconditional_var,
+                "dist_params": dict(f.dist_params),
+                "warnings": list(f.warnings),
+            }
+        out["state"] = state
+        return out
+
+    def from_state(self, state: Mapping[str, Any]) -> GarchVol:
+        """The inverse of :meth:`to_state` (the parameters held fixed, ``result_`` None per symbol);
+        returns self, ready to ``predict``."""
+        super().from_state(state)
+        doc = state["state"]
+        self.seed_entropy_ = int(doc["__seed_entropy__"])
+        self.state_ = {}
+        for sym, s in doc.items():
+            if sym == "__seed_entropy__":
+                continue
+            params = None
+            if s["params"] is not None:
+                params = pd.Series({k: v for k, v in s["params"]}, dtype="float64", name="params")
+            fit = GarchFit(
+                reason=s["reason"],
+                n_obs=int(s["n_obs"]),
+                scale=float(s["scale"]),
+                params=params,
+                persistence=float(s["persistence"]),
+                unconditional_var=float(s["unconditional_var"]),
+                dist_params=dict(s["dist_params"]),
+                result=None,
+                warnings=tuple(s["warnings"]),
+                code=FailureReason(s.get("code", FailureReason.FIT_FAILED.value)),
+            )
+            self.state_[sym] = GarchState(
+                fit=fit, std_resid=pd.Series(dtype="float64", name="std_resid")
+            )
+        self._set_fit_attributes()
+        return self
+
+    def _set_fit_attributes(self) -> None:
+        """The per-symbol views of ``state_`` (``params_``, ``return_scale_``, ``result_`` ...)."""
         fits = {s: st.fit for s, st in self.state_.items()}
         self.params_ = {s: f.params for s, f in fits.items()}
         self.return_scale_ = {s: f.scale for s, f in fits.items()}
@@ -818,7 +878,6 @@ class GarchVol(BaseForecaster):
         self.fallback_reason_ = {s: f.reason for s, f in fits.items()}
         self.fit_warnings_ = {s: list(f.warnings) for s, f in fits.items()}
         self.standardized_residuals_ = {s: st.std_resid for s, st in self.state_.items()}
-        return self
 
     def predict(
         self, X: pd.DataFrame, horizons: Sequence[int] | None = None

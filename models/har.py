@@ -42,7 +42,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -193,6 +193,48 @@ class HARBase(BaseForecaster):
         self.refit_every = refit_every
         self.min_obs = min_obs
         self.insanity_filter = insanity_filter
+
+    # -- serving without pickling -------------------------------------------------------------------
+    def to_state(self) -> dict[str, Any]:
+        """:meth:`BaseForecaster.to_state` plus ``"state"``: symbol -> horizon -> the
+        :class:`HorizonFit` (coefficients, names, residual variance, target range and mean, n)."""
+        out = super().to_state()
+        out["state"] = {
+            sym: {
+                str(h): {
+                    "coef": f.coef.tolist(),
+                    "names": list(f.names),
+                    "resid_var": f.resid_var,
+                    "target_min": f.target_min,
+                    "target_max": f.target_max,
+                    "target_mean": f.target_mean,
+                    "n": f.n,
+                }
+                for h, f in fits.items()
+            }
+            for sym, fits in self.state_.items()
+        }
+        return out
+
+    def from_state(self, state: Mapping[str, Any]) -> HARBase:
+        """The inverse of :meth:`to_state`; returns self, ready to ``predict``."""
+        super().from_state(state)
+        self.state_ = {
+            sym: {
+                int(h): HorizonFit(
+                    coef=np.asarray(f["coef"], dtype="float64"),
+                    names=tuple(f["names"]),
+                    resid_var=float(f["resid_var"]),
+                    target_min=float(f["target_min"]),
+                    target_max=float(f["target_max"]),
+                    target_mean=float(f["target_mean"]),
+                    n=int(f["n"]),
+                )
+                for h, f in fits.items()
+            }
+            for sym, fits in state["state"].items()
+        }
+        return self
 
     # -- design -----------------------------------------------------------------------------------
     def _regressors(self, panel: SymbolPanel) -> tuple[list[str], np.ndarray]:

@@ -35,9 +35,10 @@ derived from ``random_state``: the same data and seed give bit-identical forecas
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import numbers
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -55,9 +56,10 @@ from models.base import (
     Interval,
     Options,
     SymbolPanel,
-    _reason_series,
     backward_mean,
+    jsonable,
     prepare_panels,
+    reason_series,
     target_mean,
     validate_param,
 )
@@ -683,6 +685,128 @@ class LGBMVol(BaseForecaster):
         )
         return pd.DataFrame(contrib, index=idx, columns=[*d.names, "bias"])
 
+    # ---- serving without pickling: boosters by reference, the rest as JSON -----------------------
+    def feature_matrices(self, X: pd.DataFrame) -> dict[int, pd.DataFrame]:
+        """Each fitted horizon's booster input built from ``X``: horizon -> frame (rows stacked
+        symbol by symbol, columns ``feature_names_``); feature columns ``X`` lacks are NaN."""
+        check_is_fitted(self, "models_")
+        X = X.copy()
+        for c in self.feature_columns:
+            if c not in X.columns:
+                X[c] = np.nan
+        panels, extra = self._panels_and_extra(X)
+        out = {}
+        for h in sorted(self.models_):
+            d = self._design(panels, extra, h)
+            out[int(h)] = pd.DataFrame(d.X, columns=d.names)
+        return out
+
+    def to_state(self) -> dict[str, Any]:
+        """:meth:`BaseForecaster.to_state` plus ``"state"``: feature names, symbol codes and per
+        horizon the bias factor, residual quantiles, training figures and LightGBM parameters,
+        with the boosters by reference: ``booster_uris_`` (horizon -> {"booster": {uri, sha256},
+        "quantiles": {level: {uri, sha256}}}) must name the fitted boosters (checked by SHA-256).
+        """
+        out = super().to_state()
+        uris = getattr(self, "booster_uris_", None)
+        if uris is None or set(uris) != set(self.models_):
+            raise ValueError(
+                f"LGBMVol member: booster_uris_ covers horizons "
+                f"{None if uris is None else sorted(uris)}; expected {sorted(self.models_)}. The "
+                "boosters are logged through mlflow.lightgbm by register_challenger (the codec's "
+                "on_log hook) before the bundle is written"
+            )
+        horizons = {}
+        for h, m in sorted(self.models_.items()):
+            logged = uris[h]
+            pairs = [("booster", m.booster, logged["booster"])] + [
+                (f"quantile {q}", b, logged["quantiles"].get(repr(float(q))))
+                for q, b in sorted(m.quantile_boosters.items())
+            ]
+            for what, booster, ref in pairs:
+                if ref is None or ref["sha256"] != booster_sha256(booster):
+                    raise ValueError(
+                        f"LGBMVol member: the logged {what} booster of horizon {h} "
+                        f"({None if ref is None else ref['uri']}) is not the fitted one (refit "
+                        "after logging?); register the bundle again"
+                    )
+            horizons[str(h)] = {
+                "booster_uri": logged["booster"]["uri"],
+                "booster_sha256": logged["booster"]["sha256"],
+                "quantile_boosters": {
+                    repr(float(q)): logged["quantiles"][repr(float(q))]
+                    for q in sorted(m.quantile_boosters)
+                },
+                "bias_factor": float(m.bias_factor),
+                "resid_quantiles": [
+                    [float(q), float(v)] for q, v in sorted(m.resid_quantiles.items())
+                ],
+                "best_iteration": int(m.best_iteration),
+                "n_train": int(m.n_train),
+                "n_valid": int(m.n_valid),
+                "valid_qlike": float(m.valid_qlike),
+                "params": jsonable(dict(m.params)),
+            }
+        out["state"] = {
+            "feature_names": list(self.feature_names_),
+            "symbol_codes": list(self._symbol_codes),
+            "horizons": horizons,
+        }
+        return out
+
+    def from_state(
+        self,
+        state: Mapping[str, Any],
+        *,
+        load_booster: Callable[[str], lgb.Booster] | None = None,
+    ) -> LGBMVol:
+        """The inverse of :meth:`to_state`: ``load_booster(uri)`` brings each booster back (the
+        registry passes ``mlflow.lightgbm.load_model``); ``booster_uris_`` names them again, so
+        a re-save refers to the same logged boosters. Returns self, ready to ``predict``."""
+        if load_booster is None:
+            raise ValueError(
+                "LGBMVol.from_state needs load_booster=<uri -> lightgbm.Booster>: the state "
+                "refers to its boosters by URI"
+            )
+        super().from_state(state)
+        doc = state["state"]
+        models = {}
+        for h, s in doc["horizons"].items():
+            models[int(h)] = HorizonModel(
+                booster=load_booster(s["booster_uri"]),
+                bias_factor=float(s["bias_factor"]),
+                resid_quantiles={float(q): float(v) for q, v in s["resid_quantiles"]},
+                quantile_boosters={
+                    float(q): load_booster(ref["uri"]) for q, ref in s["quantile_boosters"].items()
+                },
+                best_iteration=int(s["best_iteration"]),
+                n_train=int(s["n_train"]),
+                n_valid=int(s["n_valid"]),
+                valid_qlike=float(s["valid_qlike"]),
+                params=dict(s["params"]),
+            )
+        self.models_ = models
+        self.feature_names_ = list(doc["feature_names"])
+        self._symbol_codes = list(doc["symbol_codes"])
+        self.booster_uris_ = {
+            h: {
+                "booster": {
+                    "uri": doc["horizons"][str(h)]["booster_uri"],
+                    "sha256": booster_sha256(m.booster),
+                },
+                "quantiles": {
+                    repr(float(q)): {
+                        "uri": doc["horizons"][str(h)]["quantile_boosters"][repr(float(q))]["uri"],
+                        "sha256": booster_sha256(b),
+                    }
+                    for q, b in m.quantile_boosters.items()
+                },
+            }
+            for h, m in models.items()
+        }
+        self.state_ = {sym: None for sym in self.symbols_}
+        return self
+
     def _check_symbols(self, panels: Mapping[str, SymbolPanel]) -> None:
         unknown = [s for s in panels if s not in self.symbols_]
         if unknown:
@@ -762,7 +886,7 @@ class LGBMVol(BaseForecaster):
             model_version=self.model_version,
             data_cutoff_ts=pd.Series(pd.DatetimeIndex(cutoff)[ok], index=idx),
             quantiles=quant,
-            fallback_reason=_reason_series(idx, None),
+            fallback_reason=reason_series(idx, None),
             target_end=row_target_end(ts if data_ts is None else data_ts, idx, hs, symbol, period),
         )
 
@@ -816,8 +940,8 @@ class LGBMVol(BaseForecaster):
         est._symbol_codes = None
         panels, extra = est._panels_and_extra(X)
         est._symbol_codes = sorted(panels)
-        lo = _utc_or_none(start)
-        hi = _utc_or_none(end)
+        lo = utc_or_none(start)
+        hi = utc_or_none(end)
         origin_ts = np.unique(np.concatenate([p.ts.asi8 for p in panels.values()]))
         sel = np.ones(len(origin_ts), dtype=bool)
         if lo is not None:
@@ -878,7 +1002,13 @@ class LGBMVol(BaseForecaster):
         return out
 
 
-def _utc_or_none(value: pd.Timestamp | str | None) -> pd.Timestamp | None:
+def booster_sha256(booster: lgb.Booster) -> str:
+    """SHA-256 (hex) of a booster's model text: identifies the fitted booster a URI must hold."""
+    return hashlib.sha256(booster.model_to_string().encode()).hexdigest()
+
+
+def utc_or_none(value: pd.Timestamp | str | None) -> pd.Timestamp | None:
+    """``value`` as a UTC timestamp (naive values are UTC); None stays None."""
     if value is None:
         return None
     t = pd.Timestamp(value)

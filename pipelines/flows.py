@@ -102,9 +102,9 @@ def registry_slot(
     on a real Prefect server (``PREFECT_API_URL``): runs of one model register and promote one at a
     time across workers and machines. The slot is leased for 60 s and renewed while held, so a
     killed run frees it within a minute (the server's lease service repossesses it); waiting is
-    bounded by :data:`models.registry.LOCK_TIMEOUT_S`. Elsewhere (ad-hoc runs, the temporary
+    bounded by :data:`models.promotion_log.LOCK_TIMEOUT_S`. Elsewhere (ad-hoc runs, the temporary
     per-process API) this is a no-op: the registry's file lock under ``DPRM_HOME``
-    (:func:`models.registry.model_lock`) serializes processes, and it is held in every case.
+    (:func:`models.promotion_log.model_lock`) serializes processes, and it is held in every case.
 
     Parameters
     ----------
@@ -121,7 +121,7 @@ def registry_slot(
         return contextlib.nullcontext()
     from prefect.concurrency.sync import concurrency
 
-    from models.registry import LOCK_TIMEOUT_S
+    from models.promotion_log import LOCK_TIMEOUT_S
 
     return concurrency(
         ensure_registry_limit(model_name),

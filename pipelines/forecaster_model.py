@@ -3,7 +3,7 @@
 :func:`models.registry.register_challenger` logs this file as the model's code
 (``mlflow.pyfunc.log_model(python_model=<this file>, artifacts={"bundle": <dir>})``): MLflow stores
 the source and runs it on load, so nothing is pickled. The fitted parameters live in the ``bundle``
-artifact (JSON written by :func:`models.registry.save_bundle`); :meth:`load_context` rebuilds the
+artifact (JSON written by :meth:`models.package.ForecasterPackage.save`); :meth:`load_context` rebuilds the
 forecasters from them and :meth:`predict` rolls their state forward on the input frame with the
 parameters held fixed (HAR lags, the EWMA recursion, the GARCH filter; no refit).
 
@@ -23,15 +23,17 @@ import mlflow
 import pandas as pd
 from mlflow.pyfunc import PythonModel
 
-from models.registry import ForecasterBundle
+import models.registry  # noqa: F401  (registers the LightGBM codec, whose boosters live in MLflow)
+from models.package import ForecasterPackage
 
 
 class DprmForecasterModel(PythonModel):
-    """Pyfunc wrapper of a :class:`models.registry.ForecasterBundle`."""
+    """Pyfunc wrapper of a :class:`models.package.ForecasterPackage` (attribute ``bundle``, the
+    name the registry reads)."""
 
     def load_context(self, context: Any) -> None:
         """Rebuild the forecasters from the ``bundle`` artifact."""
-        self.bundle = ForecasterBundle.load(context.artifacts["bundle"])
+        self.bundle = ForecasterPackage.load(context.artifacts["bundle"])
 
     def predict(
         self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None

@@ -526,7 +526,7 @@ def gate_config(cfg: TrainFlowConfig, *, champion_benched: bool = False) -> Any:
     would block exactly the repair it should allow. Every other check still applies (the challenger
     must beat the benched champion and the best baseline).
     """
-    from models.registry import GateConfig
+    from models.gate import GateConfig
 
     n = cfg.eval_periods or 250
     checks = GateConfig.model_fields["checks"].default
@@ -575,15 +575,16 @@ def register_and_promote(
     member) and run the promotion gate; idempotent per :func:`train_key`.
 
     The whole sequence (find the run and version of this training key, else log and register;
-    then promote) holds the model's registry lock (:func:`models.registry.model_lock`), so two
+    then promote) holds the model's registry lock (:func:`models.promotion_log.model_lock`), so two
     processes training the same configuration at once register one version and promote it once.
     The registry is cross-checked with the promotion log first. On a passed gate the forecast
     source returns to the champion (recorded with the reason).
     """
     from models import registry
+    from models.promotion_log import model_lock
 
     home = Path(home).resolve()
-    with registry.model_lock(home, cfg.registered_model):
+    with model_lock(home, cfg.registered_model):
         registry.verify_registry(home, cfg.registered_model)
         check_train_target(home, cfg)
         return _register_and_promote(home, cfg, result, data_fp)

@@ -23,14 +23,20 @@ import pytest
 
 from features.errors import RegistryError
 from features.schema import SYMBOL, TS
+from models import forecast as F
+from models import gate as G
+from models import package as P
+from models import promotion_log as L
 from models import registry as R
+from models import run_record as RR
 from models.base import BaseForecaster, SymbolPanel
 from models.evaluation import EvaluationResult, walk_forward
 from models.ewma import EWMAVol, RandomWalkVol
 from models.har import HARVol
+from pipelines import train as T
 
 HS = (1, 5)
-GATE = R.GateConfig(horizons=HS, n_origins=150, baselines=("random_walk", "ewma"), mcs_reps=20)
+GATE = G.GateConfig(horizons=HS, n_origins=150, baselines=("random_walk", "ewma"), mcs_reps=20)
 
 
 def realized_frame(
@@ -116,16 +122,16 @@ def test_to_toml_round_trips_through_tomllib() -> None:
         "nested": {"k": "v", "deeper": {"h": [1, 5, 22]}},
         "odd key": 3,
     }
-    back = tomllib.loads(R.to_toml(cfg))
+    back = tomllib.loads(RR.to_toml(cfg))
     assert back == {k: v for k, v in cfg.items() if v is not None}
 
 
 def test_bundle_rebuilds_har_and_ewma_exactly(data: pd.DataFrame, tmp_path: Path) -> None:
     members = {"har": har().fit(data), "ewma": EWMAVol(lam=0.9).fit(data)}
-    bundle = R.ForecasterBundle.build(members, horizons=HS)
+    bundle = P.ForecasterPackage.build(members, horizons=HS)
     manifest = bundle.save(tmp_path / "b")
     assert [m["storage"] for m in manifest["members"]] == ["json", "json"]
-    loaded = R.ForecasterBundle.load(tmp_path / "b")
+    loaded = P.ForecasterPackage.load(tmp_path / "b")
     out = loaded.predict(data, origins="all")
     pd.testing.assert_frame_equal(out, bundle.predict(data, origins="all"), check_exact=True)
     # independent oracle: the stored coefficients times the HAR regressors at the last origin
@@ -151,7 +157,7 @@ def test_bundle_rebuilds_har_and_ewma_exactly(data: pd.DataFrame, tmp_path: Path
         assert float(e["forecast_var"].iloc[-1]) == pytest.approx(s, rel=1e-12)
     last = loaded.predict(data)
     assert set(last.groupby(["model_id", "symbol"])["origin_ts"].nunique()) == {1}
-    assert list(last.columns) == [c for c in R.FRAME_COLUMNS]
+    assert list(last.columns) == [c for c in F.FRAME_COLUMNS]
     assert last["model_version"].str.fullmatch(r"1\+[0-9a-f]{12}").all()
 
 
@@ -172,16 +178,16 @@ def test_bundle_rebuilds_garch_without_pickling(data: pd.DataFrame, tmp_path: Pa
     )
     g = GarchVol(window=None, min_fit_obs=200, random_state=3).fit(one)
     assert g.fallback_reason_["BTCUSDT"] is None
-    bundle = R.ForecasterBundle.build({"garch": g}, horizons=(1, 5))
+    bundle = P.ForecasterPackage.build({"garch": g}, horizons=(1, 5))
     bundle.save(tmp_path / "b")
     text = (tmp_path / "b" / "members" / "garch.json").read_text()
     assert "omega" in text and "beta[1]" in text
-    loaded = R.ForecasterBundle.load(tmp_path / "b")
+    loaded = P.ForecasterPackage.load(tmp_path / "b")
     assert loaded.members["garch"].result_ == {"BTCUSDT": None}  # no arch object was stored
     pd.testing.assert_frame_equal(
         loaded.predict(one, origins="all"), bundle.predict(one, origins="all"), check_exact=True
     )
-    assert "arch==" in " ".join(R.pip_requirements(loaded))
+    assert "arch==" in " ".join(P.pip_requirements(loaded))
 
 
 class ConstVol(BaseForecaster):
@@ -200,31 +206,31 @@ class ConstVol(BaseForecaster):
 
 
 def test_bundle_without_codec_falls_back_to_joblib(data: pd.DataFrame, tmp_path: Path) -> None:
-    bundle = R.ForecasterBundle.build({"c": ConstVol(2e-4)}, training_data=data, horizons=HS)
+    bundle = P.ForecasterPackage.build({"c": ConstVol(2e-4)}, training_data=data, horizons=HS)
     manifest = bundle.save(tmp_path / "b")
     assert manifest["members"][0]["storage"] == "joblib"
-    assert manifest["train"]["data_fingerprint"] == R.data_fingerprint(data)
-    out = R.ForecasterBundle.load(tmp_path / "b").predict(data)
+    assert manifest["train"]["data_fingerprint"] == RR.data_fingerprint(data)
+    out = P.ForecasterPackage.load(tmp_path / "b").predict(data)
     assert (out["forecast_var"] == 2e-4).all()
 
 
 def test_bundle_errors(data: pd.DataFrame) -> None:
     with pytest.raises(ValueError, match="primary 'x' is not one of the members"):
-        R.ForecasterBundle.build({"rw": RandomWalkVol().fit(data)}, primary="x")
+        P.ForecasterPackage.build({"rw": RandomWalkVol().fit(data)}, primary="x")
     with pytest.raises(ValueError, match=r"fitted for horizons \[1, 5\].*Refit"):
-        R.ForecasterBundle.build({"har": har().fit(data)}, horizons=(1, 22))
+        P.ForecasterPackage.build({"har": har().fit(data)}, horizons=(1, 22))
     with pytest.raises(ValueError, match="is not fitted; fit it or pass training_data"):
-        R.ForecasterBundle.build({"har": har()})
-    bundle = R.ForecasterBundle.build({"rw": RandomWalkVol().fit(data)}, horizons=HS)
+        P.ForecasterPackage.build({"har": har()})
+    bundle = P.ForecasterPackage.build({"rw": RandomWalkVol().fit(data)}, horizons=HS)
     with pytest.raises(ValueError, match="origins must be 'last' or 'all'; got 'first'"):
         bundle.predict(data, origins="first")
 
 
 def test_forecast_frame_to_volforecasts(data: pd.DataFrame) -> None:
     members = {"har": har().fit(data), "rw": RandomWalkVol().fit(data)}
-    bundle = R.ForecasterBundle.build(members, horizons=HS)
+    bundle = P.ForecasterPackage.build(members, horizons=HS)
     table = bundle.predict(data, origins="all")
-    fcs = R.forecast_frame_to_volforecasts(table, model_id="har")
+    fcs = P.forecast_frame_to_volforecasts(table, model_id="har")
     direct = members["har"].predict(data)
     for sym, fc in fcs.items():
         pd.testing.assert_frame_equal(
@@ -232,12 +238,12 @@ def test_forecast_frame_to_volforecasts(data: pd.DataFrame) -> None:
         )
         assert fc.model_id == "har" and fc.annualization == 365.0
     with pytest.raises(ValueError, match=r"holds models \['har', 'rw'\]; pass model_id"):
-        R.forecast_frame_to_volforecasts(table)
+        P.forecast_frame_to_volforecasts(table)
     with pytest.raises(ValueError, match="model_id 'x' is not in the table"):
-        R.forecast_frame_to_volforecasts(table, model_id="x")
+        P.forecast_frame_to_volforecasts(table, model_id="x")
 
 
-def _ctx_with_quantiles(realized: np.ndarray, q10: np.ndarray, q90: np.ndarray) -> R.GateContext:
+def _ctx_with_quantiles(realized: np.ndarray, q10: np.ndarray, q90: np.ndarray) -> G.GateContext:
     fc = pd.DataFrame(
         {
             "model_id": "challenger",
@@ -248,20 +254,20 @@ def _ctx_with_quantiles(realized: np.ndarray, q10: np.ndarray, q90: np.ndarray) 
         }
     )
     ev = EvaluationResult(fc, pd.DataFrame(), pd.DataFrame(), pd.DataFrame(), {}, {}, 1)
-    return R.GateContext(GATE, ev, {"challenger": 1.0}, None, None, {}, ())  # type: ignore[arg-type]
+    return G.GateContext(GATE, ev, {"challenger": 1.0}, None, None, {}, ())  # type: ignore[arg-type]
 
 
 def test_interval_calibration_check_against_hand_counts() -> None:
     y = np.arange(1.0, 101.0)  # 100 realized values
-    ok = R._check_interval_calibration(
+    ok = G._check_interval_calibration(
         _ctx_with_quantiles(y, np.full(100, 10.5), np.full(100, 90.5))
     )
     assert ok.passed is True and ok.value == pytest.approx(0.0)  # hit rates 0.10 and 0.90
-    bad = R._check_interval_calibration(
+    bad = G._check_interval_calibration(
         _ctx_with_quantiles(y, np.full(100, 20.5), np.full(100, 90.5))
     )
     assert bad.passed is False and bad.value == pytest.approx(0.10)  # q_0.1 covers 20 %
-    none = R._check_interval_calibration(
+    none = G._check_interval_calibration(
         _ctx_with_quantiles(y, np.full(100, np.nan), np.full(100, np.nan))
     )
     assert none.passed is None and "no quantiles" in none.detail
@@ -271,11 +277,11 @@ def test_gate_config_and_check_registry_errors() -> None:
     from pydantic import ValidationError
 
     with pytest.raises(ValidationError, match=r"unknown baseline\(s\) \['garch'\]"):
-        R.GateConfig(baselines=("garch",))
+        G.GateConfig(baselines=("garch",))
     with pytest.raises(ValidationError, match="horizons must be distinct ints >= 1"):
-        R.GateConfig(horizons=(1, 1))
+        G.GateConfig(horizons=(1, 1))
     with pytest.raises(ValueError, match=r"gate check name must match"):
-        R.register_gate_check("Bad Name", lambda ctx: None)  # type: ignore[arg-type,return-value]
+        G.register_gate_check("Bad Name", lambda ctx: None)  # type: ignore[arg-type,return-value]
 
 
 # ---- tracking ------------------------------------------------------------------------------------
@@ -315,8 +321,8 @@ def test_log_evaluation_run(home: Path, data: pd.DataFrame) -> None:
     other = next(x for x in models if x != bench)
     assert m[f"dm_stat/{other}/pooled/h1"] == pytest.approx(dm.loc[(other, "pooled", 1), "dm_stat"])
     assert {m[k] for k in m if k.startswith("in_mcs/")} <= {0.0, 1.0}
-    assert t["data.fingerprint"] == R.data_fingerprint(data)
-    assert t["dprm.version"] == R.dprm_version() and t["dprm.target"] == "volatility"
+    assert t["data.fingerprint"] == RR.data_fingerprint(data)
+    assert t["dprm.version"] == RR.dprm_version() and t["dprm.target"] == "volatility"
     arts = {
         a.path
         for d in ("evaluation", "plots", "config", "feature_importance")
@@ -375,10 +381,10 @@ def test_register_moves_the_challenger_alias(home: Path, data: pd.DataFrame) -> 
     assert versions["members"].tolist() == ["har,ewma", "rw"]
     info = R.show_version(1, home=home)
     assert info["tags"]["dprm.primary"] == "har" and info["description"] == "first"
-    assert info["tags"]["data.fingerprint"] == R.data_fingerprint(data)
+    assert info["tags"]["data.fingerprint"] == RR.data_fingerprint(data)
     assert info["tags"]["gate.status"] == "pending"
     assert R.model_ref("challenger", home=home) == r2
-    log = R.read_promotion_log(home)
+    log = L.read_promotion_log(home)
     assert [(e["action"], e["from_version"], e["to_version"]) for e in log] == [
         ("register_challenger", None, "1"),
         ("register_challenger", "1", "2"),
@@ -411,7 +417,7 @@ def test_gate_rejects_a_worse_challenger_and_keeps_it(home: Path, data: pd.DataF
     versions = R.list_versions(home=home)
     assert versions["version"].tolist() == [1, 2]  # still registered
     assert R.model_ref("champion", home=home).version == "1"
-    assert R.read_promotion_log(home)[-1]["action"] == "reject"
+    assert L.read_promotion_log(home)[-1]["action"] == "reject"
 
 
 def test_gate_promotes_a_better_challenger(home: Path, data: pd.DataFrame) -> None:
@@ -477,16 +483,16 @@ def test_rollback_and_the_append_only_log(home: Path, data: pd.DataFrame) -> Non
     for members in ({"rw": RandomWalkVol()}, {"ewma": EWMAVol()}):
         ref = R.register_challenger(members, home=home, training_data=data, horizons=HS)
         R.promote(ref.version, home=home, mode="manual", approver="bob", reason="test")
-    before = R.promotion_log_path(home).read_bytes()
+    before = L.promotion_log_path(home).read_bytes()
     with pytest.raises(ValueError, match="rollback needs a named approver"):
         R.rollback(home=home, approver="", reason="bad")
     res = R.rollback(home=home, approver="carol", reason="ewma misbehaves")
     assert (res.previous_champion, res.version) == ("2", "1")
     assert R.model_ref("champion", home=home).version == "1"
     assert R.show_version(2, home=home)["status"] == "rolled_back"
-    after = R.promotion_log_path(home).read_bytes()
+    after = L.promotion_log_path(home).read_bytes()
     assert after.startswith(before)  # appended, nothing rewritten
-    log = R.read_promotion_log(home)
+    log = L.read_promotion_log(home)
     assert [e["action"] for e in log] == [
         "register_challenger",
         "promote",
@@ -500,13 +506,13 @@ def test_rollback_and_the_append_only_log(home: Path, data: pd.DataFrame) -> Non
         R.rollback(home=home, approver="carol", reason="again")
     lines = after.splitlines(keepends=True)
     lines[1] = lines[1].replace(b'"who": "bob"', b'"who": "eve"')
-    R.promotion_log_path(home).write_bytes(b"".join(lines))
+    L.promotion_log_path(home).write_bytes(b"".join(lines))
     with pytest.raises(RegistryError, match="line 3 breaks the append-only chain"):
-        R.read_promotion_log(home)
+        L.read_promotion_log(home)
 
 
 def test_champion_loads_identically_in_a_fresh_process(home: Path, data: pd.DataFrame) -> None:
-    bundle = R.ForecasterBundle.build(
+    bundle = P.ForecasterPackage.build(
         {"har": har(), "ewma": EWMAVol()}, training_data=data, horizons=HS
     )
     ref = R.register_challenger(bundle, home=home, training_data=data)
@@ -526,7 +532,7 @@ def test_champion_loads_identically_in_a_fresh_process(home: Path, data: pd.Data
 
 def test_train_and_register_picks_the_best_model(home: Path, data: pd.DataFrame) -> None:
     models = {"har": har(), "ewma": EWMAVol(), "rw": RandomWalkVol()}
-    out = R.train_and_register(
+    out = T.train_and_register(
         models,
         data,
         home=home,
@@ -549,7 +555,7 @@ def test_train_and_register_picks_the_best_model(home: Path, data: pd.DataFrame)
         pooled.set_index(["model_id", "horizon"]).loc[("har", 1), "qlike"]
     )
     with pytest.raises(ValueError, match=r"members \['x'\] are not among the models"):
-        R.train_and_register(
+        T.train_and_register(
             models,
             data,
             home=home,
@@ -564,7 +570,7 @@ def test_train_and_register_picks_the_best_model(home: Path, data: pd.DataFrame)
 def predict_in_fresh_process(home: Path, data: pd.DataFrame, alias: str) -> pd.DataFrame:
     """Load ``models:/dprm-forecaster@<alias>`` through MLflow alone in a new interpreter and return
     its forecast table for every origin of ``data`` (pickled back, so every dtype is kept)."""
-    R._naive_utc(data).to_parquet(home / "in.parquet")
+    P.naive_utc(data).to_parquet(home / "in.parquet")
     script = textwrap.dedent(f"""
         import sys
         import mlflow, pandas as pd

@@ -23,6 +23,8 @@ import pandas as pd
 import pytest
 
 from features.errors import RegistryError
+from models import package as P
+from models import promotion_log as L
 from models import registry as R
 from models.har import HARVol
 from tests.test_models.test_registry import HS, realized_frame
@@ -74,7 +76,7 @@ def reopen(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_consistent_registry_verifies(champion_home: Path) -> None:
     assert R.verify_registry(champion_home) == {"dprm-forecaster": "1"}
     assert R.champion_version(champion_home) == "1"
-    assert R.log_champions(champion_home) == {"dprm-forecaster": "1"}
+    assert L.log_champions(champion_home) == {"dprm-forecaster": "1"}
     assert R.load_champion(home=champion_home).ref.version == "1"
     # a model neither side knows has no champion, and that is not an error
     assert R.champion_version(champion_home, "dprm-forecaster-sim") is None
@@ -129,7 +131,7 @@ def test_wiped_or_corrupt_store_is_one_registry_error(
     else:
         shutil.copy(template_db, db)  # a valid store that never saw the promotion
     before = db.read_bytes() if db.exists() else None
-    log_before = R.promotion_log_path(champion_home).read_bytes()
+    log_before = L.promotion_log_path(champion_home).read_bytes()
     reopen(monkeypatch)
     for call in (
         lambda: R.verify_registry(champion_home),
@@ -147,7 +149,7 @@ def test_wiped_or_corrupt_store_is_one_registry_error(
             call()
     # nothing was written: the damaged store is left as found, the log unchanged
     assert (db.read_bytes() if db.exists() else None) == before
-    assert R.promotion_log_path(champion_home).read_bytes() == log_before
+    assert L.promotion_log_path(champion_home).read_bytes() == log_before
 
 
 def test_champion_version_deleted_or_alias_moved_outside_dprm(
@@ -207,7 +209,7 @@ def test_a_move_killed_between_log_and_alias_is_completed(
     )
     mv2 = client.get_model_version("dprm-forecaster", ref2.version)
     # the state promote() leaves when killed right after its log line
-    R.append_promotion_log(
+    L.append_promotion_log(
         champion_home,
         {
             "action": "promote",
@@ -229,7 +231,7 @@ def test_a_move_killed_between_log_and_alias_is_completed(
     assert versions.loc[2, "aliases"] == "champion" and versions.loc[2, "status"] == "champion"
     assert versions.loc[1, "status"] == "retired"
     # a move the registry cannot complete (its target is not the logged run) stays an error
-    R.append_promotion_log(
+    L.append_promotion_log(
         champion_home,
         {
             "action": "rollback",
@@ -267,7 +269,7 @@ def test_champion_without_any_log_entry_is_an_error(home: Path, data: pd.DataFra
 
 
 def test_corrupt_promotion_log_is_a_registry_error(champion_home: Path) -> None:
-    log = R.promotion_log_path(champion_home)
+    log = L.promotion_log_path(champion_home)
     log.write_bytes(log.read_bytes() + b"{not json\n")
     with pytest.raises(RegistryError, match=r"promotions\.jsonl: line 3 is not a JSON record"):
         R.verify_registry(champion_home)
@@ -285,7 +287,7 @@ def test_list_versions_of_every_model(home: Path, data: pd.DataFrame) -> None:
         tags={"dprm.dataset": "sim", "dprm.freq": "1h"},
     )
     every = R.list_versions(home=home, name=None)
-    assert list(every.columns) == list(R.VERSION_COLUMNS)
+    assert list(every.columns) == list(P.VERSION_COLUMNS)
     assert every[["model", "version", "aliases", "dataset", "freq"]].values.tolist() == [
         ["dprm-forecaster", 1, "challenger", "", ""],
         ["dprm-forecaster-sim", 1, "challenger", "sim", "1h"],
@@ -302,7 +304,7 @@ def test_model_lock_serializes_threads_and_is_reentrant(tmp_path: Path) -> None:
     held, release, results = threading.Event(), threading.Event(), {}
 
     def holder() -> None:
-        with R.model_lock(tmp_path, "m"), R.model_lock(tmp_path, "m"):  # re-entrant
+        with L.model_lock(tmp_path, "m"), L.model_lock(tmp_path, "m"):  # re-entrant
             held.set()
             release.wait(30)
 
@@ -312,7 +314,7 @@ def test_model_lock_serializes_threads_and_is_reentrant(tmp_path: Path) -> None:
 
     def contender() -> None:
         try:
-            with R.model_lock(tmp_path, "m", timeout_s=0.3):
+            with L.model_lock(tmp_path, "m", timeout_s=0.3):
                 results["got"] = True
         except RegistryError as exc:
             results["error"] = str(exc)
@@ -321,11 +323,11 @@ def test_model_lock_serializes_threads_and_is_reentrant(tmp_path: Path) -> None:
     c.start()
     c.join(30)
     assert "held by another process for more than 0.3 s" in results["error"]
-    with R.model_lock(tmp_path, "other", timeout_s=0.3):  # another model is not blocked
+    with L.model_lock(tmp_path, "other", timeout_s=0.3):  # another model is not blocked
         pass
     release.set()
     t.join(30)
-    with R.model_lock(tmp_path, "m", timeout_s=5) as path:
+    with L.model_lock(tmp_path, "m", timeout_s=5) as path:
         assert path == tmp_path.resolve() / "registry" / "locks" / "m.lock"
 
 
@@ -333,8 +335,8 @@ def test_model_lock_excludes_another_process(tmp_path: Path) -> None:
     code = textwrap.dedent(
         f"""
         import sys, time
-        from models import registry as R
-        with R.model_lock({str(tmp_path)!r}, "dprm-forecaster"):
+        from models import promotion_log as L
+        with L.model_lock({str(tmp_path)!r}, "dprm-forecaster"):
             print("held", flush=True)
             sys.stdin.readline()
         """
@@ -349,12 +351,12 @@ def test_model_lock_excludes_another_process(tmp_path: Path) -> None:
     try:
         assert proc.stdout.readline().strip() == "held"
         with pytest.raises(RegistryError, match=r"'dprm-forecaster' are held by another process"):
-            with R.model_lock(tmp_path, "dprm-forecaster", timeout_s=0.5):
+            with L.model_lock(tmp_path, "dprm-forecaster", timeout_s=0.5):
                 pass
         proc.stdin.write("\n")
         proc.stdin.flush()
         assert proc.wait(30) == 0
-        with R.model_lock(tmp_path, "dprm-forecaster", timeout_s=5):
+        with L.model_lock(tmp_path, "dprm-forecaster", timeout_s=5):
             pass
     finally:
         if proc.poll() is None:
@@ -387,7 +389,7 @@ def test_concurrent_registration_in_threads_registers_in_turn(
         t.join(120)
     assert not errors, errors
     assert R.list_versions(home=home)["version"].tolist() == [1, 2]
-    log = R.read_promotion_log(home)
+    log = L.read_promotion_log(home)
     assert [e["action"] for e in log] == ["register_challenger", "register_challenger"]
     assert sorted(e["to_version"] for e in log) == ["1", "2"]
 

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from models import package as P
 from models import registry as R
 from models.combine import HARBoostVol
 from models.ewma import EWMAVol
@@ -68,7 +69,7 @@ def fitted(data: pd.DataFrame) -> LGBMVol:
     return small_lgbm(quantile_levels=(0.05, 0.95), quantile_method="lgbm").fit(data)
 
 
-def _member_doc(bundle: R.ForecasterBundle, name: str, tmp: Path) -> dict:
+def _member_doc(bundle: P.ForecasterPackage, name: str, tmp: Path) -> dict:
     bundle.save(tmp)
     return json.loads((tmp / "members" / f"{name}.json").read_text())
 
@@ -76,7 +77,7 @@ def _member_doc(bundle: R.ForecasterBundle, name: str, tmp: Path) -> dict:
 def test_boosters_are_logged_with_the_lightgbm_flavor(
     home: Path, data: pd.DataFrame, fitted: LGBMVol
 ) -> None:
-    bundle = R.ForecasterBundle.build(
+    bundle = P.ForecasterPackage.build(
         {"lgbm": fitted, "ewma": EWMAVol()}, training_data=data, horizons=HS
     )
     ref = R.register_challenger(bundle, home=home, training_data=data)
@@ -129,14 +130,14 @@ def test_registered_lgbm_forecasts_identically(
     home: Path, data: pd.DataFrame, fitted: LGBMVol
 ) -> None:
     plain = small_lgbm(random_state=3).fit(data)  # residual quantiles, no quantile boosters
-    bundle = R.ForecasterBundle.build({"lgbm": plain, "lgbmq": fitted}, horizons=HS)
+    bundle = P.ForecasterPackage.build({"lgbm": plain, "lgbmq": fitted}, horizons=HS)
     ref = R.register_challenger(bundle, home=home, training_data=data)
     loaded = R.load_forecaster("challenger", home=home)
     assert loaded.ref.alias == "challenger" and loaded.primary == "lgbm"
     here = loaded.predict(data, origins="all")
     pd.testing.assert_frame_equal(here, bundle.predict(data, origins="all"), check_exact=True)
     # the rebuilt member against the fitted estimator itself (every quantile, every origin)
-    rebuilt = R._load_bundle(R.model_ref(ref.version, home=home), R.tracking_uri(home))
+    rebuilt = R._load_package(R.model_ref(ref.version, home=home), R.tracking_uri(home))
     for name, est in (("lgbm", plain), ("lgbmq", fitted)):
         got, want = rebuilt.members[name].predict(data), est.predict(data)
         for sym in want:
@@ -157,7 +158,7 @@ def test_registered_lgbm_forecasts_identically(
 
 def test_lgbm_state_needs_logged_boosters(tmp_path: Path, data: pd.DataFrame) -> None:
     est = small_lgbm().fit(data)
-    bundle = R.ForecasterBundle.build({"lgbm": est}, horizons=HS)
+    bundle = P.ForecasterPackage.build({"lgbm": est}, horizons=HS)
     with pytest.raises(ValueError, match=r"booster_uris_ covers horizons None; expected \[1, 5\]"):
         bundle.save(tmp_path / "b")
     # URIs recorded for other boosters (a refit after logging) are refused
@@ -169,10 +170,10 @@ def test_lgbm_state_needs_logged_boosters(tmp_path: Path, data: pd.DataFrame) ->
 
 
 def test_lgbm_codec_is_exact_and_boosters_need_the_registration_run(data: pd.DataFrame) -> None:
-    assert R._codec_for(LGBMVol()).base == "models.lgbm.LGBMVol"
+    assert P.codec_for(LGBMVol()).base == "models.lgbm.LGBMVol"
     # a subclass with an estimator parameter is not JSON-able: it keeps the joblib fallback
-    assert R._codec_for(HARBoostVol()) is None
-    codec = R._codec_for(LGBMVol())
+    assert P.codec_for(HARBoostVol()) is None
+    codec = P.codec_for(LGBMVol())
     with pytest.raises(
         ValueError, match="inside the registration run 'r1'; the active run is None"
     ):

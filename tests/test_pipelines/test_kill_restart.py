@@ -80,7 +80,7 @@ def test_killed_cycle_restarts_without_duplicates_or_losses(
 ) -> None:
     from mlflow import MlflowClient
 
-    from models import registry
+    from models import promotion_log, registry
 
     home = embedded_home
     cfg = tmp_path / "cycle.toml"
@@ -120,7 +120,7 @@ def test_killed_cycle_restarts_without_duplicates_or_losses(
         [exp], filter_string=f"tags.`dprm.train_key` = '{key}' and attributes.status = 'FINISHED'"
     )
     assert len(finished) == 1
-    log = registry.read_promotion_log(home)  # also verifies the hash chain
+    log = promotion_log.read_promotion_log(home)  # also verifies the hash chain
     assert [e["action"] for e in log] == ["register_challenger", "promote"]
 
     # one forecast file (the champion's), its pointer, no temporary files; the report exists

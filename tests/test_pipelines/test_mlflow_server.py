@@ -20,6 +20,9 @@ import pandas as pd
 import pytest
 
 from features.schema import SYMBOL, TS
+from models import gate as G
+from models import package as P
+from models import promotion_log as L
 from models import registry as R
 from models.evaluation import walk_forward
 from models.ewma import EWMAVol, RandomWalkVol
@@ -148,11 +151,11 @@ def test_remote_round_trip(
         metrics["qlike/har/BTCUSDT/h5"]
         == loss.loc[("har", "BTCUSDT", 5, "all", "realized"), "qlike"]
     )
-    bundle = R.ForecasterBundle.build(
+    bundle = P.ForecasterPackage.build(
         {"har": HARVol(horizons=(1, 5), window=300)}, training_data=data, horizons=(1, 5)
     )
     ref = R.register_challenger(bundle, home=tmp_path, training_data=data, evaluation_run_id=run_id)
-    gate = R.GateConfig(
+    gate = G.GateConfig(
         horizons=(1, 5), n_origins=100, baselines=("random_walk", "ewma"), mcs_reps=20
     )
     promoted = R.promote(ref.version, home=tmp_path, data=data, gate_config=gate)
@@ -164,7 +167,7 @@ def test_remote_round_trip(
     pd.testing.assert_frame_equal(out, bundle.predict(data, origins="all"), check_exact=True)
     tags = client.get_model_version("dprm-forecaster", ref.version).tags
     assert tags["gate.status"] == "passed" and tags["dprm.status"] == "champion"
-    assert [e["action"] for e in R.read_promotion_log(tmp_path)] == [
+    assert [e["action"] for e in L.read_promotion_log(tmp_path)] == [
         "register_challenger",
         "promote",
     ]

@@ -25,7 +25,7 @@ def test_two_processes_training_at_once_register_one_version_promoted_once(
 ) -> None:
     from mlflow import MlflowClient
 
-    from models import registry
+    from models import promotion_log, registry
 
     home = tmp_path / "home"
     shutil.copytree(embedded_template, home)
@@ -58,7 +58,7 @@ def test_two_processes_training_at_once_register_one_version_promoted_once(
     versions = registry.list_versions(home=home)
     assert versions["version"].tolist() == [1]
     assert versions["aliases"].tolist() == ["champion"]
-    actions = [e["action"] for e in registry.read_promotion_log(home)]
+    actions = [e["action"] for e in promotion_log.read_promotion_log(home)]
     assert actions == ["register_challenger", "promote"]
     assert registry.verify_registry(home) == {"dprm-forecaster": "1"}
     # one evaluation run for the training key, and one process reused the other's version

@@ -29,3 +29,12 @@ def data_dir() -> Path:
 def rng() -> np.random.Generator:
     """A seeded generator, passed explicitly to whatever needs randomness."""
     return np.random.default_rng(20261124)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """On pytest-xdist workers only, put the end-to-end files (``tests/test_pipelines``, minutes
+    each) before the many quick ones, so that with ``--dist loadfile`` no long file starts last and
+    runs alone at the end. A run in one process keeps the collection order."""
+    if not hasattr(config, "workerinput"):
+        return
+    items.sort(key=lambda item: "test_pipelines" not in item.path.parts)  # stable

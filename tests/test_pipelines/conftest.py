@@ -12,12 +12,17 @@ prefect_harness : session-scoped ``prefect_test_harness`` (a temporary API on a 
 embedded_template : session-scoped workspace with the embedded arch data ingested, its daily
     features built and the MLflow store initialised (no Prefect involved).
 embedded_home : a private copy of the template for one test, with ``DPRM_HOME`` pointing at it.
+registered_template : session-scoped workspace (a copy of ``embedded_template``) with champions of
+    ``dprm-forecaster`` (embedded/1D) and ``dprm-forecaster-sim`` (a 20-day simulation at 1h),
+    trained once with the quick settings of ``train_settings.py`` by the train flow's own steps.
+
+``workspaces.copy_workspace(src, dst)`` copies a workspace and points the MLflow store of the copy
+at the copy's own artifacts (a plain ``shutil.copytree`` leaves them pointing into ``src``).
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -39,6 +44,8 @@ for _var in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI", "DPRM_RUNNER", "DPRM_DASK
     os.environ.pop(_var, None)
 
 import pytest  # noqa: E402
+
+from tests.test_pipelines.workspaces import copy_workspace  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -69,7 +76,44 @@ def embedded_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def embedded_home(embedded_template: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A private copy of the embedded workspace; ``DPRM_HOME`` points at it for the test."""
-    home = tmp_path / "home"
-    shutil.copytree(embedded_template, home)
+    home = copy_workspace(embedded_template, tmp_path / "home")
     monkeypatch.setenv("DPRM_HOME", str(home))
+    return home
+
+
+@pytest.fixture(scope="session")
+def registered_template(embedded_template: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The embedded workspace plus a 20-day simulation ("sim", features at 1h), with a champion
+    of ``dprm-forecaster`` (embedded/1D) and one of ``dprm-forecaster-sim`` (sim/1h).
+
+    Trained in this process by the steps the train flow runs (``cycle.train_symbols``,
+    ``evaluate_symbol``, ``merge_evaluations``, ``register_and_promote``) with the quick settings
+    of ``train_settings.SMALL_TRAIN_TOML``: real MLflow store, real promotion gate, no Prefect
+    server to start. Copy it with :func:`copy_workspace`; never write into it.
+    """
+    from features.store import DataStore
+    from pipelines import cycle
+    from pipelines.config import FeaturesConfig, SimulateConfig, load_config
+    from pipelines.flow_config import TrainFlowConfig
+    from pipelines.steps import build_features, simulate_to_store
+    from tests.test_pipelines.train_settings import SMALL_TRAIN_TOML
+
+    root = tmp_path_factory.mktemp("registered-template")
+    home = copy_workspace(embedded_template, root / "home")
+    settings = root / "small.toml"
+    settings.write_text(SMALL_TRAIN_TOML)
+
+    def train(**where: str) -> None:
+        cfg = load_config(TrainFlowConfig, settings, "train", **where)
+        symbols = cycle.train_symbols(home, cfg)
+        results = {s: cycle.evaluate_symbol(home, cfg, s) for s in symbols}
+        merged = cycle.merge_evaluations(results)
+        fp = cycle.feature_fingerprint(home, cfg.dataset, cfg.freq, symbols)
+        out = cycle.register_and_promote(home, cfg, merged, fp)
+        assert out.promoted and out.champion_version == "1", out
+
+    train()
+    simulate_to_store(DataStore(home / "data"), load_config(SimulateConfig, n_days=20))
+    build_features(home, "sim", load_config(FeaturesConfig, freq="1h"))
+    train(dataset="sim", freq="1h")
     return home

@@ -2,8 +2,9 @@
 the model follows the dataset, `--model` picks another, `models list` shows every model, a wiped
 or corrupt registry fails closed with one line, and an unreachable server fails in seconds.
 
-One module-scoped workspace is trained once (the embedded data at 1D and a 20-day simulation at
-1h, with a small candidate set) and copied per test.
+The trained workspace (the embedded data at 1D and a 20-day simulation at 1h, with a small
+candidate set) is the session's ``registered_template`` (tests/test_pipelines/conftest.py), copied
+per test; the commands under test run as real subprocesses.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_pipelines.train_settings import SMALL_TRAIN_TOML
+from tests.test_pipelines.workspaces import copy_workspace
 
 pytestmark = pytest.mark.slow
 
@@ -49,32 +50,10 @@ def one_line_error(r: subprocess.CompletedProcess) -> str:
     return lines[0]
 
 
-@pytest.fixture(scope="module")
-def trained(embedded_template: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A workspace with champions of ``dprm-forecaster`` (embedded/1D) and
-    ``dprm-forecaster-sim`` (sim/1h), trained through the CLI."""
-    root = tmp_path_factory.mktemp("cli-registry")
-    home = root / "home"
-    shutil.copytree(embedded_template, home)
-    cfg = root / "small.toml"
-    cfg.write_text(SMALL_TRAIN_TOML)
-    steps = [
-        ["train", "--config", str(cfg)],
-        ["data", "simulate", "--days", "20"],
-        ["features", "build", "sim", "--freq", "1h"],
-        ["train", "--dataset", "sim", "--freq", "1h", "--config", str(cfg)],
-    ]
-    for args in steps:
-        r = run(args, home, PREFECT_HOME=str(root / "prefect"))
-        assert r.returncode == 0, (args, r.stdout[-3000:], r.stderr[-3000:])
-    return home
-
-
 @pytest.fixture
-def home(trained: Path, tmp_path: Path) -> Path:
-    h = tmp_path / "home"
-    shutil.copytree(trained, h)
-    return h
+def home(registered_template: Path, tmp_path: Path) -> Path:
+    """A private copy of the session's trained workspace (``registered_template``)."""
+    return copy_workspace(registered_template, tmp_path / "home")
 
 
 def test_every_model_is_listed_and_forecast_follows_the_dataset(home: Path, tmp_path: Path) -> None:
@@ -134,7 +113,9 @@ def test_monitor_uses_the_dataset_model(home: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("damage", ["empty", "garbage", "fresh"])
-def test_wiped_or_corrupt_registry_fails_closed(home: Path, tmp_path: Path, damage: str) -> None:
+def test_wiped_or_corrupt_registry_fails_closed(
+    home: Path, embedded_template: Path, damage: str
+) -> None:
     db = home / "mlflow.db"
     if damage == "empty":
         db.write_bytes(b"")  # `: > $DPRM_HOME/mlflow.db`
@@ -146,12 +127,8 @@ def test_wiped_or_corrupt_registry_fails_closed(home: Path, tmp_path: Path, dama
     elif damage == "garbage":
         db.write_bytes(os.urandom(4096))
         expect = f"the MLflow store {db} is not an SQLite database"
-    else:  # a working but different store in its place
-        from models import registry
-
-        other = tmp_path / "other"
-        registry.init_store(other)
-        shutil.copy(other / "mlflow.db", db)
+    else:  # a working but different store in its place (the template's new, empty store)
+        shutil.copy(embedded_template / "mlflow.db", db)
         expect = (
             f"the promotion log {home / 'registry' / 'promotions.jsonl'} names version 1 of "
             f"'dprm-forecaster' as champion, but the registry sqlite:///{db} has no model of "

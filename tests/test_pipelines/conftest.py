@@ -86,16 +86,17 @@ def registered_template(embedded_template: Path, tmp_path_factory: pytest.TempPa
     """The embedded workspace plus a 20-day simulation ("sim", features at 1h), with a champion
     of ``dprm-forecaster`` (embedded/1D) and one of ``dprm-forecaster-sim`` (sim/1h).
 
-    Trained in this process by the steps the train flow runs (``cycle.train_symbols``,
+    Trained in this process by the steps the train flow runs (``steps.train_symbols``,
     ``evaluate_symbol``, ``merge_evaluations``, ``register_and_promote``) with the quick settings
     of ``train_settings.SMALL_TRAIN_TOML``: real MLflow store, real promotion gate, no Prefect
     server to start. Copy it with :func:`copy_workspace`; never write into it.
     """
     from features.store import DataStore
-    from pipelines import cycle
+    from models.evaluation import merge_evaluations
+    from pipelines import steps
     from pipelines.config import FeaturesConfig, SimulateConfig, load_config
     from pipelines.flow_config import TrainFlowConfig
-    from pipelines.steps import build_features, simulate_to_store
+    from pipelines.steps import build_feature_frame, simulate_to_store
     from tests.test_pipelines.train_settings import SMALL_TRAIN_TOML
 
     root = tmp_path_factory.mktemp("registered-template")
@@ -105,15 +106,15 @@ def registered_template(embedded_template: Path, tmp_path_factory: pytest.TempPa
 
     def train(**where: str) -> None:
         cfg = load_config(TrainFlowConfig, settings, "train", **where)
-        symbols = cycle.train_symbols(home, cfg)
-        results = {s: cycle.evaluate_symbol(home, cfg, s) for s in symbols}
-        merged = cycle.merge_evaluations(results)
-        fp = cycle.feature_fingerprint(home, cfg.dataset, cfg.freq, symbols)
-        out = cycle.register_and_promote(home, cfg, merged, fp)
+        symbols = steps.train_symbols(home, cfg)
+        results = {s: steps.evaluate_symbol(home, cfg, s) for s in symbols}
+        merged = merge_evaluations(results)
+        fp = steps.feature_fingerprint(home, cfg.dataset, cfg.freq, symbols)
+        out = steps.register_and_promote(home, cfg, merged, fp)
         assert out.promoted and out.champion_version == "1", out
 
     train()
     simulate_to_store(DataStore(home / "data"), load_config(SimulateConfig, n_days=20))
-    build_features(home, "sim", load_config(FeaturesConfig, freq="1h"))
+    build_feature_frame(home, "sim", load_config(FeaturesConfig, freq="1h"))
     train(dataset="sim", freq="1h")
     return home

@@ -64,6 +64,7 @@ from scipy.signal import lfilter
 from models.base import Boolean, Horizons, Interval, Options
 from models.corr import FISHER_CLIP, BaseCorrForecaster, CorrPanel, cov_to_corr
 from models.corr_forecast import CorrForecast
+from models.lgbm import BOOSTER_CONSTRAINTS
 
 __all__ = ["LGBMCorr", "LGBMCorrHorizon", "LGBMCorrState", "make_lgbm_corr", "repaired_share"]
 
@@ -160,6 +161,7 @@ class LGBMCorr(BaseCorrForecaster):
     model_id: ClassVar[str] = "lgbm_corr"
     horizon_specific: ClassVar[bool] = True
     _parameter_constraints: ClassVar[dict] = {
+        **BOOSTER_CONSTRAINTS,
         "horizons": [Horizons()],
         "lags": [Horizons()],
         "long_window": [Interval(int, 2, None)],
@@ -168,16 +170,6 @@ class LGBMCorr(BaseCorrForecaster):
         "offset": [Options(("linear",)), None],
         "validation_size": [Interval(int, 5, None)],
         "min_train": [Interval(int, 10, None)],
-        "n_estimators": [Interval(int, 1, None)],
-        "learning_rate": [Interval(float, 0, None, "neither")],
-        "num_leaves": [Interval(int, 2, None)],
-        "max_depth": [Interval(int, -1, None)],
-        "min_child_samples": [Interval(int, 1, None)],
-        "subsample": [Interval(float, 0, 1, "right")],
-        "subsample_freq": [Interval(int, 0, None)],
-        "colsample_bytree": [Interval(float, 0, 1, "right")],
-        "reg_lambda": [Interval(float, 0, None)],
-        "early_stopping_rounds": [Interval(int, 1, None)],
         "refit_full": [Boolean()],
         "min_eigenvalue": [Interval(float, 0, 1, closed="left")],
         "num_threads": [Interval(int, 1, None)],

@@ -122,6 +122,21 @@ def _qlike_mean(y_level: np.ndarray, f: np.ndarray) -> float:
     return float(np.mean(r - np.log(r) - 1.0))
 
 
+BOOSTER_CONSTRAINTS: dict[str, list] = {
+    "n_estimators": [Interval(int, 1, None)],
+    "learning_rate": [Interval(float, 0, None, "neither")],
+    "num_leaves": [Interval(int, 2, None)],
+    "max_depth": [Interval(int, -1, None)],
+    "min_child_samples": [Interval(int, 1, None)],
+    "subsample": [Interval(float, 0, 1, "right")],
+    "subsample_freq": [Interval(int, 0, None)],
+    "colsample_bytree": [Interval(float, 0, 1, "right")],
+    "reg_lambda": [Interval(float, 0, None)],
+    "early_stopping_rounds": [Interval(int, 1, None)],
+}
+"""Constraints of the LightGBM booster hyperparameters, shared by the volatility and correlation boosters."""
+
+
 class LGBMVol(BaseForecaster):
     """LightGBM forecaster of the mean realized variance over ``t+1..t+h`` (see module docs).
 
@@ -169,6 +184,7 @@ class LGBMVol(BaseForecaster):
         "n_estimators",
     )
     _parameter_constraints: ClassVar[dict] = {
+        **BOOSTER_CONSTRAINTS,
         "horizons": [Horizons()],
         "window": [Interval(int, 1, None), None],
         "window_type": [Options(("rolling", "expanding"))],
@@ -176,16 +192,6 @@ class LGBMVol(BaseForecaster):
         "min_obs": [Interval(float, 0, None), None],
         "min_train": [Interval(int, 10, None)],
         "validation_size": [Interval(int, 5, None)],
-        "n_estimators": [Interval(int, 1, None)],
-        "learning_rate": [Interval(float, 0, None, "neither")],
-        "num_leaves": [Interval(int, 2, None)],
-        "max_depth": [Interval(int, -1, None)],
-        "min_child_samples": [Interval(int, 1, None)],
-        "subsample": [Interval(float, 0, 1, "right")],
-        "subsample_freq": [Interval(int, 0, None)],
-        "colsample_bytree": [Interval(float, 0, 1, "right")],
-        "reg_lambda": [Interval(float, 0, None)],
-        "early_stopping_rounds": [Interval(int, 1, None)],
         "refit_full": [Boolean()],
         "bias_correction": [Boolean()],
         "quantile_method": [Options(("residual", "lgbm"))],

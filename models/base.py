@@ -7,8 +7,9 @@ Every volatility forecaster in :mod:`models` subclasses :class:`BaseForecaster`:
   ("The 'half_life' parameter of EWMAVol must be > 0. Got -3 instead.");
 - ``fit(X, y=None) -> self`` learns state into attributes ending in ``_``;
 - ``predict(X, horizons=None)`` forecasts from each row's ``ts`` as origin, using only the rows of
-  ``X`` at or before that origin (and the fitted state), and returns a :class:`VolForecast` (one
-  symbol) or a dict symbol -> VolForecast;
+  ``X`` at or before that origin (and the fitted state), and returns a dict symbol ->
+  :class:`VolForecast` (sorted by symbol; one entry when ``X`` holds one symbol:
+  :func:`models.forecast.only` unwraps it);
 - ``walk_forward(X, horizons, ...)`` is the honest out-of-sample path: at every origin the model is
   (re)estimated on data available at that origin only. The default implementation refits a clone
   with ``fit``/``predict``; fast models override :meth:`BaseForecaster._walk_forward_panel`.
@@ -547,8 +548,7 @@ class BaseForecaster(BaseEstimator):
             except (ValueError, np.linalg.LinAlgError):
                 continue
             sub = frame.iloc[: int(block[-1]) + 1]
-            fc = m.predict(sub, horizons=horizons)
-            fc = fc[panel.symbol] if isinstance(fc, dict) else fc
+            fc = m.predict(sub, horizons=horizons)[panel.symbol]
             wanted = panel.ts[block]
             got = fc.variance.reindex(wanted)
             out[k0 : k0 + len(block)] = got.to_numpy(dtype="float64")
@@ -606,7 +606,7 @@ class BaseForecaster(BaseEstimator):
 
     def predict(
         self, X: pd.DataFrame, horizons: Sequence[int] | None = None
-    ) -> VolForecast | dict[str, VolForecast]:
+    ) -> dict[str, VolForecast]:
         """Forecast from each row's ``ts`` as origin, using rows of ``X`` at or before it.
 
         Parameters
@@ -616,7 +616,8 @@ class BaseForecaster(BaseEstimator):
 
         Returns
         -------
-        A :class:`VolForecast` when ``X`` holds one symbol, else a dict symbol -> VolForecast.
+        dict symbol -> :class:`VolForecast`, one entry per symbol of ``X`` (sorted by symbol),
+        also when ``X`` holds one symbol (:func:`models.forecast.only` unwraps that case).
         Rows without enough history are left out. ``data_cutoff_ts`` per origin is the later of the
         origin and the end of the fit data (coefficients estimated on later data are look-ahead).
         """
@@ -635,7 +636,7 @@ class BaseForecaster(BaseEstimator):
             if self.state_from_data:
                 cut = panel.ts.where(panel.ts >= fit_cut, fit_cut)
             out[sym] = self._build(panel, var, reasons, hs, cut)
-        return out[next(iter(out))] if len(out) == 1 else out
+        return out
 
     def walk_forward(
         self,

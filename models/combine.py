@@ -336,20 +336,19 @@ class QLIKEWeightedVol(BaseForecaster):
 
     def predict(
         self, X: pd.DataFrame, horizons: Sequence[int] | None = None
-    ) -> VolForecast | dict[str, VolForecast]:
+    ) -> dict[str, VolForecast]:
         """Weighted mean of the fitted members' forecasts with the weights learned at fit.
 
         Returns
         -------
-        :class:`VolForecast` (one symbol) or dict symbol -> VolForecast.
+        dict symbol -> :class:`VolForecast` (every symbol of ``X``, sorted; also for one symbol).
         """
         check_is_fitted(self, "members_")
         hs = self._resolve_horizons(horizons)
         panels = prepare_panels(X, [RV], min_obs=self.min_obs, owner=type(self).__name__)
         preds = {}
         for n, m in self.members_.items():
-            f = m.predict(X, horizons=hs)
-            preds[n] = f if isinstance(f, dict) else {f.symbol: f}
+            preds[n] = m.predict(X, horizons=hs)
         out = {}
         for s, p in panels.items():
             if s not in self.weights_:
@@ -362,7 +361,7 @@ class QLIKEWeightedVol(BaseForecaster):
             cut_end = self.data_cutoff_ts_[s]
             cut = common.where(common >= cut_end, cut_end)
             out[s] = self._vf(s, p, common, var, qs, hs, cut)
-        return out[next(iter(out))] if len(out) == 1 else out
+        return out
 
     def _vf(
         self,

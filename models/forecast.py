@@ -596,6 +596,21 @@ class VolForecast:
         )
 
 
+def only(forecasts: Mapping[str, VolForecast]) -> VolForecast:
+    """The one forecast of a single-symbol mapping (what every volatility forecaster's ``predict``
+    and ``walk_forward`` return: symbol -> :class:`VolForecast`).
+
+    Raises ``ValueError`` naming the symbols when ``forecasts`` does not hold exactly one; index
+    by symbol (``forecasts["BTCUSDT"]``) to pick one of many.
+    """
+    if len(forecasts) != 1:
+        raise ValueError(
+            f"expected forecasts for exactly one symbol; got {len(forecasts)}: "
+            f"{list(forecasts)}. Index the mapping by symbol to pick one."
+        )
+    return next(iter(forecasts.values()))
+
+
 # =================================================================================================
 # The risk-forecast bundle
 # =================================================================================================
@@ -619,6 +634,7 @@ __all__ = [
     "default_annualization",
     "format_period",
     "infer_unit",
+    "only",
     "parse_horizon_unit",
     "row_target_end",
 ]

@@ -881,7 +881,7 @@ class GarchVol(BaseForecaster):
 
     def predict(
         self, X: pd.DataFrame, horizons: Sequence[int] | None = None
-    ) -> VolForecast | dict[str, VolForecast]:
+    ) -> dict[str, VolForecast]:
         """Forecast from each row's ``ts`` with the fitted parameters (see BaseForecaster.predict)."""
         check_is_fitted(self, "state_")
         with _routed_warnings():

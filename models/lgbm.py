@@ -822,7 +822,7 @@ class LGBMVol(BaseForecaster):
 
     def predict(
         self, X: pd.DataFrame, horizons: Sequence[int] | None = None
-    ) -> VolForecast | dict[str, VolForecast]:
+    ) -> dict[str, VolForecast]:
         """Forecast from every row of ``X`` (its features use rows at or before it).
 
         Parameters
@@ -833,8 +833,8 @@ class LGBMVol(BaseForecaster):
 
         Returns
         -------
-        :class:`VolForecast` (one symbol) or dict symbol -> VolForecast, with the quantiles of
-        ``quantile_levels``; ``data_cutoff_ts`` is the later of the origin and the fit data's end.
+        dict symbol -> :class:`VolForecast` (every symbol of ``X``, sorted; also for one symbol),
+        with the quantiles of ``quantile_levels``; ``data_cutoff_ts`` is the later of the origin and the fit data's end.
         """
         check_is_fitted(self, "models_")
         hs = self._resolve_horizons(horizons)
@@ -858,7 +858,7 @@ class LGBMVol(BaseForecaster):
         for s, p in panels.items():
             cut = p.ts.where(p.ts >= cut_end, cut_end)
             out[s] = self._build_q(p.symbol, p.ts, p.period, res[s][0], res[s][1], hs, cut)
-        return out[next(iter(out))] if len(out) == 1 else out
+        return out
 
     def _build_q(
         self,

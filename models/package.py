@@ -378,8 +378,7 @@ class ForecasterPackage:
         X = canonical_input(frame)
         parts = []
         for name in names:
-            fc = self.members[name].predict(X, horizons=self.horizons)
-            for f in fc.values() if isinstance(fc, dict) else [fc]:
+            for f in self.members[name].predict(X, horizons=self.horizons).values():
                 t = f.to_frame()
                 if origins == "last":
                     t = t[t["origin_ts"] == t["origin_ts"].max()]

@@ -820,7 +820,7 @@ def forecast_step(home: Path | str, cfg: ForecastFlowConfig) -> ForecastOutcome:
     else:
         est = build_model(cfg.baseline).fit(data)
         fc = est.predict(data, horizons=tuple(cfg.horizons))
-        parts = [f.to_frame() for f in (fc.values() if isinstance(fc, dict) else [fc])]
+        parts = [f.to_frame() for f in fc.values()]
         table = pd.concat(parts, ignore_index=True)
         table = table[table["origin_ts"] == table.groupby("symbol")["origin_ts"].transform("max")]
         source, model, version, uri = "baseline", f"baseline:{cfg.baseline.kind}", "-", ""
@@ -1009,8 +1009,7 @@ def oos_frames(
         frame = frame.iloc[has[0] :].reset_index(drop=True)  # one row per period from the first
         start = pd.Timestamp(int(frame["origin_ns"].iloc[0]), tz="UTC")
         for name, spec in cfg.baselines.items():
-            fc = build_model(spec).walk_forward(g, horizons=(h,), start=start)
-            fc = fc[str(sym)] if isinstance(fc, dict) else fc
+            fc = build_model(spec).walk_forward(g, horizons=(h,), start=start)[str(sym)]
             b = fc.variance[h]
             frame = frame.merge(
                 pd.DataFrame({"origin_ns": _utc_ns(b.index), f"b_{name}": b.to_numpy()}),

@@ -72,8 +72,7 @@ def test_every_entry_builds_and_fits_or_is_skipped_with_its_reason(name: str, si
     if entry.target == "volatility":
         assert isinstance(model, BaseForecaster)
         model.fit(hourly)
-        fc = model.predict(hourly, horizons=(1,))
-        fcs = fc.values() if isinstance(fc, dict) else [fc]
+        fcs = model.predict(hourly, horizons=(1,)).values()
         last = np.array([f.variance[1].iloc[-1] for f in fcs])
         assert np.all(np.isfinite(last)) and np.all(last > 0)
     else:

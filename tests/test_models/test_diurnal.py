@@ -9,6 +9,7 @@ import pytest
 
 from features.schema import RV, SYMBOL, TS
 from models.diurnal import DiurnalHARVol, bucket_ids, diurnal_shape
+from models.forecast import only
 
 
 def _frame(rng: np.random.Generator, n: int = 24 * 40, sym: str = "BTCUSDT") -> pd.DataFrame:
@@ -55,7 +56,7 @@ def test_forecast_matches_independent_refit(rng: np.random.Generator) -> None:
     m = DiurnalHARVol(
         horizons=(1,), lags=lags, log=True, profile_stat="mean", window=120, insanity_filter=False
     ).fit(X)
-    fc = m.predict(X)
+    fc = only(m.predict(X))
     # independent computation: shape known strictly before each row, adjusted series, log-OLS
     rv = X[RV].to_numpy()
     hour = ((X[TS] - pd.Timedelta(1, "ns")).dt.hour).to_numpy()
@@ -102,7 +103,7 @@ def test_walk_forward_matches_refit_predict(rng: np.random.Generator) -> None:
     wf = model.walk_forward(X, (1,), start=X[TS].iloc[i], end=X[TS].iloc[i])["BTCUSDT"].variance
     # at origin i the rows with a complete target are 0..i-1 (target of row j is row j + 1)
     fit = DiurnalHARVol(horizons=(1,), lags=(1, 6, 24), window=120).fit(X.iloc[: i + 1])
-    pred = fit.predict(X.iloc[: i + 1]).variance.iloc[-1, 0]
+    pred = only(fit.predict(X.iloc[: i + 1])).variance.iloc[-1, 0]
     np.testing.assert_allclose(wf.iloc[0, 0], pred, rtol=1e-9)
 
 

@@ -10,6 +10,7 @@ from features.schema import RV, SYMBOL, TS
 from models.base import MissingInputsError
 from models.diurnal import DiurnalHARVol
 from models.diurnal_x import DiurnalBoostVol, DiurnalHARXVol
+from models.forecast import only
 
 N_HOURS = 24 * 30
 
@@ -120,7 +121,7 @@ def test_walk_forward_matches_refit_predict() -> None:
     # expanding fit on the rows whose targets are complete at the origin (rows <= i - 1 as rows
     # of the regression), then predict at the origin
     fit = _model().fit(X.iloc[: i + 1])
-    pred = fit.predict(X.iloc[: i + 1])
+    pred = only(fit.predict(X.iloc[: i + 1]))
     # the fit on rows <= i uses targets up to row i: exactly the walk-forward sample at origin i
     np.testing.assert_allclose(wf.variance.iloc[0, 0], pred.variance.loc[origin].iloc[0], rtol=1e-9)
 

@@ -8,6 +8,7 @@ import pytest
 
 from models.base import MissingInputsError
 from models.ewma import EWMAVol, RandomWalkVol, ewma_recursion
+from models.forecast import only
 from tests.test_models.test_har import simulate_realized
 
 
@@ -34,7 +35,7 @@ def test_recursion_matches_loop_on_long_series(rng):
 
 def test_predict_is_the_recursion_at_every_origin_and_flat_in_h(rng):
     frame = simulate_realized(rng, 120)
-    fc = EWMAVol(lam=0.9).fit(frame).predict(frame, horizons=(1, 5, 22))
+    fc = only(EWMAVol(lam=0.9).fit(frame).predict(frame, horizons=(1, 5, 22)))
     expected = loop_ewma(frame["rv_var"].to_numpy(), 0.9)
     for h in (1, 5, 22):
         np.testing.assert_allclose(fc.variance[h].to_numpy(), expected, rtol=1e-12)
@@ -50,7 +51,7 @@ def test_half_life_sets_lambda(rng):
     # after half_life periods the weight of an old observation has halved
     assert m.lam_**10 == pytest.approx(0.5)
     np.testing.assert_allclose(
-        m.predict(frame, (1,)).variance[1], loop_ewma(frame["rv_var"].to_numpy(), 0.5**0.1)
+        only(m.predict(frame, (1,))).variance[1], loop_ewma(frame["rv_var"].to_numpy(), 0.5**0.1)
     )
     assert m.level_["BTCUSDT"] == pytest.approx(loop_ewma(frame["rv_var"].to_numpy(), 0.5**0.1)[-1])
 
@@ -65,7 +66,7 @@ def test_squared_returns_mode(rng):
             "close": close,
         }
     )
-    fc = EWMAVol(on="squared_returns").fit(frame).predict(frame, (1,))
+    fc = only(EWMAVol(on="squared_returns").fit(frame).predict(frame, (1,)))
     r2 = np.diff(np.log(close)) ** 2
     np.testing.assert_allclose(fc.variance[1].to_numpy(), loop_ewma(r2, 0.94), rtol=1e-12)
     assert fc.variance.index[0] == frame["ts"].iloc[1]  # the first row has no return
@@ -75,7 +76,7 @@ def test_squared_returns_mode(rng):
 
 def test_random_walk_is_the_last_rv_and_drops_low_n_obs_days(rng):
     frame = simulate_realized(rng, 80, low_obs_every=10)
-    fc = RandomWalkVol().fit(frame).predict(frame, horizons=(1, 5))
+    fc = only(RandomWalkVol().fit(frame).predict(frame, horizons=(1, 5)))
     kept = frame[frame["n_obs"] >= 250]
     np.testing.assert_array_equal(fc.variance[5].to_numpy(), kept["rv_var"].to_numpy())
     wf = RandomWalkVol().walk_forward(frame, (1,), start=kept["ts"].iloc[40])["BTCUSDT"]
@@ -86,7 +87,7 @@ def test_walk_forward_equals_predict_for_recursive_models(rng):
     frame = simulate_realized(rng, 200)
     start = frame["ts"].iloc[100]
     wf = EWMAVol().walk_forward(frame, (1, 5), start=start)["BTCUSDT"]
-    fp = EWMAVol().fit(frame).predict(frame, (1, 5))
+    fp = only(EWMAVol().fit(frame).predict(frame, (1, 5)))
     pd.testing.assert_frame_equal(wf.variance, fp.variance.loc[start:], check_freq=False)
 
 

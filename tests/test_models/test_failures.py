@@ -12,6 +12,7 @@ from models.base import InsufficientHistoryError
 from models.corr_evaluation import evaluate_correlation_frame
 from models.evaluation import SkippedModelWarning, walk_forward
 from models.ewma import EWMAVol, RandomWalkVol
+from models.forecast import only
 from models.garch import GarchVol
 from models.har import HARQVol, HARVol
 
@@ -84,14 +85,14 @@ def test_no_model_evaluable_is_a_model_error_listing_the_failures() -> None:
 
 def test_garch_fallback_reasons_carry_failure_codes() -> None:
     data = daily(60)
-    fc = GarchVol(min_fit_obs=100).fit(data).predict(data, horizons=(1,))
+    fc = only(GarchVol(min_fit_obs=100).fit(data).predict(data, horizons=(1,)))
     assert fc.fallback_reason.str.endswith(" [insufficient_history]").all()
     assert fc.fallback_reason.iloc[0] == Failure(
         FailureReason.INSUFFICIENT_HISTORY, SYM,
         "ewma fallback (lambda 0.94): too few observations: 59 returns < min_fit_obs=100").note()
     flat = data.assign(close=50.0)
     flat.loc[flat.index[-5:], "close"] = [50.5, 50.2, 50.9, 50.1, 50.3]
-    fc = GarchVol(min_fit_obs=20).fit(flat.iloc[:50]).predict(flat, horizons=(1,))
+    fc = only(GarchVol(min_fit_obs=20).fit(flat.iloc[:50]).predict(flat, horizons=(1,)))
     assert fc.fallback_reason.str.endswith("(constant prices) [invalid_value]").all()
 
 
@@ -100,7 +101,7 @@ def test_har_insanity_filter_reason_carries_its_code() -> None:
     spike = data.copy()
     spike.loc[spike.index[-1], "rv_var"] = spike["rv_var"].max() * 1e4
     m = HARVol(window=300, horizons=(1,)).fit(data.iloc[:399])
-    fc = m.predict(spike, horizons=(1,))
+    fc = only(m.predict(spike, horizons=(1,)))
     assert fc.fallback_reason.iloc[-1] == (
         "h=1: forecast outside the window's target range (or not > 0), replaced by the window "
         "mean [invalid_value]")

@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 from models.filtered import FilteredLogVol, calendar_terms, kalman_filter
+from models.forecast import only
 
 
 def _reference_kf(u, r, phi, v):
@@ -84,7 +85,7 @@ def test_walk_forward_no_look_ahead(activity: str | None) -> None:
 def test_fit_predict_positive_and_sane_level() -> None:
     X = _frame(700, 3)
     m = FilteredLogVol(horizons=(1, 24), half_lives=(3, 48), n_harmonics=2, window=500).fit(X)
-    fc = m.predict(X)
+    fc = only(m.predict(X))
     v = fc.variance.to_numpy()
     assert np.isfinite(v).all() and (v > 0).all()
     ratio = v[:, 1].mean() / X["rv_var"].mean()

@@ -14,7 +14,7 @@ from features.readers import realized
 from features.readers.realized import undo_london_midnight_shift
 from models.evaluation import walk_forward
 from models.ewma import EWMAVol
-from models.forecast import VolForecast, calendar_target_end, infer_unit, row_target_end
+from models.forecast import VolForecast, calendar_target_end, infer_unit, only, row_target_end
 from models.har import HARVol
 from models.ledger import ForecastLedger
 
@@ -66,7 +66,7 @@ def test_walk_forward_target_end_is_the_next_trading_day(djia: pd.DataFrame) -> 
 
 
 def test_predict_past_the_data_continues_by_the_nyse_calendar(djia: pd.DataFrame) -> None:
-    fc = HARVol(min_obs=None).fit(djia).predict(djia, horizons=(1, 5))
+    fc = only(HARVol(min_obs=None).fit(djia).predict(djia, horizons=(1, 5)))
     e = ends(fc)
     last = ny("2017-12-29")[0]
     assert e[(last, 1)] == ny("2018-01-02")[0]  # weekend and New Year's Day
@@ -74,7 +74,7 @@ def test_predict_past_the_data_continues_by_the_nyse_calendar(djia: pd.DataFrame
 
 
 def test_round_trip_and_ledger_infer_one_day_periods(djia: pd.DataFrame, tmp_path: Path) -> None:
-    fc = HARVol(min_obs=None).fit(djia).predict(djia, horizons=(1, 5))
+    fc = only(HARVol(min_obs=None).fit(djia).predict(djia, horizons=(1, 5)))
     frame = fc.to_frame()
     back = VolForecast.from_frame(frame)
     assert back.horizon_unit == "1D" and back.annualization == 252.0
@@ -111,7 +111,7 @@ def test_crypto_is_unchanged(data_dir: Path) -> None:
     path = data_dir / "binance_daily_realized_measures_btc_eth_2018_2026" / "btc_measures.csv"
     btc = pd.concat([c.frame for c in realized.read_measures_csv(path)], ignore_index=True)
     btc = btc[btc["ts"] >= pd.Timestamp("2023-01-01", tz="UTC")]
-    fc = HARVol().fit(btc).predict(btc, horizons=(1, 5))
+    fc = only(HARVol().fit(btc).predict(btc, horizons=(1, 5)))
     assert fc.symbol == "BTCUSDT" and fc.annualization == 365.0
     assert (fc.origins.dayofweek == 5).any()  # Saturday origins on a 24/7 venue
     te = fc.target_ends()

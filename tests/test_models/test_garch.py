@@ -16,6 +16,7 @@ from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 
 from models.base import MissingInputsError
+from models.forecast import only
 from models.garch import (
     GarchFitError,
     GarchVol,
@@ -87,7 +88,7 @@ def test_forecast_equals_arch_for_fixed_params(sim_frame, vol, o, arch_vol, dist
     ref = am.forecast(params=params, horizon=horizon, start=0, reindex=False)
     step = ref.residual_variance.to_numpy() / scale**2
     hs = (1,) if vol == "EGARCH" else (1, 2, 5)
-    fc = m.predict(sim_frame, horizons=hs)
+    fc = only(m.predict(sim_frame, horizons=hs))
     assert len(fc.variance) == len(r)
     for h in hs:
         np.testing.assert_allclose(
@@ -103,7 +104,7 @@ def test_garch11_multi_step_closed_form(sim_frame):
     p, scale = m.params_[SYM], m.return_scale_[SYM]
     omega, a, b = p["omega"] / scale**2, p["alpha[1]"], p["beta[1]"]
     hs = list(range(1, 23))
-    fc = m.predict(sim_frame, horizons=hs)
+    fc = only(m.predict(sim_frame, horizons=hs))
     last = fc.variance.iloc[-1]
     ubar = omega / (1.0 - a - b)
     s1 = last[1]
@@ -162,7 +163,7 @@ def test_non_convergence_falls_back_to_ewma_with_reason(sim_frame):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         m = GarchVol(max_iter=1).fit(sim_frame)
-        fc = m.predict(sim_frame, horizons=(1, 5))
+        fc = only(m.predict(sim_frame, horizons=(1, 5)))
     assert not [w for w in caught if issubclass(w.category, ConvergenceWarning)]
     assert "did not converge" in m.fallback_reason_[SYM]
     assert any("ConvergenceWarning" in w for w in m.fit_warnings_[SYM])
@@ -179,7 +180,7 @@ def test_constant_prices_fall_back_with_reason():
     X = pd.DataFrame({"ts": ts, "symbol": SYM, "close": close})
     m = GarchVol().fit(X.iloc[:300])
     assert m.fallback_reason_[SYM] == "degenerate returns: zero variance (constant prices)"
-    fc = m.predict(X, horizons=(1,))
+    fc = only(m.predict(X, horizons=(1,)))
     # origins with a zero EWMA variance have no valid forecast and are left out
     assert fc.origins[0] == ts[300]
     np.testing.assert_allclose(fc.variance[1].to_numpy(), ewma_by_hand(log_returns(X))[299:])
@@ -191,7 +192,7 @@ def test_too_few_observations_fall_back_or_raise(rng):
     m = GarchVol(min_fit_obs=100).fit(X)
     assert m.fallback_reason_[SYM] == "too few observations: 60 returns < min_fit_obs=100"
     assert m.params_[SYM] is None and math.isnan(m.persistence_[SYM])
-    fc = m.predict(X, horizons=(1, 2))
+    fc = only(m.predict(X, horizons=(1, 2)))
     assert fc.fallback_reason.notna().all()
     with pytest.raises(GarchFitError, match=r"failed for symbol BTCUSDT: too few observations"):
         GarchVol(min_fit_obs=100, fallback="raise").fit(X)
@@ -254,7 +255,7 @@ def test_egarch_simulation_is_deterministic(sim_frame):
 
     def run(seed):
         m = GarchVol(vol="EGARCH", dist="t", window=None, random_state=seed, simulations=200)
-        return m.fit(X).predict(X.iloc[-40:], horizons=(1, 5)).variance
+        return only(m.fit(X).predict(X.iloc[-40:], horizons=(1, 5))).variance
 
     a, b, c = run(11), run(11), run(12)
     pd.testing.assert_frame_equal(a, b)
@@ -364,6 +365,6 @@ def test_sp500_gjr_t_smoke():
     assert 4 < m.dist_params_["SPX"]["nu"] < 12
     ann_vol = math.sqrt(m.unconditional_var_["SPX"] * 252)
     assert 0.1 < ann_vol < 0.3
-    fc = m.predict(X.iloc[-300:], horizons=(1, 5, 22))
+    fc = only(m.predict(X.iloc[-300:], horizons=(1, 5, 22)))
     assert fc.annualization == 252.0 and fc.horizon_unit == "1D"
     assert (fc.variance > 0).all().all()

@@ -14,6 +14,7 @@ from sklearn.exceptions import NotFittedError
 
 from models.base import MissingInputsError, prepare_panels
 from models.ewma import EWMAVol, RandomWalkVol
+from models.forecast import only
 from models.har import (
     HARCJVol,
     HARJVol,
@@ -120,7 +121,7 @@ def test_log_har_bias_correction_by_hand(frame):
     expected = np.exp(
         ols.params["const"] + ols.params[["d", "w", "m"]] @ last[["d", "w", "m"]] + 0.5 * s2
     )
-    got = m.predict(frame).variance[h].iloc[-1]
+    got = only(m.predict(frame)).variance[h].iloc[-1]
     assert got == pytest.approx(expected, rel=1e-9)
 
 
@@ -173,7 +174,7 @@ def test_walk_forward_coefficients_equal_a_refit_on_truncated_data(frame, cls, w
         k = int(np.flatnonzero(origins == i)[0])
         ref = clone(model).fit(frame.iloc[: i + 1])
         np.testing.assert_allclose(coef[k], ref.state_["BTCUSDT"][h].coef, rtol=1e-7, atol=1e-12)
-        pred = ref.predict(frame.iloc[: i + 1]).variance[h].iloc[-1]
+        pred = only(ref.predict(frame.iloc[: i + 1])).variance[h].iloc[-1]
         assert f[k] == pytest.approx(pred, rel=1e-8)
 
 
@@ -302,7 +303,7 @@ def test_generic_walk_forward_equals_the_fast_path(frame):
 def test_fit_predict_last_row_equals_walk_forward_last_origin(frame):
     m = HARQVol(horizons=(1, 5), window=200)
     wf = m.walk_forward(frame, (1, 5))["BTCUSDT"]
-    fp = clone(m).fit(frame).predict(frame)
+    fp = only(clone(m).fit(frame).predict(frame))
     np.testing.assert_allclose(wf.variance.iloc[-1], fp.variance.iloc[-1], rtol=1e-9)
     # in-sample predictions carry the fit's cutoff, the walk-forward its own origins
     assert (fp.cutoff_per_origin() == frame["ts"].iloc[-1]).all()
@@ -316,7 +317,7 @@ def test_low_n_obs_rows_are_dropped_from_the_sample(rng):
     b = HARVol(horizons=(1, 5), window=200, min_obs=None).fit(clean)
     np.testing.assert_allclose(a.coef_["BTCUSDT"], b.coef_["BTCUSDT"], rtol=1e-12)
     assert a.n_dropped_["BTCUSDT"] == 10
-    fc = a.predict(frame)
+    fc = only(a.predict(frame))
     assert not fc.variance.index.isin(frame.loc[frame["n_obs"] < 250, "ts"]).any()
     c = HARVol(horizons=(1,), window=200, min_obs=None).fit(frame)
     assert not np.allclose(c.coef_["BTCUSDT"], a.coef_["BTCUSDT"].loc[[1]])
@@ -327,13 +328,13 @@ def test_insanity_filter_replaces_out_of_range_forecasts(frame):
     st_ = m.state_["BTCUSDT"][1]
     shock = frame.copy()
     shock.loc[shock.index[-1], "rv_var"] = 1e3 * frame["rv_var"].max()
-    fc = m.predict(shock)
+    fc = only(m.predict(shock))
     assert fc.variance[1].iloc[-1] == pytest.approx(st_.target_mean)
     assert "h=1: forecast outside the window's target range" in fc.fallback_reason.iloc[-1]
-    calm = m.predict(frame)
+    calm = only(m.predict(frame))
     before = 0 if calm.fallback_reason is None else int(calm.fallback_reason.notna().sum())
     assert int(fc.fallback_reason.notna().sum()) == before + 1
-    raw = HARVol(horizons=(1,), window=200, insanity_filter=False).fit(frame).predict(shock)
+    raw = only(HARVol(horizons=(1,), window=200, insanity_filter=False).fit(frame).predict(shock))
     assert raw.variance[1].iloc[-1] > st_.target_max and raw.fallback_reason is None
     np.testing.assert_array_equal(raw.variance[1].iloc[:-1] > 0, True)
 
@@ -376,7 +377,7 @@ def test_estimator_contract(frame, cls):
         assert est.get_params()["window"] == 200
     assert est.fit(frame) is est
     assert not any(k.endswith("_") for k in cloned.__dict__)
-    fc = est.predict(frame, horizons=(1, 5))
+    fc = only(est.predict(frame, horizons=(1, 5)))
     assert fc.symbol == "BTCUSDT" and fc.horizons == [1, 5] and fc.model_id == cls.model_id
 
 

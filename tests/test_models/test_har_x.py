@@ -9,6 +9,7 @@ import pytest
 import statsmodels.api as sm
 
 from models.base import MissingInputsError
+from models.forecast import only
 from models.har import LogHARDoWVol, LogHARDoWXVol, calendar_terms
 from tests.test_models.test_har import simulate_realized
 
@@ -26,8 +27,8 @@ def frame(rng) -> pd.DataFrame:
 
 
 def test_without_exog_it_is_log_har_dow(frame):
-    a = LogHARDoWXVol(horizons=(1, 5), window=300).fit(frame).predict(frame)
-    b = LogHARDoWVol(horizons=(1, 5), window=300).fit(frame).predict(frame)
+    a = only(LogHARDoWXVol(horizons=(1, 5), window=300).fit(frame).predict(frame))
+    b = only(LogHARDoWVol(horizons=(1, 5), window=300).fit(frame).predict(frame))
     pd.testing.assert_frame_equal(a.variance, b.variance)
 
 

@@ -10,7 +10,7 @@ from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 
 from models.base import target_mean
-from models.forecast import VolForecast
+from models.forecast import VolForecast, only
 from models.lgbm import LGBMVol
 from models.losses import qlike
 
@@ -88,7 +88,7 @@ def test_estimator_contract(frame):
             call()
     assert m.fit(frame) is m
     assert set(m.models_) == {1}
-    fc = m.predict(frame[frame["symbol"] == "BTCUSDT"])
+    fc = only(m.predict(frame[frame["symbol"] == "BTCUSDT"]))
     assert isinstance(fc, VolForecast) and fc.symbol == "BTCUSDT"
     # the forecasts' data cutoff is the end of the fit data (state estimated on all of it)
     assert (fc.cutoff_per_origin() >= frame["ts"].max()).all()
@@ -193,7 +193,7 @@ def test_bias_factor_comes_from_validation_residuals_only(rng):
     assert hm.bias_factor > 1.15 > 1.02 > float(np.mean(np.exp(resid_tr)))
     assert hm.resid_quantiles[0.9] == pytest.approx(float(np.quantile(resid_val, 0.9)))
     # the forecast is exp(raw) x c
-    fc = m.predict(frame)
+    fc = only(m.predict(frame))
     raw = hm.booster.predict(d.X[-1:])
     assert fc.variance.iloc[-1, 0] == pytest.approx(float(np.exp(raw[0]) * hm.bias_factor))
     off = LGBMVol(
@@ -250,10 +250,10 @@ def test_learns_a_known_nonlinear_effect(rng):
     assert imp.idxmax() == "z" and imp.sum() == pytest.approx(1.0)
     # the partial effect of z: same row, z moved across the threshold
     row = frame[frame["symbol"] == "BTCUSDT"].copy()
-    hi = with_z.predict(row.assign(z=0.9)).variance[1].to_numpy()
-    lo = with_z.predict(row.assign(z=0.1)).variance[1].to_numpy()
+    hi = only(with_z.predict(row.assign(z=0.9))).variance[1].to_numpy()
+    lo = only(with_z.predict(row.assign(z=0.1))).variance[1].to_numpy()
     assert np.median(np.log(hi / lo)) == pytest.approx(1.0, abs=0.2)
-    mid = with_z.predict(row.assign(z=0.7)).variance[1].to_numpy()
+    mid = only(with_z.predict(row.assign(z=0.7))).variance[1].to_numpy()
     assert np.median(np.log(mid / hi)) == pytest.approx(0.0, abs=0.15)  # a step, not a slope
     # out of sample, the model with z forecasts much better
     test = simulate(np.random.default_rng(99), n=300, z_effect=1.0)

@@ -479,8 +479,7 @@ def _scenario_checks(
         train = x[(x["ts"] <= cut) & (x["rv_var"] > 0)]
         champ = LogHARVol(horizons=(1,), window=10_000, min_obs=None).fit(train)
         live = x[x["rv_var"] > 0]
-        f = champ.predict(live, horizons=(1,))
-        f = (f[str(sym)] if isinstance(f, dict) else f).variance[1].reindex(x["ts"]).to_numpy()
+        f = champ.predict(live, horizons=(1,))[str(sym)].variance[1].reindex(x["ts"]).to_numpy()
         if double_from is not None:
             f = np.where((x["ts"] > double_from).to_numpy(), 2.0 * f, f)
         frame = pd.DataFrame(
@@ -488,8 +487,7 @@ def _scenario_checks(
         )
         first = x.index[x["ts"] > cut][0]
         for name, est in (("ewma", EWMAVol(min_obs=None)), ("rw", RandomWalkVol(min_obs=None))):
-            b = est.walk_forward(live, horizons=(1,), start=x["ts"].iloc[first])
-            b = b[str(sym)] if isinstance(b, dict) else b
+            b = est.walk_forward(live, horizons=(1,), start=x["ts"].iloc[first])[str(sym)]
             frame[f"b_{name}"] = b.variance[1].reindex(x["ts"]).to_numpy()
         checks += mon.forecast_checks(frame.iloc[first:].reset_index(drop=True), symbol=str(sym))
     return checks

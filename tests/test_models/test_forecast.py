@@ -13,6 +13,7 @@ from models.forecast import (
     VolForecast,
     default_annualization,
     format_period,
+    only,
     parse_horizon_unit,
 )
 
@@ -203,3 +204,12 @@ def test_period_helpers():
     assert default_annualization("BTCUSDT", pd.Timedelta(days=1)) == 365.0
     assert default_annualization("SPX", pd.Timedelta(days=1)) == 252.0
     assert default_annualization("BTCUSDT", pd.Timedelta(hours=1)) == 365.0 * 24
+
+
+def test_only_unwraps_one_symbol_and_names_the_symbols_otherwise():
+    btc, eth = make(), make(symbol="ETHUSDT")
+    assert only({"BTCUSDT": btc}) is btc
+    with pytest.raises(ValueError, match=r"exactly one symbol; got 2: \['BTCUSDT', 'ETHUSDT'\]"):
+        only({"BTCUSDT": btc, "ETHUSDT": eth})
+    with pytest.raises(ValueError, match=r"exactly one symbol; got 0: \[\]"):
+        only({})

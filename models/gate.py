@@ -37,23 +37,16 @@ from sklearn.base import clone
 
 from features.errors import ConfigError
 from features.schema import TS
+from models import catalog
 from models.base import BaseForecaster, jsonable
 from models.evaluation import POOLED, EvaluationResult, walk_forward
-from models.ewma import EWMAVol, RandomWalkVol
-from models.har import HARVol, LogHARVol
 from models.package import ForecasterPackage, canonical_input, class_path
 from models.promotion_log import CHAMPION, MODEL_NAME, ModelRef
 from models.run_record import TAG_MAX, data_fingerprint
 
-# The gate's baseline ladder: name -> factory of an unfitted forecaster for the gate horizons.
-# TEMPORARY: to be replaced by the model catalog (models/catalog.py, being built separately); keep
-# this the one dict of gate baselines until then.
-_BASELINES: dict[str, Callable[[tuple[int, ...]], BaseForecaster]] = {
-    "random_walk": lambda hs: RandomWalkVol(),
-    "ewma": lambda hs: EWMAVol(),
-    "har": lambda hs: HARVol(horizons=hs),
-    "log_har": lambda hs: LogHARVol(horizons=hs),
-}
+GATE_BASELINES = ("random_walk", "ewma", "har", "log_har")
+"""The catalog names the gate may compare a challenger with (built by :func:`models.catalog.build`
+for the gate horizons)."""
 
 
 class GateConfig(BaseModel):
@@ -95,9 +88,9 @@ class GateConfig(BaseModel):
     @field_validator("baselines")
     @classmethod
     def _baselines(cls, v: tuple[str, ...]) -> tuple[str, ...]:
-        unknown = [b for b in v if b not in _BASELINES]
+        unknown = [b for b in v if b not in GATE_BASELINES]
         if unknown:
-            raise ValueError(f"unknown baseline(s) {unknown}; known: {sorted(_BASELINES)}")
+            raise ValueError(f"unknown baseline(s) {unknown}; known: {sorted(GATE_BASELINES)}")
         return v
 
 
@@ -333,7 +326,7 @@ def evaluate_gate(
     if champion is not None:
         wanted["champion"] = clone(champion.members[champion.primary])
     for b in cfg.baselines:
-        wanted[b] = _BASELINES[b](hs)
+        wanted[b] = catalog.build(b, hs)
     # identical configurations (a re-fit of the champion's spec, a challenger equal to a baseline)
     # give identical walk-forward forecasts: evaluate each once and share its scores
     models: dict[str, BaseForecaster] = {}
@@ -477,6 +470,14 @@ def check_promotion_request(
         raise ConfigError("manual promotion needs a reason; got an empty reason")
     if mode == "auto" and not has_data:
         raise ConfigError("auto promotion runs the gate and needs data=<canonical realized frame>")
+
+
+def check_rollback_request(approver: str | None, reason: str) -> None:
+    """Refuse a rollback without a named approver or a reason (:class:`ConfigError`)."""
+    if not (approver and approver.strip()):
+        raise ConfigError(f"rollback needs a named approver; got approver={approver!r}")
+    if not reason.strip():
+        raise ConfigError("rollback needs a reason; got an empty reason")
 
 
 def promotion_outcome(

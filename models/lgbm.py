@@ -707,6 +707,41 @@ class LGBMVol(BaseForecaster):
             out[int(h)] = pd.DataFrame(d.X, columns=d.names)
         return out
 
+    def boosters_to_log(
+        self, member: str, X: pd.DataFrame, rows: int = 5
+    ) -> list[tuple[int, float | None, str, Any, pd.DataFrame]]:
+        """What the registry logs of this member: (horizon, quantile level or None, logged name
+        "<member>-h<h>[-q<level>]" without dots, booster, input example = the last ``rows`` rows
+        of its feature matrix built from ``X``), one per booster; :meth:`set_booster_uris` records
+        where they were logged."""
+        matrices = self.feature_matrices(X)
+        out = []
+        for h, m in sorted(self.models_.items()):
+            if len(matrices[h]) == 0:
+                raise ValueError(
+                    f"member {member!r}: the input example leaves no row for the horizon-{h} "
+                    "booster's example (all rows dropped by min_obs?)"
+                )
+            ex = matrices[h].iloc[-rows:].reset_index(drop=True)
+            for level, booster in [(None, m.booster), *sorted(m.quantile_boosters.items())]:
+                out.append((int(h), level, logged_booster_name(member, h, level), booster, ex))
+        return out
+
+    def set_booster_uris(self, logged: Sequence[tuple[int, float | None, str]]) -> None:
+        """Record ``booster_uris_`` (horizon -> {"booster": {uri, sha256}, "quantiles": {level:
+        {uri, sha256}}}) from (horizon, level, model URI) of every logged booster."""
+        uris: dict[int, dict[str, Any]] = {}
+        for h, level, uri in logged:
+            m = self.models_[h]
+            entry = uris.setdefault(int(h), {"booster": None, "quantiles": {}})
+            booster = m.booster if level is None else m.quantile_boosters[level]
+            ref = {"uri": uri, "sha256": booster_sha256(booster)}
+            if level is None:
+                entry["booster"] = ref
+            else:
+                entry["quantiles"][repr(float(level))] = ref
+        self.booster_uris_ = uris
+
     def to_state(self) -> dict[str, Any]:
         """:meth:`BaseForecaster.to_state` plus ``"state"``: feature names, symbol codes and per
         horizon the bias factor, residual quantiles, training figures and LightGBM parameters,
@@ -1006,6 +1041,12 @@ class LGBMVol(BaseForecaster):
                 s, p.ts[idx], p.period, var[s][idx], sub_q, hs, p.ts[idx], data_ts=p.ts
             )
         return out
+
+
+def logged_booster_name(member: str, h: int, level: float | None = None) -> str:
+    """MLflow logged-model name of a booster: "<member>-h<h>[-q<level>]" (MLflow forbids dots)."""
+    name = f"{member}-h{h}" if level is None else f"{member}-h{h}-q{level:g}"
+    return name.replace(".", "p")
 
 
 def booster_sha256(booster: lgb.Booster) -> str:

@@ -255,3 +255,38 @@ def check_store_file(db: Path, home: Path) -> None:
             f"registry was wiped; restore {db.name} from a backup, or move the log away to start "
             "a new registry"
         )
+
+
+def log_event(
+    home: Path,
+    action: str,
+    name: str,
+    *,
+    from_version: str | None,
+    to_version: str | None,
+    who: str,
+    mode: str,
+    reason: str,
+    run_id: str | None,
+    gate: Mapping[str, Any] | None = None,
+    alias: str = CHAMPION,
+    candidate_version: str | None = None,
+) -> dict[str, Any]:
+    """Append one registry event ("register_challenger", "promote", "reject", "rollback") to the
+    promotion log (:func:`append_promotion_log`); alias moves write it before the alias moves.
+    ``candidate_version`` (the version decided on) is recorded for promotions and rollbacks."""
+    entry: dict[str, Any] = {
+        "action": action,
+        "name": name,
+        "alias": alias,
+        "from_version": from_version,
+        "to_version": to_version,
+        "who": who,
+        "mode": mode,
+        "reason": reason,
+        "gate": gate,
+        "run_id": run_id,
+    }
+    if candidate_version is not None:
+        entry["candidate_version"] = candidate_version
+    return append_promotion_log(home, entry)

@@ -1,24 +1,14 @@
-"""MLflow tracking and the ``dprm-forecaster`` model registry (the only library module that uses mlflow).
+"""MLflow tracking and the model registry: the only library module that imports mlflow.
 
-What needs no MLflow lives beside it: the package the pyfunc serves (:mod:`models.package`), the
-promotion gate (:mod:`models.gate`), the hash-chained promotion log, the per-model lock and the
-version records (:mod:`models.promotion_log`) and what runs record (:mod:`models.run_record`).
-
-- Tracking: :func:`tracking_uri` is ``MLFLOW_TRACKING_URI`` when set, else
-  ``sqlite:///<home>/mlflow.db`` (artifacts under ``<home>/mlartifacts``). MLflow's telemetry and
-  chatter are switched off (``setdefault``) before mlflow is imported, lazily, inside functions.
-  :func:`init_store` initialises a fresh SQLite store once, under a lock file, and probes a remote
-  server once (network calls bounded: 5 s, one retry). Metrics and params go through
-  ``log_batch`` on explicit run ids; only ``log_model``/``load_model`` use the fluent API, under a
-  process lock that restores the global tracking URI (:func:`_fluent`).
-- :func:`log_evaluation_run`: one run per walk-forward evaluation, child runs per symbol.
-- :func:`register_challenger` logs a package as a pyfunc (LightGBM boosters through
-  ``mlflow.lightgbm``, by URI in the member JSON), registers it and points ``challenger`` at it.
-- :func:`promote` runs the gate and moves ``champion`` (``mode="auto"``: if it passes; "manual": a
-  named approver's override, the gate still recorded); :func:`rollback` moves it back. Decisions
-  are tagged on the version and appended to the promotion log first (write-ahead).
-- :func:`verify_registry` cross-checks the ``champion`` aliases with the log before every champion
-  read and write (never a fallback) and completes a move killed between log line and alias move.
+What needs no MLflow lives beside it: :mod:`models.registry_store` (where the store is),
+:mod:`models.package` (what the pyfunc serves), :mod:`models.gate` (the promotion rules),
+:mod:`models.promotion_log` (the hash-chained log, the per-model lock, version records) and
+:mod:`models.run_record` (what runs record). MLflow's telemetry and chatter are switched off
+before it is imported (lazily, inside functions); network calls are bounded (5 s, one retry).
+Metrics and params go through ``log_batch`` on explicit run ids; only ``log_model``/``load_model``
+use the fluent API, under a process lock that restores the global URI (:func:`_fluent`). Every
+champion read and write first cross-checks the aliases with the promotion log
+(:func:`verify_registry`); alias moves are logged before they happen (write-ahead).
 """
 
 from __future__ import annotations
@@ -46,6 +36,7 @@ from models.evaluation import POOLED, EvaluationResult
 from models.gate import GateConfig
 from models.package import ForecasterPackage, LoadedForecaster
 from models.promotion_log import CHALLENGER, CHAMPION, MODEL_NAME, ModelRef, model_lock
+from models.registry_store import artifact_root, is_remote, probe_server, sqlite_path, tracking_uri
 
 if TYPE_CHECKING:  # pragma: no cover
     from mlflow import MlflowClient
@@ -73,59 +64,15 @@ _ALREADY_EXISTS = ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS")
 _FLUENT_LOCK = threading.RLock()
 _INIT_LOCK = threading.Lock()
 _INITIALISED: set[str] = set()
-_PROBE_TIMEOUT_S = 5.0
-"""Connect/read timeout of the reachability probe of a tracking server (one attempt)."""
 
 
 # =================================================================================================
 # tracking
 # =================================================================================================
-def tracking_uri(home: Path) -> str:
-    """The tracking URI: ``MLFLOW_TRACKING_URI`` if set, else ``sqlite:///<home>/mlflow.db``.
-
-    Parameters
-    ----------
-    home : the DPRM workspace folder (created if missing when the default is used).
-    """
-    env = os.environ.get("MLFLOW_TRACKING_URI")
-    if env:
-        return env
-    home = Path(home).resolve()
-    home.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{home / 'mlflow.db'}"
-
-
-def artifact_root(home: Path) -> Path:
-    """Where local stores keep artifacts: ``<home>/mlartifacts``."""
-    return Path(home).resolve() / "mlartifacts"
-
-
-def _is_remote(uri: str) -> bool:
-    return uri.startswith(("http://", "https://", "databricks"))
-
-
 def _client(uri: str) -> MlflowClient:
     from mlflow import MlflowClient
 
     return MlflowClient(tracking_uri=uri)
-
-
-def _sqlite_path(uri: str) -> Path | None:
-    return Path(uri[len("sqlite:///") :]) if uri.startswith("sqlite:///") else None
-
-
-def _probe_server(uri: str) -> None:
-    """One bounded request to ``<uri>/health``: a refused or timed-out connection is a
-    :class:`RegistryError` naming the URI (any HTTP answer means the server is reachable)."""
-    import requests
-
-    try:
-        requests.get(uri.rstrip("/") + "/health", timeout=_PROBE_TIMEOUT_S)
-    except requests.RequestException as exc:
-        raise RegistryError(
-            f"the MLflow tracking server {uri} is unreachable ({type(exc).__name__}, "
-            f"timeout {_PROBE_TIMEOUT_S:g} s); start it or fix MLFLOW_TRACKING_URI"
-        ) from None
 
 
 def _first_contact(uri: str) -> None:
@@ -158,7 +105,7 @@ def init_store(home: Path) -> str:
     with _INIT_LOCK:
         if uri in _INITIALISED:
             return uri
-        db = _sqlite_path(uri)
+        db = sqlite_path(uri)
         if db is not None:
             db.parent.mkdir(parents=True, exist_ok=True)
             with open(db.with_name(db.name + ".lock"), "a") as fh:
@@ -170,7 +117,7 @@ def init_store(home: Path) -> str:
                     fcntl.flock(fh, fcntl.LOCK_UN)
         else:
             if uri.startswith(("http://", "https://")):
-                _probe_server(uri)
+                probe_server(uri)
             _first_contact(uri)
         _INITIALISED.add(uri)
     return uri
@@ -189,7 +136,7 @@ def experiment_id(home: Path, target: str = "volatility") -> str:
     exp = client.get_experiment_by_name(name)
     if exp is not None:
         return exp.experiment_id
-    location = None if _is_remote(uri) else (artifact_root(home) / name).as_uri()
+    location = None if is_remote(uri) else (artifact_root(home) / name).as_uri()
     try:
         return client.create_experiment(
             name, artifact_location=location, tags={"dprm.target": target}
@@ -260,27 +207,14 @@ def log_evaluation_run(
     tags: Mapping[str, str] | None = None,
     per_symbol_runs: bool = True,
 ) -> str:
-    """Log a walk-forward evaluation as one MLflow run; returns its run id.
+    """Log a walk-forward evaluation as one MLflow run (experiment of ``target``: "volatility" or
+    "correlation"); returns its run id.
 
-    Parameters
-    ----------
-    result : :func:`models.evaluation.walk_forward`'s result.
-    home : the workspace (tracking store and artifacts, see :func:`tracking_uri`).
-    target : "volatility" or "correlation": the experiment ("dprm-volatility", "dprm-correlation").
-    models : the evaluated configurations (name -> forecaster): their hyperparameters become params
-        ``model.<name>.<param>``; fitted ones with coefficients or importances are logged too.
-    data : the realized frame evaluated: its window, symbols and fingerprint are recorded.
-    config : the command's configuration (mapping, pydantic model or dataclass), logged as TOML.
-    feature_set_version : version of the feature definitions used.
-    run_name : the run's name (default "evaluate-<target>").
-    tags : extra run tags.
-    per_symbol_runs : also log one nested child run per symbol (when there are several).
-
-    Logged
-    ------
-    params, tags, metrics and artifacts of :mod:`models.run_record` (:func:`evaluation_run_params`,
-    :func:`evaluation_run_tags`, :func:`evaluation_metrics` in ``log_batch`` chunks,
-    :func:`write_evaluation_artifacts`).
+    ``models`` (name -> forecaster) become params ``model.<name>.<param>`` (and coefficients or
+    importances of fitted ones), ``data`` gives the window, symbols and fingerprint, ``config`` is
+    logged as TOML; with ``per_symbol_runs`` each symbol also gets a nested child run. What is
+    logged is built by :mod:`models.run_record` (params, tags, metrics in ``log_batch`` chunks,
+    artifacts).
     """
     if not isinstance(result, EvaluationResult):
         raise TypeError(f"result must be an EvaluationResult; got {type(result).__name__}")
@@ -337,20 +271,11 @@ _LGBM_PINS = ("mlflow", "lightgbm", "numpy", "pandas", "scipy")
 _LGBM_EXAMPLE_ROWS = 5
 
 
-def _lgbm_logged_name(member: str, h: int, level: float | None = None) -> str:
-    """MLflow logged-model name of a booster ("<member>-h<h>[-q<level>]"; MLflow forbids dots)."""
-    name = f"{member}-h{h}" if level is None else f"{member}-h{h}-q{level:g}"
-    return name.replace(".", "p")
-
-
 def _log_lgbm(est: Any, member: str, run_id: str, example: pd.DataFrame) -> None:
-    """``on_log`` of :class:`models.lgbm.LGBMVol`: log every booster with ``mlflow.lightgbm`` into
-    the active (registration) run and record ``booster_uris_`` = horizon -> {"booster": {uri,
-    sha256}, "quantiles": {level: {uri, sha256}}} on the estimator for its ``to_state``.
-
-    The signature and input example of each booster are its feature matrix (``feature_names_``)
-    built from the pyfunc's input example (feature columns the example lacks are NaN there).
-    """
+    """``on_log`` of :class:`models.lgbm.LGBMVol`: every booster through ``mlflow.lightgbm`` into
+    the active (registration) run, its signature and input example its feature matrix built from
+    the pyfunc's input example (:meth:`~models.lgbm.LGBMVol.boosters_to_log`); the URIs go back
+    onto the estimator for its ``to_state``."""
     import mlflow
     from mlflow.models import infer_signature
 
@@ -360,40 +285,17 @@ def _log_lgbm(est: Any, member: str, run_id: str, example: pd.DataFrame) -> None
             f"member {member!r}: LightGBM boosters are logged inside the registration run "
             f"{run_id!r}; the active run is {None if active is None else active.info.run_id!r}"
         )
-    from models.lgbm import booster_sha256
-
-    matrices = est.feature_matrices(pkg.canonical_input(example))
     reqs = pkg.pins(_LGBM_PINS)
-    uris: dict[int, dict[str, Any]] = {}
-    for h, m in sorted(est.models_.items()):
-        if len(matrices[h]) == 0:
-            raise ValueError(
-                f"member {member!r}: the input example leaves no row for the horizon-{h} booster's "
-                "example (all rows dropped by min_obs?)"
-            )
-        ex = matrices[h].iloc[-_LGBM_EXAMPLE_ROWS:].reset_index(drop=True)
-        entry: dict[str, Any] = {"booster": None, "quantiles": {}}
-        boosters = [(None, m.booster), *sorted(m.quantile_boosters.items())]
-        for level, booster in boosters:
-            signature = infer_signature(ex, booster.predict(ex.to_numpy()))
-            info = mlflow.lightgbm.log_model(
-                booster,
-                name=_lgbm_logged_name(member, h, level),
-                signature=signature,
-                input_example=ex,
-                pip_requirements=reqs,
-            )
-            ref = {"uri": info.model_uri, "sha256": booster_sha256(booster)}
-            if level is None:
-                entry["booster"] = ref
-            else:
-                entry["quantiles"][repr(float(level))] = ref
-        uris[int(h)] = entry
-    est.booster_uris_ = uris
-
-
-def _export_lgbm(est: Any) -> dict[str, Any]:
-    return est.to_state()
+    logged = []
+    for h, level, name, booster, ex in est.boosters_to_log(
+        member, pkg.canonical_input(example), _LGBM_EXAMPLE_ROWS
+    ):
+        signature = infer_signature(ex, booster.predict(ex.to_numpy()))
+        info = mlflow.lightgbm.log_model(
+            booster, name=name, signature=signature, input_example=ex, pip_requirements=reqs
+        )
+        logged.append((h, level, info.model_uri))
+    est.set_booster_uris(logged)
 
 
 def _restore_lgbm(est: Any, state: dict[str, Any]) -> None:
@@ -405,7 +307,9 @@ def _restore_lgbm(est: Any, state: dict[str, Any]) -> None:
 
 
 pkg.register_member_codec(
-    pkg.MemberCodec("models.lgbm.LGBMVol", _export_lgbm, _restore_lgbm, _log_lgbm, exact=True)
+    pkg.MemberCodec(
+        "models.lgbm.LGBMVol", lambda est: est.to_state(), _restore_lgbm, _log_lgbm, exact=True
+    )
 )
 
 
@@ -456,30 +360,16 @@ def register_challenger(
     name: str = MODEL_NAME,
     user: str | None = None,
 ) -> ModelRef:
-    """Log a forecaster package as a pyfunc, register it and point the ``challenger`` alias at it.
+    """Log a forecaster package as a pyfunc, register it under ``name`` and point ``challenger``
+    at it; returns the new version's :class:`ModelRef`.
 
-    Parameters
-    ----------
-    forecasters : member name -> forecaster (fitted, or fitted here on ``training_data``), or a
-        ready :class:`~models.package.ForecasterPackage`.
-    home : the workspace (see :func:`tracking_uri`); the promotion log is under ``home/registry``.
-    training_data : the canonical realized frame the members were fitted on: the input example,
-        the training window and the data fingerprint come from it.
-    primary : the champion member (default: the first).
-    horizons : horizons the pyfunc forecasts.
-    evaluation_run_id : the evaluation run this package was chosen by (see
-        :func:`log_evaluation_run`): the model is logged in a new run nested under it (logging into
-        the evaluation run itself would make MLflow link every one of its metrics to the model, one
-        HTTP request per metric on a remote server) and the version is tagged with it.
-    target : the experiment of the new run.
-    description : the model version's description.
-    tags : extra model-version tags.
-    name : the registered model.
-    user : who registers (default: the OS user), for the promotion log.
-
-    Returns
-    -------
-    The new version's :class:`ModelRef` (alias "challenger").
+    ``forecasters``: member name -> forecaster (fitted, or fitted here on ``training_data``), or a
+    ready :class:`~models.package.ForecasterPackage`; ``training_data`` (the canonical realized
+    frame) gives the input example, the training window and the fingerprint; ``primary`` is the
+    champion member (default the first). With ``evaluation_run_id`` the model is logged in a new
+    run nested under that evaluation run (logging into it would link every one of its metrics to
+    the model) and the version is tagged with it. ``user`` (default the OS user) is recorded in
+    the promotion log.
     """
     from mlflow.exceptions import MlflowException
 
@@ -542,20 +432,17 @@ def register_challenger(
     previous = _aliases(client, name).get(CHALLENGER)
     client.set_registered_model_alias(name, CHALLENGER, mv.version)
     client.set_terminated(run_id)
-    plog.append_promotion_log(
+    plog.log_event(
         home,
-        {
-            "action": "register_challenger",
-            "name": name,
-            "alias": CHALLENGER,
-            "from_version": previous,
-            "to_version": str(mv.version),
-            "who": user or getpass.getuser(),
-            "mode": "auto",
-            "reason": description or "",
-            "gate": None,
-            "run_id": run_id,
-        },
+        "register_challenger",
+        name,
+        from_version=previous,
+        to_version=str(mv.version),
+        who=user or getpass.getuser(),
+        mode="auto",
+        reason=description or "",
+        run_id=run_id,
+        alias=CHALLENGER,
     )
     return ModelRef.at(name, mv.version, CHALLENGER, run_id)
 
@@ -563,29 +450,22 @@ def register_challenger(
 # =================================================================================================
 # queries and loading
 # =================================================================================================
+def _registered(client: MlflowClient, name: str) -> Any:
+    """The registered model ``name`` (None when it does not exist)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_registered_model(name)
+    except MlflowException as exc:
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return None
+        raise
+
+
 def _aliases(client: MlflowClient, name: str) -> dict[str, str]:
     """alias -> version of a registered model ({} when the model does not exist)."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        rm = client.get_registered_model(name)
-    except MlflowException as exc:
-        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
-            return {}
-        raise
-    return {str(k): str(v) for k, v in (rm.aliases or {}).items()}
-
-
-def _model_exists(client: MlflowClient, name: str) -> bool:
-    from mlflow.exceptions import MlflowException
-
-    try:
-        client.get_registered_model(name)
-    except MlflowException as exc:
-        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
-            return False
-        raise
-    return True
+    rm = _registered(client, name)
+    return {} if rm is None else {str(k): str(v) for k, v in (rm.aliases or {}).items()}
 
 
 def _version(client: MlflowClient, name: str, version: int | str) -> Any:
@@ -738,27 +618,14 @@ def registered_model_names(home: Path) -> list[str]:
 
 
 def verify_registry(home: Path, name: str | None = None) -> dict[str, str | None]:
-    """Cross-check the registry's ``champion`` aliases with the hash-chained promotion log.
+    """Cross-check the registry's ``champion`` aliases with the hash-chained promotion log
+    (one model, or every model in the registry or the log); returns name -> champion version.
 
-    Parameters
-    ----------
-    home : the workspace (the log is ``<home>/registry/promotions.jsonl``).
-    name : one model; None = every model in the registry or in the log.
-
-    Returns
-    -------
-    Model name -> champion version (None: neither the registry nor the log has one).
-
-    Raises
-    ------
-    RegistryError
-        When the log names a champion the registry does not have (a wiped, replaced or edited
-        registry), the registry has a champion the log does not name (an alias moved outside
-        dprm), the log's chain is broken, or the store cannot be opened. Nothing falls back.
-
-    Promotions and rollbacks write their log line before moving the alias; one killed in between
-    (the registry exactly one move behind the log, the target version present with the logged run
-    id) is completed here, under the model's lock, instead of being reported.
+    A :class:`RegistryError` when the log names a champion the registry lacks (a wiped or replaced
+    registry), the registry has one the log does not name (an alias moved outside dprm), the
+    chain is broken or the store cannot be opened: nothing falls back. A promotion or rollback
+    killed between its log line and the alias move (registry exactly one move behind, target
+    version present with the logged run id) is completed here, under the model's lock.
     """
     uri = init_store(home)
     client = _client(uri)
@@ -776,7 +643,7 @@ def verify_registry(home: Path, name: str | None = None) -> dict[str, str | None
                     _apply_move(client, n, move)
                     have = want
         if want != have:
-            exists = have is not None or _model_exists(client, n)
+            exists = have is not None or _registered(client, n) is not None
             raise plog.champion_mismatch(home, uri, n, logged=want, registered=have, exists=exists)
         out[n] = have
     return out
@@ -802,22 +669,10 @@ def promote(
 ) -> gate.PromotionResult:
     """Promote ``version`` to ``champion`` through the gate.
 
-    Parameters
-    ----------
-    version : the registered version (usually the challenger).
-    home : the workspace.
-    mode : "auto": the gate decides; "manual": a named ``approver`` decides (a human override;
-        the gate still runs when ``data`` is given and its result is recorded).
-    approver : who approves (required for "manual").
-    reason : why (recorded; required for "manual").
-    gate_config : gate settings (default :class:`GateConfig`).
-    data : canonical realized frame the gate evaluates on (required for "auto").
-    name : the registered model.
-
-    Returns
-    -------
-    A :class:`PromotionResult`; a rejected challenger is not an error (``promoted`` False, the
-    reason is tagged on the version and logged).
+    ``mode`` "auto": the gate decides on ``data`` (the canonical realized frame, required);
+    "manual": a named ``approver`` decides with a ``reason`` (an override; the gate still runs
+    and is recorded when ``data`` is given). Returns a :class:`PromotionResult`: a rejected
+    challenger is not an error (``promoted`` False, the reason tagged on the version and logged).
     """
     gate.check_promotion_request(mode, approver, reason, has_data=data is not None)
     uri = init_store(home)
@@ -844,21 +699,18 @@ def promote(
         client.set_model_version_tag(name, v, k, val)
     # write-ahead: the log records the move before the alias moves, so a run killed in between
     # leaves a move that verify_registry completes (never an alias the log does not know)
-    entry = plog.append_promotion_log(
+    entry = plog.log_event(
         home,
-        {
-            "action": "promote" if out.promoted else "reject",
-            "name": name,
-            "alias": CHAMPION,
-            "from_version": current,
-            "to_version": v if out.promoted else current,
-            "candidate_version": v,
-            "who": out.who,
-            "mode": mode,
-            "reason": out.reason,
-            "gate": None if decision is None else decision.summary(),
-            "run_id": mv.run_id,
-        },
+        "promote" if out.promoted else "reject",
+        name,
+        from_version=current,
+        to_version=v if out.promoted else current,
+        candidate_version=v,
+        who=out.who,
+        mode=mode,
+        reason=out.reason,
+        gate=None if decision is None else decision.summary(),
+        run_id=mv.run_id,
     )
     if out.promoted:
         _apply_move(client, name, entry)
@@ -888,10 +740,7 @@ def rollback(
     to_version : the version to restore; None = the previous champion from the promotion log.
     name : the registered model.
     """
-    if not (approver and approver.strip()):
-        raise ConfigError(f"rollback needs a named approver; got approver={approver!r}")
-    if not reason.strip():
-        raise ConfigError("rollback needs a reason; got an empty reason")
+    gate.check_rollback_request(approver, reason)
     client = _client(init_store(home))
     current = _aliases(client, name).get(CHAMPION)
     if current is None:
@@ -902,21 +751,17 @@ def rollback(
     target = str(mv.version)
     if target == current:
         raise ConfigError(f"version {target} of {name!r} is already the champion")
-    entry = plog.append_promotion_log(  # write-ahead, as in promote
+    entry = plog.log_event(  # write-ahead, as in promote
         home,
-        {
-            "action": "rollback",
-            "name": name,
-            "alias": CHAMPION,
-            "from_version": current,
-            "to_version": target,
-            "candidate_version": target,
-            "who": approver.strip(),
-            "mode": "manual",
-            "reason": reason,
-            "gate": None,
-            "run_id": mv.run_id,
-        },
+        "rollback",
+        name,
+        from_version=current,
+        to_version=target,
+        candidate_version=target,
+        who=approver.strip(),
+        mode="manual",
+        reason=reason,
+        run_id=mv.run_id,
     )
     _apply_move(client, name, entry)
     return gate.PromotionResult(True, target, current, None, entry)

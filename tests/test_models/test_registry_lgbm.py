@@ -20,7 +20,7 @@ from models import package as P
 from models import registry as R
 from models.combine import HARBoostVol
 from models.ewma import EWMAVol
-from models.lgbm import LGBMVol
+from models.lgbm import LGBMVol, logged_booster_name
 from tests.test_models.test_registry import HS, predict_in_fresh_process, realized_frame
 
 
@@ -181,5 +181,5 @@ def test_lgbm_codec_is_exact_and_boosters_need_the_registration_run(data: pd.Dat
 
 
 def test_logged_names_have_no_dots() -> None:
-    assert R._lgbm_logged_name("lgbm.v2", 5) == "lgbmpv2-h5"
-    assert R._lgbm_logged_name("m", 1, 0.025) == "m-h1-q0p025"
+    assert logged_booster_name("lgbm.v2", 5) == "lgbmpv2-h5"
+    assert logged_booster_name("m", 1, 0.025) == "m-h1-q0p025"

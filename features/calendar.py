@@ -119,7 +119,7 @@ def calendar_features(ts: pd.Series | pd.DatetimeIndex, calendar: str = "24/7") 
     cal = _calendar(calendar)
     idx = _utc_index(ts)
     local = idx.tz_convert(cal.tz)
-    dow = np.asarray(local.dayofweek, dtype="int64")
+    dow = np.asarray(local.day_of_week, dtype="int64")
     hour = np.asarray(local.hour, dtype="int64")
     minute = hour * 60 + np.asarray(local.minute, dtype="int64")
     weekend = dow >= 5
@@ -161,7 +161,7 @@ def weekend_share(
     idx = _utc_index(ts)
     local = (idx - pd.Timedelta(1, "ns")).tz_convert(cal.tz)
     # weekday of day t (0=Mon); day t+k has weekday (dow + k) % 7
-    dow = np.asarray(local.dayofweek, dtype="int64")
+    dow = np.asarray(local.day_of_week, dtype="int64")
     k = np.arange(1, horizon_days + 1)
     wd = (dow[:, None] + k[None, :]) % 7
     share = (wd >= 5).mean(axis=1) if len(dow) else np.empty(0)

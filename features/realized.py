@@ -607,7 +607,7 @@ def _sessions(calendar: str, ts_min: int, ts_max: int) -> tuple[np.ndarray, np.n
     hi = pd.Timestamp(ts_max, tz="UTC").tz_convert(cal.tz).normalize().tz_localize(None)
     days = pd.date_range(lo - pd.Timedelta("1D"), hi + pd.Timedelta("1D"), freq="D")
     if cal.weekdays_only:
-        days = days[days.dayofweek < 5]
+        days = days[days.day_of_week < 5]
     opens = (days + pd.Timedelta(cal.open_time + ":00")).tz_localize(
         cal.tz, ambiguous="NaT", nonexistent="shift_forward"
     )

@@ -1577,7 +1577,7 @@ def deribit_expiries(start: pd.Timestamp, end: pd.Timestamp, kind: str) -> pd.Da
     if kind not in ("weekly", "monthly", "quarterly"):
         raise _fail("deribit_expiries", "kind", "one of 'weekly', 'monthly', 'quarterly'", kind)
     days = pd.date_range(start.normalize(), end.normalize(), freq="D")
-    fridays = days[days.dayofweek == 4]
+    fridays = days[days.day_of_week == 4]
     if kind != "weekly":
         fridays = fridays[(fridays + pd.Timedelta(days=7)).month != fridays.month]
     if kind == "quarterly":

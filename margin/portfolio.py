@@ -209,7 +209,7 @@ def resolve_expiry(text: str, as_of: pd.Timestamp) -> pd.Timestamp:
 def _name_code(offset: str, as_of: pd.Timestamp) -> str:
     """The Deribit date code of the first Friday on or after ``as_of + offset``."""
     day = resolve_expiry(offset, as_of).normalize()
-    day = day + pd.Timedelta(days=(4 - day.dayofweek) % 7)
+    day = day + pd.Timedelta(days=(4 - day.day_of_week) % 7)
     return deribit_code(day)
 
 

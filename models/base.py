@@ -41,6 +41,7 @@ from sklearn.utils.validation import check_is_fitted
 from features.errors import ConfigError, DataError, ModelError
 from features.schema import CLOSE, N_OBS, RV, SYMBOL, TS, TS_DTYPE, to_utc_ns
 from models.forecast import VolForecast, default_annualization, format_period, row_target_end
+from models.schedule import WalkForward, merge
 
 SQ_RET = "sq_ret_var"
 """Derived column: squared close-to-close log return of the period (needs ``close``)."""
@@ -423,6 +424,10 @@ class BaseForecaster(BaseEstimator):
         serves the fitted ``horizons``); False for horizon-free models (random walk, EWMA).
     state_from_data : False when ``predict`` uses nothing estimated from the fit data (random walk,
         EWMA), so each forecast's data cutoff is its origin.
+    own_schedule : True when the model keeps its own walk-forward schedule wherever models are
+        compared (GARCH re-estimated weekly, LightGBM retrained every 21 periods, their
+        combinations): an evaluation, the training cycle and the promotion gate run it on
+        ``WalkForward()`` (its own ``window``/``refit_every``) instead of the shared schedule.
     """
 
     required_inputs: ClassVar[tuple[str, ...]] = (RV,)
@@ -430,6 +435,7 @@ class BaseForecaster(BaseEstimator):
     model_version: ClassVar[str] = "1"
     horizon_specific: ClassVar[bool] = False
     state_from_data: ClassVar[bool] = True
+    own_schedule: ClassVar[bool] = False
     _parameter_constraints: ClassVar[dict[str, list[Constraint]]] = {}
 
     # -- hooks for subclasses -----------------------------------------------------------------
@@ -645,6 +651,7 @@ class BaseForecaster(BaseEstimator):
         *,
         start: pd.Timestamp | str | None = None,
         end: pd.Timestamp | str | None = None,
+        schedule: WalkForward | None = None,
         window: int | None = None,
         window_type: str | None = None,
         refit_every: int | None = None,
@@ -659,6 +666,8 @@ class BaseForecaster(BaseEstimator):
             training data).
         horizons : horizons in periods.
         start, end : first and last origin ``ts`` (inclusive); None = the data's ends.
+        schedule : the :class:`~models.schedule.WalkForward` to run on; its None fields (and
+            ``schedule=None``) = the model's own. The keywords below override its fields.
         window : estimation window in observations (rolling) or the minimum history (expanding);
             None = the model's ``window`` (or 1000).
         window_type : "rolling" or "expanding"; None = the model's.
@@ -675,6 +684,9 @@ class BaseForecaster(BaseEstimator):
         name = type(self).__name__
         validate_param(name, "horizons", list(horizons), [Horizons()])
         hs = tuple(sorted(int(h) for h in horizons))
+        window, window_type, refit_every, purge = merge(
+            schedule, window, window_type, refit_every, purge
+        )
         window = getattr(self, "window", 1000) if window is None else window
         window_type = (
             getattr(self, "window_type", "rolling") if window_type is None else window_type

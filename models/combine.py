@@ -37,6 +37,7 @@ from models.base import (
 from models.forecast import VolForecast, default_annualization, format_period, row_target_end
 from models.har import HARBase, LogHARDoWVol
 from models.lgbm import DEFAULT_QUANTILES, LGBMVol, utc_or_none
+from models.schedule import WalkForward, merge
 
 
 class HARBoostVol(LGBMVol):
@@ -160,6 +161,7 @@ class QLIKEWeightedVol(BaseForecaster):
     """
 
     model_id: ClassVar[str] = "qlike_combo"
+    own_schedule: ClassVar[bool] = True
     horizon_specific: ClassVar[bool] = True
     _parameter_constraints: ClassVar[dict] = {
         "horizons": [Horizons()],
@@ -394,6 +396,7 @@ class QLIKEWeightedVol(BaseForecaster):
         *,
         start: pd.Timestamp | str | None = None,
         end: pd.Timestamp | str | None = None,
+        schedule: WalkForward | None = None,
         window: int | None = None,
         window_type: str | None = None,
         refit_every: int | None = None,
@@ -409,6 +412,9 @@ class QLIKEWeightedVol(BaseForecaster):
         -------
         dict symbol -> :class:`VolForecast` with ``data_cutoff_ts`` = each origin.
         """
+        window, window_type, refit_every, purge = merge(
+            schedule, window, window_type, refit_every, purge
+        )
         self._validate_params()
         validate_param(type(self).__name__, "horizons", list(horizons), [Horizons()])
         hs = tuple(sorted(int(h) for h in horizons))

@@ -44,6 +44,7 @@ from models.base import (
 )
 from models.forecast import FRAME_COLUMNS
 from models.losses import diebold_mariano, model_confidence_set, mse, mse_log, qlike
+from models.schedule import WalkForward
 
 POOLED = "pooled"
 
@@ -203,9 +204,11 @@ def walk_forward(
     horizons: Sequence[int] = (1, 5),
     start: pd.Timestamp | str | None = None,
     end: pd.Timestamp | str | None = None,
-    window: int = 1000,
-    window_type: str = "rolling",
-    refit_every: int = 1,
+    schedule: WalkForward | None = None,
+    schedules: Mapping[str, WalkForward] | None = None,
+    window: int | None = 1000,
+    window_type: str | None = "rolling",
+    refit_every: int | None = 1,
     purge: int | None = None,
     own_schedule: Collection[str] = (),
     truth: pd.DataFrame | None = None,
@@ -226,11 +229,16 @@ def walk_forward(
     data : canonical realized frame (``ts``, ``symbol``, ``rv_var``, optional inputs), full history.
     horizons : horizons in periods.
     start, end : first and last origin (inclusive); None = the data's ends.
-    window, window_type, refit_every, purge : estimation settings applied to every model
-        (see :meth:`BaseForecaster.walk_forward`) except those in ``own_schedule``.
+    schedule : the :class:`~models.schedule.WalkForward` every model runs on (its None fields =
+        each model's own); None = ``WalkForward(window, window_type, refit_every, purge)``.
+    schedules : per-model schedules (name -> WalkForward) replacing ``schedule`` for those models;
+        a None ``purge`` in one takes the common purge.
+    window, window_type, refit_every, purge : the common schedule's fields when ``schedule`` is
+        None (see :meth:`BaseForecaster.walk_forward`).
     own_schedule : names of models that keep their own ``window``, ``window_type`` and
         ``refit_every`` (e.g. LightGBM retrained every 21 periods on an expanding window, GARCH
-        re-estimated weekly and filtered daily); the purge still applies.
+        re-estimated weekly and filtered daily): shorthand for ``schedules={name: WalkForward()}``;
+        the purge still applies.
     truth : optional long frame (``ts``, ``symbol``, ``truth_col``) of true per-period variance.
     truth_col : the truth column.
     min_obs : rows with ``n_obs`` below this are dropped (set on every model that has ``min_obs``).
@@ -250,6 +258,10 @@ def walk_forward(
         raise ConfigError(f"benchmark {benchmark!r} is not one of the models {list(models)}")
     if unknown := [n for n in own_schedule if n not in models]:
         raise ConfigError(f"own_schedule names {unknown} are not among the models {list(models)}")
+    if unknown := [n for n in (schedules or {}) if n not in models]:
+        raise ConfigError(f"schedules names {unknown} are not among the models {list(models)}")
+    common = schedule if schedule is not None else WalkForward(window, window_type, refit_every, purge)  # type: ignore[arg-type]
+    per_model = {**{n: WalkForward() for n in own_schedule}, **(schedules or {})}
     if baselines is not None and (unknown := [b for b in baselines if b not in models]):
         raise ConfigError(f"baselines {unknown} are not among the models {list(models)}")
     if not 0 < stress_quantile < 1:
@@ -274,9 +286,11 @@ def walk_forward(
         m = clone(model)
         if "min_obs" in m.get_params(deep=False):
             m.set_params(min_obs=min_obs)
-        own = name in own_schedule
-        need = m.min_history()
-        own_window = m.get_params(deep=False).get("window") if own else window
+        sched = per_model.get(name, common)
+        if sched.purge is None:
+            sched = sched.with_(purge=common.purge)
+        need = type(m).min_history(m)  # via the class: a hyperparameter may shadow it (QLIKE combo)
+        own_window = sched.over(WalkForward.of(m)).window
         most = rows_per_symbol if own_window is None else min(int(own_window), rows_per_symbol)
         if most < need:
             skip(name, FailureReason.INSUFFICIENT_HISTORY,
@@ -284,16 +298,7 @@ def walk_forward(
                  f"(window {own_window}, {rows_per_symbol} rows per symbol)")
             continue
         try:
-            fcs = m.walk_forward(
-                data,
-                hs,
-                start=start,
-                end=end,
-                window=None if own else window,
-                window_type=None if own else window_type,
-                refit_every=None if own else refit_every,
-                purge=purge,
-            )
+            fcs = m.walk_forward(data, hs, start=start, end=end, schedule=sched)
         except MissingInputsError as exc:
             skip(name, FailureReason.MISSING_INPUTS, str(exc))
             continue

@@ -74,7 +74,7 @@ def calendar_terms(
     for k in range(1, n_harmonics + 1):
         cols += [np.sin(2 * np.pi * k * frac), np.cos(2 * np.pi * k * frac)]
     if weekend:
-        cols.append((mid.dayofweek.to_numpy() >= 5).astype(float))
+        cols.append((mid.day_of_week.to_numpy() >= 5).astype(float))
     return np.column_stack(cols)
 
 

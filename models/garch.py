@@ -93,6 +93,7 @@ from models.base import (
 )
 from models.ewma import ewma_recursion
 from models.forecast import VolForecast
+from models.schedule import WalkForward, merge
 
 LOG_RET = "log_ret"
 """Derived column: close-to-close log return of the period (from ``close``), signed."""
@@ -365,6 +366,7 @@ class GarchVol(BaseForecaster):
 
     required_inputs: ClassVar[tuple[str, ...]] = (CLOSE,)
     model_id: ClassVar[str] = "garch"
+    own_schedule: ClassVar[bool] = True
     model_version: ClassVar[str] = "1"
     horizon_specific: ClassVar[bool] = False
     _parameter_constraints: ClassVar[dict] = {
@@ -894,6 +896,7 @@ class GarchVol(BaseForecaster):
         *,
         start: pd.Timestamp | str | None = None,
         end: pd.Timestamp | str | None = None,
+        schedule: WalkForward | None = None,
         window: int | None = None,
         window_type: str | None = None,
         refit_every: int | None = None,
@@ -910,6 +913,9 @@ class GarchVol(BaseForecaster):
         -------
         dict symbol -> :class:`VolForecast`, ``data_cutoff_ts`` = each origin.
         """
+        window, window_type, refit_every, purge = merge(
+            schedule, window, window_type, refit_every, purge
+        )
         self._validate_params()
         name = type(self).__name__
         validate_param(name, "horizons", list(horizons), [Horizons()])

@@ -27,7 +27,7 @@ import json
 import re
 import warnings
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
@@ -43,6 +43,7 @@ from models.evaluation import POOLED, EvaluationResult, walk_forward
 from models.package import ForecasterPackage, canonical_input, class_path
 from models.promotion_log import CHAMPION, MODEL_NAME, ModelRef
 from models.run_record import TAG_MAX, data_fingerprint
+from models.schedule import WalkForward
 
 GATE_BASELINES = ("random_walk", "ewma", "har", "log_har")
 """The catalog names the gate may compare a challenger with (built by :func:`models.catalog.build`
@@ -52,7 +53,9 @@ for the gate horizons)."""
 class GateConfig(BaseModel):
     """Settings of the promotion gate (see the module docs for the checks).
 
-    ``window``/``window_type``/``refit_every`` None = each model's own setting.
+    ``window``/``window_type``/``refit_every`` None = each model's own setting; a model that keeps
+    its own schedule (``own_schedule``: GARCH, LightGBM, their combinations) is always scored on
+    it, as in the training evaluation.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -274,6 +277,11 @@ class GateDecision:
     challenger_version: str
     champion_version: str | None
     data_fingerprint: str
+    loss: str = "qlike"
+    """What ``qlike`` holds: "qlike" (volatility) or "stein" (correlation: mean Stein loss)."""
+    extra: Mapping[str, float] = field(default_factory=dict)
+    """Figures reported with the decision that no check gates (correlation: GMV variance and
+    Mahalanobis ratios)."""
 
     @property
     def reason(self) -> str:
@@ -291,6 +299,8 @@ class GateDecision:
             "n_origins": self.n_origins,
             "origins": [self.origins_start, self.origins_end],
             "qlike": {k: float(v) for k, v in self.qlike.items()},
+            "loss": self.loss,
+            **({"extra": {k: float(v) for k, v in self.extra.items()}} if self.extra else {}),
             "challenger_version": self.challenger_version,
             "champion_version": self.champion_version,
             "data_fingerprint": self.data_fingerprint,
@@ -332,24 +342,18 @@ def evaluate_gate(
     models: dict[str, BaseForecaster] = {}
     same_as: dict[str, str] = {}
     seen: dict[str, str] = {}
-    overrides = {
-        "horizons": hs,
-        "min_obs": cfg.min_obs,
-        "window": cfg.window,
-        "window_type": cfg.window_type,
-        "refit_every": cfg.refit_every,
-    }
+    schedule = WalkForward(cfg.window, cfg.window_type, cfg.refit_every)
+    # a model that keeps its own schedule (GARCH, LightGBM, their combinations) is scored on it
+    own = {n: WalkForward() for n, m in wanted.items() if type(m).own_schedule}
     for name, m in wanted.items():
-        # the settings walk_forward imposes, so that the key below is the effective configuration
+        # the horizons and min_obs walk_forward imposes, and the schedule it runs each model on,
+        # so that the key below is the effective configuration
         names = m.get_params(deep=False)
-        m.set_params(
-            **{
-                k: v
-                for k, v in overrides.items()
-                if k in names and (v is not None or k == "min_obs")
-            }
-        )
-        key = json.dumps([class_path(m), jsonable(m.get_params(deep=False))], sort_keys=True)
+        m.set_params(**{k: v for k, v in (("horizons", hs), ("min_obs", cfg.min_obs)) if k in names})
+        effective = {**m.get_params(deep=False),
+                     **{k: v for k, v in own.get(name, schedule).over(WalkForward.of(m))
+                        .as_dict().items() if k in names}}
+        key = json.dumps([class_path(m), jsonable(effective)], sort_keys=True)
         if key in seen:
             same_as[name] = seen[key]
         else:
@@ -367,9 +371,8 @@ def evaluate_gate(
             X,
             horizons=hs,
             start=start,
-            window=cfg.window,
-            window_type=cfg.window_type,
-            refit_every=cfg.refit_every,
+            schedule=schedule,
+            schedules={n: own[n] for n in own if n in models},
             min_obs=cfg.min_obs,
             baselines=[b for b in cfg.baselines if b in models] or None,
             mcs_reps=cfg.mcs_reps,
@@ -436,9 +439,12 @@ def gate_tags(
                 "gate.n_origins": str(decision.n_origins),
                 "gate.origins": f"{decision.origins_start}..{decision.origins_end}",
                 "gate.data_fingerprint": decision.data_fingerprint,
-                "gate.qlike": json.dumps(
+                f"gate.{decision.loss}": json.dumps(
                     {k: round(float(v), 10) for k, v in decision.qlike.items()}
                 ),
+                **({"gate.extra": json.dumps({k: round(float(v), 6)
+                                              for k, v in decision.extra.items()})[:TAG_MAX]}
+                   if decision.extra else {}),
             }
         )
         for c in decision.checks:

@@ -471,13 +471,13 @@ def calendar_terms(
     ``ts`` are the origin closes, so target period ``k`` starts at ``ts + (k - 1) x period``.
     """
     if h == 1:
-        wd = ts.dayofweek.to_numpy()
+        wd = ts.day_of_week.to_numpy()
         return [f"dow_{d}" for d in range(1, 7)], (wd[:, None] == np.arange(1, 7)[None, :]).astype(
             float
         )
     share = np.zeros(len(ts))
     for k in range(h):
-        share += (ts + k * period).dayofweek.to_numpy() >= 5
+        share += (ts + k * period).day_of_week.to_numpy() >= 5
     return ["weekend_share"], (share / h)[:, None]
 
 
@@ -551,6 +551,10 @@ class LogHARDoWXVol(LogHARDoWVol):
     ) -> dict[str, SymbolPanel]:
         # exogenous values may be negative or NaN: they must not drop rows
         return attach_columns(super()._panels(X, period), X, self.exog, type(self).__name__)
+
+    def required_columns(self) -> tuple[str, ...]:
+        """The realized columns and the ``exog`` context columns (which may hold NaN)."""
+        return tuple(dict.fromkeys([*self._required_columns(), *self.exog]))
 
     def _regressors(self, panel: SymbolPanel) -> tuple[list[str], np.ndarray]:
         names, Z = super()._regressors(panel)

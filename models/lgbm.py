@@ -64,6 +64,7 @@ from models.base import (
     validate_param,
 )
 from models.forecast import VolForecast, default_annualization, format_period, row_target_end
+from models.schedule import WalkForward, merge
 
 DEFAULT_QUANTILES = (0.005, 0.025, 0.975, 0.995)
 QUARTER = 66
@@ -171,6 +172,7 @@ class LGBMVol(BaseForecaster):
     """
 
     model_id: ClassVar[str] = "lgbm"
+    own_schedule: ClassVar[bool] = True
     horizon_specific: ClassVar[bool] = True
     required_inputs: ClassVar[tuple[str, ...]] = (RV,)
     _TUNABLE: ClassVar[tuple[str, ...]] = (
@@ -348,6 +350,10 @@ class LGBMVol(BaseForecaster):
     def _needed_columns(self) -> list[str]:
         return list(self.feature_columns)
 
+    def required_columns(self) -> tuple[str, ...]:
+        """The realized columns and the context ``feature_columns`` (which may hold NaN)."""
+        return tuple(dict.fromkeys([*self._required_columns(), *self._needed_columns()]))
+
     def _panels_and_extra(
         self, X: pd.DataFrame
     ) -> tuple[dict[str, SymbolPanel], dict[str, dict[str, np.ndarray]]]:
@@ -425,10 +431,10 @@ class LGBMVol(BaseForecaster):
             m = mkt.reindex(p.ts.asi8).to_numpy(dtype="float64")
             cols["mkt_lrv_d"] = m
             cols["rel_lrv_d"] = lrv - m
-            cols["target_dow"] = p.ts.dayofweek.to_numpy().astype("float64")
+            cols["target_dow"] = p.ts.day_of_week.to_numpy().astype("float64")
             share = np.zeros(len(p))
             for k in range(h):
-                share += (p.ts + k * p.period).dayofweek.to_numpy() >= 5
+                share += (p.ts + k * p.period).day_of_week.to_numpy() >= 5
             cols["weekend_share"] = share / h
             for c in self.feature_columns:
                 cols[c] = ex[c]
@@ -938,6 +944,7 @@ class LGBMVol(BaseForecaster):
         *,
         start: pd.Timestamp | str | None = None,
         end: pd.Timestamp | str | None = None,
+        schedule: WalkForward | None = None,
         window: int | None = None,
         window_type: str | None = None,
         refit_every: int | None = None,
@@ -956,6 +963,9 @@ class LGBMVol(BaseForecaster):
         -------
         dict symbol -> :class:`VolForecast` (with quantiles) whose ``data_cutoff_ts`` is each origin.
         """
+        window, window_type, refit_every, purge = merge(
+            schedule, window, window_type, refit_every, purge
+        )
         self._validate_params()
         name = type(self).__name__
         validate_param(name, "horizons", list(horizons), [Horizons()])

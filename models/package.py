@@ -130,6 +130,21 @@ for _base in ("models.ewma.RandomWalkVol", "models.ewma.EWMAVol", "models.har.HA
 register_member_codec(MemberCodec("models.garch.GarchVol", _to_state, _from_state))
 
 
+def check_fingerprint(path: Path, expected: str | None) -> None:
+    """A ``ValueError`` naming ``path`` when it is missing or its SHA-256 is not ``expected`` (a
+    truncated or modified artifact is never loaded)."""
+    if not path.is_file():
+        raise ValueError(f"package file {path} is missing")
+    if expected is None:
+        return
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    if digest != expected:
+        raise ValueError(
+            f"package file {path} has SHA-256 {digest[:12]}..., the manifest records "
+            f"{expected[:12]}...: the artifact was modified; refusing to load it"
+        )
+
+
 def _import_class(path: str) -> type:
     module, _, name = path.rpartition(".")
     if not module.startswith("models."):
@@ -187,6 +202,8 @@ class ForecasterPackage:
     primary: str
     horizons: tuple[int, ...]
     manifest: dict[str, Any] = field(default_factory=dict)
+
+    target = "volatility"
 
     @classmethod
     def build(
@@ -324,6 +341,7 @@ class ForecasterPackage:
         members: dict[str, BaseForecaster] = {}
         for e in manifest["members"]:
             path = directory / e["file"]
+            check_fingerprint(path, e.get("fingerprint"))
             if e["storage"] == "joblib":
                 import joblib
 
@@ -420,10 +438,13 @@ def forecast_frame_to_volforecasts(
     return out
 
 
-def model_code_path() -> Path:
-    """The models-from-code file of the pyfunc (``pipelines/forecaster_model.py`` beside this package;
-    a path, not an import: the library never imports ``pipelines``)."""
-    path = Path(__file__).resolve().parents[1] / "pipelines" / "forecaster_model.py"
+def model_code_path(package: Any = None) -> Path:
+    """The models-from-code file of the pyfunc (``pipelines/forecaster_model.py``, or
+    ``pipelines/correlation_model.py`` for a correlation package, beside this package; a path, not
+    an import: the library never imports ``pipelines``)."""
+    code = "correlation_model.py" if getattr(package, "target", "") == "correlation" else (
+        "forecaster_model.py")
+    path = Path(__file__).resolve().parents[1] / "pipelines" / code
     if not path.is_file():
         raise FileNotFoundError(
             2, "No such file or directory (the dprm-forecaster pyfunc code)", str(path)
@@ -435,9 +456,9 @@ def pip_requirements(package: ForecasterPackage) -> list[str]:
     """Explicit pins of the packages the pyfunc imports (no inference subprocess)."""
     pkgs = ["mlflow", "numpy", "pandas", "pyarrow", "scipy", "scikit-learn", "pydantic"]
     modules = {type(m).__module__ for m in package.members.values()}
-    if "models.garch" in modules:
+    if modules & {"models.garch", "models.corr"}:
         pkgs += ["arch", "statsmodels"]
-    if "models.lgbm" in modules:
+    if modules & {"models.lgbm", "models.combine", "models.corr_lgbm", "models.diurnal_x"}:
         pkgs.append("lightgbm")
     return [*pins(pkgs), f"dprm=={dprm_version()}"]
 
@@ -463,15 +484,27 @@ def naive_utc(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def input_example(
-    package: ForecasterPackage, data: pd.DataFrame, rows_per_symbol: int = 40
+    package: ForecasterPackage, data: pd.DataFrame, rows_per_symbol: int | None = None
 ) -> pd.DataFrame:
     """The last ``rows_per_symbol`` rows per symbol of ``data`` (enough for HAR's 22-row history),
     with ``ts`` as naive UTC and the columns the signature knows."""
-    cols = [TS, SYMBOL, *[c for c in INPUT_COLUMNS if c in data.columns]]
+    cols = [TS, SYMBOL, *[c for c in input_columns(package) if c in data.columns]]
     missing = [c for c in package.required_columns() if c not in data.columns]
     if missing:
         raise ValueError(f"training data lacks column(s) {missing} that the bundle needs")
     frame = naive_utc(data[cols])
+    if package.target == "correlation" and rows_per_symbol is None:
+        # the model's window plus its lags, in periods of the package (bars may be finer)
+        longest = max([0, *(int(getattr(m, "window", 0) or 0) for m in package.members.values())])
+        periods = max(120, longest + 30)
+        freq = getattr(package, "freq", None)
+        if freq is not None:
+            start = frame[TS].max() - periods * pd.Timedelta(freq)
+            frame = frame[frame[TS] >= start]
+            rows_per_symbol = len(frame)
+        else:
+            rows_per_symbol = periods
+    rows_per_symbol = 40 if rows_per_symbol is None else rows_per_symbol
     frame = frame[frame[SYMBOL].isin(package.manifest.get("symbols") or frame[SYMBOL].unique())]
     frame = frame.sort_values([SYMBOL, TS]).groupby(SYMBOL, sort=True).tail(rows_per_symbol)
     for c in cols[2:]:
@@ -509,6 +542,7 @@ def version_tags(
     train = manifest.get("train", {})
     out = {
         "dprm.status": status,
+        "dprm.target": package.target,
         "dprm.primary": package.primary,
         "dprm.members": json.dumps({e["name"]: e["class"] for e in manifest["members"]}),
         "dprm.storage": json.dumps({e["name"]: e["storage"] for e in manifest["members"]}),
@@ -615,18 +649,31 @@ _OUTPUT_KINDS = {
     "model_version": "string",
     "symbol": "string",
     "fallback_reason": "string",
+    "symbol_a": "string",
+    "symbol_b": "string",
+    "repaired": "boolean",
 }
+_OPTIONAL_OUTPUTS = ("fallback_reason", "stressed_corr")
+
+
+def input_columns(package: ForecasterPackage) -> list[str]:
+    """The numeric input columns of the pyfunc: the realized columns of :data:`INPUT_COLUMNS`, then
+    any other column a member declares (``required_columns()``: the context regressors of
+    log-HAR-DoW-X, a booster's context features), so that they are served, not dropped."""
+    if package.target == "correlation":
+        return list(package.required_columns())
+    extra = [c for c in package.required_columns() if c not in INPUT_COLUMNS]
+    return [*INPUT_COLUMNS, *extra]
 
 
 def input_schema(package: ForecasterPackage) -> list[tuple[str, str, bool]]:
     """The pyfunc's input columns as (MLflow type, name, required): ``ts`` (naive UTC datetime),
-    ``symbol``, and the realized columns of :data:`INPUT_COLUMNS` (required when a member needs
-    them)."""
+    ``symbol``, and the columns of :func:`input_columns` (required when a member needs them)."""
     need = set(package.required_columns())
     return [
         ("datetime", TS, True),
         ("string", SYMBOL, True),
-        *[("double", c, c in need) for c in INPUT_COLUMNS],
+        *[("double", c, c in need) for c in input_columns(package)],
     ]
 
 
@@ -634,7 +681,7 @@ def output_schema(table: pd.DataFrame) -> list[tuple[str, str, bool]]:
     """The pyfunc's output columns (those of ``table``, its forecast table) as (MLflow type, name,
     required): times as datetime, ``horizon`` long, names str, numbers double; only
     ``fallback_reason`` may be missing."""
-    return [(_OUTPUT_KINDS.get(c, "double"), c, c != "fallback_reason") for c in table.columns]
+    return [(_OUTPUT_KINDS.get(c, "double"), c, c not in _OPTIONAL_OUTPUTS) for c in table.columns]
 
 
 def registration_run_tags(evaluation_run_id: str | None = None) -> dict[str, str]:

@@ -19,6 +19,7 @@ import getpass
 import os
 import tempfile
 import threading
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -30,8 +31,11 @@ from features.errors import ConfigError, RegistryError
 from models import gate
 from models import package as pkg
 from models import promotion_log as plog
+from models import registry_store as store
 from models import run_record as rr
 from models.base import BaseForecaster
+from models.corr_gate import evaluate_corr_gate
+from models.corr_package import CorrelationPackage
 from models.evaluation import POOLED, EvaluationResult
 from models.gate import GateConfig
 from models.package import ForecasterPackage, LoadedForecaster
@@ -41,19 +45,7 @@ from models.registry_store import artifact_root, is_remote, probe_server, sqlite
 if TYPE_CHECKING:  # pragma: no cover
     from mlflow import MlflowClient
 
-for _key, _value in {
-    "MLFLOW_DISABLE_TELEMETRY": "true",
-    "MLFLOW_LOGGING_LEVEL": "WARNING",
-    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
-    "MLFLOW_SKIP_PIP_REQUIREMENTS_CHECK": "true",
-    "MLFLOW_ENABLE_ASYNC_LOGGING": "false",
-    # bounded network calls: an unreachable server fails in seconds, not after MLflow's default
-    # 7 retries with exponential backoff (about 4 minutes)
-    "MLFLOW_HTTP_REQUEST_TIMEOUT": "5",
-    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
-    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-    "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0.5",
-}.items():
+for _key, _value in store.MLFLOW_ENV.items():  # before mlflow is first imported
     os.environ.setdefault(_key, _value)
 
 ForecasterBundle = ForecasterPackage
@@ -267,6 +259,35 @@ def log_evaluation_run(
 
 
 # ---- LightGBM: boosters through mlflow.lightgbm, the rest as JSON ---------------------------------
+def log_run(
+    *,
+    home: Path,
+    target: str,
+    run_name: str,
+    params: Mapping[str, Any],
+    metrics: Mapping[str, float],
+    tags: Mapping[str, str] | None = None,
+    artifacts: Mapping[str, bytes] | None = None,
+) -> str:
+    """Log one finished run (params, metrics, tags and small ``artifacts`` name -> bytes) in the
+    experiment of ``target``; returns its run id (the correlation training's evaluation run)."""
+    client = _client(tracking_uri(home))
+    run_id = client.create_run(experiment_id(home, target),
+                               tags={"mlflow.runName": run_name, **(tags or {})}).info.run_id
+    status = "FAILED"
+    try:
+        _log_batch(client, run_id, metrics=dict(metrics),
+                   params=params)
+        with tempfile.TemporaryDirectory(prefix="dprm-run-") as tmp:
+            for fname, data in (artifacts or {}).items():
+                (Path(tmp) / fname).write_bytes(data)
+            client.log_artifacts(run_id, tmp)
+        status = "FINISHED"
+    finally:
+        client.set_terminated(run_id, status=status)
+    return run_id
+
+
 _LGBM_PINS = ("mlflow", "lightgbm", "numpy", "pandas", "scipy")
 _LGBM_EXAMPLE_ROWS = 5
 
@@ -347,7 +368,7 @@ def _serialized(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 @_serialized
 def register_challenger(
-    forecasters: Mapping[str, BaseForecaster] | ForecasterPackage,
+    forecasters: Mapping[str, BaseForecaster] | ForecasterPackage | CorrelationPackage,
     *,
     home: Path,
     training_data: pd.DataFrame,
@@ -375,7 +396,7 @@ def register_challenger(
 
     package = (
         forecasters
-        if isinstance(forecasters, ForecasterPackage)
+        if isinstance(forecasters, ForecasterPackage | CorrelationPackage)
         else ForecasterPackage.build(
             forecasters, primary=primary, horizons=horizons, training_data=training_data
         )
@@ -389,7 +410,9 @@ def register_challenger(
         bdir = Path(tmp) / "bundle"  # the artifact keeps its stored name "bundle"
         example = pkg.input_example(package, training_data)
         signature = model_signature(package, example)
-        with _fluent(uri) as mlflow, mlflow.start_run(run_id=run_id):
+        with (_fluent(uri) as mlflow, mlflow.start_run(run_id=run_id),
+              warnings.catch_warnings()):
+            warnings.filterwarnings("ignore", message=".*input example was not provided")
             for mname, est in package.members.items():
                 codec = pkg.codec_for(est)
                 if codec is not None and codec.on_log is not None:
@@ -397,10 +420,12 @@ def register_challenger(
             manifest = package.save(bdir)
             info = mlflow.pyfunc.log_model(
                 name="forecaster",
-                python_model=str(pkg.model_code_path()),
+                python_model=str(pkg.model_code_path(package)),
                 artifacts={"bundle": str(bdir)},
                 signature=signature,
-                input_example=example,
+                # a correlation model's example spans its window in (possibly minute) bars: the
+                # explicit signature is enough
+                input_example=example if package.target == "volatility" else None,
                 pip_requirements=pkg.pip_requirements(package),
                 metadata={
                     "dprm_bundle": {k: manifest[k] for k in ("primary", "horizons", "symbols")}
@@ -408,7 +433,7 @@ def register_challenger(
             )
     _log_batch(client, run_id, params=pkg.registration_params(package, manifest))
     try:
-        client.create_registered_model(name, description="DPRM volatility forecaster bundle")
+        client.create_registered_model(name, description=f"DPRM {package.target} forecaster")
     except MlflowException as exc:
         if exc.error_code not in _ALREADY_EXISTS:
             raise
@@ -555,13 +580,30 @@ def load_champion(*, home: Path, name: str = MODEL_NAME) -> LoadedForecaster:
     return load_forecaster(CHAMPION, home=home, name=name)
 
 
-def _load_package(ref: ModelRef, uri: str) -> ForecasterPackage:
-    with _fluent(uri) as mlflow:
-        model = mlflow.pyfunc.load_model(ref.uri)
-    package = getattr(model.unwrap_python_model(), "bundle", None)  # the pyfunc's attribute
-    if not isinstance(package, ForecasterPackage):
-        raise ValueError(f"{ref.uri} is not a dprm-forecaster bundle")
+def _load_package(ref: ModelRef, uri: str) -> ForecasterPackage | CorrelationPackage:
+    """The package behind a version; one that cannot be restored (a missing artifact, a file
+    whose digest differs from its manifest) is a :class:`RegistryError` naming the version."""
+    try:
+        with _fluent(uri) as mlflow:
+            model = mlflow.pyfunc.load_model(ref.uri)
+        package = getattr(model.unwrap_python_model(), "bundle", None)  # the pyfunc's attribute
+    except Exception as exc:  # any failure to restore a version is this one error
+        raise RegistryError(f"version {ref.version} of {ref.name!r} cannot be restored "
+                            f"({type(exc).__name__}: {exc})") from exc
+    if not isinstance(package, ForecasterPackage | CorrelationPackage):
+        raise RegistryError(f"version {ref.version} of {ref.name!r} ({ref.uri}) is not a dprm package")
     return package
+
+
+def load_package(
+    ref: ModelRef | str | int = CHAMPION, *, home: Path, name: str = MODEL_NAME
+) -> ForecasterPackage | CorrelationPackage:
+    """The package (volatility or correlation) of a registered version by :class:`ModelRef`,
+    alias or version, after :func:`verify_registry`."""
+    verify_registry(home, name)
+    if not isinstance(ref, ModelRef):
+        ref = model_ref(ref, home=home, name=name)
+    return _load_package(ref, init_store(home))
 
 
 # =================================================================================================
@@ -690,8 +732,10 @@ def promote(
         if current is not None:
             cp = _version(client, name, current)
             champion = _load_package(ModelRef.at(name, current, CHAMPION, cp.run_id), uri)
-        decision = gate.evaluate_gate(
-            challenger, champion, data, gate_config, challenger_version=v, champion_version=current
+        run_gate = evaluate_corr_gate if challenger.target == "correlation" else gate.evaluate_gate
+        decision = run_gate(
+            challenger, champion, data, gate_config,  # type: ignore[arg-type]
+            challenger_version=v, champion_version=current,
         )
     out = gate.promotion_outcome(decision, mode=mode, approver=approver, reason=reason)
     tags = gate.gate_tags(decision, mode=mode, who=out.who, status=out.status, reason=out.reason)

@@ -51,3 +51,20 @@ def probe_server(uri: str) -> None:
             f"the MLflow tracking server {uri} is unreachable ({type(exc).__name__}, "
             f"timeout {PROBE_TIMEOUT_S:g} s); start it or fix MLFLOW_TRACKING_URI"
         ) from None
+
+
+MLFLOW_ENV: dict[str, str] = {
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "MLFLOW_LOGGING_LEVEL": "WARNING",
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
+    "MLFLOW_SKIP_PIP_REQUIREMENTS_CHECK": "true",
+    "MLFLOW_ENABLE_ASYNC_LOGGING": "false",
+    # bounded network calls: an unreachable server fails in seconds, not after MLflow's default
+    # 7 retries with exponential backoff (about 4 minutes)
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "5",
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0.5",
+}
+"""MLflow settings :mod:`models.registry` puts in the environment (unless already set) before
+MLflow is imported: no telemetry or chatter, synchronous logging, bounded network calls."""

@@ -1444,7 +1444,7 @@ def print_cycle(console: Any, dataset: str, out: dict[str, Any]) -> None:
     t = Table(title=f"daily_cycle on {dataset}")
     t.add_column("step")
     t.add_column("result")
-    for step in ("ingest", "features", "train", "forecast", "monitor"):
+    for step in ("ingest", "features", "train", "correlation", "forecast", "monitor"):
         r = out.get(step)
         if r is None:
             continue
@@ -1453,10 +1453,46 @@ def print_cycle(console: Any, dataset: str, out: dict[str, Any]) -> None:
         else:
             keys = {"features": ("rows", "path"),
                     "train": ("challenger", "version", "promoted", "gate_status", "gate_reason"),
+                    "correlation": ("challenger", "version", "promoted", "gate_status",
+                                    "gate_reason", "skipped"),
                     "forecast": ("model", "version", "source", "data_cutoff_ts", "path"),
                     "monitor": ("status", "breaches", "report")}.get(step, ())
             detail = "; ".join(f"{k}={r[k]}" for k in keys if r.get(k) not in (None, ""))
         t.add_row(step, detail)
+    console.print(t)
+    print_champions(console, out)
+
+
+def print_champions(console: Any, out: dict[str, Any]) -> None:
+    """The cycle's two champions with their scores on the training origins: the volatility
+    champion (pooled QLIKE and its ratio to the best baseline) and the correlation champion
+    (mean Stein loss, GMV variance ratio and Stein difference vs EWMA, Mahalanobis ratio)."""
+    from rich.table import Table
+
+    tr, co = out.get("train") or {}, out.get("correlation") or {}
+    if not tr.get("ranking") and not co.get("scores"):
+        return
+    t = Table(title="champions and scores (training origins)")
+    for c in ("model", "kind", "version", "score", "vs baseline"):
+        t.add_column(c)
+    if tr.get("ranking"):
+        by = {r["model_id"]: r for r in tr["ranking"]}
+        r = by.get(tr.get("challenger"), {})
+        who = tr.get("challenger") if tr.get("champion_version") == tr.get("version") else "-"
+        t.add_row(f"{tr.get('model', '')}\n{who}", "volatility",
+                  str(tr.get("champion_version") or "none"),
+                  f"QLIKE {r.get('qlike', float('nan')):.4f}",
+                  f"ratio {r.get('qlike_ratio', float('nan')):.3f}")
+    if co.get("scores"):
+        by = {r["model"]: r for r in co["scores"]}
+        r = by.get(co.get("challenger"), {})
+        who = co.get("challenger") if co.get("champion_version") == co.get("version") else "-"
+        t.add_row(f"{co.get('model', '')}\n{who}", "correlation",
+                  str(co.get("champion_version") or "none"),
+                  f"Stein {r.get('stein_qlike', float('nan')):.4f}",
+                  f"GMV {r.get('gmv_ratio', float('nan')):.3f}, Stein "
+                  f"{r.get('stein_diff', float('nan')):+.4f}, Maha "
+                  f"{r.get('mahalanobis_ratio', float('nan')):.2f}")
     console.print(t)
 
 

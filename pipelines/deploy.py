@@ -2,13 +2,13 @@
 
 Three deployments (cron, in ``DeployConfig.timezone``):
 
-==========================  ====================  ===========================================
+==========================  ====================  =================================================
 deployment                  default schedule      what runs
-==========================  ====================  ===========================================
-``dprm-cycle/retrain``      ``0 2 * * *``         ingest -> build_features -> train
+==========================  ====================  =================================================
+``dprm-cycle/retrain``      ``0 2 * * *``         ingest -> build_features -> train -> correlation
 ``dprm-cycle/forecast``     ``0 * * * *``         ingest -> build_features -> forecast
 ``dprm-monitor/monitor``    ``30 2 * * *``        monitor (Failed on a breach)
-==========================  ====================  ===========================================
+==========================  ====================  =================================================
 
 Schedules need a real Prefect server (``prefect server start``; the temporary API Prefect starts
 for a plain flow call does not run the scheduler) and ``PREFECT_API_URL`` pointing at it.
@@ -26,7 +26,7 @@ from typing import Any
 from pipelines.flow_config import CycleConfig, DeployConfig, MonitorFlowConfig
 from pipelines.flows import daily_cycle, monitor
 
-RETRAIN_STEPS = ("ingest", "features", "train")
+RETRAIN_STEPS = ("ingest", "features", "train", "correlation")
 FORECAST_STEPS = ("ingest", "features", "forecast")
 
 

@@ -99,10 +99,21 @@ class ModelSpec(_Config):
 
 
 def _default_candidates() -> dict[str, ModelSpec]:
+    """What the train flow compares by default: the HAR family, the daily benchmark champion's
+    specification (log-HAR-DoW-X with the ``rec4_x`` recency context, skipped with the reason where
+    a dataset lacks it), GARCH(1,1) and GJR-t through ``arch`` (where close prices exist),
+    LightGBM and the QLIKE-weighted combination (each on its own schedule), EWMA and the random
+    walk (the baselines)."""
     return {
         "har": ModelSpec(kind="har", params={"window": 500}),
         "loghar": ModelSpec(kind="loghar", params={"window": 500}),
         "harq": ModelSpec(kind="harq", params={"window": 500}),
+        "log_har_dow": ModelSpec(kind="log_har_dow", params={"window": 500}),
+        "log_har_dow_x": ModelSpec(kind="log_har_dow_x", params={"window": 500}),
+        "garch_1_1": ModelSpec(kind="garch_1_1"),
+        "gjr_t": ModelSpec(kind="gjr_t"),
+        "lgbm": ModelSpec(kind="lgbm"),
+        "qlike_combo": ModelSpec(kind="qlike_combo"),
         "ewma": ModelSpec(kind="ewma"),
         "rw": ModelSpec(kind="rw"),
     }
@@ -256,12 +267,59 @@ class MonitorFlowConfig(ModelTarget):
         return v
 
 
-CYCLE_STEPS = ("ingest", "features", "train", "forecast", "monitor")
+CORR_MODEL = "dprm-correlation"
+"""The registered correlation model of the default (embedded) dataset."""
+
+
+def corr_model_name_for(dataset: str) -> str:
+    """The registered correlation model of a dataset: ``dprm-correlation`` for the embedded data,
+    ``dprm-correlation-<dataset>`` for any other."""
+    return CORR_MODEL if dataset == "embedded" else f"{CORR_MODEL}-{dataset}"
+
+
+class CorrTrainFlowConfig(Target):
+    """``train_correlation``: walk-forward comparison of the correlation candidates on the
+    dataset's prices, the best non-baseline candidate registered as the challenger of the
+    dataset's correlation model and promoted through the correlation gate (Stein loss <= the
+    champion's and below EWMA and the rolling sample correlation on the same origins)."""
+
+    model_name: str | None = Field(
+        None, description="registered model (None: dprm-correlation[-<dataset>])")
+    candidates: tuple[str, ...] = ("ewma_corr", "rolling_corr", "dcc", "har_corr_scalar",
+                                   "lgbm_corr")
+    baselines: tuple[str, ...] = ("ewma_corr", "rolling_corr")
+    horizons: tuple[int, ...] = (1, 5)
+    window: int = Field(250, gt=20, description="estimation window (periods)")
+    refit_every: int = Field(20, gt=0)
+    eval_periods: int = Field(250, gt=10, description="origins scored (the gate's too)")
+    mcs_reps: int = Field(100, gt=0)
+    seed: int = 0
+    register_model: bool = True
+    promote: bool = True
+
+    @field_validator("candidates", "baselines")
+    @classmethod
+    def _known(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        from models import catalog
+
+        known = catalog.names("correlation")
+        unknown = [c for c in v if catalog.ALIASES.get(c, c) not in known]
+        if unknown:
+            raise ValueError(f"unknown correlation model(s) {unknown}; expected some of {known}")
+        return v
+
+    @property
+    def registered_model(self) -> str:
+        """``model_name``, or the dataset's correlation model (:func:`corr_model_name_for`)."""
+        return self.model_name or corr_model_name_for(self.dataset)
+
+
+CYCLE_STEPS = ("ingest", "features", "train", "correlation", "forecast", "monitor")
 """The steps of ``daily_cycle``, in order."""
 
 
 class CycleConfig(_Config):
-    """``daily_cycle``: ingest -> build_features -> train -> forecast -> monitor.
+    """``daily_cycle``: ingest -> build_features -> train -> correlation -> forecast -> monitor.
 
     ``dataset``, ``freq`` and ``model_name`` (when set) override those of every step; ``steps``
     selects which run
@@ -280,6 +338,7 @@ class CycleConfig(_Config):
     ingest: IngestFlowConfig = IngestFlowConfig()
     features: FeaturesFlowConfig = FeaturesFlowConfig()
     train: TrainFlowConfig = TrainFlowConfig()
+    correlation: CorrTrainFlowConfig = CorrTrainFlowConfig()
     forecast: ForecastFlowConfig = ForecastFlowConfig()
     monitor: MonitorFlowConfig = MonitorFlowConfig()
     runner: RunnerConfig = RunnerConfig()
@@ -304,6 +363,7 @@ class CycleConfig(_Config):
             update={
                 "features": self.features.model_copy(update=upd),
                 "train": self.train.model_copy(update=named),
+                "correlation": self.correlation.model_copy(update=upd),
                 "forecast": self.forecast.model_copy(update=named),
                 "monitor": self.monitor.model_copy(update=named),
             }

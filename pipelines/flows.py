@@ -1,6 +1,7 @@
 """The forecasting cycle as Prefect flows: thin sequences of :mod:`pipelines.tasks`.
 
-``ingest`` -> ``build_features`` -> ``train`` -> ``forecast`` -> ``monitor``, and ``daily_cycle``
+``ingest`` -> ``build_features`` -> ``train`` -> ``train_correlation`` -> ``forecast`` ->
+``monitor``, and ``daily_cycle``
 chaining them. Each flow takes one pydantic parameter model (:mod:`pipelines.flow_config`, every
 field defaulted) and works in ``$DPRM_HOME``. Per-symbol feature building and per-symbol
 walk-forward evaluation are mapped over the flow's task runner (threads by default, Dask by
@@ -15,6 +16,7 @@ Functions for the command line (each returns a JSON-ready summary)::
     run_ingest(cfg=None, runner=None) -> dict
     run_build_features(cfg=None, runner=None) -> dict
     run_train(cfg=None, runner=None) -> dict
+    run_train_correlation(cfg=None) -> dict  # the correlation champion
     run_forecast(cfg=None) -> dict
     run_monitor(cfg=None) -> dict           # "status": "breach" and "state": "Failed" on a breach
     run_cycle(cfg=None) -> dict             # the demo: the whole cycle
@@ -41,6 +43,7 @@ from features.errors import ConfigError, DPRMError  # noqa: E402
 from pipelines import steps  # noqa: E402
 from pipelines.config import dprm_home  # noqa: E402
 from pipelines.flow_config import (  # noqa: E402
+    CorrTrainFlowConfig,
     CycleConfig,
     FeaturesFlowConfig,
     ForecastFlowConfig,
@@ -59,6 +62,7 @@ from pipelines.tasks import (  # noqa: E402
     merge_task,
     monitor_task,
     register_task,
+    train_correlation_task,
     warm_symbol_task,
 )
 
@@ -184,6 +188,17 @@ def train(cfg: TrainFlowConfig = TrainFlowConfig()) -> dict[str, Any]:
     return out
 
 
+@flow(name="dprm-train-correlation", task_runner=ThreadPoolTaskRunner())
+def train_correlation(cfg: CorrTrainFlowConfig = CorrTrainFlowConfig()) -> dict[str, Any]:
+    """Correlation candidates compared walk-forward, the best registered as the challenger of the
+    dataset's correlation model and promoted through the correlation gate (one run of a model at a
+    time: :func:`registry_slot` and the registry's file lock)."""
+    home = _home()
+    init_tracking_task(home)
+    with registry_slot(cfg.registered_model):
+        return train_correlation_task(home, cfg)
+
+
 @flow(name="dprm-forecast", task_runner=ThreadPoolTaskRunner())
 def forecast(cfg: ForecastFlowConfig = ForecastFlowConfig()) -> dict[str, Any]:
     """Roll the champion (or the baseline after a breach) forward and persist the forecast table."""
@@ -216,7 +231,8 @@ def monitor(cfg: MonitorFlowConfig = MonitorFlowConfig()) -> Any:
 
 @flow(name="dprm-cycle", task_runner=ThreadPoolTaskRunner())
 def daily_cycle(cfg: CycleConfig = CycleConfig()) -> dict[str, Any]:
-    """ingest -> build_features -> train -> forecast -> monitor (the selected ``cfg.steps``).
+    """ingest -> build_features -> train -> correlation -> forecast -> monitor (the selected
+    ``cfg.steps``; correlation only for datasets with two or more symbols).
 
     The monitor step's breach is recorded in the summary (its own subflow run is Failed); the cycle
     itself fails on it only with ``fail_on_monitor_breach``.
@@ -230,6 +246,11 @@ def daily_cycle(cfg: CycleConfig = CycleConfig()) -> dict[str, Any]:
         out["features"] = build_features.with_options(task_runner=make_runner(runner))(cfg.features)
     if "train" in cfg.steps:
         out["train"] = train.with_options(task_runner=make_runner(runner))(cfg.train)
+    if "correlation" in cfg.steps:
+        if _multi_symbol(out["home"], cfg.correlation.dataset):
+            out["correlation"] = train_correlation(cfg.correlation)
+        else:
+            out["correlation"] = {"skipped": f"dataset '{cfg.correlation.dataset}' has one symbol"}
     if "forecast" in cfg.steps:
         out["forecast"] = forecast(cfg.forecast)
     if "monitor" in cfg.steps:
@@ -249,6 +270,11 @@ def daily_cycle(cfg: CycleConfig = CycleConfig()) -> dict[str, Any]:
             if cfg.fail_on_monitor_breach:
                 raise MonitoringBreach(state.message or "monitoring failed")
     return out
+
+
+def _multi_symbol(home: str, dataset: str) -> bool:
+    """Whether ``dataset`` holds two or more symbols (a correlation model to train)."""
+    return len(steps.dataset_symbols(home, dataset)) >= 2
 
 
 # ---- functions the CLI calls ---------------------------------------------------------------------
@@ -284,6 +310,11 @@ def run_train(
 ) -> dict[str, Any]:
     """Run the training flow; challenger, version, gate status and ranking, with ``state``."""
     return _run(train, cfg or TrainFlowConfig(), runner)
+
+
+def run_train_correlation(cfg: CorrTrainFlowConfig | None = None) -> dict[str, Any]:
+    """Run the correlation training flow; scores, challenger, version and gate, with ``state``."""
+    return _run(train_correlation, cfg or CorrTrainFlowConfig(), None)
 
 
 def run_forecast(cfg: ForecastFlowConfig | None = None) -> dict[str, Any]:

@@ -57,6 +57,7 @@ from models.evaluation import (
     merge_evaluations,
     walk_forward,
 )
+from models.schedule import WalkForward
 from pipelines.config import SimulateConfig
 from pipelines.flow_config import (
     FeaturesFlowConfig,
@@ -343,17 +344,15 @@ def build_model(spec: ModelSpec) -> BaseForecaster:
 
 
 def training_model(spec: ModelSpec, cfg: TrainFlowConfig) -> BaseForecaster:
-    """The forecaster as evaluated: :func:`build_model` with the training ``window``,
-    ``window_type``, ``refit_every`` and ``horizons`` applied where the model has them (the
-    walk-forward evaluation applies the same settings, so the registered model is the one scored)."""
+    """The forecaster as evaluated: :func:`build_model` with the training ``horizons`` and, unless
+    the model keeps its own schedule (GARCH, LightGBM, the combinations), the training ``window``,
+    ``window_type`` and ``refit_every``, where the model has them (the walk-forward evaluation runs
+    each model on the same schedule, so the registered model is the one scored)."""
     est = build_model(spec)
     names = est.get_params(deep=False)
-    upd = {
-        "window": cfg.window,
-        "window_type": cfg.window_type,
-        "refit_every": cfg.refit_every,
-        "horizons": tuple(cfg.horizons),
-    }
+    upd: dict[str, Any] = {"horizons": tuple(cfg.horizons)}
+    if not type(est).own_schedule:
+        upd.update(window=cfg.window, window_type=cfg.window_type, refit_every=cfg.refit_every)
     est.set_params(**{k: v for k, v in upd.items() if k in names})
     return est
 
@@ -376,6 +375,7 @@ def evaluate_symbol(home: Path | str, cfg: TrainFlowConfig, symbol: str) -> Eval
     if data.empty:
         raise DataError(f"no valid rows for symbol {symbol!r} in {cfg.dataset}/{cfg.freq}")
     models = {name: build_model(spec) for name, spec in cfg.candidates.items()}
+    own = {name: WalkForward() for name, m in models.items() if type(m).own_schedule}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # skipped models are in result.skipped
         return walk_forward(
@@ -383,9 +383,8 @@ def evaluate_symbol(home: Path | str, cfg: TrainFlowConfig, symbol: str) -> Eval
             data,
             horizons=tuple(cfg.horizons),
             start=_eval_start(data, cfg),
-            window=cfg.window,
-            window_type=cfg.window_type,
-            refit_every=cfg.refit_every,
+            schedule=WalkForward(cfg.window, cfg.window_type, cfg.refit_every),
+            schedules=own,
             min_obs=None,
             baselines=[b for b in cfg.baselines if b in models] or None,
             mcs_reps=cfg.mcs_reps,
@@ -1313,10 +1312,6 @@ def evaluate(home: Path, dataset: str, cfg: Any) -> tuple[Any, Path]:
     truth = load_truth(store, dataset, cfg.freq)
     n = data.groupby("symbol").size().min()
     window = min(cfg.window, max(50, int(n * 0.5)))
-    if window != cfg.window:
-        for m in models.values():
-            if "window" in m.get_params():
-                m.set_params(window=window)
     entries = {k: catalog.resolve(k) for k in models}
     # a model needing close prices the data lack is skipped with the catalog's reason
     pre = {k: catalog.missing_inputs(e, data.columns, has_close=has_close)
@@ -1324,11 +1319,14 @@ def evaluate(home: Path, dataset: str, cfg: Any) -> tuple[Any, Path]:
     for k, why in pre.items():
         warnings.warn(f"walk_forward skips model {k!r}: {why}", SkippedModelWarning, stacklevel=2)
         del models[k], entries[k]
-    own = [k for k, e in entries.items() if e.own_schedule]
+    # models on their own schedule keep it, with the window shortened to what short data allow
+    shorter = WalkForward(window=window) if window != cfg.window else WalkForward()
+    schedules = {k: shorter if "window" in models[k].get_params() else WalkForward()
+                 for k, e in entries.items() if e.own_schedule}
     base = [k for k, e in entries.items() if "learned" not in e.tags]
     result = walk_forward(models, data, horizons=tuple(cfg.horizons), start=cfg.start, end=cfg.end,
-                          window=window, window_type=cfg.window_type, refit_every=cfg.refit_every,
-                          own_schedule=own, baselines=base or None,
+                          schedule=WalkForward(window, cfg.window_type, cfg.refit_every),
+                          schedules=schedules, baselines=base or None,
                           truth=truth, min_obs=None, mcs_reps=cfg.mcs_reps,
                           random_state=cfg.seed)
     if pre:

@@ -30,7 +30,9 @@ from prefect import get_run_logger, task
 
 from models.evaluation import EvaluationResult
 from pipelines import steps
+from pipelines.corr_train import train_correlation
 from pipelines.flow_config import (
+    CorrTrainFlowConfig,
     FeaturesFlowConfig,
     ForecastFlowConfig,
     IngestFlowConfig,
@@ -192,6 +194,24 @@ def register_task(
         f": {out.gate_reason}" if out.gate_reason else "",
     )
     return out.to_dict()
+
+
+@task(
+    name="train-correlation",
+    retries=1,
+    retry_delay_seconds=5,
+    retry_condition_fn=retry_unless_user_error,
+)
+def train_correlation_task(home: str, cfg: CorrTrainFlowConfig) -> dict[str, Any]:
+    """Evaluate the correlation candidates, register the challenger and run the correlation gate
+    (idempotent per training key)."""
+    out = train_correlation(home, cfg)
+    get_run_logger().info(
+        "correlation challenger %s -> version %s; gate %s%s",
+        out["challenger"], out.get("version", "-"), out.get("gate_status", "-"),
+        f": {out['gate_reason']}" if out.get("gate_reason") else "",
+    )
+    return out
 
 
 @task(name="forecast", retries=2, retry_delay_seconds=2, retry_condition_fn=retry_unless_user_error)

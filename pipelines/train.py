@@ -17,6 +17,7 @@ from models.base import BaseForecaster
 from models.evaluation import POOLED, EvaluationResult, walk_forward
 from models.promotion_log import ModelRef
 from models.registry import log_evaluation_run, register_challenger
+from models.schedule import WalkForward
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,7 @@ def train_and_register(
     primary: str | None = None,
     members: Sequence[str] | None = None,
     start: pd.Timestamp | str | None = None,
+    schedule: WalkForward | None = None,
     window: int = 1000,
     window_type: str = "rolling",
     refit_every: int = 1,
@@ -60,6 +62,7 @@ def train_and_register(
     primary : the champion member; None = the model with the lowest pooled QLIKE averaged over the
         horizons.
     members : names bundled with the primary (e.g. an EWMA fallback); None = the primary only.
+    schedule : the walk-forward schedule; None = ``WalkForward(window, window_type, refit_every)``.
     start, window, window_type, refit_every, min_obs, mcs_reps, random_state : passed to
         :func:`models.evaluation.walk_forward`.
     config, feature_set_version : logged with the evaluation run.
@@ -71,9 +74,7 @@ def train_and_register(
         data,
         horizons=hs,
         start=start,
-        window=window,
-        window_type=window_type,
-        refit_every=refit_every,
+        schedule=schedule or WalkForward(window, window_type, refit_every),  # type: ignore[arg-type]
         min_obs=min_obs,
         mcs_reps=mcs_reps,
         random_state=random_state,

@@ -185,6 +185,7 @@ def test_deployments_schedules_and_a_triggered_run(
         "ingest",
         "features",
         "train",
+        "correlation",
     ]
     assert deps["dprm-cycle/forecast"]["parameters"]["cfg"]["steps"] == [
         "ingest",

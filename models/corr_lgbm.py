@@ -64,7 +64,7 @@ from scipy.signal import lfilter
 from models.base import Boolean, Horizons, Interval, Options
 from models.corr import FISHER_CLIP, BaseCorrForecaster, CorrPanel, cov_to_corr
 from models.corr_forecast import CorrForecast
-from models.lgbm import BOOSTER_CONSTRAINTS
+from models.lgbm import BOOSTER_CONSTRAINTS, native
 
 __all__ = ["LGBMCorr", "LGBMCorrHorizon", "LGBMCorrState", "make_lgbm_corr", "repaired_share"]
 
@@ -364,6 +364,7 @@ class LGBMCorr(BaseCorrForecaster):
         return np.linalg.lstsq(d, y, rcond=None)[0]
 
     # ---- hooks ------------------------------------------------------------------------------------
+    @native
     def _fit_panel(self, panel: CorrPanel) -> LGBMCorrState:
         x, names, ok = self._features(panel)
         c = self._cov_proxy(panel)
@@ -447,6 +448,7 @@ class LGBMCorr(BaseCorrForecaster):
             )
         return LGBMCorrState(horizons=out, feature_names=tuple(names), realized=realized)
 
+    @native
     def _path(self, panel, state: LGBMCorrState, horizons, rows):
         x, names, ok = self._features(panel)
         n = panel.n_symbols

@@ -307,6 +307,18 @@ class GateDecision:
         }
 
 
+def config_key(v: Any) -> Any:
+    """A JSON-able identity of a configuration value; estimators nested in it (a combination's
+    members) as their class and parameters."""
+    if hasattr(v, "get_params") and not isinstance(v, type):
+        return [class_path(v), config_key(v.get_params(deep=False))]
+    if isinstance(v, Mapping):
+        return {str(k): config_key(x) for k, x in v.items()}
+    if isinstance(v, list | tuple):
+        return [config_key(x) for x in v]
+    return jsonable(v)
+
+
 def evaluate_gate(
     challenger: ForecasterPackage,
     champion: ForecasterPackage | None,
@@ -353,7 +365,7 @@ def evaluate_gate(
         effective = {**m.get_params(deep=False),
                      **{k: v for k, v in own.get(name, schedule).over(WalkForward.of(m))
                         .as_dict().items() if k in names}}
-        key = json.dumps([class_path(m), jsonable(effective)], sort_keys=True)
+        key = json.dumps([class_path(m), config_key(effective)], sort_keys=True)
         if key in seen:
             same_as[name] = seen[key]
         else:

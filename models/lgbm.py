@@ -35,9 +35,11 @@ derived from ``random_state``: the same data and seed give bit-identical forecas
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import numbers
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -68,6 +70,24 @@ from models.schedule import WalkForward, merge
 
 DEFAULT_QUANTILES = (0.005, 0.025, 0.975, 0.995)
 QUARTER = 66
+
+
+NATIVE_LOCK = threading.RLock()
+"""Held around every call into LightGBM's native training and prediction: they are not safe to
+run from several Python threads at once (shared Booster and predictor initialisation; a segfault
+seen when Prefect maps evaluations of several symbols on threads). With one LightGBM thread per
+booster the lock costs little: other models' work runs meanwhile."""
+
+
+def native(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Run ``fn`` holding :data:`NATIVE_LOCK`."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with NATIVE_LOCK:
+            return fn(*args, **kwargs)
+
+    return wrapper
 
 
 @dataclass(frozen=True)
@@ -487,6 +507,7 @@ class LGBMVol(BaseForecaster):
             val &= enough
         return tr, val
 
+    @native
     def _train_one(
         self,
         d: PooledDesign,
@@ -592,6 +613,7 @@ class LGBMVol(BaseForecaster):
                 best = m
         return best
 
+    @native
     def _apply(
         self, m: HorizonModel, d: PooledDesign, rows: np.ndarray
     ) -> tuple[np.ndarray, dict[float, np.ndarray]]:
@@ -670,6 +692,7 @@ class LGBMVol(BaseForecaster):
             out[h] = g / tot if tot > 0 else g
         return pd.DataFrame(out, index=pd.Index(self.feature_names_, name="feature"))
 
+    @native
     def shap_values(self, X: pd.DataFrame, horizon: int | None = None) -> pd.DataFrame:
         """SHAP contributions (``pred_contrib=True``) of each feature to the log forecast.
 

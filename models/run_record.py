@@ -351,7 +351,10 @@ def evaluation_symbols(result: EvaluationResult) -> list[str]:
 def param_value(v: Any) -> str:
     """A run param as MLflow stores it: lists as JSON, a Generator as "Generator", else str (cut)."""
     if isinstance(v, (list, tuple)):
-        return json.dumps([jsonable(x) for x in v])
+        try:
+            return json.dumps([jsonable(x) for x in v])
+        except TypeError:  # estimators inside (a combination's members): their repr
+            return str(v)[:6000]
     if isinstance(v, np.random.Generator):
         return "Generator"
     return str(v)[:6000]

@@ -1057,12 +1057,32 @@ def train(
     freq: Annotated[str | None, typer.Option(help="Frequency of the feature rows.")] = None,
     model: ModelOpt = None,
     config: ConfigOpt = None,
+    target: Annotated[str, typer.Option(
+        help="volatility (the forecaster) or correlation (the correlation champion, "
+        "dprm-correlation[-<dataset>]; settings in [train_correlation]).")] = "volatility",
 ) -> None:
     """Walk-forward evaluate, log to MLflow, register a challenger and try the promotion gate
     (the `train` Prefect flow). The model is the dataset's own unless --model names another."""
+    from features.errors import ConfigError
     from pipelines.config import load_config
-    from pipelines.flow_config import TrainFlowConfig
+    from pipelines.flow_config import CorrTrainFlowConfig, TrainFlowConfig
 
+    if target not in ("volatility", "correlation"):
+        raise ConfigError(f"--target must be volatility or correlation; got {target!r}")
+    if target == "correlation":
+        ccfg = load_config(CorrTrainFlowConfig, config, "train_correlation", dataset=dataset,
+                           freq=freq, model_name=model)
+        from models.registry import verify_registry
+        from pipelines.config import dprm_home
+        from pipelines.flows import run_train_correlation
+
+        verify_registry(dprm_home(), ccfg.registered_model)
+        with _console().status("running the correlation training flow"):
+            out = run_train_correlation(ccfg)
+        _print_flow("train (correlation)", out)
+        if out.get("state") not in (None, "Completed"):
+            raise typer.Exit(code=1)
+        return
     cfg = load_config(TrainFlowConfig, config, "train", dataset=dataset, freq=freq,
                       model_name=model)
     if cfg.register_model:
@@ -1098,6 +1118,7 @@ def forecast(
     with _console().status("running the forecast flow"):
         out = run_forecast(cfg)
     _print_flow("forecast", out)
+    print_bundle(_console(), out.get("bundle"))
     if out.get("state") not in (None, "Completed"):
         raise typer.Exit(code=1)
 
@@ -1448,6 +1469,9 @@ def print_cycle(console: Any, dataset: str, out: dict[str, Any]) -> None:
         r = out.get(step)
         if r is None:
             continue
+        if isinstance(r, dict) and isinstance(r.get("bundle"), dict):
+            b = r["bundle"]
+            r = {**r, "bundle_text": b.get("error") or f"{b['bundle_id'][:12]} at {b['as_of']}"}
         if isinstance(r, list):
             detail = f"{len(r)} source(s) ingested"
         else:
@@ -1455,12 +1479,42 @@ def print_cycle(console: Any, dataset: str, out: dict[str, Any]) -> None:
                     "train": ("challenger", "version", "promoted", "gate_status", "gate_reason"),
                     "correlation": ("challenger", "version", "promoted", "gate_status",
                                     "gate_reason", "skipped"),
-                    "forecast": ("model", "version", "source", "data_cutoff_ts", "path"),
+                    "forecast": ("model", "version", "source", "data_cutoff_ts", "path",
+                                 "bundle_text"),
                     "monitor": ("status", "breaches", "report")}.get(step, ())
-            detail = "; ".join(f"{k}={r[k]}" for k in keys if r.get(k) not in (None, ""))
-        t.add_row(step, detail)
+            shown = {k: (", ".join(r[k]) if isinstance(r.get(k), dict) else r.get(k)) for k in keys}
+            detail = "; ".join(f"{k}={v}" for k, v in shown.items() if v not in (None, ""))
+        secs = (out.get("seconds") or {}).get(step)
+        t.add_row(step if secs is None else f"{step}\n{secs:.0f} s", detail)
     console.print(t)
     print_champions(console, out)
+    print_bundle(console, (out.get("forecast") or {}).get("bundle"))
+
+
+def print_bundle(console: Any, b: dict[str, Any] | None) -> None:
+    """The risk-forecast bundle's summary: as_of, id, members, the h-period vols (issued and
+    scaled) with the variance scale and its interval, the correlation and stale symbols."""
+    from rich.table import Table
+
+    if not b or "vols" not in b:
+        if b and b.get("error"):
+            console.print(f"[red]bundle not written[/red]: {b['error']}")
+        return
+    t = Table(title=f"risk-forecast bundle {b['bundle_id'][:12]} at {b['as_of'][:19]}")
+    for c in ("symbol", "h", "vol", "scaled", "scale [95%]", "stale"):
+        t.add_column(c, justify="left" if c in ("symbol", "stale") else "right")
+    for v in b["vols"]:
+        t.add_row(v["symbol"], f"{v['horizon']}{v['unit'][-1]}", f"{v['vol']:.2%}",
+                  f"{v['vol_scaled']:.2%}",
+                  f"{v['scale']:.2f} [{v['scale_lo']:.2f}, {v['scale_hi']:.2f}]",
+                  "yes" if v["stale"] else "")
+    console.print(t)
+    members = ", ".join(f"{k}: {m}" for k, m in b.get("members", {}).items())
+    corr = "; ".join(f"{p} {c:+.3f}" for u in b.get("corr", {}).values() for p, c in u.items())
+    console.print(f"members: {members}")
+    if corr:
+        console.print(f"correlation (shortest horizon): {corr}")
+    console.print(f"bundle: {b.get('path', '')}")
 
 
 def print_champions(console: Any, out: dict[str, Any]) -> None:

@@ -210,6 +210,8 @@ class ForecastFlowConfig(ModelTarget):
     horizons: tuple[int, ...] = (1, 5)
     baseline: ModelSpec = ModelSpec(kind="ewma")
     history: int = Field(600, gt=30, description="rows per symbol handed to the model")
+    bundle: bool = Field(True, description="also ledger the issued forecasts and write the "
+                         "risk-forecast bundle under $DPRM_HOME/bundles/")
 
 
 class MonitorFlowConfig(ModelTarget):

@@ -31,6 +31,7 @@ engine_environment()
 
 import contextlib  # noqa: E402
 import json  # noqa: E402
+import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
@@ -55,6 +56,7 @@ from pipelines.flow_config import (  # noqa: E402
 from pipelines.runners import make_runner, runner_config_from_env  # noqa: E402
 from pipelines.tasks import (  # noqa: E402
     build_features_task,
+    bundle_task,
     evaluate_symbol_task,
     forecast_task,
     ingest_source_task,
@@ -201,8 +203,16 @@ def train_correlation(cfg: CorrTrainFlowConfig = CorrTrainFlowConfig()) -> dict[
 
 @flow(name="dprm-forecast", task_runner=ThreadPoolTaskRunner())
 def forecast(cfg: ForecastFlowConfig = ForecastFlowConfig()) -> dict[str, Any]:
-    """Roll the champion (or the baseline after a breach) forward and persist the forecast table."""
-    return forecast_task(_home(), cfg)
+    """Roll the champion (or the baseline after a breach) forward and persist the forecast table;
+    then ledger what the champions issued and write the risk-forecast bundle (``cfg.bundle``). A
+    bundle that cannot be built is reported in ``bundle.error``; the forecast table stands."""
+    out = forecast_task(_home(), cfg)
+    if cfg.bundle:
+        state = bundle_task(_home(), cfg, return_state=True)
+        result = state.result(raise_on_failure=False)
+        out["bundle"] = (result if isinstance(result, dict)
+                         else {"error": f"{type(result).__name__}: {result}"})
+    return out
 
 
 @flow(name="dprm-monitor", task_runner=ThreadPoolTaskRunner())
@@ -239,20 +249,33 @@ def daily_cycle(cfg: CycleConfig = CycleConfig()) -> dict[str, Any]:
     """
     cfg = cfg.resolved()
     runner = runner_config_from_env(cfg.runner)
-    out: dict[str, Any] = {"home": _home()}
+    out: dict[str, Any] = {"home": _home(), "seconds": {}}
+    clock = time.perf_counter()
+
+    def lap(step: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        out["seconds"][step] = round(now - clock, 1)
+        clock = now
+
     if "ingest" in cfg.steps:
         out["ingest"] = ingest.with_options(task_runner=make_runner(runner))(cfg.ingest)
+        lap("ingest")
     if "features" in cfg.steps:
         out["features"] = build_features.with_options(task_runner=make_runner(runner))(cfg.features)
+        lap("features")
     if "train" in cfg.steps:
         out["train"] = train.with_options(task_runner=make_runner(runner))(cfg.train)
+        lap("train")
     if "correlation" in cfg.steps:
         if _multi_symbol(out["home"], cfg.correlation.dataset):
             out["correlation"] = train_correlation(cfg.correlation)
         else:
             out["correlation"] = {"skipped": f"dataset '{cfg.correlation.dataset}' has one symbol"}
+        lap("correlation")
     if "forecast" in cfg.steps:
         out["forecast"] = forecast(cfg.forecast)
+        lap("forecast")
     if "monitor" in cfg.steps:
         state = monitor(cfg.monitor, return_state=True)
         if state.is_completed():
@@ -269,6 +292,7 @@ def daily_cycle(cfg: CycleConfig = CycleConfig()) -> dict[str, Any]:
             }
             if cfg.fail_on_monitor_breach:
                 raise MonitoringBreach(state.message or "monitoring failed")
+        lap("monitor")
     return out
 
 

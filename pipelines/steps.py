@@ -926,7 +926,7 @@ def _stamp_ns(ts: pd.Timestamp) -> int:
     return (t.tz_localize("UTC") if t.tz is None else t).value
 
 
-def _evaluation_forecasts(home: Path, run_id: str | None) -> pd.DataFrame | None:
+def evaluation_forecasts(home: Path, run_id: str | None) -> pd.DataFrame | None:
     """The walk-forward (out-of-sample) forecasts logged by the champion's evaluation run, or None
     when the version names no evaluation run or the run holds none."""
     if not run_id:
@@ -1148,7 +1148,7 @@ def monitor_step(home: Path | str, cfg: MonitorFlowConfig) -> MonitorOutcome:
             model_uri=ref.uri,
             train_end_ts=end or "unknown",
         )
-        evaluation = _evaluation_forecasts(home, info.get("evaluation_run_id"))
+        evaluation = evaluation_forecasts(home, info.get("evaluation_run_id"))
         model_checks = _quality_checks(champion, data, cfg, train_end, evaluation)
         if not model_checks:
             context["model_checks"] = (

@@ -30,6 +30,7 @@ from prefect import get_run_logger, task
 
 from models.evaluation import EvaluationResult
 from pipelines import steps
+from pipelines.bundles import issue_bundle
 from pipelines.corr_train import train_correlation
 from pipelines.flow_config import (
     CorrTrainFlowConfig,
@@ -211,6 +212,15 @@ def train_correlation_task(home: str, cfg: CorrTrainFlowConfig) -> dict[str, Any
         out["challenger"], out.get("version", "-"), out.get("gate_status", "-"),
         f": {out['gate_reason']}" if out.get("gate_reason") else "",
     )
+    return out
+
+
+@task(name="issue-bundle", retries=1, retry_delay_seconds=2,
+      retry_condition_fn=retry_unless_user_error)
+def bundle_task(home: str, cfg: ForecastFlowConfig) -> dict[str, Any]:
+    """Ledger the champions' issued forecasts and write the risk-forecast bundle."""
+    out = issue_bundle(home, cfg)
+    get_run_logger().info("bundle %s at %s -> %s", out["bundle_id"][:12], out["as_of"], out["path"])
     return out
 
 

@@ -1,0 +1,178 @@
+"""Issuing the risk-forecast bundle: the forecast flow's last step (no Prefect, no printing).
+
+:func:`issue_bundle` records in the forecast ledger (``$DPRM_HOME/ledger``) what the dataset's
+champions issue, then builds the :class:`~models.forecast.RiskForecastBundle` margin consumes at
+one ``as_of`` and writes it under ``$DPRM_HOME/bundles/<dataset>/<freq>/`` with ``latest.json``
+pointing at it (written atomically):
+
+- volatility: the champion's walk-forward forecasts from its evaluation run (each issued at its
+  data cutoff by a model fitted on earlier data: the history margin backtests need) and, after its
+  training end, the registered champion's own forecasts at every origin; without a champion, the
+  EWMA baseline walked forward (``fallback``);
+- correlation: the correlation champion's forecast at the latest origin, issued at ``as_of``
+  (EWMA correlation when the dataset has no correlation champion);
+- the bundle: variance scale estimated inside it from the ledger and the closes (ratio of means,
+  block bootstrap), innovation distributions and the t-copula fitted to the residuals, staleness
+  per symbol. Rerunning on the same data writes nothing new (the ledger and the bundle are
+  content-addressed).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from features.errors import DataError
+from features.schema import CLOSE, SYMBOL, TS
+from features.store import atomic_write_json
+from models import catalog, registry
+from models.bundle_build import ModelRef as LedgerRef
+from models.bundle_build import build_bundle
+from models.corr import returns_panel
+from models.forecast import RiskForecastBundle
+from models.ledger import ForecastLedger
+from models.run_record import dprm_version
+from pipelines import steps
+from pipelines.corr_train import correlation_prices
+from pipelines.flow_config import ForecastFlowConfig, corr_model_name_for
+
+
+def ledger_path(home: Path | str) -> Path:
+    """The workspace's forecast ledger."""
+    return Path(home) / "ledger"
+
+
+def bundle_dir(home: Path | str, dataset: str, freq: str) -> Path:
+    """Where a dataset's bundles are written (``latest.json`` inside)."""
+    return Path(home) / "bundles" / dataset / freq
+
+
+def _unit(freq: str) -> str:
+    return "1D" if pd.Timedelta(freq) == pd.Timedelta("1D") else freq
+
+
+def _vol_issues(home: Path, cfg: ForecastFlowConfig, data: pd.DataFrame) -> tuple[pd.DataFrame, LedgerRef, str]:
+    """The champion's issued volatility forecasts (walk-forward history + post-training) as a long
+    table, its ledger reference and a one-line source description."""
+    name = cfg.registered_model
+    info = steps.check_champion(home, cfg)
+    if info is None:
+        ewma = catalog.build("ewma", min_obs=None)
+        fcs = ewma.walk_forward(data, tuple(cfg.horizons), schedule=None)
+        table = pd.concat([f.to_frame() for f in fcs.values()], ignore_index=True)
+        table["model_id"], table["model_version"] = "ewma", "baseline"
+        return table, LedgerRef("ewma", "baseline", "fallback"), "EWMA baseline (no champion)"
+    champion = registry.load_champion(home=home, name=name)
+    version = str(champion.ref.version)
+    label = f"{name}:{champion.primary}"
+    end = info["tags"].get("data.end_ts")
+    train_end = pd.Timestamp(end) if end else None
+    parts = []
+    ev = steps.evaluation_forecasts(home, info.get("evaluation_run_id"))
+    if ev is not None and not ev.empty:
+        ev = ev[ev["model_id"].astype(str) == champion.primary]
+        if train_end is not None:
+            ev = ev[pd.to_datetime(ev["origin_ts"], utc=True) <= train_end]
+        parts.append(ev.drop(columns=[c for c in ev.columns if c in ("realized_var", "evaluated",
+                                                                       "stressed")]))
+    table = champion.predict(data, origins="all")
+    table = table[table["model_id"].astype(str) == champion.primary]
+    if train_end is not None:
+        table = table[pd.to_datetime(table["origin_ts"], utc=True) > train_end]
+    parts.append(table)
+    out = pd.concat([p for p in parts if not p.empty], ignore_index=True)
+    out["model_id"], out["model_version"] = label, version
+    return out, LedgerRef(label, version, "champion"), f"{name} v{version} ({champion.primary})"
+
+
+def _corr_issue(home: Path, dataset: str, freq: str, symbols: list[str],
+                as_of: pd.Timestamp, horizons: tuple[int, ...]) -> tuple[Any, LedgerRef, str]:
+    """The correlation forecast at the latest origin at or before ``as_of``: the correlation
+    champion's, else EWMA's."""
+    name = corr_model_name_for(dataset)
+    prices, panel_freq = correlation_prices(home, dataset, freq)
+    prices = prices[prices[SYMBOL].isin(symbols) & (prices[TS] <= as_of)]
+    if registry.champion_version(home, name) is not None:
+        package = registry.load_package("champion", home=home, name=name)
+        if set(package.symbols) == set(symbols):
+            version = registry.champion_version(home, name)
+            label = f"{name}:{package.name}"
+            fc = dataclasses.replace(package.forecast(prices, origins="last"), model_id=label,
+                                     model_version=str(version))
+            return fc, LedgerRef(label, str(version), "champion"), f"{name} v{version} ({package.name})"
+    panel = returns_panel(prices, freq=panel_freq, realized=False)
+    model = catalog.build("ewma_corr").fit(panel)
+    fc = dataclasses.replace(model.predict(panel, horizons, origins=panel.ts[-1:]),
+                             model_id="ewma_corr", model_version="baseline")
+    return fc, LedgerRef("ewma_corr", "baseline", "fallback"), "EWMA correlation (no champion)"
+
+
+def issue_bundle(home: Path | str, cfg: ForecastFlowConfig, *, as_of: object = None) -> dict[str, Any]:
+    """Ledger the champions' issues and write the bundle at ``as_of`` (None: the data's last
+    time); returns a JSON-ready summary (see the module docs)."""
+    home = Path(home).resolve()
+    data = steps.model_frame(home, cfg.dataset, cfg.freq)
+    if data.empty:
+        raise DataError(f"no valid feature rows in {cfg.dataset}/{cfg.freq} for a bundle")
+    unit = _unit(cfg.freq)
+    t = pd.Timestamp(data[TS].max()) if as_of is None else pd.Timestamp(as_of)
+    t = t.tz_localize("UTC") if t.tzinfo is None else t.tz_convert("UTC")
+    data = data[data[TS] <= t]
+    ledger = ForecastLedger(ledger_path(home))
+    table, vol_ref, vol_src = _vol_issues(home, cfg, data)
+    table["unit"] = unit
+    added = ledger.append_vol(table, source="issued")
+    symbols = sorted(str(s) for s in table[SYMBOL].unique())
+    corr_models, corr_src, added_corr = {}, "", 0
+    if len(symbols) > 1:
+        fc, corr_ref, corr_src = _corr_issue(home, cfg.dataset, cfg.freq, symbols, t,
+                                             tuple(cfg.horizons))
+        added_corr = ledger.append_corr(fc, as_of=t)
+        corr_models = {unit: corr_ref}
+    if CLOSE not in data.columns or data[CLOSE].isna().all():
+        raise DataError(f"{cfg.dataset}/{cfg.freq} has no close prices: the bundle's residuals "
+                        "need them", column=CLOSE)
+    closes = data.pivot_table(index=TS, columns=SYMBOL, values=CLOSE, aggfunc="last")[symbols]
+    bundle = build_bundle(
+        ledger, t, symbols=symbols, vol_models={unit: vol_ref}, closes={unit: closes},
+        corr_models=corr_models, horizons={unit: tuple(cfg.horizons)},
+        data_fingerprints={cfg.dataset: steps.feature_fingerprint(home, cfg.dataset, cfg.freq,
+                                                                  symbols)},
+        code_version=dprm_version(), scale_n_boot=199,
+        fit_residual_distribution=True, random_state=0,
+    )
+    out_dir = bundle_dir(home, cfg.dataset, cfg.freq)
+    path = bundle.save(out_dir / f"{t.strftime('%Y%m%dT%H%M%SZ')}-{bundle.bundle_id[:12]}")
+    atomic_write_json(out_dir / "latest.json", {"bundle_id": bundle.bundle_id, "path": str(path),
+                                                "as_of": t.isoformat()})
+    return summarize(bundle, path=path, sources={"vol": vol_src, "corr": corr_src},
+                     ledger_rows={"vol": int(added), "corr": int(added_corr)})
+
+
+def summarize(bundle: RiskForecastBundle, **extra: Any) -> dict[str, Any]:
+    """A JSON-ready view of a bundle: as_of, id, members, the scaled vols per symbol and horizon,
+    the variance scale, the correlation at the shortest horizon and the stale symbols."""
+    s = bundle.summary()
+    vols = [{"unit": r.unit, "symbol": r.symbol, "horizon": int(r.horizon),
+             "vol": float(r.vol), "vol_scaled": float(r.vol_scaled), "scale": float(r.scale),
+             "scale_lo": float(r.scale_lo), "scale_hi": float(r.scale_hi), "stale": bool(r.stale)}
+            for r in s.itertuples()]
+    corr = {}
+    for unit, fc in bundle.corr.items():
+        m = fc.at(fc.horizons[0])[-1]
+        corr[unit] = {f"{a}/{b}": float(m[i, j]) for i, a in enumerate(fc.symbols)
+                      for j, b in enumerate(fc.symbols) if i < j}
+    return {
+        "as_of": bundle.as_of.isoformat(), "bundle_id": bundle.bundle_id,
+        "symbols": list(bundle.symbols),
+        "members": {m.role: f"{m.name} v{m.version}" + (f" @{m.alias}" if m.alias else "")
+                    for m in bundle.provenance.members},
+        "vols": vols, "corr": corr, "stale": {k: str(v.message) for k, v in bundle.stale.items()},
+        "copula_df": None if bundle.copula_df is None or not np.isfinite(bundle.copula_df)
+        else float(bundle.copula_df),
+        **{k: (str(v) if isinstance(v, Path) else v) for k, v in extra.items()},
+    }

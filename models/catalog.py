@@ -155,10 +155,12 @@ def _qlike_combo(
     random_state: int | None = 0,
     lookback: int = 250,
     power: float = 8.0,
+    learned_refit_every: int = 21,
     **overrides: Any,
 ) -> Any:
     """QLIKE-weighted combination of log-HAR-DoW (``window``, ``window_type``, ``refit_every``) and
-    two LightGBMs (direct, and with the weekly log-HAR offset); the daily crypto champion."""
+    two LightGBMs (direct, and with the weekly log-HAR offset; expanding, retrained every
+    ``learned_refit_every`` periods); the daily crypto champion's specification."""
     from models.combine import QLIKEWeightedVol
     from models.har import LogHARDoWVol
     from models.lgbm import LGBMVol
@@ -168,9 +170,10 @@ def _qlike_combo(
         members=[
             ("log_har_dow", LogHARDoWVol(window=window, window_type=window_type,
                                          refit_every=refit_every, min_obs=min_obs, horizons=hs)),
-            ("lgbm", LGBMVol(horizons=hs, min_obs=min_obs, random_state=random_state)),
+            ("lgbm", LGBMVol(horizons=hs, min_obs=min_obs, random_state=random_state,
+                             refit_every=learned_refit_every)),
             ("lgbm_offw", LGBMVol(horizons=hs, offset_feature="lrv_w", min_obs=min_obs,
-                                  random_state=random_state)),
+                                  random_state=random_state, refit_every=learned_refit_every)),
         ],
         horizons=hs, lookback=lookback, power=power, min_obs=min_obs, **overrides)
 

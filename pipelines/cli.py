@@ -1123,6 +1123,69 @@ def forecast(
         raise typer.Exit(code=1)
 
 
+@app.command("margin")
+@clean_errors
+def margin_cmd(
+    portfolio: Annotated[Path, typer.Option("--portfolio", help="Portfolio file (.csv or .json).")],
+    data: Annotated[str, typer.Option("--data", help="Dataset of the market state.")] = "embedded",
+    as_of: Annotated[str | None, typer.Option("--as-of", help="Margin time (UTC; default: the "
+                                              "bundle's as_of).")] = None,
+    bundle: Annotated[str, typer.Option("--bundle", help="Bundle folder, or 'latest' (the "
+                                        "dataset's last daily bundle).")] = "latest",
+    params: Annotated[Path | None, typer.Option("--params", help="Margin parameters (TOML; "
+                                                "[margin] or top level).")] = None,
+    rate: Annotated[list[str] | None, typer.Option("--rate", help="U=R: rate of a non-crypto "
+                                                   "underlying (repeatable).")] = None,
+    dividend_yield: Annotated[list[str] | None, typer.Option(
+        "--dividend-yield", help="U=Q: dividend yield of an equity index (repeatable).")] = None,
+    what_if_trade: Annotated[str | None, typer.Option(
+        "--what-if", help="INSTRUMENT,QUANTITY: the margin with this trade added.")] = None,
+    explain: Annotated[str | None, typer.Option(
+        "--explain", help="Position id: print its recomputation path.")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the whole MarginResult as JSON.")] = False,
+) -> None:
+    """Margin of a portfolio from the store's market state and a risk-forecast bundle: IM and MM,
+    components, attribution by underlying and position, worst scenarios (written under
+    $DPRM_HOME/margin/)."""
+    from pipelines.config import dprm_home
+    from pipelines.margin_run import margin_for, margin_summary, write_margin
+
+    home = dprm_home()
+    run = margin_for(home, portfolio, dataset=data, bundle=bundle, as_of=as_of,
+                     params=None if params is None else params.read_text(),
+                     rates=_pairs(rate, "--rate"), dividend_yields=_pairs(dividend_yield,
+                                                                          "--dividend-yield"),
+                     trade=what_if_trade)
+    path, _ = write_margin(home, run)
+    if json_out:
+        typer.echo(run.result.to_json())
+        return
+    con = _console()
+    print_margin(con, margin_summary(run, path))
+    if explain is not None:
+        import json
+
+        from features.errors import ConfigError
+
+        if explain not in run.result.by_position:
+            raise ConfigError(f"--explain {explain!r} is not a position of {run.result.portfolio}; "
+                              f"positions: {sorted(run.result.by_position)}")
+        r, ex = run.result, run.result.explain
+        pos = next(q for q in r.positions if q.id == explain)
+        und = pos.instrument.underlying
+        mine = ex["worst_scenario_pnl_by_position"].get(explain, [])
+        doc = {"position": explain, "instrument": getattr(pos.instrument, "name", str(pos.instrument)),
+               "quantity": pos.quantity, "attribution": r.by_position[explain],
+               "worst_scenarios": [{**w, "position_pnl": v}
+                                   for w, v in zip(r.worst_scenarios, mine, strict=False)],
+               "scale_factors": ex["scale_factors"].get(und),
+               **{k: ex[k] for k in ("mpor_days", "measure", "confidence", "quantile_positions",
+                                     "chain")}}
+        con.rule(f"explain {explain}")
+        con.print_json(json.dumps(doc, default=str))
+    con.print(f"result: {path}")
+
+
 @app.command("monitor")
 @clean_errors
 @registry_errors
@@ -1465,14 +1528,17 @@ def print_cycle(console: Any, dataset: str, out: dict[str, Any]) -> None:
     t = Table(title=f"daily_cycle on {dataset}")
     t.add_column("step")
     t.add_column("result")
-    for step in ("ingest", "features", "train", "correlation", "forecast", "monitor"):
+    for step in ("ingest", "features", "train", "correlation", "forecast", "margin", "monitor"):
         r = out.get(step)
         if r is None:
             continue
         if isinstance(r, dict) and isinstance(r.get("bundle"), dict):
             b = r["bundle"]
             r = {**r, "bundle_text": b.get("error") or f"{b['bundle_id'][:12]} at {b['as_of']}"}
-        if isinstance(r, list):
+        if step == "margin" and isinstance(r, list):
+            detail = "; ".join(f"{m['portfolio']}: IM {m['im']:,.2f} MM {m['mm']:,.2f} "
+                               f"{m['margin_currency']}" for m in r)
+        elif isinstance(r, list):
             detail = f"{len(r)} source(s) ingested"
         else:
             keys = {"features": ("rows", "path"),
@@ -1489,6 +1555,42 @@ def print_cycle(console: Any, dataset: str, out: dict[str, Any]) -> None:
     console.print(t)
     print_champions(console, out)
     print_bundle(console, (out.get("forecast") or {}).get("bundle"))
+    for m in out.get("margin") or []:
+        if isinstance(m, dict) and "im" in m:
+            print_margin(console, m)
+
+
+def print_margin(console: Any, m: dict[str, Any]) -> None:
+    """A margin summary (:func:`pipelines.margin_run.margin_summary`): IM and MM, the non-zero
+    components, attribution by underlying, the top positions, the worst scenarios, failures."""
+    from rich.table import Table
+
+    cur = m["margin_currency"]
+    console.print(f"[bold]{m['portfolio']}[/bold] at {m['as_of'][:19]}: IM {m['im']:,.2f} {cur}, "
+                  f"MM {m['mm']:,.2f} {cur} (bundle {m['bundle_id'][:12]})")
+    t = Table(title="components (sum to IM)", box=None)
+    t.add_column("component")
+    t.add_column(cur, justify="right")
+    for k, v in m["components"].items():
+        if abs(v) > 0:
+            t.add_row(k, f"{v:,.2f}")
+    console.print(t)
+    t = Table(title="attribution", box=None)
+    for c in ("", "market risk", "corr stress", "total"):
+        t.add_column(c, justify="left" if not c else "right")
+    for name, v in [*(("u:" + k, v) for k, v in m["by_underlying"].items()),
+                    *((p["id"], p) for p in m["top_positions"])]:
+        t.add_row(name, f"{v.get('market_risk', 0):,.2f}", f"{v.get('correlation_stress', 0):,.2f}",
+                  f"{v.get('total', 0):,.2f}")
+    console.print(t)
+    worst = ", ".join(f"{w['scenario']} {w['pnl']:,.0f}" for w in m["worst_scenarios"][:3])
+    console.print(f"worst scenarios: {worst}")
+    if m.get("what_if"):
+        w = m["what_if"]
+        console.print(f"what-if: IM {w['im']:,.2f} ({w['incremental_im']:+,.2f}), MM {w['mm']:,.2f} "
+                      f"({w['incremental_mm']:+,.2f})" + (f"; {w['failure']}" if w["failure"] else ""))
+    if m["failures"]:
+        console.print(f"[red]{len(m['failures'])} failure(s)[/red]: " + "; ".join(m["failures"]))
 
 
 def print_bundle(console: Any, b: dict[str, Any] | None) -> None:

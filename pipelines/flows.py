@@ -53,6 +53,7 @@ from pipelines.flow_config import (  # noqa: E402
     RunnerConfig,
     TrainFlowConfig,
 )
+from pipelines.margin_run import CYCLE_BOOKS  # noqa: E402
 from pipelines.runners import make_runner, runner_config_from_env  # noqa: E402
 from pipelines.tasks import (  # noqa: E402
     build_features_task,
@@ -61,6 +62,7 @@ from pipelines.tasks import (  # noqa: E402
     forecast_task,
     ingest_source_task,
     init_tracking_task,
+    margin_task,
     merge_task,
     monitor_task,
     register_task,
@@ -276,6 +278,12 @@ def daily_cycle(cfg: CycleConfig = CycleConfig()) -> dict[str, Any]:
     if "forecast" in cfg.steps:
         out["forecast"] = forecast(cfg.forecast)
         lap("forecast")
+    if "margin" in cfg.steps and cfg.forecast.dataset in CYCLE_BOOKS and cfg.forecast.freq == "1D":
+        state = margin_task(out["home"], cfg.forecast.dataset, return_state=True)
+        result = state.result(raise_on_failure=False)
+        out["margin"] = (result if isinstance(result, list)
+                         else {"error": f"{type(result).__name__}: {result}"})
+        lap("margin")
     if "monitor" in cfg.steps:
         state = monitor(cfg.monitor, return_state=True)
         if state.is_completed():

@@ -40,6 +40,7 @@ from pipelines.flow_config import (
     MonitorFlowConfig,
     TrainFlowConfig,
 )
+from pipelines.margin_run import cycle_margin
 
 EVALUATION_FIELDS = (
     "dataset",
@@ -221,6 +222,17 @@ def bundle_task(home: str, cfg: ForecastFlowConfig) -> dict[str, Any]:
     """Ledger the champions' issued forecasts and write the risk-forecast bundle."""
     out = issue_bundle(home, cfg)
     get_run_logger().info("bundle %s at %s -> %s", out["bundle_id"][:12], out["as_of"], out["path"])
+    return out
+
+
+@task(name="margin", retries=1, retry_delay_seconds=2, retry_condition_fn=retry_unless_user_error)
+def margin_task(home: str, dataset: str) -> list[dict[str, Any]]:
+    """Margin of the dataset's example books from its latest daily bundle (written once per
+    as_of, portfolio, parameters and bundle)."""
+    out = cycle_margin(home, dataset)
+    for m in out:
+        get_run_logger().info("margin %s at %s: IM %.2f %s (%s)", m["portfolio"], m["as_of"],
+                              m["im"], m["margin_currency"], m["path"])
     return out
 
 

@@ -54,3 +54,33 @@ def test_issue_bundle_ledgers_writes_and_reruns_as_a_no_op(home: Path) -> None:
     eb = RiskForecastBundle.load(early["path"])
     assert (eb.vol_table["data_cutoff_ts"] <= eb.as_of).all()
     assert early["bundle_id"] != out["bundle_id"]
+
+
+def test_margin_of_the_index_example_from_the_issued_bundle(home: Path) -> None:
+    from margin.calculator import COMPONENTS
+    from pipelines.margin_run import cycle_margin, margin_for, write_margin
+
+    issue_bundle(home, ForecastFlowConfig())
+    (m,) = cycle_margin(home, "embedded")
+    assert m["failures"] == [] and m["written"] and m["im"] > m["mm"] > 0
+    assert sum(m["components"][c] for c in COMPONENTS) == pytest.approx(m["im"], rel=1e-12)
+    again = cycle_margin(home, "embedded")
+    assert again[0]["path"] == m["path"] and not again[0]["written"]  # idempotent
+    # the what-if's incremental margin equals a full recompute with the trade in the book
+    book = Path(__file__).resolve().parents[2] / "examples" / "portfolios" / "index_futures_options.csv"
+    run = margin_for(home, book, dataset="embedded",
+                     rates={"SP500": 0.025, "NASDAQ": 0.025},
+                     dividend_yields={"SP500": 0.02, "NASDAQ": 0.01}, trade="SP500,-3")
+    assert run.what_if is not None and run.what_if.failure is None
+    assert run.what_if.im == pytest.approx(run.what_if.after.im, rel=1e-12)
+    path, written = write_margin(home, run)
+    assert path.read_bytes() == run.result.to_json().encode() and not written
+
+
+def test_margin_without_a_bundle_says_how_to_make_one(tmp_path: Path) -> None:
+    from features.errors import ConfigError
+    from pipelines.margin_run import margin_for
+
+    with pytest.raises(ConfigError, match=r"no risk-forecast bundle for dataset 'embedded' .*"
+                                          r"dprm forecast --dataset embedded"):
+        margin_for(tmp_path, tmp_path / "book.csv", dataset="embedded")

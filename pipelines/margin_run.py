@@ -1,0 +1,178 @@
+"""Margin from the workspace: a portfolio file, the store's market state and a risk-forecast bundle
+(``dprm margin`` and the cycle's margin step; no Prefect, no printing).
+
+:func:`margin_for` reads the bundle (``latest``: the one the forecast flow last wrote for the
+dataset's daily features, ``$DPRM_HOME/bundles/<dataset>/1D/latest.json``; or a bundle folder),
+the portfolio at the bundle's ``as_of`` (or ``as_of``), the market state of the portfolio's
+underlyings at that time, and the margin parameters (TOML or the defaults), and calls
+:func:`margin.calculator.compute_margin`. :func:`write_margin` stores the result as
+``$DPRM_HOME/margin/<dataset>/<as_of>/<portfolio>-<params_hash[:12]>.json`` (atomic, written once
+per (as_of, portfolio, parameters, bundle): a rerun finds the same bytes and writes nothing).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from features.errors import ConfigError, DataError
+from features.store import DataStore, atomic_write_bytes
+from margin.calculator import MarginResult, WhatIf, compute_margin, what_if
+from margin.instruments import parse_instrument
+from margin.params import MarginParams, load_params
+from models.forecast import RiskForecastBundle
+from pipelines.bundles import bundle_dir
+from pipelines.market import MarketStateConfig, build_market_state, read_portfolio
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "portfolios"
+"""The shipped example portfolios."""
+
+
+def bundle_path(home: Path | str, dataset: str, bundle: str = "latest") -> Path:
+    """The bundle folder: ``bundle`` itself, or for "latest" the one ``latest.json`` of the
+    dataset's daily bundles names (a ConfigError saying how to make one when there is none)."""
+    if bundle != "latest":
+        return Path(bundle)
+    pointer = bundle_dir(home, dataset, "1D") / "latest.json"
+    if not pointer.is_file():
+        raise ConfigError(f"no risk-forecast bundle for dataset '{dataset}' at 1D ({pointer} is "
+                          f"missing): run `dprm forecast --dataset {dataset} --freq 1D` (or "
+                          "`dprm demo`) first, or pass --bundle PATH")
+    return Path(json.loads(pointer.read_text())["path"])
+
+
+@dataclass(frozen=True)
+class MarginRun:
+    """A margin computation and where its inputs came from."""
+
+    result: MarginResult
+    bundle_path: Path
+    dataset: str
+    portfolio_path: Path
+    what_if: WhatIf | None = None
+
+
+def parse_trade(text: str) -> tuple[Any, float]:
+    """``INSTRUMENT,QUANTITY`` (e.g. ``BTCUSDT-PERP,-2``) -> (instrument, quantity); ConfigError
+    naming the value otherwise."""
+    name, sep, qty = str(text).rpartition(",")
+    try:
+        q = float(qty)
+    except ValueError:
+        q = float("nan")
+    if not sep or not name.strip() or q != q:
+        raise ConfigError(f"--what-if must be INSTRUMENT,QUANTITY such as SP500-PERP,-2. "
+                          f"Got {text!r} instead.")
+    return parse_instrument(name.strip()), q
+
+
+def margin_for(
+    home: Path | str,
+    portfolio: Path | str,
+    *,
+    dataset: str,
+    bundle: str = "latest",
+    as_of: object = None,
+    params: MarginParams | str | None = None,
+    rates: Mapping[str, float] | None = None,
+    dividend_yields: Mapping[str, float] | None = None,
+    trade: str | None = None,
+) -> MarginRun:
+    """Margin of ``portfolio`` from the store's market state and the bundle (see the module
+    docs); ``params`` a :class:`MarginParams`, TOML text or None (defaults); ``trade`` a what-if
+    ``INSTRUMENT,QUANTITY``."""
+    home = Path(home)
+    bpath = bundle_path(home, dataset, bundle)
+    if not (bpath / "bundle.json").is_file():
+        raise ConfigError(f"{bpath} is not a risk-forecast bundle (no bundle.json)")
+    b = RiskForecastBundle.load(bpath)
+    t = b.as_of if as_of is None else pd.Timestamp(as_of)
+    t = t.tz_localize("UTC") if t.tzinfo is None else t.tz_convert("UTC")
+    if t < b.as_of:
+        raise ConfigError(f"--as-of {t} is before the bundle's as_of {b.as_of}: the bundle "
+                          "holds later information; pick an earlier bundle with --bundle")
+    pf = read_portfolio(Path(portfolio), t)
+    unds = tuple(sorted({p.instrument.underlying for p in pf.positions}))
+    if not unds:
+        raise DataError(f"portfolio {portfolio} has no valid position: "
+                        + "; ".join(str(f) for f in pf.failures), source=str(portfolio))
+    cfg = MarketStateConfig(rates=dict(rates or {}), dividend_yields=dict(dividend_yields or {}),
+                            underlyings=unds)
+    market = build_market_state(DataStore(home / "data"), dataset, t, cfg)
+    p = params if isinstance(params, MarginParams) else (
+        load_params(params) if isinstance(params, str) else MarginParams())
+    result = compute_margin(pf, market, b, p)
+    wi = what_if(result, parse_trade(trade)) if trade else None
+    return MarginRun(result, bpath, dataset, Path(portfolio), wi)
+
+
+def write_margin(home: Path | str, run: MarginRun) -> tuple[Path, bool]:
+    """Store ``run``'s result (see the module docs); returns the path and whether it was written
+    now (False: the same result was already there)."""
+    r = run.result
+    stamp = pd.Timestamp(r.as_of).strftime("%Y%m%dT%H%M%SZ")
+    name = f"{run.portfolio_path.stem}-{r.params_hash[:12]}-{r.bundle_id[:12]}.json"
+    path = Path(home) / "margin" / run.dataset / stamp / name
+    data = r.to_json().encode()
+    if path.is_file() and path.read_bytes() == data:
+        return path, False
+    atomic_write_bytes(path, data)
+    return path, True
+
+
+def margin_summary(run: MarginRun, path: Path | None = None, *, top: int = 5) -> dict[str, Any]:
+    """A JSON-ready summary: IM, MM, components, attribution by underlying, the top positions by
+    contribution, the worst scenarios, failures, and the what-if's increments."""
+    r = run.result
+    pos = sorted(r.by_position.items(), key=lambda kv: -abs(kv[1].get("total", 0.0)))
+    out: dict[str, Any] = {
+        "portfolio": r.portfolio, "as_of": r.as_of, "margin_currency": r.margin_currency,
+        "im": r.im, "mm": r.mm, "components": dict(r.components),
+        "by_underlying": {k: dict(v) for k, v in r.by_underlying.items()},
+        "top_positions": [{"id": k, **dict(v)} for k, v in pos[:top]],
+        "worst_scenarios": list(r.worst_scenarios)[:top],
+        "failures": [str(f) for f in r.failures], "bundle_id": r.bundle_id,
+        "bundle": str(run.bundle_path), "params_hash": r.params_hash,
+    }
+    if path is not None:
+        out["path"] = str(path)
+    if run.what_if is not None:
+        w = run.what_if
+        out["what_if"] = {"im": w.im, "mm": w.mm, "incremental_im": w.incremental_im,
+                          "incremental_mm": w.incremental_mm,
+                          "failure": None if w.failure is None else str(w.failure)}
+    return out
+
+
+@dataclass(frozen=True)
+class ExampleBook:
+    """A shipped example the cycle margins on a dataset (with the rates the store lacks)."""
+
+    file: str
+    rates: Mapping[str, float]
+    dividend_yields: Mapping[str, float]
+
+
+CYCLE_BOOKS: dict[str, Sequence[ExampleBook]] = {
+    "embedded": (ExampleBook("index_futures_options.csv", {"SP500": 0.025, "NASDAQ": 0.025},
+                             {"SP500": 0.02, "NASDAQ": 0.01}),),
+}
+"""The example books the cycle's margin step computes per dataset (the crypto examples need a
+daily crypto bundle, which the demo's datasets do not give: the simulator runs at 1 hour)."""
+
+
+def cycle_margin(home: Path | str, dataset: str) -> list[dict[str, Any]]:
+    """The cycle's margin step: every :data:`CYCLE_BOOKS` example of ``dataset`` from its latest
+    daily bundle, written with :func:`write_margin`; one summary per book."""
+    out = []
+    for book in CYCLE_BOOKS.get(dataset, ()):
+        run = margin_for(home, EXAMPLES / book.file, dataset=dataset, rates=book.rates,
+                         dividend_yields=book.dividend_yields)
+        path, written = write_margin(home, run)
+        out.append({**margin_summary(run, path), "written": written})
+    return out

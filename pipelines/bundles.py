@@ -8,7 +8,9 @@ pointing at it (written atomically):
 - volatility: the champion's walk-forward forecasts from its evaluation run (each issued at its
   data cutoff by a model fitted on earlier data: the history margin backtests need) and, after its
   training end, the registered champion's own forecasts at every origin; without a champion, the
-  EWMA baseline walked forward (``fallback``);
+  EWMA baseline walked forward (``fallback``); every other candidate of the champion's evaluation
+  run is seeded too (``<model>:<candidate>``: GARCH, LightGBM, EWMA... the history the backtests
+  compare the champion with);
 - correlation: the correlation champion's forecast at the latest origin, issued at ``as_of``
   (EWMA correlation when the dataset has no correlation champion);
 - the bundle: variance scale estimated inside it from the ledger and the closes (ratio of means,
@@ -55,9 +57,12 @@ def _unit(freq: str) -> str:
     return "1D" if pd.Timedelta(freq) == pd.Timedelta("1D") else freq
 
 
-def _vol_issues(home: Path, cfg: ForecastFlowConfig, data: pd.DataFrame) -> tuple[pd.DataFrame, LedgerRef, str]:
+def _vol_issues(home: Path, cfg: ForecastFlowConfig, data: pd.DataFrame
+                ) -> tuple[pd.DataFrame, LedgerRef, str, pd.DataFrame | None]:
     """The champion's issued volatility forecasts (walk-forward history + post-training) as a long
-    table, its ledger reference and a one-line source description."""
+    table, its ledger reference, a one-line source description, and the walk-forward forecasts of
+    every other candidate of its evaluation run (``<model>:<candidate>``, the champion's version:
+    the history a backtest compares the champion with), or None."""
     name = cfg.registered_model
     info = steps.check_champion(home, cfg)
     if info is None:
@@ -65,20 +70,24 @@ def _vol_issues(home: Path, cfg: ForecastFlowConfig, data: pd.DataFrame) -> tupl
         fcs = ewma.walk_forward(data, tuple(cfg.horizons), schedule=None)
         table = pd.concat([f.to_frame() for f in fcs.values()], ignore_index=True)
         table["model_id"], table["model_version"] = "ewma", "baseline"
-        return table, LedgerRef("ewma", "baseline", "fallback"), "EWMA baseline (no champion)"
+        return table, LedgerRef("ewma", "baseline", "fallback"), "EWMA baseline (no champion)", None
     champion = registry.load_champion(home=home, name=name)
     version = str(champion.ref.version)
     label = f"{name}:{champion.primary}"
     end = info["tags"].get("data.end_ts")
     train_end = pd.Timestamp(end) if end else None
-    parts = []
+    parts, others = [], None
     ev = steps.evaluation_forecasts(home, info.get("evaluation_run_id"))
     if ev is not None and not ev.empty:
-        ev = ev[ev["model_id"].astype(str) == champion.primary]
+        ev = ev.drop(columns=[c for c in ev.columns if c in ("realized_var", "evaluated",
+                                                             "stressed")])
         if train_end is not None:
             ev = ev[pd.to_datetime(ev["origin_ts"], utc=True) <= train_end]
-        parts.append(ev.drop(columns=[c for c in ev.columns if c in ("realized_var", "evaluated",
-                                                                       "stressed")]))
+        mine = ev["model_id"].astype(str) == champion.primary
+        parts.append(ev[mine])
+        others = ev[~mine].copy()
+        others["model_id"] = name + ":" + others["model_id"].astype(str)
+        others["model_version"] = version
     table = champion.predict(data, origins="all")
     table = table[table["model_id"].astype(str) == champion.primary]
     if train_end is not None:
@@ -86,7 +95,8 @@ def _vol_issues(home: Path, cfg: ForecastFlowConfig, data: pd.DataFrame) -> tupl
     parts.append(table)
     out = pd.concat([p for p in parts if not p.empty], ignore_index=True)
     out["model_id"], out["model_version"] = label, version
-    return out, LedgerRef(label, version, "champion"), f"{name} v{version} ({champion.primary})"
+    return (out, LedgerRef(label, version, "champion"), f"{name} v{version} ({champion.primary})",
+            others)
 
 
 def _corr_issue(home: Path, dataset: str, freq: str, symbols: list[str],
@@ -123,9 +133,12 @@ def issue_bundle(home: Path | str, cfg: ForecastFlowConfig, *, as_of: object = N
     t = t.tz_localize("UTC") if t.tzinfo is None else t.tz_convert("UTC")
     data = data[data[TS] <= t]
     ledger = ForecastLedger(ledger_path(home))
-    table, vol_ref, vol_src = _vol_issues(home, cfg, data)
+    table, vol_ref, vol_src, others = _vol_issues(home, cfg, data)
     table["unit"] = unit
     added = ledger.append_vol(table, source="issued")
+    if others is not None and not others.empty:
+        others["unit"] = unit
+        added += ledger.seed_walk_forward(others)
     symbols = sorted(str(s) for s in table[SYMBOL].unique())
     corr_models, corr_src, added_corr = {}, "", 0
     if len(symbols) > 1:

@@ -31,6 +31,9 @@ def test_issue_bundle_ledgers_writes_and_reruns_as_a_no_op(home: Path) -> None:
     assert out["symbols"] == ["NASDAQ", "SP500"]
     assert set(out["members"]) == {"vol:1D", "corr:1D"}
     assert out["ledger_rows"]["vol"] > 0 and out["ledger_rows"]["corr"] > 0
+    # every candidate of the champion's evaluation run has its walk-forward history ledgered
+    ids = set(ForecastLedger(ledger_path(home)).models()["model_id"])
+    assert {"dprm-forecaster:ewma", "dprm-forecaster:rw", "dprm-forecaster:har"} <= ids
     latest = (bundle_dir(home, "embedded", "1D") / "latest.json").read_text()
     assert out["bundle_id"] in latest
     b = RiskForecastBundle.load(out["path"])

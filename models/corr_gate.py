@@ -30,7 +30,7 @@ from sklearn.base import clone
 from models import catalog
 from models.corr_evaluation import CorrEvaluationResult, walk_forward_corr
 from models.corr_package import CorrelationPackage
-from models.gate import CheckResult, GateDecision
+from models.gate import CheckResult, GateDecision, check_horizons
 from models.run_record import data_fingerprint
 
 __all__ = ["CorrGateConfig", "evaluate_corr_gate"]
@@ -57,9 +57,7 @@ class CorrGateConfig(BaseModel):
     @field_validator("horizons")
     @classmethod
     def _horizons(cls, v: tuple[int, ...]) -> tuple[int, ...]:
-        if not v or any(h < 1 for h in v) or len(set(v)) != len(v):
-            raise ValueError(f"horizons must be distinct ints >= 1; got {list(v)}")
-        return tuple(sorted(v))
+        return check_horizons(v)
 
 
 def _mean_over_horizons(summary: pd.DataFrame, col: str) -> dict[str, float]:

@@ -30,6 +30,7 @@ from features.schema import CLOSE, SYMBOL, TS, to_utc_ns
 from models.base import jsonable
 from models.corr import BaseCorrForecaster, CorrPanel, returns_panel
 from models.corr_forecast import CorrForecast
+from models.package import check_fingerprint
 from models.run_record import data_fingerprint, dprm_version
 
 __all__ = ["CORR_FORMAT", "CorrelationPackage", "is_correlation_manifest"]
@@ -167,7 +168,7 @@ class CorrelationPackage:
     @classmethod
     def load(cls, directory: Path | str) -> CorrelationPackage:
         """Rebuild a package written by :meth:`save`; a missing file or one whose SHA-256 differs
-        from the manifest's is a ``ValueError`` naming the file."""
+        from the manifest's is a ``ValueError`` naming the file (:func:`models.package.check_fingerprint`)."""
         import joblib
 
         directory = Path(directory)
@@ -184,14 +185,7 @@ class CorrelationPackage:
             )
         (entry,) = manifest["members"]
         path = directory / entry["file"]
-        if not path.is_file():
-            raise ValueError(f"correlation model file {path} is missing")
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()
-        if digest != entry["fingerprint"]:
-            raise ValueError(
-                f"correlation model file {path} has SHA-256 {digest[:12]}..., the manifest records "
-                f"{entry['fingerprint'][:12]}...: the artifact was modified; refusing to load it"
-            )
+        check_fingerprint(path, entry["fingerprint"])
         model = joblib.load(path)
         return cls(model, manifest["primary"], tuple(manifest["horizons"]), manifest.get("freq"),
                    manifest)

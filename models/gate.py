@@ -50,6 +50,13 @@ GATE_BASELINES = ("random_walk", "ewma", "har", "log_har")
 for the gate horizons)."""
 
 
+def check_horizons(v: tuple[int, ...]) -> tuple[int, ...]:
+    """Gate horizons: distinct ints >= 1, sorted (a ValueError naming them otherwise)."""
+    if not v or any(h < 1 for h in v) or len(set(v)) != len(v):
+        raise ValueError(f"horizons must be distinct ints >= 1; got {list(v)}")
+    return tuple(sorted(v))
+
+
 class GateConfig(BaseModel):
     """Settings of the promotion gate (see the module docs for the checks).
 
@@ -84,9 +91,7 @@ class GateConfig(BaseModel):
     @field_validator("horizons")
     @classmethod
     def _horizons(cls, v: tuple[int, ...]) -> tuple[int, ...]:
-        if not v or any(h < 1 for h in v) or len(set(v)) != len(v):
-            raise ValueError(f"horizons must be distinct ints >= 1; got {list(v)}")
-        return tuple(sorted(v))
+        return check_horizons(v)
 
     @field_validator("baselines")
     @classmethod

@@ -39,7 +39,6 @@ from models.forecast import RiskForecastBundle
 from models.ledger import ForecastLedger
 from models.run_record import dprm_version
 from pipelines import steps
-from pipelines.corr_train import correlation_prices
 from pipelines.flow_config import ForecastFlowConfig, corr_model_name_for
 
 
@@ -104,7 +103,7 @@ def _corr_issue(home: Path, dataset: str, freq: str, symbols: list[str],
     """The correlation forecast at the latest origin at or before ``as_of``: the correlation
     champion's, else EWMA's."""
     name = corr_model_name_for(dataset)
-    prices, panel_freq = correlation_prices(home, dataset, freq)
+    prices, panel_freq = steps.correlation_prices(home, dataset, freq)
     prices = prices[prices[SYMBOL].isin(symbols) & (prices[TS] <= as_of)]
     if registry.champion_version(home, name) is not None:
         package = registry.load_package("champion", home=home, name=name)

@@ -22,8 +22,6 @@ import numpy as np
 import pandas as pd
 
 from features.errors import DataError
-from features.schema import CLOSE, SYMBOL, TS
-from features.store import DataStore
 from models import catalog
 from models.corr import returns_panel
 from models.corr_evaluation import CorrEvaluationResult, walk_forward_corr
@@ -31,42 +29,7 @@ from models.corr_gate import CorrGateConfig
 from models.corr_package import CorrelationPackage
 from models.run_record import data_fingerprint
 from pipelines.flow_config import CorrTrainFlowConfig
-
-
-def correlation_prices(home: Path, dataset: str, freq: str) -> tuple[pd.DataFrame, str | None]:
-    """The dataset's prices for correlation and the panel period: the bars table covering the
-    most time (the finest among equals) no coarser than ``freq``; when it is finer than ``freq``
-    the panel period is ``freq`` (realized covariances from the bars), else None (returns between
-    consecutive rows, so exchange days skip weekends and holidays). Without bars, the feature
-    frame's closes (the feature frame is built when missing)."""
-    store = DataStore(home / "data")
-    man = store.require(dataset)
-
-    def span(info: dict) -> pd.Timedelta:
-        """Time covered per symbol: rows x interval / symbols (gaps do not count)."""
-        rows = sum(p["rows"] for p in info["partitions"].values())
-        return rows * pd.Timedelta(info["interval"]) / max(1, len(info["symbols"]))
-
-    bars = sorted(((t, pd.Timedelta(i["interval"])) for t, i in man["tables"].items()
-                   if i["kind"] == "bars" and t.startswith("bars_") and i.get("interval")
-                   and pd.Timedelta(i["interval"]) <= pd.Timedelta(freq)),
-                  key=lambda x: (-span(man["tables"][x[0]]).days, x[1]))
-    if bars:
-        frame = store.read(dataset, bars[0][0], columns=[TS, SYMBOL, CLOSE])
-        finer = bars[0][1] < pd.Timedelta(freq)
-    else:
-        from features.build import FeatureStore
-        from pipelines.config import FeaturesConfig
-        from pipelines.steps import build_feature_frame
-
-        build_feature_frame(home, dataset, FeaturesConfig(freq=freq))
-        frame = FeatureStore(home / "features").read(dataset, freq)[[TS, SYMBOL, CLOSE]]
-        finer = False
-    frame = frame.dropna(subset=[CLOSE]).reset_index(drop=True)
-    if frame[SYMBOL].nunique() < 2:
-        raise DataError(f"dataset '{dataset}' has {frame[SYMBOL].nunique()} symbol(s) with prices; "
-                        "correlation needs at least 2")
-    return frame, (freq if finer else None)
+from pipelines.steps import correlation_prices
 
 
 def candidate_models(cfg: CorrTrainFlowConfig) -> dict[str, Any]:

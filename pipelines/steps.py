@@ -58,7 +58,7 @@ from models.evaluation import (
     walk_forward,
 )
 from models.schedule import WalkForward
-from pipelines.config import SimulateConfig
+from pipelines.config import FeaturesConfig, SimulateConfig
 from pipelines.flow_config import (
     FeaturesFlowConfig,
     ForecastFlowConfig,
@@ -1339,6 +1339,44 @@ def evaluate(home: Path, dataset: str, cfg: Any) -> tuple[Any, Path]:
     return result, out
 
 
+def correlation_prices(
+    home: Path, dataset: str, freq: str, features_cfg: Any = None
+) -> tuple[pd.DataFrame, str | None]:
+    """The dataset's prices for correlation and the panel period: the bars table covering the
+    most time (the finest among equals) no coarser than ``freq``; when it is finer than ``freq``
+    the panel period is ``freq`` (realized covariances from the bars), else None (returns between
+    consecutive rows, so exchange days skip weekends and holidays). Without bars, the feature
+    frame's closes (built with ``features_cfg``, default the feature settings at ``freq``, when
+    missing). Rows without a close are dropped."""
+    from features.build import FeatureStore
+    from features.schema import CLOSE
+
+    store = DataStore(home / "data")
+    man = store.require(dataset)
+
+    def span(info: dict) -> pd.Timedelta:
+        """Time covered per symbol: rows x interval / symbols (gaps do not count)."""
+        rows = sum(p["rows"] for p in info["partitions"].values())
+        return rows * pd.Timedelta(info["interval"]) / max(1, len(info["symbols"]))
+
+    bars = sorted(((t, pd.Timedelta(i["interval"])) for t, i in man["tables"].items()
+                   if i["kind"] == "bars" and t.startswith("bars_") and i.get("interval")
+                   and pd.Timedelta(i["interval"]) <= pd.Timedelta(freq)),
+                  key=lambda x: (-span(man["tables"][x[0]]).days, x[1]))
+    if bars:
+        frame = store.read(dataset, bars[0][0], columns=[TS, SYMBOL, CLOSE])
+        finer = bars[0][1] < pd.Timedelta(freq)
+    else:
+        build_feature_frame(home, dataset, features_cfg or FeaturesConfig(freq=freq))
+        frame = FeatureStore(home / "features").read(dataset, freq)[[TS, SYMBOL, CLOSE]]
+        finer = False
+    frame = frame.dropna(subset=[CLOSE]).reset_index(drop=True)
+    if frame[SYMBOL].nunique() < 2:
+        raise DataError(f"dataset '{dataset}' has {frame[SYMBOL].nunique()} symbol(s) with prices; "
+                        "correlation needs at least 2")
+    return frame, (freq if finer else None)
+
+
 def evaluate_correlation(home: Path, dataset: str, cfg: Any) -> tuple[Any, Path]:
     """Walk-forward comparison of the correlation models on ``dataset``: returns from the finest
     bars (realized covariance targets from them when finer than ``cfg.freq``), else from the
@@ -1346,35 +1384,14 @@ def evaluate_correlation(home: Path, dataset: str, cfg: Any) -> tuple[Any, Path]
     import json
     from datetime import UTC, datetime
 
-    from features.schema import CLOSE, SYMBOL, TS, DataError
+    from features.schema import TS
     from features.store import atomic_write_bytes, atomic_write_json
     from models.base import InsufficientHistoryError
     from models.catalog import build as build_model
     from models.corr import default_corr_models
     from models.corr_evaluation import evaluate_correlation_frame
 
-    store = DataStore(home / "data")
-    man = store.require(dataset)
-    def span(info: dict) -> pd.Timedelta:
-        """Time covered per symbol: rows x interval / symbols (gaps do not count)."""
-        rows = sum(p["rows"] for p in info["partitions"].values())
-        return rows * pd.Timedelta(info["interval"]) / max(1, len(info["symbols"]))
-
-    # the bars table covering the most time (the finest among equals), no coarser than freq
-    bars = sorted(((t, pd.Timedelta(i["interval"])) for t, i in man["tables"].items()
-                   if i["kind"] == "bars" and t.startswith("bars_") and i.get("interval")
-                   and pd.Timedelta(i["interval"]) <= pd.Timedelta(cfg.freq)),
-                  key=lambda x: (-span(man["tables"][x[0]]).days, x[1]))
-    if bars:
-        frame = store.read(dataset, bars[0][0], columns=[TS, SYMBOL, CLOSE])
-    else:
-        from features.build import FeatureStore
-
-        build_feature_frame(home, dataset, cfg)
-        frame = FeatureStore(home / "features").read(dataset, cfg.freq)[[TS, SYMBOL, CLOSE]]
-    if frame[SYMBOL].nunique() < 2:
-        raise DataError(f"dataset '{dataset}' has {frame[SYMBOL].nunique()} symbol(s) with prices; "
-                        "correlation needs at least 2")
+    frame, _ = correlation_prices(home, dataset, cfg.freq, cfg)
     periods = int((frame[TS].max() - frame[TS].min()) / pd.Timedelta(cfg.freq))
     window = min(cfg.window, 500, max(60, periods // 2))
 

@@ -4,7 +4,6 @@ fresh-process load that gives identical matrices."""
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -41,25 +40,6 @@ def price_frame(rng: np.random.Generator, n: int = 520, rho: float = 0.6) -> pd.
 @pytest.fixture(scope="module")
 def prices() -> pd.DataFrame:
     return price_frame(np.random.default_rng(20261203))
-
-
-@pytest.fixture(scope="session")
-def template_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    saved = os.environ.pop("MLFLOW_TRACKING_URI", None)
-    try:
-        home = tmp_path_factory.mktemp("mlflow-corr-template")
-        R.init_store(home)
-    finally:
-        if saved is not None:
-            os.environ["MLFLOW_TRACKING_URI"] = saved
-    return home / "mlflow.db"
-
-
-@pytest.fixture
-def home(tmp_path: Path, template_db: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    shutil.copy(template_db, tmp_path / "mlflow.db")
-    return tmp_path
 
 
 def package(prices: pd.DataFrame, name: str, **kw) -> CorrelationPackage:
@@ -100,7 +80,9 @@ def test_gate_passes_a_better_model_and_rejects_a_worse_one(prices: pd.DataFrame
     assert not second.passed and "stein_vs_champion" in second.reason
 
 
-def test_register_promote_reject_rollback_and_fresh_process(home: Path, prices: pd.DataFrame) -> None:
+def test_register_promote_reject_rollback_and_fresh_process(registry_home: Path,
+                                                            prices: pd.DataFrame) -> None:
+    home = registry_home
     good = package(prices, "lw_constant")
     v1 = R.register_challenger(good, home=home, training_data=prices, target="correlation",
                                name=NAME, horizons=(1, 5))
@@ -143,8 +125,9 @@ def test_register_promote_reject_rollback_and_fresh_process(home: Path, prices: 
 
 
 def test_a_tampered_version_is_refused_and_the_champion_keeps_serving(
-    home: Path, prices: pd.DataFrame
+    registry_home: Path, prices: pd.DataFrame
 ) -> None:
+    home = registry_home
     v1 = R.register_challenger(package(prices, "lw_constant"), home=home, training_data=prices,
                                target="correlation", name=NAME, horizons=(1, 5))
     R.promote(v1.version, home=home, data=prices, name=NAME, gate_config=GATE)

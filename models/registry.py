@@ -457,18 +457,9 @@ def register_challenger(
     previous = _aliases(client, name).get(CHALLENGER)
     client.set_registered_model_alias(name, CHALLENGER, mv.version)
     client.set_terminated(run_id)
-    plog.log_event(
-        home,
-        "register_challenger",
-        name,
-        from_version=previous,
-        to_version=str(mv.version),
-        who=user or getpass.getuser(),
-        mode="auto",
-        reason=description or "",
-        run_id=run_id,
-        alias=CHALLENGER,
-    )
+    plog.log_event(home, "register_challenger", name, from_version=previous,
+                   to_version=str(mv.version), who=user or getpass.getuser(), mode="auto",
+                   reason=description or "", run_id=run_id, alias=CHALLENGER)
     return ModelRef.at(name, mv.version, CHALLENGER, run_id)
 
 
@@ -535,11 +526,8 @@ def show_version(version: int | str, *, home: Path, name: str = MODEL_NAME) -> d
     eval_run = (mv.tags or {}).get("dprm.evaluation_run_id")
     if eval_run:
         run = client.get_run(eval_run)
-        metrics = {
-            k: v
-            for k, v in run.data.metrics.items()
-            if k.startswith("qlike/") and f"/{POOLED}/" in k
-        }
+        metrics = {k: v for k, v in run.data.metrics.items()
+                   if k.startswith("qlike/") and f"/{POOLED}/" in k}
     return pkg.version_details(name, mv, aliases, metrics)
 
 
@@ -744,18 +732,9 @@ def promote(
     # write-ahead: the log records the move before the alias moves, so a run killed in between
     # leaves a move that verify_registry completes (never an alias the log does not know)
     entry = plog.log_event(
-        home,
-        "promote" if out.promoted else "reject",
-        name,
-        from_version=current,
-        to_version=v if out.promoted else current,
-        candidate_version=v,
-        who=out.who,
-        mode=mode,
-        reason=out.reason,
-        gate=None if decision is None else decision.summary(),
-        run_id=mv.run_id,
-    )
+        home, "promote" if out.promoted else "reject", name, from_version=current,
+        to_version=v if out.promoted else current, candidate_version=v, who=out.who, mode=mode,
+        reason=out.reason, gate=None if decision is None else decision.summary(), run_id=mv.run_id)
     if out.promoted:
         _apply_move(client, name, entry)
     else:
@@ -796,16 +775,8 @@ def rollback(
     if target == current:
         raise ConfigError(f"version {target} of {name!r} is already the champion")
     entry = plog.log_event(  # write-ahead, as in promote
-        home,
-        "rollback",
-        name,
-        from_version=current,
-        to_version=target,
-        candidate_version=target,
-        who=approver.strip(),
-        mode="manual",
-        reason=reason,
-        run_id=mv.run_id,
-    )
+        home, "rollback", name, from_version=current, to_version=target,
+        candidate_version=target, who=approver.strip(), mode="manual", reason=reason,
+        run_id=mv.run_id)
     _apply_move(client, name, entry)
     return gate.PromotionResult(True, target, current, None, entry)

@@ -375,10 +375,18 @@ def evaluate_symbol(home: Path | str, cfg: TrainFlowConfig, symbol: str) -> Eval
     if data.empty:
         raise DataError(f"no valid rows for symbol {symbol!r} in {cfg.dataset}/{cfg.freq}")
     models = {name: build_model(spec) for name, spec in cfg.candidates.items()}
+    # a candidate whose declared inputs the data lack is skipped here with the catalog's reason
+    # (warnings raised in the runner's threads would print despite catch_warnings)
+    has_close = CLOSE in data.columns and bool(data[CLOSE].notna().any())
+    pre = {name: why for name, spec in cfg.candidates.items()
+           if (why := catalog.missing_inputs(catalog.resolve(spec.kind), data.columns,
+                                             has_close=has_close)) is not None}
+    for name in pre:
+        del models[name]
     own = {name: WalkForward() for name, m in models.items() if type(m).own_schedule}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # skipped models are in result.skipped
-        return walk_forward(
+        result = walk_forward(
             models,
             data,
             horizons=tuple(cfg.horizons),
@@ -390,6 +398,12 @@ def evaluate_symbol(home: Path | str, cfg: TrainFlowConfig, symbol: str) -> Eval
             mcs_reps=cfg.mcs_reps,
             random_state=cfg.seed,
         )
+    if not pre:
+        return result
+    return dataclasses.replace(
+        result, skipped={**pre, **result.skipped},
+        failures=(*(Failure(FailureReason.MISSING_INPUTS, k, why) for k, why in pre.items()),
+                  *result.failures))
 
 
 def rank_candidates(result: EvaluationResult, cfg: TrainFlowConfig) -> pd.DataFrame:

@@ -30,7 +30,7 @@ from features.schema import CLOSE, SYMBOL, TS, to_utc_ns
 from models.base import jsonable
 from models.corr import BaseCorrForecaster, CorrPanel, returns_panel
 from models.corr_forecast import CorrForecast
-from models.package import check_fingerprint
+from models.package import check_fingerprint, class_path, read_manifest
 from models.run_record import data_fingerprint, dprm_version
 
 __all__ = ["CORR_FORMAT", "CorrelationPackage", "is_correlation_manifest"]
@@ -43,10 +43,6 @@ def is_correlation_manifest(directory: Path | str) -> bool:
     """Whether ``directory/manifest.json`` is a correlation package's."""
     p = Path(directory) / "manifest.json"
     return p.is_file() and json.loads(p.read_text()).get("format") == CORR_FORMAT
-
-
-def _class_path(obj: Any) -> str:
-    return f"{type(obj).__module__}.{type(obj).__qualname__}"
 
 
 @dataclass
@@ -140,7 +136,7 @@ class CorrelationPackage:
         joblib.dump(self.model, path)
         entry = {
             "name": self.name,
-            "class": _class_path(self.model),
+            "class": class_path(self.model),
             "model_id": self.model.model_id,
             "class_model_version": self.model.model_version,
             "params": jsonable(self.model.get_params(deep=False)),
@@ -172,17 +168,7 @@ class CorrelationPackage:
         import joblib
 
         directory = Path(directory)
-        mpath = directory / "manifest.json"
-        if not mpath.is_file():
-            raise ValueError(f"{mpath} is missing: not a correlation package")
-        manifest = json.loads(mpath.read_text())
-        if manifest.get("format") != CORR_FORMAT:
-            raise ValueError(f"{mpath}: format must be {CORR_FORMAT!r}; got {manifest.get('format')!r}")
-        if int(manifest.get("format_version", 0)) > CORR_FORMAT_VERSION:
-            raise ValueError(
-                f"correlation package format_version {manifest['format_version']} is newer than "
-                f"this code ({CORR_FORMAT_VERSION}); upgrade dprm"
-            )
+        manifest = read_manifest(directory, CORR_FORMAT, CORR_FORMAT_VERSION)
         (entry,) = manifest["members"]
         path = directory / entry["file"]
         check_fingerprint(path, entry["fingerprint"])

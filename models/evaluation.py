@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
@@ -87,6 +87,16 @@ class EvaluationResult:
     n_configurations: int
     settings: Mapping[str, object] = field(default_factory=dict)
     failures: tuple[Failure, ...] = ()
+
+    def with_missing_inputs(self, reasons: Mapping[str, str]) -> EvaluationResult:
+        """This result with the models of ``reasons`` (name -> why) recorded as skipped for
+        missing inputs (``skipped`` and a ``MISSING_INPUTS`` :class:`Failure` each), first."""
+        if not reasons:
+            return self
+        return replace(
+            self, skipped={**reasons, **self.skipped},
+            failures=(*(Failure(FailureReason.MISSING_INPUTS, k, why) for k, why in reasons.items()),
+                      *self.failures))
 
     def summary(self, target: str = "realized") -> pd.DataFrame:
         """A tidy table: one row per model, symbol (incl. "pooled") and horizon with n, qlike,

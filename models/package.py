@@ -130,6 +130,21 @@ for _base in ("models.ewma.RandomWalkVol", "models.ewma.EWMAVol", "models.har.HA
 register_member_codec(MemberCodec("models.garch.GarchVol", _to_state, _from_state))
 
 
+def read_manifest(directory: Path, fmt: str, version: int) -> dict[str, Any]:
+    """``directory/manifest.json`` of a package of format ``fmt``; a ``ValueError`` naming the
+    file when it is missing, of another format, or of a newer format version than ``version``."""
+    path = Path(directory) / "manifest.json"
+    if not path.is_file():
+        raise ValueError(f"{path} is missing: not a package")
+    manifest = json.loads(path.read_text())
+    if manifest.get("format") != fmt:
+        raise ValueError(f"{path}: format must be {fmt!r}; got {manifest.get('format')!r}")
+    if int(manifest.get("format_version", 0)) > version:
+        raise ValueError(f"{path}: format_version {manifest['format_version']} is newer than this "
+                         f"code ({version}); upgrade dprm")
+    return manifest
+
+
 def check_fingerprint(path: Path, expected: str | None) -> None:
     """A ``ValueError`` naming ``path`` when it is missing or its SHA-256 is not ``expected`` (a
     truncated or modified artifact is never loaded)."""
@@ -328,16 +343,7 @@ class ForecasterPackage:
     def load(cls, directory: Path | str) -> ForecasterPackage:
         """Rebuild a bundle written by :meth:`save` (estimators rebuilt from their parameters)."""
         directory = Path(directory)
-        manifest = json.loads((directory / "manifest.json").read_text())
-        if manifest.get("format") != BUNDLE_FORMAT:
-            raise ValueError(
-                f"{directory / 'manifest.json'}: format must be {BUNDLE_FORMAT!r}; got {manifest.get('format')!r}"
-            )
-        if int(manifest.get("format_version", 0)) > BUNDLE_FORMAT_VERSION:
-            raise ValueError(
-                f"bundle format_version {manifest['format_version']} is newer than this code "
-                f"({BUNDLE_FORMAT_VERSION}); upgrade dprm"
-            )
+        manifest = read_manifest(directory, BUNDLE_FORMAT, BUNDLE_FORMAT_VERSION)
         members: dict[str, BaseForecaster] = {}
         for e in manifest["members"]:
             path = directory / e["file"]

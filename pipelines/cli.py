@@ -1620,36 +1620,34 @@ def print_bundle(console: Any, b: dict[str, Any] | None) -> None:
 
 
 def print_champions(console: Any, out: dict[str, Any]) -> None:
-    """The cycle's two champions with their scores on the training origins: the volatility
-    champion (pooled QLIKE and its ratio to the best baseline) and the correlation champion
-    (mean Stein loss, GMV variance ratio and Stein difference vs EWMA, Mahalanobis ratio)."""
+    """The cycle's two champions with the scores on the training origins of the model this cycle
+    trained: the volatility model (pooled QLIKE and its ratio to the best baseline) and the
+    correlation model (mean Stein loss, GMV variance ratio and Stein difference vs EWMA,
+    Mahalanobis ratio); "(rejected)" when that model did not become the champion."""
     from rich.table import Table
 
-    tr, co = out.get("train") or {}, out.get("correlation") or {}
-    if not tr.get("ranking") and not co.get("scores"):
-        return
+    nan = float("nan")
+    rows = (
+        ("volatility", out.get("train") or {}, "ranking", "model_id",
+         lambda r: (f"QLIKE {r.get('qlike', nan):.4f}", f"ratio {r.get('qlike_ratio', nan):.3f}")),
+        ("correlation", out.get("correlation") or {}, "scores", "model",
+         lambda r: (f"Stein {r.get('stein_qlike', nan):.4f}",
+                    f"GMV {r.get('gmv_ratio', nan):.3f}, Stein {r.get('stein_diff', nan):+.4f}, "
+                    f"Maha {r.get('mahalanobis_ratio', nan):.2f}")),
+    )
     t = Table(title="champions and scores (training origins)")
     for c in ("model", "kind", "version", "score", "vs baseline"):
         t.add_column(c)
-    if tr.get("ranking"):
-        by = {r["model_id"]: r for r in tr["ranking"]}
-        r = by.get(tr.get("challenger"), {})
-        who = tr.get("challenger") if tr.get("champion_version") == tr.get("version") else "-"
-        t.add_row(f"{tr.get('model', '')}\n{who}", "volatility",
-                  str(tr.get("champion_version") or "none"),
-                  f"QLIKE {r.get('qlike', float('nan')):.4f}",
-                  f"ratio {r.get('qlike_ratio', float('nan')):.3f}")
-    if co.get("scores"):
-        by = {r["model"]: r for r in co["scores"]}
-        r = by.get(co.get("challenger"), {})
-        who = co.get("challenger") if co.get("champion_version") == co.get("version") else "-"
-        t.add_row(f"{co.get('model', '')}\n{who}", "correlation",
-                  str(co.get("champion_version") or "none"),
-                  f"Stein {r.get('stein_qlike', float('nan')):.4f}",
-                  f"GMV {r.get('gmv_ratio', float('nan')):.3f}, Stein "
-                  f"{r.get('stein_diff', float('nan')):+.4f}, Maha "
-                  f"{r.get('mahalanobis_ratio', float('nan')):.2f}")
-    console.print(t)
+    for kind, step, table, key, fmt in rows:
+        if not step.get(table):
+            continue
+        r = {x[key]: x for x in step[table]}.get(step.get("challenger"), {})
+        won = step.get("champion_version") == step.get("version")
+        who = step.get("challenger") if won else f"{step.get('challenger')} (rejected)"
+        t.add_row(f"{step.get('model', '')}\n{who}", kind, str(step.get("champion_version") or "none"),
+                  *fmt(r))
+    if t.row_count:
+        console.print(t)
 
 
 @app.command("demo")

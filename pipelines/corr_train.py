@@ -29,7 +29,7 @@ from models.corr_gate import CorrGateConfig
 from models.corr_package import CorrelationPackage
 from models.run_record import data_fingerprint
 from pipelines.flow_config import CorrTrainFlowConfig
-from pipelines.steps import correlation_prices
+from pipelines.steps import correlation_prices, find_version
 
 
 def candidate_models(cfg: CorrTrainFlowConfig) -> dict[str, Any]:
@@ -110,15 +110,23 @@ def train_correlation(home: Path | str, cfg: CorrTrainFlowConfig) -> dict[str, A
     if not cfg.register_model:
         return out
     name = cfg.registered_model
+    with model_lock(home, name):  # from "find this training key" to the promotion, as train
+        registry.verify_registry(home, name)
+        out.update(_register_and_promote(home, cfg, ev, panel, frame, panel_freq, challenger))
+    return out
+
+
+def _register_and_promote(home: Path, cfg: CorrTrainFlowConfig, ev: CorrEvaluationResult,
+                          panel: Any, frame: pd.DataFrame, panel_freq: str | None,
+                          challenger: str) -> dict[str, Any]:
+    from models import registry
+
+    name = cfg.registered_model
     data_fp = data_fingerprint(frame)
     key = train_key(cfg, data_fp, challenger)
-    with model_lock(home, name):
-        registry.verify_registry(home, name)
-        found = next((v for v in reversed(registry.list_versions(home=home, name=name)["version"]
-                                          .tolist())
-                      if registry.show_version(v, home=home, name=name)["tags"]
-                      .get("dprm.train_key") == key), None)
+    found = find_version(home, name, key)
     tags = {"dprm.train_key": key, "dprm.dataset": cfg.dataset, "dprm.freq": cfg.freq}
+    out: dict[str, Any] = {}
     if found is None:
         summary = ev.summary()
         run_id = registry.log_run(
@@ -147,9 +155,7 @@ def train_correlation(home: Path | str, cfg: CorrTrainFlowConfig) -> dict[str, A
             description=f"{entry.name} on {cfg.dataset}/{cfg.freq} (train key {key})")
         version, status = ref.version, "pending"
     else:
-        version = str(found)
-        status = registry.show_version(version, home=home, name=name)["tags"].get(
-            "gate.status", "pending")
+        version, status = str(found["version"]), found["tags"].get("gate.status", "pending")
     champion = registry.champion_version(home, name)
     promoted, reason = False, ""
     if champion == version:

@@ -53,7 +53,6 @@ from pipelines.flow_config import (  # noqa: E402
     RunnerConfig,
     TrainFlowConfig,
 )
-from pipelines.margin_run import CYCLE_BOOKS  # noqa: E402
 from pipelines.runners import make_runner, runner_config_from_env  # noqa: E402
 from pipelines.tasks import (  # noqa: E402
     build_features_task,
@@ -278,6 +277,8 @@ def daily_cycle(cfg: CycleConfig = CycleConfig()) -> dict[str, Any]:
     if "forecast" in cfg.steps:
         out["forecast"] = forecast(cfg.forecast)
         lap("forecast")
+    from pipelines.margin_run import CYCLE_BOOKS  # the margin stack only when the cycle runs
+
     if "margin" in cfg.steps and cfg.forecast.dataset in CYCLE_BOOKS and cfg.forecast.freq == "1D":
         state = margin_task(out["home"], cfg.forecast.dataset, return_state=True)
         result = state.result(raise_on_failure=False)

@@ -13,6 +13,7 @@ per (as_of, portfolio, parameters, bundle): a rerun finds the same bytes and wri
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,8 +65,8 @@ def parse_trade(text: str) -> tuple[Any, float]:
     try:
         q = float(qty)
     except ValueError:
-        q = float("nan")
-    if not sep or not name.strip() or q != q:
+        q = math.nan
+    if not sep or not name.strip() or not math.isfinite(q):
         raise ConfigError(f"--what-if must be INSTRUMENT,QUANTITY such as SP500-PERP,-2. "
                           f"Got {text!r} instead.")
     return parse_instrument(name.strip()), q

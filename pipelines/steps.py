@@ -24,7 +24,6 @@ Models are named through :mod:`models.catalog`. Heavy imports (mlflow through
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import warnings
@@ -37,7 +36,7 @@ import numpy as np
 import pandas as pd
 
 from features.build import BuildReport, FeatureSpec, FeatureStore
-from features.errors import ConfigError, Failure, FailureReason, ModelError
+from features.errors import ConfigError, ModelError
 from features.ingest import IngestReport, write_chunks
 from features.schema import BV, CLOSE, RQ, RS_NEG, RS_POS, RV, SYMBOL, TS, DataError
 from features.store import (
@@ -398,12 +397,7 @@ def evaluate_symbol(home: Path | str, cfg: TrainFlowConfig, symbol: str) -> Eval
             mcs_reps=cfg.mcs_reps,
             random_state=cfg.seed,
         )
-    if not pre:
-        return result
-    return dataclasses.replace(
-        result, skipped={**pre, **result.skipped},
-        failures=(*(Failure(FailureReason.MISSING_INPUTS, k, why) for k, why in pre.items()),
-                  *result.failures))
+    return result.with_missing_inputs(pre)
 
 
 def rank_candidates(result: EvaluationResult, cfg: TrainFlowConfig) -> pd.DataFrame:
@@ -496,7 +490,9 @@ def _find_run(home: Path, key: str) -> str | None:
     return runs[0].info.run_id if runs else None
 
 
-def _find_version(home: Path, name: str, key: str) -> dict[str, Any] | None:
+def find_version(home: Path, name: str, key: str) -> dict[str, Any] | None:
+    """The latest version of ``name`` registered with ``dprm.train_key == key`` (its
+    :func:`models.registry.show_version` record), or None."""
     from models import registry
 
     versions = registry.list_versions(home=home, name=name)
@@ -613,7 +609,7 @@ def _register_and_promote(
     challenger = choose_challenger(ranking)
     key = train_key(cfg, data_fp, challenger)
     run_id = log_evaluation(home, cfg, result, key)
-    found = _find_version(home, name, key)
+    found = find_version(home, name, key)
     data = model_frame(home, cfg.dataset, cfg.freq, train_symbols(home, cfg))
     reused = found is not None
     if found is None:
@@ -1343,11 +1339,7 @@ def evaluate(home: Path, dataset: str, cfg: Any) -> tuple[Any, Path]:
                           schedules=schedules, baselines=base or None,
                           truth=truth, min_obs=None, mcs_reps=cfg.mcs_reps,
                           random_state=cfg.seed)
-    if pre:
-        result = dataclasses.replace(
-            result, skipped={**pre, **result.skipped},
-            failures=(*(Failure(FailureReason.MISSING_INPUTS, k, why) for k, why in pre.items()),
-                      *result.failures))
+    result = result.with_missing_inputs(pre)
     out = write_evaluation(home, dataset, cfg, result, extra={"window_used": window,
                                                               "input_fingerprint": store.fingerprint(dataset)})
     return result, out

@@ -40,7 +40,6 @@ from pipelines.flow_config import (
     MonitorFlowConfig,
     TrainFlowConfig,
 )
-from pipelines.margin_run import cycle_margin
 
 EVALUATION_FIELDS = (
     "dataset",
@@ -229,6 +228,8 @@ def bundle_task(home: str, cfg: ForecastFlowConfig) -> dict[str, Any]:
 def margin_task(home: str, dataset: str) -> list[dict[str, Any]]:
     """Margin of the dataset's example books from its latest daily bundle (written once per
     as_of, portfolio, parameters and bundle)."""
+    from pipelines.margin_run import cycle_margin  # the margin stack only when margin runs
+
     out = cycle_margin(home, dataset)
     for m in out:
         get_run_logger().info("margin %s at %s: IM %.2f %s (%s)", m["portfolio"], m["as_of"],

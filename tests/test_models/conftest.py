@@ -1,4 +1,5 @@
-"""Fixtures shared by the model tests: a migrated MLflow store copied per test."""
+"""Fixtures shared by the model tests: one migrated MLflow store per session, copied per test
+(migrating takes seconds, copying milliseconds)."""
 
 from __future__ import annotations
 
@@ -10,13 +11,13 @@ import pytest
 
 
 @pytest.fixture(scope="session")
-def registry_template_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One migrated SQLite store per session (migrating takes seconds, copying milliseconds)."""
+def template_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One migrated SQLite store per session."""
     from models import registry as R
 
     saved = os.environ.pop("MLFLOW_TRACKING_URI", None)
     try:
-        home = tmp_path_factory.mktemp("mlflow-shared-template")
+        home = tmp_path_factory.mktemp("mlflow-template")
         R.init_store(home)
     finally:
         if saved is not None:
@@ -25,9 +26,9 @@ def registry_template_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def registry_home(tmp_path: Path, registry_template_db: Path,
-                  monkeypatch: pytest.MonkeyPatch) -> Path:
+def home(tmp_path: Path, template_db: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A workspace with a private copy of the migrated store."""
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    shutil.copy(registry_template_db, tmp_path / "mlflow.db")
+    monkeypatch.setenv("MPLCONFIGDIR", str(tmp_path / "mpl"))
+    shutil.copy(template_db, tmp_path / "mlflow.db")
     return tmp_path

@@ -80,9 +80,7 @@ def test_gate_passes_a_better_model_and_rejects_a_worse_one(prices: pd.DataFrame
     assert not second.passed and "stein_vs_champion" in second.reason
 
 
-def test_register_promote_reject_rollback_and_fresh_process(registry_home: Path,
-                                                            prices: pd.DataFrame) -> None:
-    home = registry_home
+def test_register_promote_reject_rollback_and_fresh_process(home: Path, prices: pd.DataFrame) -> None:
     good = package(prices, "lw_constant")
     v1 = R.register_challenger(good, home=home, training_data=prices, target="correlation",
                                name=NAME, horizons=(1, 5))
@@ -125,9 +123,8 @@ def test_register_promote_reject_rollback_and_fresh_process(registry_home: Path,
 
 
 def test_a_tampered_version_is_refused_and_the_champion_keeps_serving(
-    registry_home: Path, prices: pd.DataFrame
+    home: Path, prices: pd.DataFrame
 ) -> None:
-    home = registry_home
     v1 = R.register_challenger(package(prices, "lw_constant"), home=home, training_data=prices,
                                target="correlation", name=NAME, horizons=(1, 5))
     R.promote(v1.version, home=home, data=prices, name=NAME, gate_config=GATE)

@@ -46,3 +46,22 @@ def test_a_modified_member_file_is_refused(tmp_path: Path, data) -> None:
     f.unlink()
     with pytest.raises(ValueError, match=r"ewma\.json is missing"):
         P.ForecasterPackage.load(tmp_path / "b")
+
+
+def test_a_manifest_of_another_format_or_a_newer_version_is_refused(tmp_path: Path, data) -> None:
+    import json
+
+    from models.corr_package import CorrelationPackage
+
+    with pytest.raises(ValueError, match=r"manifest\.json is missing: not a package"):
+        P.ForecasterPackage.load(tmp_path / "none")
+    pkg = P.ForecasterPackage.build({"ewma": EWMAVol(min_obs=None)}, horizons=(1,),
+                                    training_data=data)
+    pkg.save(tmp_path / "b")
+    with pytest.raises(ValueError, match=r"format must be 'dprm-correlation-package'; got"):
+        CorrelationPackage.load(tmp_path / "b")
+    m = tmp_path / "b" / "manifest.json"
+    doc = json.loads(m.read_text())
+    m.write_text(json.dumps({**doc, "format_version": 99}))
+    with pytest.raises(ValueError, match=r"format_version 99 is newer than this code .* upgrade dprm"):
+        P.ForecasterPackage.load(tmp_path / "b")

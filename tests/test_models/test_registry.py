@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -74,28 +73,6 @@ def realized_frame(
 @pytest.fixture(scope="module")
 def data() -> pd.DataFrame:
     return realized_frame(np.random.default_rng(20261124))
-
-
-@pytest.fixture(scope="session")
-def template_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One migrated SQLite store per session."""
-    saved = os.environ.pop("MLFLOW_TRACKING_URI", None)
-    try:
-        home = tmp_path_factory.mktemp("mlflow-template")
-        R.init_store(home)
-    finally:
-        if saved is not None:
-            os.environ["MLFLOW_TRACKING_URI"] = saved
-    return home / "mlflow.db"
-
-
-@pytest.fixture
-def home(tmp_path: Path, template_db: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A workspace with a copy of the migrated store."""
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.setenv("MPLCONFIGDIR", str(tmp_path / "mpl"))
-    shutil.copy(template_db, tmp_path / "mlflow.db")
-    return tmp_path
 
 
 def har(**kw) -> HARVol:

@@ -37,26 +37,6 @@ def data() -> pd.DataFrame:
     return realized_frame(np.random.default_rng(20261202), n=420)
 
 
-@pytest.fixture(scope="session")
-def template_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    saved = os.environ.pop("MLFLOW_TRACKING_URI", None)
-    try:
-        home = tmp_path_factory.mktemp("integrity-template")
-        R.init_store(home)
-    finally:
-        if saved is not None:
-            os.environ["MLFLOW_TRACKING_URI"] = saved
-    return home / "mlflow.db"
-
-
-@pytest.fixture
-def home(tmp_path: Path, template_db: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.setenv("MPLCONFIGDIR", str(tmp_path / "mpl"))
-    shutil.copy(template_db, tmp_path / "mlflow.db")
-    return tmp_path
-
-
 @pytest.fixture
 def champion_home(home: Path, data: pd.DataFrame) -> Path:
     """A workspace whose registry has version 1 as champion (promoted manually, logged)."""

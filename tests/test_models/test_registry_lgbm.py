@@ -7,8 +7,6 @@ process.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 
 import lightgbm as lgb
@@ -22,27 +20,6 @@ from models.combine import HARBoostVol
 from models.ewma import EWMAVol
 from models.lgbm import LGBMVol, logged_booster_name
 from tests.test_models.test_registry import HS, predict_in_fresh_process, realized_frame
-
-
-@pytest.fixture(scope="module")
-def template_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One migrated SQLite store per module (the pattern of test_registry.py)."""
-    saved = os.environ.pop("MLFLOW_TRACKING_URI", None)
-    try:
-        home = tmp_path_factory.mktemp("mlflow-template-lgbm")
-        R.init_store(home)
-    finally:
-        if saved is not None:
-            os.environ["MLFLOW_TRACKING_URI"] = saved
-    return home / "mlflow.db"
-
-
-@pytest.fixture
-def home(tmp_path: Path, template_db: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A workspace with a copy of the migrated store."""
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    shutil.copy(template_db, tmp_path / "mlflow.db")
-    return tmp_path
 
 
 @pytest.fixture(scope="module")

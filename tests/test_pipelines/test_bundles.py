@@ -78,6 +78,10 @@ def test_margin_of_the_index_example_from_the_issued_bundle(home: Path) -> None:
     assert run.what_if.im == pytest.approx(run.what_if.after.im, rel=1e-12)
     path, written = write_margin(home, run)
     assert path.read_bytes() == run.result.to_json().encode() and not written
+    from features.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"--as-of .* is before the bundle's as_of"):
+        margin_for(home, book, dataset="embedded", as_of="2018-06-01T21:00Z")
 
 
 def test_margin_without_a_bundle_says_how_to_make_one(tmp_path: Path) -> None:
@@ -87,3 +91,18 @@ def test_margin_without_a_bundle_says_how_to_make_one(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"no risk-forecast bundle for dataset 'embedded' .*"
                                           r"dprm forecast --dataset embedded"):
         margin_for(tmp_path, tmp_path / "book.csv", dataset="embedded")
+
+
+def test_bad_margin_inputs_are_named(tmp_path: Path) -> None:
+    from features.errors import ConfigError
+    from pipelines.margin_run import margin_for, parse_trade
+
+    for bad in ("SP500", "SP500,lots", ",3", "SP500,nan"):
+        with pytest.raises(ConfigError, match=rf"--what-if must be INSTRUMENT,QUANTITY .* Got {bad!r}"):
+            parse_trade(bad)
+    inst, q = parse_trade("SP500, -2")
+    assert q == -2.0 and inst.underlying == "SP500"
+    (tmp_path / "nobundle").mkdir()
+    with pytest.raises(ConfigError, match=r"nobundle is not a risk-forecast bundle \(no bundle.json\)"):
+        margin_for(tmp_path, tmp_path / "book.csv", dataset="embedded",
+                   bundle=str(tmp_path / "nobundle"))

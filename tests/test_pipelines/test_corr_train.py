@@ -48,3 +48,25 @@ def test_train_correlation_registers_promotes_and_is_idempotent(embedded_home: P
     assert [str(v) for v in versions[versions["model"] == "dprm-correlation"]["version"]] == ["1"]
     shown = R.show_version("1", home=embedded_home, name="dprm-correlation")
     assert shown["tags"]["dprm.target"] == "correlation"
+
+
+def test_the_champions_table_says_when_the_trained_model_was_rejected() -> None:
+    from rich.console import Console
+
+    from pipelines.cli import print_champions
+
+    con = Console(width=100, record=True)
+    print_champions(con, {
+        "train": {"ranking": [{"model_id": "loghar", "qlike": 0.4, "qlike_ratio": 0.9}],
+                  "challenger": "loghar", "version": "2", "champion_version": "1",
+                  "model": "dprm-forecaster"},
+        "correlation": {"scores": [{"model": "dcc", "stein_qlike": -9.2, "gmv_ratio": 1.01,
+                                    "stein_diff": -0.01, "mahalanobis_ratio": 1.5}],
+                        "challenger": "dcc", "version": "1", "champion_version": "1",
+                        "model": "dprm-correlation"}})
+    text = con.export_text()
+    assert "loghar (rejected)" in text and "QLIKE 0.4000" in text
+    assert "dcc (rejected)" not in text and "GMV 1.010" in text
+    empty = Console(record=True)
+    print_champions(empty, {})
+    assert empty.export_text() == ""

@@ -587,6 +587,7 @@ def _assemble(ctx: MarginContext, portfolio: Portfolio, positions: Sequence[Posi
     sc = ctx.scenarios
     explain = {
         "mpor_days": sc.mpor_days, "dt_yr": sc.dt_yr,
+        "forecast_unit": sc.unit, "mpor_periods": sc.mpor_days * sc.periods_per_day,
         "measure": p.measure, "confidence": p.confidence(),
         "scale_factors": {u: {"symbol": s, "sigma_mpor": _r(sc.sigma[k]),
                               "sigma_stressed_mpor": _r(sc.sigma_stressed[k]),
@@ -679,7 +680,7 @@ def compute_margin(portfolio: Portfolio, market_state: MarketState, bundle: Risk
     Raises
     ------
     ModelError : the bundle is from after ``market_state.as_of`` (look-ahead) or cannot scale
-        any scenario (no "1D" forecasts).
+        any scenario (neither "1D" forecasts nor an intraday unit dividing a day).
     """
     params = params or MarginParams()
     if bundle.as_of > market_state.as_of:

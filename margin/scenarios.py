@@ -6,7 +6,10 @@ holds the factor scenarios of a set of underlyings; the engine turns each named 
 :class:`margin.revalue.ScenarioSet` (adding each option's implied-vol shift) and revalues the book.
 
 Factors per scenario and underlying ``u`` (MPOR ``h`` days; ``sigma_u`` = the bundle's forecast
-``h``-day log-return vol ``sqrt(h x forecast_var x scale)``):
+``h``-day log-return vol ``sqrt(h x forecast_var x scale)``). The bundle's daily ("1D") forecasts
+are used where it has them; a bundle with only intraday forecasts (a crypto venue's hourly cycle)
+serves the same MPOR in its own periods (:func:`margin_unit`: ``h`` days = ``24 h`` periods of
+"1h", the hourly residuals summed 24 at a time in FHS, the 24-period correlation forecast):
 
 - ``log_return`` x: the index's log return over the MPOR;
 - ``iv_log_shock``: a change of log implied vol at the reference tenor on top of the spot-vol
@@ -66,7 +69,7 @@ from features.errors import DataError, ModelError
 from margin.instruments import UNDERLYINGS
 from margin.params import MarginParams
 from margin.revalue import ScenarioSet
-from models.forecast import Innovation, RiskForecastBundle, VolOfVol
+from models.forecast import Innovation, RiskForecastBundle, VolOfVol, parse_horizon_unit
 
 __all__ = [
     "FactorSet",
@@ -76,6 +79,7 @@ __all__ = [
     "fhs_standardized",
     "horizon_vol",
     "horizon_vols",
+    "margin_unit",
     "mc_standardized",
     "option_vol",
     "option_vol_shifts",
@@ -85,6 +89,7 @@ __all__ = [
 ]
 
 _UNIT = "1D"
+_DAY = pd.Timedelta(days=1)
 _CLIP = 1e-15
 _STREAM_MC, _STREAM_CHI2, _STREAM_FACTORS_FHS, _STREAM_FACTORS_MC, _STREAM_BOOT = range(5)
 
@@ -105,24 +110,43 @@ def _source_horizon(hs: Sequence[int], h: int) -> int:
     return h if h in hs else (max(below) if below else min(hs))
 
 
-def horizon_vols(bundle: RiskForecastBundle, symbols: Sequence[str], h: int
+def margin_unit(bundle: RiskForecastBundle) -> tuple[str, int]:
+    """The bundle unit margin scales with and its periods per day: "1D" (1) when the bundle has
+    daily forecasts, else the coarsest intraday unit that divides a day ("1h": 24; a crypto
+    venue's intraday bundle reaches a 1-day MPOR as 24 hourly periods)."""
+    if _UNIT in bundle.units:
+        return _UNIT, 1
+    found = []
+    for u in bundle.units:
+        p = parse_horizon_unit(u)
+        if p < _DAY and _DAY % p == pd.Timedelta(0):
+            found.append((p, u))
+    if not found:
+        raise ModelError(f"the bundle has no daily forecasts nor an intraday unit that divides a "
+                         f"day (units {list(bundle.units)}); margin needs one of them")
+    p, u = max(found)
+    return u, int(_DAY // p)
+
+
+def horizon_vols(bundle: RiskForecastBundle, symbols: Sequence[str], h: int, unit: str = _UNIT
                  ) -> tuple[NDArray[np.float64], tuple[int, ...], NDArray[np.float64]]:
-    """Forecast ``h``-day log-return vols of ``symbols`` (scaled), the bundle horizon each comes
-    from and its variance scale: ``h`` itself if the bundle holds it, else the largest held
-    horizon below ``h`` (the smallest if none is below), its per-day average variance
-    ``forecast_var x scale`` times ``h`` (the bundle's units: ``vol(s, k)^2 = k x forecast_var x
-    scale``). One read of the vol table."""
-    src = _source_horizon(bundle.horizons(_UNIT), h)
+    """Forecast ``h``-period log-return vols of ``symbols`` (periods of ``unit``, scaled), the
+    bundle horizon each comes from and its variance scale: ``h`` itself if the bundle holds it,
+    else the largest held horizon below ``h`` (the smallest if none is below), its per-period
+    average variance ``forecast_var x scale`` times ``h`` (the bundle's units: ``vol(s, k)^2 = k x
+    forecast_var x scale``). One read of the vol table."""
+    src = _source_horizon(bundle.horizons(unit), h)
     vt = bundle.vol_table
-    g = vt[(vt["unit"] == _UNIT) & (vt["horizon"] == src)].set_index("symbol").loc[list(symbols)]
+    g = vt[(vt["unit"] == unit) & (vt["horizon"] == src)].set_index("symbol").loc[list(symbols)]
     var = g["forecast_var"].to_numpy(dtype=np.float64) * g["scale"].to_numpy(dtype=np.float64)
     return (np.sqrt(var * h), (src,) * len(symbols), g["scale"].to_numpy(dtype=np.float64))
 
 
-def horizon_vol(bundle: RiskForecastBundle, symbol: str, h: int) -> tuple[float, int]:
-    """The forecast ``h``-day log-return vol of one symbol and its source horizon (see
+def horizon_vol(bundle: RiskForecastBundle, symbol: str, h: int, unit: str = _UNIT
+                ) -> tuple[float, int]:
+    """The forecast ``h``-period log-return vol of one symbol and its source horizon (see
     :func:`horizon_vols`)."""
-    v, src, _ = horizon_vols(bundle, [symbol], h)
+    v, src, _ = horizon_vols(bundle, [symbol], h, unit)
     return float(v[0]), src[0]
 
 
@@ -294,14 +318,18 @@ class Scenarios:
     underlyings : margin underlyings ("BTC"), sorted; ``symbols`` the bundle symbols behind them.
     mpor_days : the MPOR ``h``; ``dt_yr = h / 365`` (ACT/365) the time every contract ages.
     sigma, sigma_stressed : forecast and stressed ``h``-day vols per underlying.
-    sigma_source_horizon : the bundle horizon each forecast vol came from; ``variance_scale``
-        the bundle's variance scale applied to it.
+    sigma_source_horizon : the bundle horizon each forecast vol came from (periods of ``unit``);
+        ``variance_scale`` the bundle's variance scale applied to it.
     beta : spot-vol beta per underlying (bundle or fallback); ``vol_of_vol`` per underlying
         (None where the bundle has none).
     sets : name -> :class:`FactorSet`.
     pools : pooled measure sets: "forecast", "stressed", "corr:<matrix>" -> set names.
     notes : what was skipped or fell back, and why.
-    fhs_dates : end dates of the FHS scenarios ("overlapping"), or empty.
+    fhs_dates : end dates (intraday units: end times) of the FHS scenarios ("overlapping"), or
+        empty.
+    unit, periods_per_day : the bundle unit the vols, residuals and correlations come from
+        (:func:`margin_unit`) and its periods per day: the MPOR is ``mpor_days x periods_per_day``
+        periods of it.
     """
 
     underlyings: tuple[str, ...]
@@ -319,6 +347,8 @@ class Scenarios:
     matrices: Mapping[str, NDArray[np.float64]]
     notes: tuple[str, ...] = field(default=())
     fhs_dates: tuple[str, ...] = field(default=())
+    unit: str = _UNIT
+    periods_per_day: int = 1
 
 
 def _vov(bundle: RiskForecastBundle, u: str) -> VolOfVol | None:
@@ -339,9 +369,9 @@ def _iv_shocks(vov: VolOfVol | None, h: int, params: MarginParams) -> tuple[floa
 
 
 def _residual_panel(bundle: RiskForecastBundle, symbols: Sequence[str], as_of: pd.Timestamp,
-                    lookback: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+                    lookback: int, unit: str = _UNIT) -> tuple[pd.DataFrame, pd.DataFrame]:
     r = bundle.residuals
-    r = r[(r["unit"] == _UNIT) & r["symbol"].isin(list(symbols)) & (r["ts"] <= as_of)]
+    r = r[(r["unit"] == unit) & r["symbol"].isin(list(symbols)) & (r["ts"] <= as_of)]
     z = r.pivot(index="ts", columns="symbol", values="z").reindex(columns=list(symbols))
     s = r.pivot(index="ts", columns="symbol", values="sigma_issued").reindex(columns=list(symbols))
     keep = z.notna().all(axis=1)
@@ -356,7 +386,8 @@ def build_scenarios(underlyings: Sequence[str], bundle: RiskForecastBundle, para
     Parameters
     ----------
     underlyings : margin underlyings; each needs a bundle symbol (:func:`bundle_symbol`).
-    bundle : the risk-forecast bundle (needs "1D" forecasts).
+    bundle : the risk-forecast bundle: its "1D" forecasts, else its intraday unit
+        (:func:`margin_unit`; an MPOR of ``h`` days is then ``h x 24`` periods of "1h").
     params : the margin parameters.
     mpor_days : the MPOR ``h`` (days).
     as_of : the market state's time: residuals after it are ignored (no look-ahead).
@@ -364,13 +395,12 @@ def build_scenarios(underlyings: Sequence[str], bundle: RiskForecastBundle, para
 
     Raises
     ------
-    ModelError : the bundle has no "1D" forecasts, or a symbol is not in it.
+    ModelError : the bundle has neither "1D" forecasts nor an intraday unit dividing a day, or a
+        symbol is not in it.
     """
     unds = tuple(sorted(set(underlyings)))
     syms = tuple(bundle_symbol(u) for u in unds)
-    if _UNIT not in bundle.units:
-        raise ModelError(f"the bundle has no {_UNIT!r} forecasts (units {list(bundle.units)}); "
-                         "margin needs daily forecasts")
+    unit, ppd = margin_unit(bundle)
     missing = [s for s in syms if s not in bundle.symbols]
     if missing:
         raise ModelError(f"symbols {missing} are not in the bundle {list(bundle.symbols)}")
@@ -378,12 +408,15 @@ def build_scenarios(underlyings: Sequence[str], bundle: RiskForecastBundle, para
     t = (t.tz_localize("UTC") if t.tzinfo is None else t.tz_convert("UTC"))
     t = min(t, bundle.as_of)
     h = int(mpor_days)
+    hp = h * ppd  # the MPOR in periods of the unit
     m = len(unds)
     notes: list[str] = []
-    sigma, src_h, vscale = horizon_vols(bundle, syms, h)
+    sigma, src_h, vscale = horizon_vols(bundle, syms, hp, unit)
+    what = "day" if unit == _UNIT else f"x {unit}"
     for s, k in zip(syms, src_h, strict=True):
-        if k != h:
-            notes.append(f"{s}: no {h}-day forecast; used the {k}-day per-day average x {h}")
+        if k != hp:
+            notes.append(f"{s}: no {hp}-{what} forecast; used the {k}-{what} per-period average "
+                         f"x {hp}")
     for sym in syms:
         if sym in bundle.stale:
             notes.append(f"{sym}: stale forecast in the bundle ({bundle.stale[sym].note()})")
@@ -393,10 +426,10 @@ def build_scenarios(underlyings: Sequence[str], bundle: RiskForecastBundle, para
     carry = np.array([float((funding_carry_ann or {}).get(u, 0.0)) for u in unds])
     # correlation matrices of the symbols, from the bundle's order
     pos = [bundle.symbols.index(s) for s in syms]
-    hs = bundle.horizons(_UNIT)
-    h_corr = h if h in hs else _nearest(list(hs), h)
+    hs = bundle.horizons(unit)
+    h_corr = hp if hp in hs else _nearest(list(hs), hp)
     sub = np.ix_(pos, pos)
-    matrices = {"forecast": np.asarray(bundle.correlation(int(h_corr), _UNIT))[sub]}
+    matrices = {"forecast": np.asarray(bundle.correlation(int(h_corr), unit))[sub]}
     if bundle.stressed is not None:
         matrices["high"] = np.asarray(bundle.stressed.high)[sub]
         matrices["low"] = np.asarray(bundle.stressed.low)[sub]
@@ -404,25 +437,26 @@ def build_scenarios(underlyings: Sequence[str], bundle: RiskForecastBundle, para
         notes.append("the bundle has no stressed correlation: correlation stress uses the "
                      "forecast matrix only")
     # ---- FHS
-    z_panel, s_panel = _residual_panel(bundle, syms, t, params.fhs_lookback_days)
+    z_panel, s_panel = _residual_panel(bundle, syms, t, params.fhs_lookback_days * ppd, unit)
     sets: dict[str, FactorSet] = {}
     std: dict[str, NDArray[np.float64]] = {}
     labels: dict[str, tuple[str, ...]] = {}
     q_sig = np.array([float(np.quantile(s_panel[s].dropna().to_numpy(), params.stress_vol_quantile))
                       if s_panel[s].notna().any() else 0.0 for s in syms]) if m else np.zeros(0)
-    sigma_st = np.maximum(sigma, q_sig * math.sqrt(h))
+    sigma_st = np.maximum(sigma, q_sig * math.sqrt(hp))
     fhs_dates: tuple[str, ...] = ()
     use_fhs = "fhs" in params.scenario_sources
-    if use_fhs and len(z_panel) < max(params.fhs_min_obs, h):
+    if use_fhs and len(z_panel) < max(params.fhs_min_obs, hp):
         notes.append(f"FHS skipped: {len(z_panel)} common residual dates < fhs_min_obs "
-                     f"{max(params.fhs_min_obs, h)}")
+                     f"{max(params.fhs_min_obs, hp)}")
         use_fhs = False
     if use_fhs:
-        zf = fhs_standardized(z_panel.to_numpy(), h, params.fhs_multi_day,
+        zf = fhs_standardized(z_panel.to_numpy(), hp, params.fhs_multi_day,
                               n_compound=params.fhs_n_compound, seed=params.mc_seed)
         if params.fhs_multi_day == "overlapping":
             fhs_dates = tuple(np.datetime_as_string(
-                z_panel.index[h - 1:].tz_convert(None).to_numpy(), unit="D").tolist())
+                z_panel.index[hp - 1:].tz_convert(None).to_numpy(),
+                unit="D" if unit == _UNIT else "m").tolist())
             labels["fhs"] = tuple(f"fhs {d}" for d in fhs_dates)
         else:
             labels["fhs"] = tuple(f"fhs draw {i}" for i in range(zf.shape[0]))
@@ -491,8 +525,7 @@ def build_scenarios(underlyings: Sequence[str], bundle: RiskForecastBundle, para
     sets["grid"] = _grid(unds, sigma, vovs, h, carry, params)
     pools["grid"] = ("grid",)
     return Scenarios(unds, syms, h, h / 365.0, sigma, sigma_st, src_h, vscale, beta, vovs, sets,
-                     pools,
-                     matrices, tuple(notes), fhs_dates)
+                     pools, matrices, tuple(notes), fhs_dates, unit, ppd)
 
 
 def _grid(unds: tuple[str, ...], sigma: NDArray[np.float64], vovs: Sequence[VolOfVol | None],

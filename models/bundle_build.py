@@ -297,11 +297,13 @@ def build_bundle(
             source = model
             if failure is not None and unit in fallback_models:
                 fb = fallback_models[unit]
-                fb_last = _last_issue(ledger.issued_arrays(s, fb.name, fb.version, t, unit=unit,
-                                                           refresh=False), hs, fb, s, unit)
+                fb_arrays = ledger.issued_arrays(s, fb.name, fb.version, t, unit=unit,
+                                                 refresh=False)
+                fb_last = _last_issue(fb_arrays, hs, fb, s, unit)
                 if fb_last is not None and t - pd.Timestamp(
                         int(fb_last["data_cutoff_ts"][0]), tz="UTC") <= limit:
-                    last, source = fb_last, fb
+                    # the fallback's own history gives the symbol's residuals and scale
+                    last, source, arrays = fb_last, fb, fb_arrays
                     used_fallback = True
                     failure = Failure(failure.reason, s, f"{failure.message}; fell back to "
                                       f"{fb.name} {fb.version}",

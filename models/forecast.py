@@ -634,6 +634,7 @@ __all__ = [
     "default_annualization",
     "format_period",
     "infer_unit",
+    "margin_horizons",
     "only",
     "parse_horizon_unit",
     "row_target_end",
@@ -645,6 +646,27 @@ BUNDLE_FORMAT = 1
 MARGIN_HORIZONS: dict[str, tuple[int, ...]] = {"1D": (1, 2, 5), "1h": (1, 4, 24)}
 """The margin horizons per time unit: 1, 2, 5 days (crypto venues, EMIR's 2-day floor, 5-day
 OTC) and 1, 4, 24 hours (venue maintenance margin)."""
+
+_INTRADAY_MARGIN = (pd.Timedelta(hours=1), pd.Timedelta(hours=4), pd.Timedelta(hours=24))
+_DAILY_MARGIN_DAYS = (1, 2, 5)
+
+
+def margin_horizons(freq: str) -> tuple[int, ...]:
+    """The margin horizons in periods of ``freq`` (what the cycle trains and the bundle carries):
+    1, 2 and 5 periods of daily data; 1 period plus 1, 4 and 24 hours for intraday data, those
+    that are whole numbers of periods ("1h" -> (1, 4, 24), "15min" -> (1, 4, 16, 96), "4h" ->
+    (1, 6)); (1,) for data coarser than a day.
+
+    Raises ``ValueError`` naming the value when ``freq`` is not a positive duration.
+    """
+    period = parse_horizon_unit(freq)
+    if period == pd.Timedelta(days=1):
+        return _DAILY_MARGIN_DAYS
+    if period > pd.Timedelta(days=1):
+        return (1,)
+    hs = {1} | {int(h // period) for h in _INTRADAY_MARGIN
+                if h >= period and h % period == pd.Timedelta(0)}
+    return tuple(sorted(hs))
 
 VOL_COLUMNS = (
     "unit",

@@ -11,6 +11,11 @@ pointing at it (written atomically):
   EWMA baseline walked forward (``fallback``); every other candidate of the champion's evaluation
   run is seeded too (``<model>:<candidate>``: GARCH, LightGBM, EWMA... the history the backtests
   compare the champion with);
+- fallback: the EWMA baseline walked forward over the same data (``ewma``/``baseline``), used for
+  a symbol whose champion forecast is missing or older than the staleness limit while the
+  baseline's is fresh (the bundle records the symbol as stale with the reason and the fallback);
+- horizons: the configured ones (the margin horizons of the frequency by default) that the
+  champions issue;
 - correlation: the correlation champion's forecast at the latest origin, issued at ``as_of``
   (EWMA correlation when the dataset has no correlation champion);
 - the bundle: variance scale estimated inside it from the ledger and the closes (ratio of means,
@@ -56,6 +61,20 @@ def _unit(freq: str) -> str:
     return "1D" if pd.Timedelta(freq) == pd.Timedelta("1D") else freq
 
 
+BASELINE = LedgerRef("ewma", "baseline", "fallback")
+"""The baseline forecaster's ledger entry: the volatility forecasts without a champion, and the
+fallback of a symbol the champion has no fresh forecast for."""
+
+
+def _ewma_issues(data: pd.DataFrame, cfg: ForecastFlowConfig) -> pd.DataFrame:
+    """EWMA walked forward over ``data`` (every symbol, every origin; a tenth of a second for ten
+    thousand rows): the baseline's issues."""
+    fcs = catalog.build("ewma", min_obs=None).walk_forward(data, tuple(cfg.horizons), schedule=None)
+    table = pd.concat([f.to_frame() for f in fcs.values()], ignore_index=True)
+    table["model_id"], table["model_version"] = BASELINE.name, BASELINE.version
+    return table
+
+
 def _vol_issues(home: Path, cfg: ForecastFlowConfig, data: pd.DataFrame
                 ) -> tuple[pd.DataFrame, LedgerRef, str, pd.DataFrame | None]:
     """The champion's issued volatility forecasts (walk-forward history + post-training) as a long
@@ -65,11 +84,7 @@ def _vol_issues(home: Path, cfg: ForecastFlowConfig, data: pd.DataFrame
     name = cfg.registered_model
     info = steps.check_champion(home, cfg)
     if info is None:
-        ewma = catalog.build("ewma", min_obs=None)
-        fcs = ewma.walk_forward(data, tuple(cfg.horizons), schedule=None)
-        table = pd.concat([f.to_frame() for f in fcs.values()], ignore_index=True)
-        table["model_id"], table["model_version"] = "ewma", "baseline"
-        return table, LedgerRef("ewma", "baseline", "fallback"), "EWMA baseline (no champion)", None
+        return (_ewma_issues(data, cfg), BASELINE, "EWMA baseline (no champion)", None)
     champion = registry.load_champion(home=home, name=name)
     version = str(champion.ref.version)
     label = f"{name}:{champion.primary}"
@@ -138,20 +153,33 @@ def issue_bundle(home: Path | str, cfg: ForecastFlowConfig, *, as_of: object = N
     if others is not None and not others.empty:
         others["unit"] = unit
         added += ledger.seed_walk_forward(others)
-    symbols = sorted(str(s) for s in table[SYMBOL].unique())
+    fallback, served = {}, set(table[SYMBOL].astype(str))
+    if vol_ref != BASELINE:  # the baseline's issues, for symbols the champion cannot serve
+        base = _ewma_issues(data, cfg)
+        base["unit"] = unit
+        added += ledger.append_vol(base, source="issued")
+        fallback = {unit: BASELINE}
+        served |= set(base[SYMBOL].astype(str))
+    symbols = sorted(served)
+    issued = set(int(h) for h in table["horizon"].unique())
+    hs = tuple(h for h in cfg.horizons if h in issued)
     corr_models, corr_src, added_corr = {}, "", 0
     if len(symbols) > 1:
-        fc, corr_ref, corr_src = _corr_issue(home, cfg.dataset, cfg.freq, symbols, t,
-                                             tuple(cfg.horizons))
+        fc, corr_ref, corr_src = _corr_issue(home, cfg.dataset, cfg.freq, symbols, t, hs)
         added_corr = ledger.append_corr(fc, as_of=t)
         corr_models = {unit: corr_ref}
+        hs = tuple(h for h in hs if h in fc.horizons)
+    if not hs:
+        raise DataError(f"{cfg.dataset}/{cfg.freq}: the forecasts issued (horizons "
+                        f"{sorted(issued)}) share none of the configured horizons "
+                        f"{list(cfg.horizons)}", column="horizons")
     if CLOSE not in data.columns or data[CLOSE].isna().all():
         raise DataError(f"{cfg.dataset}/{cfg.freq} has no close prices: the bundle's residuals "
                         "need them", column=CLOSE)
     closes = data.pivot_table(index=TS, columns=SYMBOL, values=CLOSE, aggfunc="last")[symbols]
     bundle = build_bundle(
         ledger, t, symbols=symbols, vol_models={unit: vol_ref}, closes={unit: closes},
-        corr_models=corr_models, horizons={unit: tuple(cfg.horizons)},
+        corr_models=corr_models, horizons={unit: hs}, fallback_models=fallback,
         data_fingerprints={cfg.dataset: steps.feature_fingerprint(home, cfg.dataset, cfg.freq,
                                                                   symbols)},
         code_version=dprm_version(), scale_n_boot=199,

@@ -1131,7 +1131,10 @@ def margin_cmd(
     as_of: Annotated[str | None, typer.Option("--as-of", help="Margin time (UTC; default: the "
                                               "bundle's as_of).")] = None,
     bundle: Annotated[str, typer.Option("--bundle", help="Bundle folder, or 'latest' (the "
-                                        "dataset's last daily bundle).")] = "latest",
+                                        "dataset's last bundle at --freq).")] = "latest",
+    freq: Annotated[str | None, typer.Option(
+        "--freq", help="Frequency of the 'latest' bundle (default: daily if the dataset has "
+        "one, else its only one).")] = None,
     params: Annotated[Path | None, typer.Option("--params", help="Margin parameters (TOML; "
                                                 "[margin] or top level).")] = None,
     rate: Annotated[list[str] | None, typer.Option("--rate", help="U=R: rate of a non-crypto "
@@ -1151,7 +1154,7 @@ def margin_cmd(
     from pipelines.margin_run import margin_for, margin_summary, write_margin
 
     home = dprm_home()
-    run = margin_for(home, portfolio, dataset=data, bundle=bundle, as_of=as_of,
+    run = margin_for(home, portfolio, dataset=data, bundle=bundle, freq=freq, as_of=as_of,
                      params=None if params is None else params.read_text(),
                      rates=_pairs(rate, "--rate"), dividend_yields=_pairs(dividend_yield,
                                                                           "--dividend-yield"),
@@ -1179,7 +1182,8 @@ def margin_cmd(
                "worst_scenarios": [{**w, "position_pnl": v}
                                    for w, v in zip(r.worst_scenarios, mine, strict=False)],
                "scale_factors": ex["scale_factors"].get(und),
-               **{k: ex[k] for k in ("mpor_days", "measure", "confidence", "quantile_positions",
+               **{k: ex[k] for k in ("mpor_days", "forecast_unit", "mpor_periods", "measure",
+                                     "confidence", "quantile_positions",
                                      "chain")}}
         con.rule(f"explain {explain}")
         con.print_json(json.dumps(doc, default=str))
@@ -1536,8 +1540,8 @@ def print_cycle(console: Any, dataset: str, out: dict[str, Any]) -> None:
             b = r["bundle"]
             r = {**r, "bundle_text": b.get("error") or f"{b['bundle_id'][:12]} at {b['as_of']}"}
         if step == "margin" and isinstance(r, list):
-            detail = "; ".join(f"{m['portfolio']}: IM {m['im']:,.2f} MM {m['mm']:,.2f} "
-                               f"{m['margin_currency']}" for m in r)
+            detail = (f"{len(r)} book(s), 0 failures" if not any(m.get("failures") for m in r)
+                      else f"{len(r)} book(s), {sum(len(m['failures']) for m in r)} failure(s)")
         elif isinstance(r, list):
             detail = f"{len(r)} source(s) ingested"
         else:
@@ -1555,9 +1559,28 @@ def print_cycle(console: Any, dataset: str, out: dict[str, Any]) -> None:
     console.print(t)
     print_champions(console, out)
     print_bundle(console, (out.get("forecast") or {}).get("bundle"))
-    for m in out.get("margin") or []:
-        if isinstance(m, dict) and "im" in m:
-            print_margin(console, m)
+    books = [m for m in (out.get("margin") or []) if isinstance(m, dict) and "im" in m]
+    if books:
+        print_margin_table(console, books)
+        print_margin(console, books[0])
+
+
+def print_margin_table(console: Any, books: list[dict[str, Any]]) -> None:
+    """One row per margin summary: portfolio, IM, MM, currency, the largest component beyond
+    market risk, failures."""
+    from rich.table import Table
+
+    t = Table(title=f"margin at {books[0]['as_of'][:19]} (bundle {books[0]['bundle_id'][:12]})")
+    for c in ("portfolio", "IM", "MM", "ccy", "largest add-on", "fail"):
+        t.add_column(c, justify="right" if c in ("IM", "MM", "fail") else "left")
+    for m in books:
+        extra = {k: v for k, v in m["components"].items() if k != "market_risk" and v > 0}
+        top = max(extra, key=extra.get) if extra else ""
+        cur = m["margin_currency"]
+        fmt = "{:,.4f}" if cur in ("BTC", "ETH") else "{:,.2f}"
+        t.add_row(m["portfolio"], fmt.format(m["im"]), fmt.format(m["mm"]), cur,
+                  f"{top} {fmt.format(extra[top])}" if top else "", str(len(m["failures"])))
+    console.print(t)
 
 
 def print_margin(console: Any, m: dict[str, Any]) -> None:

@@ -20,7 +20,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from pipelines.config import SimulateConfig
 
@@ -61,6 +61,36 @@ def engine_environment(home: Path | None = None) -> dict[str, str]:
 
 class _Config(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+HORIZONS_HELP = ("forecast horizons in periods (None: the margin horizons of freq, "
+                 "models.forecast.margin_horizons: 1, 2, 5 days; 1, 4, 24 hours)")
+
+
+def margin_horizons(freq: str) -> tuple[int, ...]:
+    """The default horizons of a step at ``freq`` (see :func:`models.forecast.margin_horizons`)."""
+    from models.forecast import margin_horizons as _mh
+
+    try:
+        return _mh(freq)
+    except ValueError as exc:
+        raise ValueError(f"freq: {exc}") from None
+
+
+def _fill_horizons(cfg: Any) -> Any:
+    """Set ``horizons`` from ``freq`` when it was left None (the config stays frozen)."""
+    if cfg.horizons is None:
+        object.__setattr__(cfg, "horizons", margin_horizons(cfg.freq))
+    return cfg
+
+
+def with_freq(cfg: Any, update: dict[str, Any]) -> Any:
+    """``cfg.model_copy(update=update)``, re-deriving default horizons when ``freq`` changes (a
+    copy is not re-validated: horizons derived from the old freq would stay)."""
+    if ("freq" in update and hasattr(cfg, "horizons")
+            and "horizons" not in cfg.model_fields_set and "horizons" not in update):
+        update = {**update, "horizons": margin_horizons(update["freq"])}
+    return cfg.model_copy(update=update)
 
 
 MODEL_KINDS = (
@@ -197,7 +227,7 @@ class TrainFlowConfig(ModelTarget):
     )
     candidates: dict[str, ModelSpec] = Field(default_factory=_default_candidates)
     baselines: tuple[str, ...] = ("ewma", "rw")
-    horizons: tuple[int, ...] = (1, 5)
+    horizons: tuple[int, ...] | None = Field(None, description=HORIZONS_HELP)
     window: int = Field(500, gt=1)
     window_type: Literal["rolling", "expanding"] = "rolling"
     refit_every: int = Field(1, gt=0)
@@ -210,15 +240,23 @@ class TrainFlowConfig(ModelTarget):
     promote: bool = Field(True, description="try the promotion gate after registering")
     refresh_cache: bool = Field(False, description="recompute cached per-symbol evaluations")
 
+    @model_validator(mode="after")
+    def _horizons(self) -> TrainFlowConfig:
+        return _fill_horizons(self)
+
 
 class ForecastFlowConfig(ModelTarget):
     """``forecast``: roll the champion (or the fallback baseline) forward on the latest data."""
 
-    horizons: tuple[int, ...] = (1, 5)
+    horizons: tuple[int, ...] | None = Field(None, description=HORIZONS_HELP)
     baseline: ModelSpec = ModelSpec(kind="ewma")
     history: int = Field(600, gt=30, description="rows per symbol handed to the model")
     bundle: bool = Field(True, description="also ledger the issued forecasts and write the "
                          "risk-forecast bundle under $DPRM_HOME/bundles/")
+
+    @model_validator(mode="after")
+    def _horizons(self) -> ForecastFlowConfig:
+        return _fill_horizons(self)
 
 
 class MonitorFlowConfig(ModelTarget):
@@ -297,7 +335,7 @@ class CorrTrainFlowConfig(Target):
     candidates: tuple[str, ...] = ("ewma_corr", "rolling_corr", "dcc", "har_corr_scalar",
                                    "lgbm_corr")
     baselines: tuple[str, ...] = ("ewma_corr", "rolling_corr")
-    horizons: tuple[int, ...] = (1, 5)
+    horizons: tuple[int, ...] | None = Field(None, description=HORIZONS_HELP)
     window: int = Field(250, gt=20, description="estimation window (periods)")
     refit_every: int = Field(20, gt=0)
     eval_periods: int = Field(250, gt=10, description="origins scored (the gate's too)")
@@ -305,6 +343,10 @@ class CorrTrainFlowConfig(Target):
     seed: int = 0
     register_model: bool = True
     promote: bool = True
+
+    @model_validator(mode="after")
+    def _horizons(self) -> CorrTrainFlowConfig:
+        return _fill_horizons(self)
 
     @field_validator("candidates", "baselines")
     @classmethod
@@ -372,9 +414,9 @@ class CycleConfig(_Config):
         return self.model_copy(
             update={
                 "features": self.features.model_copy(update=upd),
-                "train": self.train.model_copy(update=named),
-                "correlation": self.correlation.model_copy(update=upd),
-                "forecast": self.forecast.model_copy(update=named),
+                "train": with_freq(self.train, named),
+                "correlation": with_freq(self.correlation, upd),
+                "forecast": with_freq(self.forecast, named),
                 "monitor": self.monitor.model_copy(update=named),
             }
         )

@@ -279,8 +279,9 @@ def daily_cycle(cfg: CycleConfig = CycleConfig()) -> dict[str, Any]:
         lap("forecast")
     from pipelines.margin_run import CYCLE_BOOKS  # the margin stack only when the cycle runs
 
-    if "margin" in cfg.steps and cfg.forecast.dataset in CYCLE_BOOKS and cfg.forecast.freq == "1D":
-        state = margin_task(out["home"], cfg.forecast.dataset, return_state=True)
+    if "margin" in cfg.steps and cfg.forecast.dataset in CYCLE_BOOKS:
+        state = margin_task(out["home"], cfg.forecast.dataset, cfg.forecast.freq,
+                            return_state=True)
         result = state.result(raise_on_failure=False)
         out["margin"] = (result if isinstance(result, list)
                          else {"error": f"{type(result).__name__}: {result}"})

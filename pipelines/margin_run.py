@@ -2,7 +2,8 @@
 (``dprm margin`` and the cycle's margin step; no Prefect, no printing).
 
 :func:`margin_for` reads the bundle (``latest``: the one the forecast flow last wrote for the
-dataset's daily features, ``$DPRM_HOME/bundles/<dataset>/1D/latest.json``; or a bundle folder),
+dataset, ``$DPRM_HOME/bundles/<dataset>/<freq>/latest.json``, its daily bundle where it has one,
+else its only one; or a bundle folder),
 the portfolio at the bundle's ``as_of`` (or ``as_of``), the market state of the portfolio's
 underlyings at that time, and the margin parameters (TOML or the defaults), and calls
 :func:`margin.calculator.compute_margin`. :func:`write_margin` stores the result as
@@ -34,16 +35,30 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "portfolios"
 """The shipped example portfolios."""
 
 
-def bundle_path(home: Path | str, dataset: str, bundle: str = "latest") -> Path:
+def bundle_path(home: Path | str, dataset: str, bundle: str = "latest",
+                freq: str | None = None) -> Path:
     """The bundle folder: ``bundle`` itself, or for "latest" the one ``latest.json`` of the
-    dataset's daily bundles names (a ConfigError saying how to make one when there is none)."""
+    dataset's bundles at ``freq`` names (None: its daily bundle if there is one, else the only
+    frequency it has); a ConfigError saying how to make one when there is none, or which
+    frequencies to choose from."""
     if bundle != "latest":
         return Path(bundle)
-    pointer = bundle_dir(home, dataset, "1D") / "latest.json"
+    if freq is None:
+        root = Path(home) / "bundles" / dataset
+        found = sorted(p.name for p in root.iterdir() if (p / "latest.json").is_file()) \
+            if root.is_dir() else []
+        if "1D" in found or not found:
+            freq = "1D"
+        elif len(found) == 1:
+            freq = found[0]
+        else:
+            raise ConfigError(f"dataset '{dataset}' has bundles at {found} and none daily: pass "
+                              "--freq to choose one, or --bundle PATH")
+    pointer = bundle_dir(home, dataset, freq) / "latest.json"
     if not pointer.is_file():
-        raise ConfigError(f"no risk-forecast bundle for dataset '{dataset}' at 1D ({pointer} is "
-                          f"missing): run `dprm forecast --dataset {dataset} --freq 1D` (or "
-                          "`dprm demo`) first, or pass --bundle PATH")
+        raise ConfigError(f"no risk-forecast bundle for dataset '{dataset}' at {freq} ({pointer} "
+                          f"is missing): run `dprm forecast --dataset {dataset} --freq {freq}` "
+                          "(or `dprm demo`) first, or pass --bundle PATH")
     return Path(json.loads(pointer.read_text())["path"])
 
 
@@ -78,6 +93,7 @@ def margin_for(
     *,
     dataset: str,
     bundle: str = "latest",
+    freq: str | None = None,
     as_of: object = None,
     params: MarginParams | str | None = None,
     rates: Mapping[str, float] | None = None,
@@ -85,10 +101,11 @@ def margin_for(
     trade: str | None = None,
 ) -> MarginRun:
     """Margin of ``portfolio`` from the store's market state and the bundle (see the module
-    docs); ``params`` a :class:`MarginParams`, TOML text or None (defaults); ``trade`` a what-if
+    docs); ``freq`` picks the "latest" bundle's frequency (see :func:`bundle_path`); ``params`` a
+    :class:`MarginParams`, TOML text or None (defaults); ``trade`` a what-if
     ``INSTRUMENT,QUANTITY``."""
     home = Path(home)
-    bpath = bundle_path(home, dataset, bundle)
+    bpath = bundle_path(home, dataset, bundle, freq)
     if not (bpath / "bundle.json").is_file():
         raise ConfigError(f"{bpath} is not a risk-forecast bundle (no bundle.json)")
     b = RiskForecastBundle.load(bpath)
@@ -159,20 +176,27 @@ class ExampleBook:
     dividend_yields: Mapping[str, float]
 
 
+_CRYPTO_BOOKS = ("basis_trade.csv", "long_short_btc_eth.csv", "naked_options.csv",
+                 "short_straddle.csv", "covered_call.csv", "calendar_spread.csv",
+                 "hedged_options.json", "delta_hedged_options.json")
+
 CYCLE_BOOKS: dict[str, Sequence[ExampleBook]] = {
     "embedded": (ExampleBook("index_futures_options.csv", {"SP500": 0.025, "NASDAQ": 0.025},
                              {"SP500": 0.02, "NASDAQ": 0.01}),),
+    "sim": tuple(ExampleBook(f, {}, {}) for f in _CRYPTO_BOOKS),
 }
-"""The example books the cycle's margin step computes per dataset (the crypto examples need a
-daily crypto bundle, which the demo's datasets do not give: the simulator runs at 1 hour)."""
+"""The example books the cycle's margin step computes per dataset: the equity-index book on the
+embedded indices (daily bundle), every crypto example on the simulator's BTC/ETH spot, perpetuals,
+futures and option chains (hourly bundle: a 1-day MPOR is 24 hourly periods)."""
 
 
-def cycle_margin(home: Path | str, dataset: str) -> list[dict[str, Any]]:
+def cycle_margin(home: Path | str, dataset: str, freq: str | None = None) -> list[dict[str, Any]]:
     """The cycle's margin step: every :data:`CYCLE_BOOKS` example of ``dataset`` from its latest
-    daily bundle, written with :func:`write_margin`; one summary per book."""
+    bundle at ``freq`` (see :func:`bundle_path`), written with :func:`write_margin`; one summary
+    per book."""
     out = []
     for book in CYCLE_BOOKS.get(dataset, ()):
-        run = margin_for(home, EXAMPLES / book.file, dataset=dataset, rates=book.rates,
+        run = margin_for(home, EXAMPLES / book.file, dataset=dataset, freq=freq, rates=book.rates,
                          dividend_yields=book.dividend_yields)
         path, written = write_margin(home, run)
         out.append({**margin_summary(run, path), "written": written})

@@ -225,12 +225,12 @@ def bundle_task(home: str, cfg: ForecastFlowConfig) -> dict[str, Any]:
 
 
 @task(name="margin", retries=1, retry_delay_seconds=2, retry_condition_fn=retry_unless_user_error)
-def margin_task(home: str, dataset: str) -> list[dict[str, Any]]:
-    """Margin of the dataset's example books from its latest daily bundle (written once per
+def margin_task(home: str, dataset: str, freq: str | None = None) -> list[dict[str, Any]]:
+    """Margin of the dataset's example books from its latest bundle at ``freq`` (written once per
     as_of, portfolio, parameters and bundle)."""
     from pipelines.margin_run import cycle_margin  # the margin stack only when margin runs
 
-    out = cycle_margin(home, dataset)
+    out = cycle_margin(home, dataset, freq)
     for m in out:
         get_run_logger().info("margin %s at %s: IM %.2f %s (%s)", m["portfolio"], m["as_of"],
                               m["im"], m["margin_currency"], m["path"])

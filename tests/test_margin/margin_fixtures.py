@@ -4,6 +4,7 @@ SP500 and NASDAQ."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -97,6 +98,44 @@ def make_bundle(*, vols: dict[str, float] | None = None, rho: float = 0.6, n_day
         vol_of_vol=vov,
         provenance=Provenance((Member("vol:1D", "garch", "7", "champion"),
                                Member("corr:1D", "dcc", "2", None)), {"sim": "ab12"}, "test"))
+
+
+HOURLY_HORIZONS = (1, 4, 24)
+
+
+def hourly_bundle(daily: RiskForecastBundle, *, n_hours: int = 24 * 60, seed: int = 3,
+                  day_var_factor: float = 1.0) -> RiskForecastBundle:
+    """The daily bundle's forecasts in hours (what an hourly crypto cycle issues): per-hour
+    variance = the 1-day variance x ``day_var_factor`` / 24 at 1, 4 and 24 hours, the 1-day
+    correlation at every hourly horizon, ``n_hours`` of t(5) hourly residuals issued at the
+    per-hour vol; the same innovations, copula, stressed matrices and vol-of-vol."""
+    rng = np.random.default_rng(seed)
+    vt = daily.vol_table[(daily.vol_table["unit"] == "1D") & (daily.vol_table["horizon"] == 1)]
+    rows = [{**r, "unit": "1h", "horizon": h,
+             "forecast_var": r["forecast_var"] * r["scale"] * day_var_factor / 24,
+             "scale": 1.0, "scale_lo": 1.0, "scale_hi": 1.0}
+            for r in vt.to_dict("records") for h in HOURLY_HORIZONS]
+    origin = pd.Timestamp(vt["origin_ts"].iloc[0])
+    c1 = np.asarray(daily.correlation(1, "1D"))
+    corr = {"1h": CorrForecast(corr=np.stack([c1] * len(HOURLY_HORIZONS))[None],
+                               symbols=daily.symbols, origins=pd.DatetimeIndex([origin]),
+                               horizons=HOURLY_HORIZONS, model_id="dcc", model_version="2",
+                               data_cutoff_ts=origin, horizon_unit="1h")}
+    ts = pd.date_range(end=origin, periods=n_hours, freq="1h", tz="UTC")
+    m = len(daily.symbols)
+    z = rng.standard_normal((n_hours, m)) @ np.linalg.cholesky(c1).T
+    z = z / np.sqrt(rng.chisquare(5.0, n_hours) / 5.0)[:, None] * np.sqrt(3.0 / 5.0)
+    res = []
+    for j, r in enumerate(vt.to_dict("records")):
+        sig = np.full(n_hours, math.sqrt(r["forecast_var"] * r["scale"] / 24))
+        res.append(pd.DataFrame({"unit": "1h", "symbol": r["symbol"], "ts": ts, "ret": z[:, j] * sig,
+                                 "sigma_issued": sig, "z": z[:, j]}))
+    return RiskForecastBundle(
+        as_of=daily.as_of, symbols=daily.symbols, vol_table=pd.DataFrame(rows), corr=corr,
+        residuals=pd.concat(res, ignore_index=True), innovations=daily.innovations,
+        copula_df=daily.copula_df, stressed=daily.stressed, vol_of_vol=daily.vol_of_vol,
+        provenance=Provenance((Member("vol:1h", "garch", "7", "champion"),
+                               Member("corr:1h", "dcc", "2", None)), {"sim": "ab12"}, "test"))
 
 
 def _q(v: float, unit: str = "USD", src: str = "test", ts: pd.Timestamp = AS_OF) -> Quote:

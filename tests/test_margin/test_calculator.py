@@ -28,6 +28,7 @@ from tests.test_margin.margin_fixtures import (
     SPOT,
     book,
     example,
+    hourly_bundle,
     make_bundle,
     make_state,
 )
@@ -374,3 +375,20 @@ def test_no_look_ahead() -> None:
     a = compute_margin(pf, STATE, early, MarginParams())
     # perturbing the residual rows the bundle would hold after as_of: impossible by construction
     assert a.explain["quantile_positions"]["n_scenarios"] > 0
+
+
+def test_margin_from_an_hourly_bundle_equals_the_daily_one_with_the_same_day_variance() -> None:
+    """A crypto venue's hourly cycle: the same 1-day variance and correlation as 24 hourly
+    periods give the same margin, to round-off (Monte Carlo and grid; FHS differs by design: its
+    history is hourly); a doubled hourly variance raises it; the explain record names the unit."""
+    p = MarginParams(scenario_sources=("mc",))
+    for pf in (example(EXAMPLES / "naked_options.csv"), example(EXAMPLES / "long_short_btc_eth.csv"),
+               example(EXAMPLES / "calendar_spread.csv")):
+        d = _run(pf, p)
+        h = _run(pf, p, bundle=hourly_bundle(BUNDLE))
+        assert h.im == pytest.approx(d.im, rel=1e-10) and d.im > 0
+        assert h.explain["forecast_unit"] == "1h" and d.explain["forecast_unit"] == "1D"
+        assert h.explain["mpor_periods"] == 24 * h.explain["mpor_days"]
+        assert not h.failures
+        hi = _run(pf, p, bundle=hourly_bundle(BUNDLE, day_var_factor=2.0))
+        assert hi.components["market_risk"] > 1.2 * h.components["market_risk"]

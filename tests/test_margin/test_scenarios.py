@@ -4,6 +4,7 @@ stress grid's range and IV shocks, implied-vol dynamics, funding carry, seeding,
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -21,7 +22,13 @@ from margin.scenarios import (
     recorrelate,
 )
 from models.forecast import Innovation
-from tests.test_margin.margin_fixtures import AS_OF, DAILY_VOL, corr_matrix, make_bundle
+from tests.test_margin.margin_fixtures import (
+    AS_OF,
+    DAILY_VOL,
+    corr_matrix,
+    hourly_bundle,
+    make_bundle,
+)
 
 UNDS = ("BTC", "ETH")
 
@@ -187,3 +194,37 @@ def test_scenario_errors() -> None:
         build_scenarios(UNDS, short, MarginParams(scenario_sources=("fhs",)), 1, as_of=AS_OF)
     sc = build_scenarios(UNDS, short, MarginParams(), 1, as_of=AS_OF)
     assert "fhs" not in sc.sets and any("FHS skipped" in n for n in sc.notes)
+
+
+def test_an_hourly_bundle_serves_a_daily_mpor_in_24_hourly_periods() -> None:
+    """Only "1h" forecasts: the 1-day vol is sqrt(24 x the 24-hour per-hour variance), FHS sums
+    24 consecutive hourly residual vectors (overlapping, one per hour) / sqrt(24), and the MC
+    draws and the grid are those of a daily bundle with the same 1-day variance."""
+    daily = make_bundle()
+    hb = hourly_bundle(daily, n_hours=24 * 40)
+    p = MarginParams(scenario_sources=("fhs", "mc"), fhs_min_obs=100)
+    sc = build_scenarios(UNDS, hb, p, 1, as_of=AS_OF)
+    assert (sc.unit, sc.periods_per_day, sc.sigma_source_horizon) == ("1h", 24, (24, 24))
+    np.testing.assert_allclose(sc.sigma, [0.03, 0.04], rtol=1e-14)
+    z = _panel(hb, col="z")
+    c = np.vstack([np.zeros((1, 2)), np.cumsum(z, axis=0)])
+    want = (c[24:] - c[:-24]) / math.sqrt(24) * np.array([0.03, 0.04])
+    np.testing.assert_allclose(sc.sets["fhs"].log_return, want, rtol=1e-10, atol=1e-15)
+    assert len(sc.fhs_dates) == 24 * 40 - 23 and sc.fhs_dates[-1].endswith(":00")
+    d = build_scenarios(UNDS, daily, p, 1, as_of=AS_OF)
+    np.testing.assert_allclose(sc.sets["mc:forecast"].log_return, d.sets["mc:forecast"].log_return,
+                               rtol=1e-12)
+    np.testing.assert_allclose(sc.sets["grid"].log_return, d.sets["grid"].log_return, rtol=1e-12)
+    # two days = 48 hours: no 48-hour forecast, the 24-hour per-hour average x 48
+    two = build_scenarios(UNDS, hb, p, 2, as_of=AS_OF)
+    np.testing.assert_allclose(two.sigma, np.array([0.03, 0.04]) * math.sqrt(2), rtol=1e-14)
+    assert any("no 48-x 1h forecast; used the 24-x 1h" in n for n in two.notes)
+
+
+def test_a_bundle_without_a_day_dividing_unit_is_refused() -> None:
+    hb = hourly_bundle(make_bundle())
+    vt = hb.vol_table.query("symbol == 'BTCUSDT'").assign(unit="7h")
+    bad = dataclasses.replace(hb, symbols=("BTCUSDT",), vol_table=vt, corr={}, residuals=None,
+                              innovations={}, stressed=None, vol_of_vol={})
+    with pytest.raises(ModelError, match="nor an intraday unit that divides a day"):
+        build_scenarios(("BTC",), bad, MarginParams(), 1, as_of=AS_OF)

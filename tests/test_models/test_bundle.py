@@ -644,6 +644,15 @@ def test_stale_symbol_flagged_and_falls_back(tmp_path: Path) -> None:
     assert fb.variance("ETHUSDT", 1) == 2 * var["ETHUSDT"][k + 1]
     assert "fell back to baseline 1" in fb.stale["ETHUSDT"].message
     assert ("fallback:1D", "baseline") in [(m.role, m.name) for m in fb.provenance.members]
+    # the fallback symbol's residuals come from the fallback's own issues: to as_of (not the
+    # champion's last day 50), each with the fallback's (doubled) issued variance
+    r_champ = b.residuals.query("symbol == 'ETHUSDT'").set_index("ts")
+    r_fb = fb.residuals.query("symbol == 'ETHUSDT'").set_index("ts")
+    assert r_fb.index.max() == DAYS[k] and r_champ.index.max() <= DAYS[51]
+    common = r_champ.index.intersection(r_fb.index)
+    assert len(common) > 20
+    np.testing.assert_allclose(r_fb.loc[common, "sigma_issued"] ** 2,
+                               2 * r_champ.loc[common, "sigma_issued"] ** 2, rtol=1e-12)
     with pytest.raises(ModelError, match=r"no 1D forecast for BTCUSDT issued at or before"):
         build_bundle(led, DAYS[0] - pd.Timedelta(days=1), closes={"1D": closes}, **BUILD)
 

@@ -23,6 +23,8 @@ A pure function (no I/O, no clock, no MLflow, no Prefect): the same inputs give 
    correlation   C - B       C = max(B, rho(pool under each matrix), R + alpha (sum_u R_u - R));
                              R_u = rho of underlying u's positions alone on the forecast pool
    grid_floor    G - C       G = max(C, grid_floor_share x worst grid loss, 0)
+                             (G = 0: every component is 0; the chain's measures stay in
+                             ``explain``)
    liquidity, concentration, short_option_minimum, apc   0 (filled by the add-ons issue)
    ========================  ==========================================================
 
@@ -524,6 +526,9 @@ def _chain(ctx: MarginContext, bk: _Book, confidence: float,
              "correlation_stress": best - blend, "grid_floor": g_val - best}
     alloc = {"market_risk": e_r, "stress_blend": e_b - e_r, "correlation_stress": e_c - e_b,
              "grid_floor": e_g - e_c}
+    if g_binding == "zero":  # the book gains even in its tail scenarios: no margin, no parts
+        comps = dict.fromkeys(comps, 0.0)
+        alloc = {k: np.zeros(n_pos) for k in alloc}
     for c in COMPONENTS[4:]:
         comps[c], alloc[c] = 0.0, np.zeros(n_pos)
     return {"components": comps, "alloc": alloc, "r": r_tm, "s": s_tm, "corr": corr_vals,

@@ -27,6 +27,7 @@ pointing at it (written atomically):
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 from typing import Any
 
@@ -102,7 +103,9 @@ def _vol_issues(home: Path, cfg: ForecastFlowConfig, data: pd.DataFrame
         others = ev[~mine].copy()
         others["model_id"] = name + ":" + others["model_id"].astype(str)
         others["model_version"] = version
-    table = champion.predict(data, origins="all")
+    known = json.loads(info["tags"].get("dprm.symbols") or "null")
+    served = data if known is None else data[data[SYMBOL].astype(str).isin(known)]
+    table = champion.predict(served, origins="all")  # others: the baseline's (issue_bundle)
     table = table[table["model_id"].astype(str) == champion.primary]
     if train_end is not None:
         table = table[pd.to_datetime(table["origin_ts"], utc=True) > train_end]

@@ -1565,22 +1565,32 @@ def print_cycle(console: Any, dataset: str, out: dict[str, Any]) -> None:
         print_margin(console, books[0])
 
 
+_SHORT = {"stress_blend": "stress", "correlation_stress": "corr", "grid_floor": "grid",
+          "short_option_minimum": "short opt", "concentration": "conc", "liquidity": "liq"}
+
+
 def print_margin_table(console: Any, books: list[dict[str, Any]]) -> None:
-    """One row per margin summary: portfolio, IM, MM, currency, the largest component beyond
-    market risk, failures."""
+    """One row per margin summary (fits 80 columns): portfolio, IM, MM, currency and the largest
+    component beyond market risk; failures listed below the table."""
     from rich.table import Table
 
     t = Table(title=f"margin at {books[0]['as_of'][:19]} (bundle {books[0]['bundle_id'][:12]})")
-    for c in ("portfolio", "IM", "MM", "ccy", "largest add-on", "fail"):
-        t.add_column(c, justify="right" if c in ("IM", "MM", "fail") else "left")
+    t.add_column("portfolio", no_wrap=True, max_width=20, overflow="ellipsis")
+    for c in ("IM", "MM"):
+        t.add_column(c, justify="right", no_wrap=True)
+    t.add_column("ccy")
+    t.add_column("largest add-on", no_wrap=True)
     for m in books:
         extra = {k: v for k, v in m["components"].items() if k != "market_risk" and v > 0}
         top = max(extra, key=extra.get) if extra else ""
-        cur = m["margin_currency"]
-        fmt = "{:,.4f}" if cur in ("BTC", "ETH") else "{:,.2f}"
-        t.add_row(m["portfolio"], fmt.format(m["im"]), fmt.format(m["mm"]), cur,
-                  f"{top} {fmt.format(extra[top])}" if top else "", str(len(m["failures"])))
+        fmt = "{:,.4f}" if m["margin_currency"] in ("BTC", "ETH") else "{:,.0f}"
+        t.add_row(m["portfolio"], fmt.format(m["im"]), fmt.format(m["mm"]), m["margin_currency"],
+                  f"{_SHORT.get(top, top)} {fmt.format(extra[top])}" if top else "")
     console.print(t)
+    for m in books:
+        if m["failures"]:
+            console.print(f"[red]{m['portfolio']}: {len(m['failures'])} failure(s)[/red]: "
+                          + "; ".join(m["failures"]))
 
 
 def print_margin(console: Any, m: dict[str, Any]) -> None:

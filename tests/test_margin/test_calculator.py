@@ -392,3 +392,17 @@ def test_margin_from_an_hourly_bundle_equals_the_daily_one_with_the_same_day_var
         assert not h.failures
         hi = _run(pf, p, bundle=hourly_bundle(BUNDLE, day_var_factor=2.0))
         assert hi.components["market_risk"] > 1.2 * h.components["market_risk"]
+
+
+def test_a_book_that_gains_in_every_tail_scenario_needs_zero_margin_exactly() -> None:
+    """Cash-and-carry at a 1% per 8 h funding rate: the short perpetual's funding income exceeds
+    every tail loss, the chain's measures are negative; IM, MM and every component are exactly 0
+    (not -1e-15 of round-off), the raw market-risk measure stays in the explain record."""
+    state = make_state(funding_rate=0.01)
+    r = _run(book("spot,BTCUSDT,10,60000\nperp,BTCUSDT-PERP,-10,60000"), state=state)
+    assert r.im == 0.0 and r.mm == 0.0
+    assert set(r.components.values()) == {0.0}
+    assert all(v == 0.0 for a in r.by_position.values() for v in a.values())
+    assert r.explain["chain"]["market_risk"] < 0
+    # the same book at a normal funding rate needs margin
+    assert _run(book("spot,BTCUSDT,10,60000\nperp,BTCUSDT-PERP,-10,60000")).im > 0

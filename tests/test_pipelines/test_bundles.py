@@ -106,3 +106,61 @@ def test_bad_margin_inputs_are_named(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"nobundle is not a risk-forecast bundle \(no bundle.json\)"):
         margin_for(tmp_path, tmp_path / "book.csv", dataset="embedded",
                    bundle=str(tmp_path / "nobundle"))
+
+
+def test_sim_cycle_margins_every_crypto_example_from_the_hourly_bundle(home: Path) -> None:
+    """The simulator's hourly bundle carries the margin horizons 1, 4, 24 h; the cycle's margin
+    step prices every crypto example from it (a 1-day MPOR = 24 hourly periods) with no
+    failure; "latest" finds the hourly bundle when the dataset has no daily one."""
+    from pipelines.margin_run import _CRYPTO_BOOKS, EXAMPLES, cycle_margin, margin_for
+
+    out = issue_bundle(home, ForecastFlowConfig(dataset="sim", freq="1h"))
+    b = RiskForecastBundle.load(out["path"])
+    assert b.units == ("1h",) and b.horizons("1h") == (1, 4, 24)
+    books = cycle_margin(home, "sim")
+    assert [Path(m["path"]).name.split("-")[0] for m in books] == [
+        Path(f).stem.split("-")[0] for f in _CRYPTO_BOOKS]
+    for m in books:
+        assert m["failures"] == [], (m["portfolio"], m["failures"])
+        assert m["bundle_id"] == b.bundle_id
+        # every book needs margin, except a cash-and-carry that the funding income covers
+        # (the 20-day simulation's funding rates are high): then exactly zero, in every part
+        if m["portfolio"] == "basis_trade" and m["im"] == 0:
+            assert m["mm"] == 0 and set(m["components"].values()) == {0.0}
+        else:
+            assert m["im"] > m["mm"] > 0, (m["portfolio"], m["components"])
+    run = margin_for(home, EXAMPLES / "naked_options.csv", dataset="sim")
+    assert run.result.explain["forecast_unit"] == "1h"
+    assert run.result.explain["scale_factors"]["BTC"]["forecast_horizon_used"] == 24
+
+
+def test_a_symbol_the_champion_cannot_serve_falls_back_to_ewma(home: Path, tmp_path: Path) -> None:
+    """A champion trained on SP500 alone: NASDAQ's forecasts, residuals and scale come from the
+    EWMA baseline ledgered beside it, and the bundle says so (stale, with the reason)."""
+    from models.evaluation import merge_evaluations
+    from pipelines import steps
+    from pipelines.config import load_config
+    from pipelines.flow_config import TrainFlowConfig
+    from tests.test_pipelines.train_settings import SMALL_TRAIN_TOML
+
+    settings = tmp_path / "small.toml"
+    settings.write_text(SMALL_TRAIN_TOML)
+    cfg = load_config(TrainFlowConfig, settings, "train", model_name="dprm-forecaster-sp",
+                      symbols=("SP500",))
+    results = {s: steps.evaluate_symbol(home, cfg, s) for s in steps.train_symbols(home, cfg)}
+    assert list(results) == ["SP500"]
+    fp = steps.feature_fingerprint(home, cfg.dataset, cfg.freq, ["SP500"])
+    assert steps.register_and_promote(home, cfg, merge_evaluations(results), fp).promoted
+    out = issue_bundle(home, ForecastFlowConfig(model_name="dprm-forecaster-sp"))
+    b = RiskForecastBundle.load(out["path"])
+    assert b.symbols == ("NASDAQ", "SP500")
+    vt = b.vol_table.set_index("symbol")
+    assert set(vt.loc["NASDAQ", "model_id"]) == {"ewma"}
+    assert all(m.startswith("dprm-forecaster-sp:") for m in vt.loc["SP500", "model_id"])
+    assert "SP500" not in b.stale and "fell back to ewma baseline" in b.stale["NASDAQ"].message
+    assert ("fallback:1D", "ewma") in [(m.role, m.name) for m in b.provenance.members]
+    # NASDAQ's residuals use the baseline's issued vols over its whole history
+    led = ForecastLedger(ledger_path(home))
+    issued = led.issued("NASDAQ", "ewma", b.as_of)
+    r = b.residuals.query("symbol == 'NASDAQ'")
+    assert len(r) > 1000 and r["ts"].min() >= pd.Timestamp(issued["as_of"].min())

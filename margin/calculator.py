@@ -50,7 +50,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from numba import njit
+from numba import njit, prange
 from numpy.typing import NDArray
 
 from features.errors import DataError, Failure, FailureReason, ModelError
@@ -172,22 +172,27 @@ def _price(inst: Instrument, ms: MarketState, bundle: RiskForecastBundle,
     return PricedInstrument(MarketInputs(p), s0)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, parallel=True, nogil=True)
 def _combine_kernel(weights, unit, lo, hi, out):
-    for k in range(weights.shape[0]):
-        for i in range(weights.shape[1]):
-            w = weights[k, i]
-            if w == 0.0:
-                continue
-            for s in range(lo, hi):
-                out[k, s - lo] += w * unit[i, s]
+    block = 512
+    n_blocks = (hi - lo + block - 1) // block
+    for b in prange(n_blocks):  # scenario blocks; each sum in instrument order (thread-count free)
+        a = lo + b * block
+        z = min(a + block, hi)
+        for k in range(weights.shape[0]):
+            for i in range(weights.shape[1]):
+                w = weights[k, i]
+                if w == 0.0:
+                    continue
+                for s in range(a, z):
+                    out[k, s - lo] += w * unit[i, s]
 
 
 def _combine(weights: NDArray[np.float64], unit: NDArray[np.float64],
              cols: slice | NDArray[np.int64] | None = None) -> NDArray[np.float64]:
-    """``weights @ unit[:, cols]`` (weights of shape (k, n_instruments)) summed in row order,
-    one thread: the same bits on any machine and BLAS (BLAS threads also stall on a shared
-    machine)."""
+    """``weights @ unit[:, cols]`` (weights of shape (k, n_instruments)) summed in row order
+    (numba threads over scenario blocks, not BLAS): the same bits on any machine and thread
+    count (BLAS threads also stall on a shared machine)."""
     if cols is not None and not isinstance(cols, slice):
         unit, cols = np.ascontiguousarray(unit[:, cols]), None
     lo, hi = (0, unit.shape[1]) if cols is None else (cols.start, cols.stop)

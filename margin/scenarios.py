@@ -61,7 +61,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
-from numba import njit
+from numba import njit, prange
 from numpy.typing import NDArray
 from scipy.special import ndtr, ndtri, stdtr, stdtrit
 
@@ -137,9 +137,12 @@ def horizon_vols(bundle: RiskForecastBundle, symbols: Sequence[str], h: int, uni
     forecast_var x scale``). One read of the vol table."""
     src = _source_horizon(bundle.horizons(unit), h)
     vt = bundle.vol_table
-    g = vt[(vt["unit"] == unit) & (vt["horizon"] == src)].set_index("symbol").loc[list(symbols)]
-    var = g["forecast_var"].to_numpy(dtype=np.float64) * g["scale"].to_numpy(dtype=np.float64)
-    return (np.sqrt(var * h), (src,) * len(symbols), g["scale"].to_numpy(dtype=np.float64))
+    rows = np.flatnonzero((vt["unit"].to_numpy() == unit) & (vt["horizon"].to_numpy() == src))
+    at = {s: int(r) for s, r in zip(vt["symbol"].to_numpy()[rows].tolist(), rows, strict=True)}
+    idx = np.array([at[s] for s in symbols], dtype=np.int64)
+    scale = vt["scale"].to_numpy(dtype=np.float64)[idx]
+    var = vt["forecast_var"].to_numpy(dtype=np.float64)[idx] * scale
+    return (np.sqrt(var * h), (src,) * len(symbols), scale)
 
 
 def horizon_vol(bundle: RiskForecastBundle, symbol: str, h: int, unit: str = _UNIT
@@ -251,10 +254,10 @@ def option_vol(x: NDArray[np.float64], shock: NDArray[np.float64], vol0: float, 
     return base * lvl
 
 
-@njit(cache=True, nogil=True, error_model="numpy")
+@njit(cache=True, parallel=True, nogil=True, error_model="numpy")
 def _vol_shift_kernel(x, shock, und, vol0, slope, curv, e1, factor, moneyness, floor, out):
     n, m = out.shape
-    for s in range(n):
+    for s in prange(n):  # each element on its own: identical bytes for any thread count
         for o in range(m):
             u = und[o]
             xs = x[s, u]
@@ -371,11 +374,24 @@ def _iv_shocks(vov: VolOfVol | None, h: int, params: MarginParams) -> tuple[floa
 def _residual_panel(bundle: RiskForecastBundle, symbols: Sequence[str], as_of: pd.Timestamp,
                     lookback: int, unit: str = _UNIT) -> tuple[pd.DataFrame, pd.DataFrame]:
     r = bundle.residuals
-    r = r[(r["unit"] == unit) & r["symbol"].isin(list(symbols)) & (r["ts"] <= as_of)]
-    z = r.pivot(index="ts", columns="symbol", values="z").reindex(columns=list(symbols))
-    s = r.pivot(index="ts", columns="symbol", values="sigma_issued").reindex(columns=list(symbols))
-    keep = z.notna().all(axis=1)
-    return z[keep].sort_index().iloc[-lookback:], s
+    ts_all = pd.DatetimeIndex(r["ts"]).as_unit("ns").asi8
+    sym_all = r["symbol"].to_numpy()
+    sel = (r["unit"].to_numpy() == unit) & (ts_all <= pd.Timestamp(as_of).as_unit("ns").value)
+    code = {s: j for j, s in enumerate(symbols)}
+    col = np.array([code.get(x, -1) for x in sym_all[sel].tolist()], dtype=np.int64)
+    mine = col >= 0
+    rows = np.flatnonzero(sel)[mine]
+    col = col[mine]
+    times, pos = np.unique(ts_all[rows], return_inverse=True)  # sorted
+    m = len(symbols)
+    z = np.full((len(times), m), np.nan)
+    sg = np.full((len(times), m), np.nan)
+    z[pos, col] = r["z"].to_numpy(dtype=np.float64)[rows]
+    sg[pos, col] = r["sigma_issued"].to_numpy(dtype=np.float64)[rows]
+    index = pd.DatetimeIndex(pd.to_datetime(times, unit="ns", utc=True))
+    keep = ~np.isnan(z).any(axis=1)
+    zf = pd.DataFrame(z[keep], index=index[keep], columns=list(symbols)).iloc[-lookback:]
+    return zf, pd.DataFrame(sg, index=index, columns=list(symbols))
 
 
 def build_scenarios(underlyings: Sequence[str], bundle: RiskForecastBundle, params: MarginParams,

@@ -1484,7 +1484,10 @@ class RiskForecastBundle:
 
     def correlation(self, h: int, unit: str = "1D") -> np.ndarray:
         """The forecast correlation of the ``h``-period returns, (n_symbols, n_symbols)."""
-        self._rows(unit, h)
+        self._unit(unit)
+        if h not in self.horizons(unit):
+            raise KeyError(f"horizon {h!r} is not in this bundle for unit {unit!r}; horizons "
+                           f"{list(self.horizons(unit))}")
         return np.array(self.corr[unit].at(h)[0]) if unit in self.corr else np.eye(len(self.symbols))
 
     def vol_forecast(self, symbol: str, unit: str = "1D") -> VolForecast:

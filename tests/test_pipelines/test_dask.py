@@ -51,7 +51,7 @@ def test_train_flow_on_dask_matches_threads(
     )
     np.testing.assert_allclose(b["qlike"], a["qlike"], rtol=1e-12)
     np.testing.assert_allclose(b["qlike_ratio"], a["qlike_ratio"], rtol=1e-12)
-    assert len(a) == 4 * 3 * 2  # models x (2 symbols + pooled) x horizons
+    assert len(a) == 4 * 3 * 3  # models x (2 symbols + pooled) x horizons (1, 2, 5: the default)
     # the Dask run computed (refresh_cache) rather than reading the threads' cached results
     with get_client(sync_client=True) as client:
         runs = client.read_task_runs(

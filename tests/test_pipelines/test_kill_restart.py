@@ -128,7 +128,7 @@ def test_killed_cycle_restarts_without_duplicates_or_losses(
     names = sorted(p.name for p in fdir.iterdir())
     assert names == ["forecast_20181231T210000Z_dprm-forecaster-v1.parquet", "latest.json"]
     table = pd.read_parquet(fdir / names[0])
-    assert len(table) == 4 and set(table["registered_version"]) == {"1"}
+    assert len(table) == 2 * 3 and set(table["registered_version"]) == {"1"}  # 2 symbols x 1, 2, 5 days
     assert not table.duplicated(["symbol", "horizon"]).any()
     rdir = home / "reports" / "monitor" / "embedded_1D"
     assert (rdir / "latest.json").exists() and (rdir / "latest.md").exists()

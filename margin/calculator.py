@@ -25,7 +25,10 @@ A pure function (no I/O, no clock, no MLflow, no Prefect): the same inputs give 
    grid_floor    G - C       G = max(C, grid_floor_share x worst grid loss, 0)
                              (G = 0: every component is 0; the chain's measures stay in
                              ``explain``)
-   liquidity, concentration, short_option_minimum, apc   0 (filled by the add-ons issue)
+   liquidity     L           close-out cost of the net delta and net vega (margin.addons)
+   concentration             convex charge on net size beyond a share of capacity
+   short_option_minimum      max(0, floor on net short options - everything above)
+   apc                       0 (filled by the anti-procyclicality step)
    ========================  ==========================================================
 
    IM = the sum of the components. MM: ``IM / im_over_mm`` ("ratio") or the same chain at
@@ -54,6 +57,7 @@ from numba import njit, prange
 from numpy.typing import NDArray
 
 from features.errors import DataError, Failure, FailureReason, ModelError
+from margin.addons import AddOnInputs, AddOns, UnderlyingLiquidity, compute_addons
 from margin.instruments import Future, Instrument, Option, Perpetual, Spot
 from margin.market_state import MarketState
 from margin.measures import TailMeasure, measure
@@ -216,7 +220,9 @@ class MarginContext:
     scenarios : :class:`margin.scenarios.Scenarios`.
     order : names of the scenario sets in the concatenated P&L vectors; ``offsets`` their start.
     index : instrument name -> its row of :attr:`unit` (P&L of one contract in every scenario,
-        margin currency); ``priced`` its inputs.
+        margin currency); ``priced`` its inputs; ``greeks`` its (delta, vega) per contract in USD
+        (per unit log return of its underlying, per unit of implied vol), by central differences
+        of the same revaluation kernel (the add-ons' exposures).
     """
 
     market_state: MarketState
@@ -228,6 +234,7 @@ class MarginContext:
     offsets: Mapping[str, tuple[int, int]]
     index: dict[str, int] = field(default_factory=dict)
     priced: dict[str, PricedInstrument] = field(default_factory=dict)
+    greeks: dict[str, tuple[float, float]] = field(default_factory=dict)
     _store: list[NDArray[np.float64]] = field(default_factory=list, repr=False)
     _stack: list[Any] = field(default_factory=list, repr=False)
 
@@ -275,6 +282,9 @@ class MarginContext:
             out[:len(keep)] = out[keep]
         for r, k in enumerate(keep.tolist()):
             self.index[new[k].name] = n0 + r
+        kept = [new[k] for k in keep.tolist()]
+        if kept:
+            self.greeks.update(self._greeks(kept))
         return fails
 
     def _reserve(self, k: int) -> NDArray[np.float64]:
@@ -316,6 +326,28 @@ class MarginContext:
         instrument_pnl(book, ss, out=out)
         if div is not None:
             out /= div
+
+    def _greeks(self, insts: Sequence[Instrument]) -> dict[str, tuple[float, float]]:
+        """Delta and vega of one contract of each instrument (USD): central differences of the
+        revaluation kernel at time 0 (log return +/- 1e-4 on every underlying; implied vol +/- 1e-4
+        on every option), so every product kind (inverse too) gets the kernel's own numbers."""
+        eps = 1e-4
+        opts = [i for i in insts if isinstance(i, Option)]
+        bucket = {o.name: b for b, o in enumerate(opts)}
+        inputs = {i.name: (replace(self.priced[i.name].inputs, vol_bucket=bucket[i.name])
+                           if i.name in bucket else self.priced[i.name].inputs) for i in insts}
+        unds = sorted({i.underlying for i in insts})
+        spot = {u: self.priced_spot(u) for u in unds}
+        book = build_book([(i, 1.0) for i in insts], inputs, spot, self.market_state.as_of)
+        x = np.zeros((4, len(unds)))
+        x[0], x[1] = eps, -eps
+        vs = np.zeros((4, max(len(opts), 1)))
+        vs[2], vs[3] = eps, -eps
+        pnl = instrument_pnl(book, ScenarioSet(tuple(unds), x, 0.0, vs if opts else None))
+        delta = (pnl[:, 0] - pnl[:, 1]) / (2 * eps)
+        vega = (pnl[:, 2] - pnl[:, 3]) / (2 * eps)
+        return {i.name: (float(delta[k]), float(vega[k]) if i.name in bucket else 0.0)
+                for k, i in enumerate(insts)}
 
     @property
     def stacked(self) -> tuple[NDArray[np.float64], ...]:
@@ -537,7 +569,8 @@ def _chain(ctx: MarginContext, bk: _Book, confidence: float,
     for c in COMPONENTS[4:]:
         comps[c], alloc[c] = 0.0, np.zeros(n_pos)
     return {"components": comps, "alloc": alloc, "r": r_tm, "s": s_tm, "corr": corr_vals,
-            "standalone": stand, "cap": cap, "blend": blend, "worst_grid": worst_grid,
+            "standalone": stand, "standalone_alloc": e_u, "cap": cap, "blend": blend,
+            "worst_grid": worst_grid,
             "worst_grid_col": g_col, "binding": g_binding, "fc_cols": fc}
 
 
@@ -551,6 +584,71 @@ def _labels(ctx: MarginContext, col: int) -> str:
 
 def _r(x: float) -> float:
     return float(x)
+
+
+def _liquidity(ctx: MarginContext, u: str) -> UnderlyingLiquidity:
+    """An underlying's close-out inputs from the market state (defaults where it has none)."""
+    sc, p = ctx.scenarios, ctx.params
+    sigma_1d = float(sc.sigma[sc.underlyings.index(u)]) / math.sqrt(sc.mpor_days)
+    st = ctx.market_state.underlying(u)
+    liq = None if isinstance(st, Failure) else st.liquidity
+    if liq is None:
+        return UnderlyingLiquidity(p.default_half_spread, None, None, sigma_1d,
+                                   "default_half_spread (the market state has no liquidity for "
+                                   f"{u}): no impact, no concentration")
+    adv = None if liq.adv_usd is None else liq.adv_usd.value
+    if liq.open_interest_usd is not None:
+        cap, cap_src = liq.open_interest_usd.value, liq.open_interest_usd.source
+    elif adv is not None:
+        cap, cap_src = p.capacity_adv_days * adv, f"{p.capacity_adv_days:g} x ADV"
+    else:
+        cap, cap_src = None, "none"
+    src = (f"half spread: {liq.half_spread.source}; ADV: "
+           f"{'none' if liq.adv_usd is None else liq.adv_usd.source}; capacity: {cap_src}")
+    return UnderlyingLiquidity(liq.half_spread.value, adv, cap, sigma_1d, src)
+
+
+def _outright_unit(ctx: MarginContext, u: str, fc: slice | NDArray[np.int64], confidence: float
+                   ) -> float:
+    """Margin of one unit of ``u`` held outright (the larger of long and short) on the forecast
+    pool, in the margin currency."""
+    x, _, _, _, div = ctx.stacked
+    j = ctx.scenarios.underlyings.index(u)
+    pnl = ctx.priced_spot(u) * np.expm1(x[fc, j])
+    if div is not None:
+        pnl = pnl / div[0, fc]
+    kind = ctx.params.measure
+    return max(measure(pnl, confidence, kind).value, measure(-pnl, confidence, kind).value)
+
+
+def _addons(ctx: MarginContext, pos: Sequence[Position], ch: Mapping[str, Any],
+            confidence: float) -> AddOns:
+    """The add-ons of ``pos`` (see :mod:`margin.addons`) on top of chain ``ch``."""
+    insts = [q.instrument for q in pos]
+    qv = np.array([q.quantity for q in pos], dtype=np.float64)
+    g = np.array([ctx.greeks[i.name] for i in insts], dtype=np.float64).reshape(-1, 2)
+    is_opt = np.array([isinstance(i, Option) for i in insts], dtype=bool)
+    x = AddOnInputs(
+        [i.underlying for i in insts], [i.name for i in insts],
+        [i.expiry.isoformat() if isinstance(i, Option) else "" for i in insts], qv,
+        qv * g[:, 0], qv * g[:, 1], is_opt,
+        np.array([i.contract_size if isinstance(i, Option) else 0.0 for i in insts]))
+    unds = sorted({i.underlying for i in insts})
+    fc = _pool(ctx, ctx.scenarios.pools["forecast"])
+    risk = math.fsum(ch["components"][c] for c in COMPONENTS[:4])
+    usd = 1.0 if ctx.margin_currency == "USD" else ctx.priced_spot(ctx.margin_currency)
+    e_u = ch.get("standalone_alloc")
+    return compute_addons(x, {u: _liquidity(ctx, u) for u in unds}, ch["standalone"],
+                          np.zeros(len(pos)) if e_u is None or len(e_u) != len(pos) else e_u,
+                          {u: _outright_unit(ctx, u, fc, confidence) for u in unds}, risk,
+                          ctx.params, usd)
+
+
+def _with_addons(ch: dict[str, Any], ad: AddOns) -> dict[str, Any]:
+    """The chain's components and allocations with the add-ons filled in."""
+    comps = {**ch["components"], **{c: _r(v) for c, v in ad.components.items()}}
+    alloc = {**ch["alloc"], **ad.alloc}
+    return {**ch, "components": comps, "alloc": alloc}
 
 
 def _assemble(ctx: MarginContext, portfolio: Portfolio, positions: Sequence[Position],
@@ -570,6 +668,8 @@ def _assemble(ctx: MarginContext, portfolio: Portfolio, positions: Sequence[Posi
                total)
     vecs = _standalone(ctx, bk)
     ch = _chain(ctx, bk, p.confidence(), vecs)
+    ad = _addons(ctx, pos, ch, p.confidence())
+    ch = _with_addons(ch, ad)
     comps = {c: _r(ch["components"][c]) for c in COMPONENTS}
     im = math.fsum(comps.values())
     if p.mm_rule == "ratio":
@@ -577,6 +677,7 @@ def _assemble(ctx: MarginContext, portfolio: Portfolio, positions: Sequence[Posi
         mm_alloc = {c: a / p.im_over_mm for c, a in ch["alloc"].items()}
     else:
         chm = _chain(ctx, bk, p.mm_confidence, vecs)
+        chm = _with_addons(chm, _addons(ctx, pos, chm, p.mm_confidence))
         mm_comps = {c: _r(chm["components"][c]) for c in COMPONENTS}
         mm_alloc = chm["alloc"]
     mm = math.fsum(mm_comps.values())
@@ -620,6 +721,7 @@ def _assemble(ctx: MarginContext, portfolio: Portfolio, positions: Sequence[Posi
         "worst_scenario_pnl_by_position": {
             q.id: v for q, v in zip(pos, wrows.tolist(), strict=True)},
         "n_scenarios": {n: ctx.scenarios.sets[n].n for n in ctx.order},
+        "addons": ad.detail,
         "notes": list(sc.notes),
     }
     measures = {
@@ -842,12 +944,16 @@ def _fast_what_if(base: MarginResult, ctx: MarginContext, trade: Position) -> Wh
     empty = _Book([], np.zeros(0, dtype=object), np.zeros(0, dtype=np.int64), np.zeros(0),
                   ctx.unit, total)
     p = ctx.params
-    comps = _chain(ctx, empty, p.confidence(), vecs)["components"]
+    pos = sorted([*base.positions, trade], key=lambda q: (q.instrument.name, q.id))
+    ch = _chain(ctx, empty, p.confidence(), vecs)
+    comps = _with_addons(ch, _addons(ctx, pos, ch, p.confidence()))["components"]
     im = math.fsum(comps.values())
     if p.mm_rule == "ratio":
         mm = im / p.im_over_mm
     else:
-        mm = math.fsum(_chain(ctx, empty, p.mm_confidence, vecs)["components"].values())
+        chm = _chain(ctx, empty, p.mm_confidence, vecs)
+        mm = math.fsum(_with_addons(chm, _addons(ctx, pos, chm, p.mm_confidence))
+                       ["components"].values())
     return WhatIf(base, None, im, mm, {c: float(comps[c]) for c in COMPONENTS}, im - base.im,
                   mm - base.mm)
 

@@ -47,6 +47,7 @@ __all__ = [
     "FlatVolSurface",
     "Forward",
     "FundingQuote",
+    "Liquidity",
     "MarketState",
     "Quote",
     "UnderlyingState",
@@ -182,6 +183,41 @@ def _frozen_map(m: Mapping[Any, Any] | None) -> Mapping[Any, Any]:
 
 
 @dataclass(frozen=True)
+class Liquidity:
+    """What it costs to close out an underlying: the inputs of the liquidity and concentration
+    add-ons (filled by the pipeline from the store; margin does not estimate them).
+
+    Attributes
+    ----------
+    half_spread : the relative half bid-ask spread (fraction of price, > 0) as a :class:`Quote`,
+        its source the quotes' median or a bar estimator (Corwin-Schultz, Abdi-Ranaldo).
+    adv_usd : average daily traded value in USD (> 0), or None (no volume in the data).
+    open_interest_usd : open interest (or market capacity) in USD, or None (the concentration
+        add-on then uses ``capacity_adv_days`` x ADV, recorded).
+    """
+
+    half_spread: Quote
+    adv_usd: Quote | None = None
+    open_interest_usd: Quote | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("half_spread", "adv_usd", "open_interest_usd"):
+            q = getattr(self, name)
+            if q is None:
+                continue
+            if not isinstance(q, Quote):
+                raise TypeError(f"Liquidity.{name} must be a Quote; got {type(q).__name__}")
+            if not (math.isfinite(q.value) and q.value > 0):
+                raise DataError(f"Liquidity.{name} must be finite and > 0; got {q.value!r} "
+                                f"({q.source})", column=name)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        return {k: None if getattr(self, k) is None else getattr(self, k).to_dict()
+                for k in ("half_spread", "adv_usd", "open_interest_usd")}
+
+
+@dataclass(frozen=True)
 class UnderlyingState:
     """Market inputs of one underlying (see the module docstring).
 
@@ -198,6 +234,8 @@ class UnderlyingState:
     vol_index : implied-volatility index (DVOL/VIX) as a fraction, or None.
     rate : discount rate (fraction, continuously compounded), or None when unknown.
     dividend_yield : continuous dividend yield of an equity index (fraction), or None.
+    liquidity : :class:`Liquidity`, or None (the add-ons then use the parameters' defaults and
+        say so).
     """
 
     underlying: str
@@ -211,6 +249,7 @@ class UnderlyingState:
     vol_index: Quote | None = None
     rate: Quote | None = None
     dividend_yield: Quote | None = None
+    liquidity: Liquidity | None = None
 
     def __post_init__(self) -> None:
         fw = {_utc(k): v for k, v in dict(self.forwards).items()}

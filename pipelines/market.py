@@ -35,6 +35,7 @@ current.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -52,6 +53,7 @@ from margin.market_state import (
     FlatVolSurface,
     Forward,
     FundingQuote,
+    Liquidity,
     MarketState,
     Quote,
     UnderlyingState,
@@ -87,6 +89,7 @@ class MarketStateConfig(BaseModel):
         rate it gives the forward ``S exp((r - q) tau)`` where no future is stored).
     underlyings : restrict to these underlyings (default: every one with data).
     parity_strikes : strikes nearest the spot used for put-call parity forwards.
+    liquidity_lookback : window of bars and quotes behind :func:`liquidity_of`.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -98,6 +101,9 @@ class MarketStateConfig(BaseModel):
     dividend_yields: dict[str, float] = Field(default_factory=dict)
     underlyings: tuple[str, ...] = ()
     parity_strikes: int = Field(3, ge=1)
+    liquidity_lookback: str = Field("30D", description=(
+        "Window of bars (ADV, bar spread estimators) and quotes (last day of it) behind each "
+        "underlying's Liquidity"))
 
 
 def _td(name: str, value: str) -> pd.Timedelta:
@@ -146,6 +152,74 @@ def _last_rows(store: DataStore, dataset: str, table: str, symbols: list[str],
 
 def _quote(value: float, unit: str, source: str, ts: pd.Timestamp) -> Quote | None:
     return Quote(value, unit, source, ts) if math.isfinite(value) and value > 0 else None
+
+
+def liquidity_of(store: DataStore, dataset: str, symbol: str, as_of: pd.Timestamp,
+                 lookback: pd.Timedelta, *, traded_value: bool = True) -> Liquidity | None:
+    """Close-out inputs of ``symbol`` (an underlying's spot) from the store, data up to ``as_of``:
+
+    - half spread: the median relative half spread ``(ask - bid) / (ask + bid)`` of the quotes of
+      the last day when a quotes table holds the symbol, else the Abdi-Ranaldo (2017) estimator
+      (``features.microstructure.bar_liquidity``, 20 bars) on the finest bars table, halved
+      (Corwin-Schultz when that estimate is 0);
+    - ADV: traded value (``quote_volume``, else ``close x volume``) over the lookback per day;
+      not for ``traded_value=False`` (an equity index's "volume" is its constituents' share
+      volume, not a traded value of the index: no ADV, so no impact and no concentration);
+    - open interest: not in the store (None: the margin's capacity falls back to days of ADV).
+
+    None when the store has no bars of the symbol in the window or no spread estimate."""
+    from features.microstructure import bar_liquidity
+
+    man = store.require(dataset)
+    tables = man["tables"]
+    start = as_of - lookback
+    bars_tables = sorted((t for t, i in tables.items()
+                          if i["kind"] == "bars" and symbol in i.get("symbols", {})),
+                         key=lambda t: pd.Timedelta(tables[t].get("interval") or "1D"))
+    if not bars_tables:
+        return None
+    table = bars_tables[0]
+    bars = store.read(dataset, table, symbols=[symbol], start=start, end=as_of)
+    bars = bars[bars[S.TS] <= as_of]
+    if len(bars) < 2:
+        return None
+    hs = None
+    for qt, info in sorted(tables.items()):
+        if info["kind"] == "quotes" and symbol in info.get("symbols", {}):
+            q = store.read(dataset, qt, symbols=[symbol], start=as_of - pd.Timedelta(days=1),
+                           end=as_of, columns=[S.TS, S.SYMBOL, S.BID_PX, S.ASK_PX])
+            q = q[(q[S.TS] <= as_of) & (q[S.ASK_PX] > q[S.BID_PX]) & (q[S.BID_PX] > 0)]
+            if len(q):
+                rel = (q[S.ASK_PX] - q[S.BID_PX]) / (q[S.ASK_PX] + q[S.BID_PX])
+                hs = Quote(float(rel.median()), "fraction",
+                           f"{qt}: median (ask - bid) / (ask + bid) of {len(q)} quotes in the "
+                           f"last day [{symbol}]", q[S.TS].max())
+                break
+    if hs is None:
+        w = min(20, len(bars) - 1)
+        feats = bar_liquidity(bars, window=w)
+        for col, who in (("ar_spread_bps", "Abdi-Ranaldo"), ("cs_spread_bps", "Corwin-Schultz")):
+            est = feats[col].dropna()
+            if len(est) and est.iloc[-1] > 0:  # a zero estimate (negative mean): try the next
+                hs = Quote(float(est.iloc[-1]) / 2e4, "fraction",
+                           f"{table}: {who} spread / 2 over {w} bars [{symbol}]",
+                           bars[S.TS].max())
+                break
+    if hs is None:
+        return None
+    dv = (bars[S.QUOTE_VOLUME] if S.QUOTE_VOLUME in bars.columns and bars[S.QUOTE_VOLUME].notna().any()
+          else bars[S.CLOSE] * bars[S.VOLUME] if S.VOLUME in bars.columns else None)
+    adv = None
+    if not traded_value:
+        dv = None
+    if dv is not None and dv.notna().any():
+        interval = pd.Timedelta(tables[table].get("interval") or "1D")
+        span_days = ((bars[S.TS].max() - bars[S.TS].min()) + interval) / pd.Timedelta(days=1)
+        if span_days > 0 and float(dv.sum()) > 0:
+            adv = Quote(float(dv.sum()) / span_days, "USD",
+                        f"{table}: traded value over {span_days:.1f} days [{symbol}]",
+                        bars[S.TS].max())
+    return Liquidity(hs, adv, None)
 
 
 def build_market_state(
@@ -410,6 +484,15 @@ def build_market_state(
                     f"flat at {u.vol_index} close {vol_index.ts:%Y-%m-%d %H:%M} UTC "
                     f"({vol_index.source})", vol_index.ts),
                 vol_index=vol_index, rate=rate, dividend_yield=dividend_yield)
+        liq = liquidity_of(store, dataset, u.spot, t, _td("liquidity_lookback",
+                                                          cfg.liquidity_lookback),
+                           traded_value=u.asset_class == "crypto")
+        if liq is None:
+            fail(FailureReason.MISSING_INPUTS, f"{name}/liquidity", f"no bars or no spread "
+                 f"estimate of {u.spot} in '{dataset}' in the {cfg.liquidity_lookback} before "
+                 f"{t}: the margin add-ons use the default half spread", symbol=u.spot)
+        else:
+            state = dataclasses.replace(state, liquidity=liq)
         states[name] = state
     return MarketState(t, states, tuple(failures), source=f"store:{dataset}")
 

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from scipy import stats
 
 from features.errors import ConfigError, FailureReason, ModelError
+from margin.addons import ADDONS
 from margin.calculator import COMPONENTS, MarginResult, compute_margin, recompute, what_if
 from margin.instruments import Future, Option, Perpetual, Spot, parse_instrument
 from margin.params import MarginParams, load_params
@@ -169,8 +170,9 @@ HAND_BOOKS = {
 def test_small_books_by_hand_to_the_cent(name: str) -> None:
     r = _run(book(HAND_BOOKS[name]))
     assert not r.failures
-    assert r.im == pytest.approx(_oracle_im(r), abs=0.005)
-    assert r.im > 0
+    addons = sum(r.components[c] for c in ADDONS)
+    assert r.im - addons == pytest.approx(_oracle_im(r), abs=0.005)
+    assert r.im > 0 and r.components["liquidity"] > 0
 
 
 # ---- attribution, what-if, determinism --------------------------------------------------------
@@ -304,7 +306,7 @@ def test_correlation_stress_and_break_cap() -> None:
     r = _run(pf)
     assert r.components["correlation_stress"] > 0
     assert r.measures["by_matrix"]["low"] > r.measures["by_matrix"]["forecast"]
-    one = _run(pf, MarginParams(correlation_break_alpha=1.0, grid_floor_share=0.0))
+    one = _run(pf, MarginParams(correlation_break_alpha=1.0, grid_floor_share=0.0, addons=False))
     stand = sum(one.measures["standalone_by_underlying"].values())
     assert one.im == pytest.approx(max(stand, one.explain["chain"]["blend"]), rel=1e-12)
     _sums(one)
@@ -399,10 +401,33 @@ def test_a_book_that_gains_in_every_tail_scenario_needs_zero_margin_exactly() ->
     every tail loss, the chain's measures are negative; IM, MM and every component are exactly 0
     (not -1e-15 of round-off), the raw market-risk measure stays in the explain record."""
     state = make_state(funding_rate=0.01)
-    r = _run(book("spot,BTCUSDT,10,60000\nperp,BTCUSDT-PERP,-10,60000"), state=state)
+    pf = book("spot,BTCUSDT,10,60000\nperp,BTCUSDT-PERP,-10,60000")
+    r = _run(pf, MarginParams(addons=False), state=state)
     assert r.im == 0.0 and r.mm == 0.0
     assert set(r.components.values()) == {0.0}
     assert all(v == 0.0 for a in r.by_position.values() for v in a.values())
     assert r.explain["chain"]["market_risk"] < 0
+    # with the add-ons only the close-out cost of the net delta is left: 10 x 60,000 spot less
+    # 10 x 60,030 perpetual (its mark 0.05% above) = -300 USD at the default 5 bp half spread
+    r = _run(pf, state=state)
+    assert r.im == pytest.approx(300 * 0.0005, rel=1e-6)
+    assert r.components["liquidity"] == r.im
     # the same book at a normal funding rate needs margin
-    assert _run(book("spot,BTCUSDT,10,60000\nperp,BTCUSDT-PERP,-10,60000")).im > 0
+    assert _run(pf).im > 1.0
+
+
+def test_the_margin_json_is_the_same_bytes_with_one_and_two_threads() -> None:
+    """Every parallel kernel (revaluation, implied-vol shifts, combining P&L vectors) sums in a
+    fixed order: the whole result serializes to identical bytes for any thread count."""
+    import numba
+
+    pf = example(EXAMPLES / "delta_hedged_options.json")
+    before = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        one = _run(pf).to_json()
+        numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
+        two = _run(pf).to_json()
+    finally:
+        numba.set_num_threads(before)
+    assert one == two

@@ -161,6 +161,25 @@ class MarginParams(BaseModel):
         "1-unit measures over the forecast scenarios), as SPAN's and Deribit's floors do; the "
         "component tops the risk-based margin up to that floor."))
 
+    # ---- the methods risk teams compare against (margin.methods) -------------------------------
+    fixed_tiers: tuple[tuple[float, float, float], ...] = Field(
+        ((50_000.0, 0.008, 0.004), (600_000.0, 0.01, 0.005), (3_000_000.0, 0.0133, 0.0065),
+         (12_000_000.0, 0.02, 0.01), (70_000_000.0, 0.04, 0.02), (100_000_000.0, 0.05, 0.025),
+         (230_000_000.0, 0.1, 0.05), (480_000_000.0, 0.2, 0.1), (600_000_000.0, 0.25, 0.125),
+         (800_000_000.0, 0.3333, 0.15), (1_200_000_000.0, 0.5, 0.25),
+         (1_800_000_000.0, 1.0, 0.5)), description=(
+            "'fixed' method: leverage brackets (notional cap in USD, IM rate, MM rate), caps "
+            "increasing, in the shape of a crypto venue's published USD-M perpetual brackets "
+            "(maintenance rates 0.4% to 50%; IM = 2 x MM in the first bracket): configure your "
+            "venue's own."))
+    fixed_short_option: tuple[float, float, float] = Field((0.15, 0.10, 0.075), description=(
+        "'fixed' method, short options (a, b, c): IM = max(a - OTM / S, b) x S + mark, MM = c x "
+        "S + mark per unit of underlying, the shape of a crypto options venue's standard "
+        "(non-portfolio) margin."))
+    ewma_lambda: float = Field(0.94, gt=0.0, lt=1.0, description=(
+        "'fhs_ewma' method: EWMA decay of the filtering volatility (0.94 RiskMetrics daily; 0.97 "
+        "is also in use)."))
+
     # ---- maintenance margin -------------------------------------------------------------------
     mm_rule: Literal["ratio", "confidence"] = Field("ratio", description=(
         "'ratio': MM = IM / im_over_mm (OKX style IM = 1.3 MM); 'confidence': MM = the same "
@@ -181,6 +200,11 @@ class MarginParams(BaseModel):
         if not self.scenario_sources:
             raise ValueError("scenario_sources must name at least one of 'fhs', 'mc'")
         lo, hi = self.iv_shock_fallback_log
+        caps = [t[0] for t in self.fixed_tiers]
+        if not caps or caps != sorted(caps) or len(set(caps)) != len(caps) or any(
+                not (0 < t[2] <= t[1]) for t in self.fixed_tiers):
+            raise ValueError("fixed_tiers must be (cap, im_rate, mm_rate) with increasing caps "
+                             f"and 0 < mm_rate <= im_rate; got {self.fixed_tiers}")
         if not lo <= 0 <= hi:
             raise ValueError(f"iv_shock_fallback_log must be (down <= 0, up >= 0); got "
                              f"{self.iv_shock_fallback_log}")

@@ -1145,20 +1145,28 @@ def margin_cmd(
         "--what-if", help="INSTRUMENT,QUANTITY: the margin with this trade added.")] = None,
     explain: Annotated[str | None, typer.Option(
         "--explain", help="Position id: print its recomputation path.")] = None,
+    method: Annotated[str, typer.Option(
+        "--method", help="dprm (the forecast-driven engine), fixed (tiered % of notional), hvar "
+        "(historical simulation) or fhs_ewma (FHS with EWMA vol, lambda from --params).")] = "dprm",
+    compare: Annotated[bool, typer.Option(
+        "--compare", help="Every method side by side on the same book and market state.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the whole MarginResult as JSON.")] = False,
 ) -> None:
     """Margin of a portfolio from the store's market state and a risk-forecast bundle: IM and MM,
     components, attribution by underlying and position, worst scenarios (written under
-    $DPRM_HOME/margin/)."""
+    $DPRM_HOME/margin/); --method and --compare give the methods risk teams run today."""
     from pipelines.config import dprm_home
     from pipelines.margin_run import margin_for, margin_summary, write_margin
 
     home = dprm_home()
-    run = margin_for(home, portfolio, dataset=data, bundle=bundle, freq=freq, as_of=as_of,
-                     params=None if params is None else params.read_text(),
-                     rates=_pairs(rate, "--rate"), dividend_yields=_pairs(dividend_yield,
-                                                                          "--dividend-yield"),
-                     trade=what_if_trade)
+    kw = dict(dataset=data, bundle=bundle, freq=freq, as_of=as_of,
+              params=None if params is None else params.read_text(),
+              rates=_pairs(rate, "--rate"),
+              dividend_yields=_pairs(dividend_yield, "--dividend-yield"))
+    if compare or method != "dprm":
+        _margin_methods(home, portfolio, kw, method, compare, json_out)
+        return
+    run = margin_for(home, portfolio, **kw, trade=what_if_trade)
     path, _ = write_margin(home, run)
     if json_out:
         typer.echo(run.result.to_json())
@@ -1188,6 +1196,60 @@ def margin_cmd(
         con.rule(f"explain {explain}")
         con.print_json(json.dumps(doc, default=str))
     con.print(f"result: {path}")
+
+
+def _margin_methods(home: Path, portfolio: Path, kw: dict[str, Any], method: str, compare: bool,
+                    json_out: bool) -> None:
+    """``dprm margin --method M`` / ``--compare``: one method's IM and MM, or all side by side."""
+    import json
+
+    from features.errors import ConfigError
+    from margin.methods import METHODS, compute_method
+    from pipelines.margin_run import compare_methods, margin_inputs
+
+    if method not in METHODS:
+        raise ConfigError(f"--method must be one of {list(METHODS)}. Got {method!r} instead.")
+    inp = margin_inputs(home, portfolio, **kw)
+    if compare:
+        rows = compare_methods(inp)
+        if json_out:
+            typer.echo(json.dumps(rows, default=str))
+            return
+        from rich.table import Table
+
+        cur = rows[0]["margin_currency"]
+        fmt = "{:,.4f}" if cur in ("BTC", "ETH") else "{:,.2f}"
+        t = Table(title=f"{inp.portfolio.name}: methods on one market state ({cur})")
+        for c in ("method", "IM", "MM", "IM / dprm", "MM / dprm", "fail"):
+            t.add_column(c, justify="left" if c == "method" else "right", no_wrap=True)
+        for x in rows:
+            t.add_row(x["method"], fmt.format(x["im"]), fmt.format(x["mm"]),
+                      "" if x["im_vs_dprm"] is None else f"{x['im_vs_dprm']:.2f}",
+                      "" if x["mm_vs_dprm"] is None else f"{x['mm_vs_dprm']:.2f}",
+                      str(len(x["failures"])))
+        con = _console()
+        con.print(t)
+        con.print("IM is compared with IM and MM with MM; the simulation methods report the "
+                  "measure alone (no add-ons), fixed margins each instrument alone.")
+        return
+    r = compute_method(method, inp.portfolio, inp.market, inp.bundle, inp.params)
+    if json_out:
+        typer.echo(json.dumps(r.to_dict(), default=str))
+        return
+    con = _console()
+    fmt = "{:,.4f}" if r.margin_currency in ("BTC", "ETH") else "{:,.2f}"
+    con.print(f"[bold]{r.portfolio}[/bold] by {method}: IM {fmt.format(r.im)} "
+              f"{r.margin_currency}, MM {fmt.format(r.mm)} {r.margin_currency}")
+    from rich.table import Table
+
+    t = Table(title="by position", box=None)
+    for c in ("position", "IM", "MM"):
+        t.add_column(c, justify="left" if c == "position" else "right")
+    for k, v in sorted(r.by_position.items(), key=lambda kv: -abs(kv[1]["total"]))[:10]:
+        t.add_row(k, fmt.format(v["total"]), fmt.format(v["mm_total"]))
+    con.print(t)
+    if r.failures:
+        con.print(f"[red]{len(r.failures)} failure(s)[/red]: " + "; ".join(map(str, r.failures)))
 
 
 @app.command("monitor")

@@ -26,6 +26,7 @@ from features.errors import ConfigError, DataError
 from features.store import DataStore, atomic_write_bytes
 from margin.calculator import MarginResult, WhatIf, compute_margin, what_if
 from margin.instruments import parse_instrument
+from margin.methods import compute_method
 from margin.params import MarginParams, load_params
 from models.forecast import RiskForecastBundle
 from pipelines.bundles import bundle_dir
@@ -104,6 +105,38 @@ def margin_for(
     docs); ``freq`` picks the "latest" bundle's frequency (see :func:`bundle_path`); ``params`` a
     :class:`MarginParams`, TOML text or None (defaults); ``trade`` a what-if
     ``INSTRUMENT,QUANTITY``."""
+    inp = margin_inputs(home, portfolio, dataset=dataset, bundle=bundle, freq=freq, as_of=as_of,
+                        params=params, rates=rates, dividend_yields=dividend_yields)
+    result = compute_margin(inp.portfolio, inp.market, inp.bundle, inp.params)
+    wi = what_if(result, parse_trade(trade)) if trade else None
+    return MarginRun(result, inp.bundle_path, dataset, Path(portfolio), wi)
+
+
+@dataclass(frozen=True)
+class MarginInputs:
+    """What one margin computation reads: the portfolio at the bundle's time, the market state of
+    its underlyings, the bundle and the parameters."""
+
+    portfolio: Any
+    market: Any
+    bundle: RiskForecastBundle
+    params: MarginParams
+    bundle_path: Path
+
+
+def margin_inputs(
+    home: Path | str,
+    portfolio: Path | str,
+    *,
+    dataset: str,
+    bundle: str = "latest",
+    freq: str | None = None,
+    as_of: object = None,
+    params: MarginParams | str | None = None,
+    rates: Mapping[str, float] | None = None,
+    dividend_yields: Mapping[str, float] | None = None,
+) -> MarginInputs:
+    """Read the inputs of :func:`margin_for` (and of the comparison methods) once."""
     home = Path(home)
     bpath = bundle_path(home, dataset, bundle, freq)
     if not (bpath / "bundle.json").is_file():
@@ -124,9 +157,30 @@ def margin_for(
     market = build_market_state(DataStore(home / "data"), dataset, t, cfg)
     p = params if isinstance(params, MarginParams) else (
         load_params(params) if isinstance(params, str) else MarginParams())
-    result = compute_margin(pf, market, b, p)
-    wi = what_if(result, parse_trade(trade)) if trade else None
-    return MarginRun(result, bpath, dataset, Path(portfolio), wi)
+    return MarginInputs(pf, market, b, p, bpath)
+
+
+COMPARE = (("dprm", {}), ("fixed", {}), ("hvar", {}), ("fhs_ewma", {"ewma_lambda": 0.94}),
+           ("fhs_ewma", {"ewma_lambda": 0.97}))
+"""The methods ``dprm margin --compare`` puts side by side (label = method, with lambda for FHS)."""
+
+
+def compare_methods(inp: MarginInputs, methods: Sequence[tuple[str, Mapping[str, Any]]] = COMPARE
+                    ) -> list[dict[str, Any]]:
+    """Every method on the same portfolio, market state and bundle: one JSON-ready row each
+    (IM with IM, MM with MM; the ratios to the forecast-driven ``dprm``)."""
+    rows = []
+    for name, upd in methods:
+        r = compute_method(name, inp.portfolio, inp.market, inp.bundle,
+                           inp.params.model_copy(update=dict(upd)))
+        label = name + (f" {upd['ewma_lambda']:g}" if "ewma_lambda" in upd else "")
+        rows.append({"method": label, "im": r.im, "mm": r.mm, "margin_currency": r.margin_currency,
+                     "failures": [str(f) for f in r.failures], "detail": r.to_dict()["detail"]})
+    base = next((x for x in rows if x["method"] == "dprm"), None)
+    for x in rows:
+        x["im_vs_dprm"] = x["im"] / base["im"] if base and base["im"] > 0 else None
+        x["mm_vs_dprm"] = x["mm"] / base["mm"] if base and base["mm"] > 0 else None
+    return rows
 
 
 def write_margin(home: Path | str, run: MarginRun) -> tuple[Path, bool]:

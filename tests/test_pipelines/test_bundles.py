@@ -164,3 +164,37 @@ def test_a_symbol_the_champion_cannot_serve_falls_back_to_ewma(home: Path, tmp_p
     issued = led.issued("NASDAQ", "ewma", b.as_of)
     r = b.residuals.query("symbol == 'NASDAQ'")
     assert len(r) > 1000 and r["ts"].min() >= pd.Timestamp(issued["as_of"].min())
+
+
+def test_margin_compare_and_method_from_the_cli(home: Path) -> None:
+    """`dprm margin --compare --json` puts every method on the same book and market state (each
+    row's IM equals the method computed alone); `--method fixed` prints one; a bad name is one
+    line."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from margin.methods import compute_method
+    from pipelines.cli import app
+    from pipelines.margin_run import COMPARE, margin_inputs
+
+    issue_bundle(home, ForecastFlowConfig())
+    book = Path(__file__).resolve().parents[2] / "examples" / "portfolios" / "index_futures_options.csv"
+    args = ["margin", "--portfolio", str(book), "--rate", "SP500=0.025", "--rate", "NASDAQ=0.025",
+            "--dividend-yield", "SP500=0.02", "--dividend-yield", "NASDAQ=0.01"]
+    r = CliRunner().invoke(app, [*args, "--compare", "--json"])
+    assert r.exit_code == 0, r.output
+    rows = json.loads(r.output)
+    assert [x["method"] for x in rows] == ["dprm", "fixed", "hvar", "fhs_ewma 0.94",
+                                           "fhs_ewma 0.97"]
+    inp = margin_inputs(home, book, dataset="embedded", rates={"SP500": 0.025, "NASDAQ": 0.025},
+                        dividend_yields={"SP500": 0.02, "NASDAQ": 0.01})
+    for x, (name, upd) in zip(rows, COMPARE, strict=True):
+        alone = compute_method(name, inp.portfolio, inp.market, inp.bundle,
+                               inp.params.model_copy(update=upd))
+        assert x["im"] == pytest.approx(alone.im, rel=1e-12) and x["failures"] == []
+    assert rows[0]["im_vs_dprm"] == 1.0
+    r = CliRunner().invoke(app, [*args, "--method", "fixed"])
+    assert r.exit_code == 0 and "by fixed: IM" in r.output
+    r = CliRunner().invoke(app, [*args, "--method", "span9"])
+    assert r.exit_code == 2 and "--method must be one of" in r.output

@@ -1,0 +1,269 @@
+"""The margin methods risk teams run today, computed on the same instruments, market state and
+revaluation kernel as the forecast-driven engine, so a comparison differs only by the method.
+
+``compute_method(method, portfolio, market_state, bundle, params) -> MethodResult``; methods:
+
+- ``dprm``: :func:`margin.calculator.compute_margin` (the forecast-driven requirement).
+- ``fixed``: a fixed percentage of notional, tiered by position size as crypto venues publish
+  their leverage brackets: per instrument, notional ``|q| x contract notional x price`` in the
+  bracket it falls in; ``MM = notional x mmr - maintenance amount`` (the amount that makes the
+  requirement continuous across brackets, ``cum_k = cum_{k-1} + cap_{k-1} (mmr_k - mmr_{k-1})``),
+  ``IM = notional x imr`` likewise; short options ``max(a - OTM / S, b) x S`` per unit (IM) and
+  ``c x S`` (MM) plus their mark value, long options nothing beyond the premium paid
+  (:class:`~margin.params.MarginParams` ``fixed_*`` fields). No hedge is credited: every
+  instrument is margined alone.
+- ``hvar``: unfiltered historical simulation: the underlyings' realized log returns over the
+  last ``fhs_lookback_days`` days of the bundle's residual history (``ret``, not ``z``), summed
+  over the MPOR in overlapping windows, with implied vols moving by the engine's dynamics; the
+  measure (ES 97.5% by default) of the revalued book; ``MM = IM / im_over_mm``.
+- ``fhs_ewma``: filtered historical simulation with an EWMA volatility (``ewma_lambda``, 0.94 or
+  0.97): ``sigma_t^2 = lambda sigma_{t-1}^2 + (1 - lambda) r_{t-1}^2`` (issued before each
+  return, started at the variance of the first 30), ``z_t = r_t / sigma_t``, rescaled by the
+  current ``sigma_{T+1}``; otherwise as ``hvar``.
+
+Every method returns IM and MM, per-position contributions that sum to the IM (Euler on the
+tail scenarios for the simulation methods; each instrument's own requirement for ``fixed``) and
+the failures of the positions it could not price (the rest computes).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from features.errors import ConfigError, Failure
+from margin.calculator import (
+    MarginContext,
+    _mpor,
+    _price_all,
+    compute_margin,
+)
+from margin.instruments import Future, Option, Perpetual, Spot
+from margin.market_state import MarketState
+from margin.measures import measure
+from margin.params import MarginParams
+from margin.portfolio import Portfolio, Position
+from margin.pricing import black76_price, year_fraction
+from margin.scenarios import (
+    FactorSet,
+    _residual_panel,
+    build_scenarios,
+    fhs_standardized,
+    margin_unit,
+)
+from models.forecast import RiskForecastBundle
+
+__all__ = ["METHODS", "MethodResult", "compute_method", "ewma_issued_vol", "tier_margin"]
+
+METHODS = ("dprm", "fixed", "hvar", "fhs_ewma")
+"""The methods :func:`compute_method` knows."""
+
+
+@dataclass(frozen=True)
+class MethodResult:
+    """One method's requirement for one portfolio (amounts in ``margin_currency``)."""
+
+    method: str
+    portfolio: str
+    margin_currency: str
+    im: float
+    mm: float
+    by_position: Mapping[str, Mapping[str, float]]
+    failures: tuple[Failure, ...] = ()
+    detail: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        return {"method": self.method, "portfolio": self.portfolio,
+                "margin_currency": self.margin_currency, "im": self.im, "mm": self.mm,
+                "by_position": {k: dict(v) for k, v in self.by_position.items()},
+                "failures": [f.to_dict() for f in self.failures], "detail": dict(self.detail)}
+
+
+# ---- fixed percentage, tiered ------------------------------------------------------------------
+
+
+def tier_margin(notional: float, tiers: Sequence[tuple[float, float, float]]) -> tuple[float, float]:
+    """(IM, MM) of one notional (USD, >= 0) under leverage brackets ``(cap, imr, mmr)`` (caps
+    increasing; the last bracket also covers anything above its cap): the bracket's rates times
+    the notional less the maintenance amounts that make both continuous in the notional."""
+    cum_i = cum_m = 0.0
+    prev_cap, prev_i, prev_m = 0.0, 0.0, 0.0
+    for k, (cap, imr, mmr) in enumerate(tiers):
+        if k:
+            cum_i += prev_cap * (imr - prev_i)
+            cum_m += prev_cap * (mmr - prev_m)
+        if notional <= cap or k == len(tiers) - 1:
+            return notional * imr - cum_i, notional * mmr - cum_m
+        prev_cap, prev_i, prev_m = cap, imr, mmr
+    return 0.0, 0.0
+
+
+def _option_value_usd(ctx: MarginContext, inst: Option) -> float:
+    """Black-76 value of one contract in USD at the market state's time (inverse: the coin
+    price F-discounted and converted at the spot)."""
+    pr = ctx.priced[inst.name]
+    mi = pr.inputs
+    t = year_fraction(ctx.market_state.as_of, inst.expiry)
+    v = float(black76_price(mi.price, inst.strike, t, mi.vol, inst.is_call, mi.rate))
+    return inst.contract_size * (v / mi.price * pr.spot if inst.inverse else v)
+
+
+def _fixed(ctx: MarginContext, pos: Sequence[Position], p: MarginParams, usd: float
+           ) -> tuple[dict[str, dict[str, float]], dict[str, Any]]:
+    out: dict[str, dict[str, float]] = {}
+    net: dict[str, float] = {}
+    for q in pos:
+        net[q.instrument.name] = net.get(q.instrument.name, 0.0) + q.quantity
+    per_inst: dict[str, tuple[float, float, float]] = {}
+    for name, qn in sorted(net.items()):
+        inst = next(q.instrument for q in pos if q.instrument.name == name)
+        pr = ctx.priced[name]
+        s0 = pr.spot
+        if isinstance(inst, Option):
+            units = abs(qn) * inst.contract_size
+            mark = _option_value_usd(ctx, inst) * abs(qn)
+            if qn >= 0:
+                im = mm = 0.0
+            else:
+                otm = max(0.0, (inst.strike - s0) if inst.is_call else (s0 - inst.strike))
+                a, b, c = p.fixed_short_option
+                im = units * max(a - otm / s0, b) * s0 + mark
+                mm = units * c * s0 + mark
+            per_inst[name] = (im, mm, units * s0)
+            continue
+        if isinstance(inst, (Perpetual, Future)) and inst.inverse:
+            notional = abs(qn) * inst.contract_size  # USD face value
+        elif isinstance(inst, (Spot, Perpetual, Future)):
+            notional = abs(qn) * inst.contract_size * float(pr.inputs.price)
+        else:  # pragma: no cover - every kernel instrument is one of the above
+            raise ConfigError(f"fixed margin does not know {type(inst).__name__}")
+        im, mm = tier_margin(notional, p.fixed_tiers)
+        per_inst[name] = (im, mm, notional)
+    for name, (im, mm, _) in per_inst.items():
+        members = [q for q in pos if q.instrument.name == name]
+        tot = sum(abs(q.quantity) for q in members) or 1.0
+        for q in members:
+            w = abs(q.quantity) / tot
+            out[q.id] = {"total": im * w / usd, "mm_total": mm * w / usd}
+    return out, {"notional_usd": {k: v[2] for k, v in per_inst.items()}}
+
+
+# ---- historical simulation ---------------------------------------------------------------------
+
+
+def ewma_issued_vol(r: NDArray[np.float64], lam: float, n_init: int = 30
+                    ) -> tuple[NDArray[np.float64], float]:
+    """EWMA volatility issued before each return of ``r`` (array of shape (n,) oldest first) and
+    the one issued after the last: ``s_t^2 = lam s_{t-1}^2 + (1 - lam) r_{t-1}^2``, ``s_0^2`` the
+    mean square of the first ``n_init`` returns."""
+    r = np.asarray(r, dtype=np.float64)
+    s2 = np.empty(len(r) + 1)
+    s2[0] = float(np.mean(r[:max(1, min(n_init, len(r)))] ** 2))
+    for t in range(len(r)):
+        s2[t + 1] = lam * s2[t] + (1.0 - lam) * r[t] * r[t]
+    return np.sqrt(s2[:-1]), float(math.sqrt(s2[-1]))
+
+
+def _historical(ctx: MarginContext, unds: Sequence[str], method: str, p: MarginParams
+                ) -> tuple[NDArray[np.float64], tuple[str, ...], dict[str, Any]]:
+    """The method's log-return scenarios (n, n_underlyings) over the MPOR, labels, detail."""
+    sc = ctx.scenarios
+    hp = sc.mpor_days * sc.periods_per_day
+    ret, _ = _residual_panel(ctx.bundle, sc.symbols, ctx.market_state.as_of,
+                             p.fhs_lookback_days * sc.periods_per_day, sc.unit)
+    # _residual_panel's first frame is z; the raw returns come from the same rows
+    r = ctx.bundle.residuals
+    r = r[(r["unit"] == sc.unit) & r["symbol"].isin(list(sc.symbols))]
+    wide = r.pivot(index="ts", columns="symbol", values="ret").reindex(
+        index=ret.index, columns=list(sc.symbols)).to_numpy()
+    if method == "hvar":
+        x = fhs_standardized(wide, hp, "overlapping") * math.sqrt(hp)
+        det = {"returns": "raw"}
+    else:
+        lam = p.ewma_lambda
+        z = np.empty_like(wide)
+        now = np.empty(wide.shape[1])
+        for j in range(wide.shape[1]):
+            s, now[j] = ewma_issued_vol(wide[:, j], lam)
+            z[:, j] = wide[:, j] / s
+        x = fhs_standardized(z, hp, "overlapping") * now * math.sqrt(hp)
+        det = {"ewma_lambda": lam, "ewma_vol_now": dict(zip(sc.underlyings, now.tolist(),
+                                                            strict=True))}
+    ends = ret.index[hp - 1:]
+    labels = tuple(f"{method} {t:%Y-%m-%d %H:%M}" for t in ends)
+    return x, labels, {**det, "n_scenarios": int(x.shape[0]), "mpor_periods": hp}
+
+
+def compute_method(method: str, portfolio: Portfolio, market_state: MarketState,
+                   bundle: RiskForecastBundle, params: MarginParams | None = None) -> MethodResult:
+    """The requirement of one method (see the module docstring); the same positions fail as in
+    :func:`~margin.calculator.compute_margin` (one bad position never stops the rest)."""
+    p = params or MarginParams()
+    if method not in METHODS:
+        raise ConfigError(f"--method must be one of {list(METHODS)}. Got {method!r} instead.")
+    if method == "dprm":
+        r = compute_margin(portfolio, market_state, bundle, p)
+        return MethodResult("dprm", r.portfolio, r.margin_currency, r.im, r.mm,
+                            {k: {"total": v["total"], "mm_total": v["mm_total"]}
+                             for k, v in r.by_position.items()}, r.failures,
+                            {"components": dict(r.components)})
+    ok, priced, fails = _price_all(portfolio.positions, market_state, bundle)
+    failures = [*portfolio.failures, *fails]
+    ccy = portfolio.margin_currency
+    if not ok:
+        return MethodResult(method, portfolio.name, ccy, 0.0, 0.0, {}, tuple(failures))
+    unds = sorted({q.instrument.underlying for q in ok} | ({ccy} if ccy != "USD" else set()))
+    base = build_scenarios(unds, bundle, p.model_copy(update={"scenario_sources": ("mc",),
+                                                              "mc_n_scenarios": 10}),
+                           _mpor(ok, p), as_of=market_state.as_of)
+    unit, _ = margin_unit(bundle)
+    if method == "fixed":
+        fs = {"none": FactorSet("none", np.zeros((1, len(unds))), np.zeros((1, len(unds))),
+                                np.zeros((1, len(unds))), np.zeros((1, len(unds))), ("none",))}
+    else:
+        ctx0 = MarginContext(market_state, bundle, p, ccy, base, (), {})
+        x, labels, det = _historical(ctx0, unds, method, p)
+        z0 = np.zeros_like(x)
+        fs = {"hist": FactorSet("hist", x, z0, z0, z0, labels)}
+    sc = dataclasses.replace(base, sets=fs, pools={"forecast": tuple(fs)})
+    name = next(iter(fs))
+    ctx = MarginContext(market_state, bundle, p, ccy, sc, (name,), {name: (0, fs[name].n)})
+    for k, v in priced.items():
+        ctx.priced.setdefault(k, v)
+    bad = ctx.add(sorted({q.instrument.name: q.instrument for q in ok}.values(),
+                         key=lambda i: i.name))
+    good = [q for q in ok if q.instrument.name not in bad]
+    failures += [Failure(f.reason, q.id, f.message, f.details) for q in ok
+                 if (f := bad.get(q.instrument.name)) is not None]
+    pos = sorted(good, key=lambda q: (q.instrument.name, q.id))
+    usd = 1.0 if ccy == "USD" else ctx.priced_spot(ccy)
+    fails_t = tuple(sorted(failures, key=lambda f: (f.subject, f.reason.value, f.message)))
+    if method == "fixed":
+        by_pos, detail = _fixed(ctx, pos, p, usd)
+        im = math.fsum(v["total"] for v in by_pos.values())
+        mm = math.fsum(v["mm_total"] for v in by_pos.values())
+        return MethodResult(method, portfolio.name, ccy, im, mm, by_pos, fails_t,
+                            {**detail, "unit": unit})
+    unit_pnl = ctx.unit
+    rows = np.array([ctx.index[q.instrument.name] for q in pos], dtype=np.int64)
+    qv = np.array([q.quantity for q in pos])
+    per = qv[:, None] * unit_pnl[rows]
+    total = per.sum(axis=0)
+    tm = measure(total, p.confidence(), p.measure)
+    im = max(tm.value, 0.0)
+    e = -per[:, tm.scenarios].mean(axis=1) if im > 0 else np.zeros(len(pos))
+    by_pos = {}
+    for q, v in zip(pos, e.tolist(), strict=True):
+        d = by_pos.setdefault(q.id, {"total": 0.0, "mm_total": 0.0})
+        d["total"] += v
+        d["mm_total"] += v / p.im_over_mm
+    det = {**det, "measure": p.measure, "confidence": p.confidence(),
+           "tail_scenarios": [labels[int(i)] for i in tm.scenarios[:10]]}
+    return MethodResult(method, portfolio.name, ccy, im, im / p.im_over_mm, by_pos, fails_t, det)

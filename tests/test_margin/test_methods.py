@@ -1,0 +1,121 @@
+"""The comparison methods by hand: tiered fixed percentage (continuous brackets, short options),
+unfiltered historical simulation and FHS with an EWMA volatility against independent numpy, and
+per-position failures that leave the rest of the book computing."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from features.errors import ConfigError
+from margin.calculator import compute_margin
+from margin.methods import METHODS, compute_method, ewma_issued_vol, tier_margin
+from margin.params import MarginParams
+from tests.test_margin.margin_fixtures import (
+    AS_OF,
+    EXAMPLES,
+    book,
+    example,
+    make_bundle,
+    make_state,
+)
+
+BUNDLE = make_bundle()
+STATE = make_state()
+TIERS = MarginParams().fixed_tiers
+
+
+def _es(pnl: np.ndarray, c: float = 0.975) -> float:
+    k = max(1, math.ceil(round(len(pnl) * (1 - c), 9)))
+    return float(-np.sort(pnl)[:k].mean())
+
+
+def test_tiers_by_hand_and_continuous_at_every_cap() -> None:
+    """100,000 USD sits in bracket 2 (1% / 0.5%): IM = 1,000 - 50,000 x (1% - 0.8%) = 900,
+    MM = 500 - 50,000 x (0.5% - 0.4%) = 450; 3 M: IM = 39,900 - 100 - 1,980 = 37,820."""
+    assert tier_margin(100_000, TIERS) == pytest.approx((900.0, 450.0), rel=1e-12)
+    assert tier_margin(50_000, TIERS) == pytest.approx((400.0, 200.0), rel=1e-12)
+    im, mm = tier_margin(3_000_000, TIERS)
+    assert im == pytest.approx(3e6 * 0.0133 - 100 - 600_000 * (0.0133 - 0.01), rel=1e-12)
+    assert mm == pytest.approx(3e6 * 0.0065 - 50 - 900, rel=1e-12)
+    for cap, _, _ in TIERS[:-1]:
+        lo, hi = tier_margin(cap, TIERS), tier_margin(cap * (1 + 1e-12), TIERS)
+        assert hi[0] == pytest.approx(lo[0], rel=1e-9) and hi[1] == pytest.approx(lo[1], rel=1e-9)
+    ns = np.linspace(0, 2e9, 2001)
+    ims = np.array([tier_margin(n, TIERS)[0] for n in ns])
+    assert np.all(np.diff(ims) > 0)  # increasing: no bracket edge lowers the requirement
+
+
+def test_fixed_margins_every_instrument_alone() -> None:
+    """A hedge earns no credit: long 5 BTC perpetual (mark 60,030) and short 100 ETH (mark 3,001.5)
+    each pay their own bracket; a short call pays max(15% - OTM / S, 10%) x S + its value."""
+    r = compute_method("fixed", book("l,BTCUSDT-PERP,5,60000\ns,ETHUSDT-PERP,-100,3000"), STATE,
+                       BUNDLE)
+    want = [tier_margin(n, TIERS) for n in (5 * 60000 * 1.0005, 100 * 3000 * 1.0005)]
+    assert r.im == pytest.approx(sum(w[0] for w in want), rel=1e-12)
+    assert r.mm == pytest.approx(sum(w[1] for w in want), rel=1e-12)
+    assert r.by_position["l"]["total"] == pytest.approx(want[0][0], rel=1e-12)
+    c = compute_method("fixed", book("c,BTC-{+30D}-70000-C,-2,0.012"), STATE, BUNDLE)
+    d = compute_margin(book("c,BTC-{+30D}-70000-C,-2,0.012"), STATE, BUNDLE)
+    inst = d.positions[0].instrument
+    from margin.methods import _option_value_usd
+
+    value = _option_value_usd(d.context, inst)
+    s0 = 60000.0
+    assert c.im == pytest.approx(2 * (max(0.15 - 10000 / s0, 0.10) * s0 + value), rel=1e-12)
+    assert c.mm == pytest.approx(2 * (0.075 * s0 + value), rel=1e-12)
+    long = compute_method("fixed", book("c,BTC-{+30D}-70000-C,2,0.012"), STATE, BUNDLE)
+    assert long.im == 0.0
+
+
+def test_hvar_is_the_es_of_the_raw_historical_returns() -> None:
+    """1 BTC spot, 1-day MPOR: the ES 97.5% of 60,000 (e^r - 1) over the bundle's raw daily
+    returns (no filtering); 2 days (a dated future's MPOR) sums consecutive returns."""
+    r = compute_method("hvar", book("a,BTCUSDT,1,60000"), STATE, BUNDLE)
+    res = BUNDLE.residuals
+    ret = res[res["symbol"] == "BTCUSDT"].sort_values("ts")["ret"].to_numpy()[-1100:]
+    assert r.im == pytest.approx(_es(60000 * np.expm1(ret)), rel=1e-10)
+    assert r.mm == pytest.approx(r.im / 1.3, rel=1e-12)
+    assert r.by_position["a"]["total"] == pytest.approx(r.im, rel=1e-10)
+    two = compute_method("hvar", book("a,BTCUSDT,1,60000"), STATE, BUNDLE,
+                         MarginParams(mpor_days={"spot": 2}))
+    assert two.im == pytest.approx(_es(60000 * np.expm1(ret[1:] + ret[:-1])), rel=1e-10)
+
+
+def test_ewma_vol_by_hand_and_fhs_ewma_rescales_to_the_current_vol() -> None:
+    r = np.array([0.01, -0.02, 0.03])
+    s, now = ewma_issued_vol(r, 0.94, n_init=2)
+    s2_0 = (0.01 ** 2 + 0.02 ** 2) / 2
+    s2_1 = 0.94 * s2_0 + 0.06 * 0.01 ** 2
+    s2_2 = 0.94 * s2_1 + 0.06 * 0.02 ** 2
+    s2_3 = 0.94 * s2_2 + 0.06 * 0.03 ** 2
+    np.testing.assert_allclose(s ** 2, [s2_0, s2_1, s2_2], rtol=1e-14)
+    assert now ** 2 == pytest.approx(s2_3, rel=1e-14)
+    res = BUNDLE.residuals
+    ret = res[res["symbol"] == "BTCUSDT"].sort_values("ts")["ret"].to_numpy()[-1100:]
+    for lam in (0.94, 0.97):
+        sig, cur = ewma_issued_vol(ret, lam)
+        want = _es(60000 * np.expm1(ret / sig * cur))
+        got = compute_method("fhs_ewma", book("a,BTCUSDT,1,60000"), STATE, BUNDLE,
+                             MarginParams(ewma_lambda=lam))
+        assert got.im == pytest.approx(want, rel=1e-10)
+        assert got.detail["ewma_lambda"] == lam
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_runs_on_every_example_and_a_bad_position_fails_alone(method: str) -> None:
+    for path in sorted(EXAMPLES.glob("*.*")):
+        if path.suffix not in (".csv", ".json") or path.stem == "index_futures_options":
+            continue
+        r = compute_method(method, example(path, AS_OF), STATE, BUNDLE)
+        assert not r.failures, (path.name, r.failures)
+        assert r.im >= r.mm >= 0
+        assert math.fsum(v["total"] for v in r.by_position.values()) == pytest.approx(
+            r.im, rel=1e-9, abs=1e-9)
+    pf = book("a,BTCUSDT,1,60000\nb,DOGEUSDT-PERP,10,0.1")
+    r = compute_method(method, pf, STATE, BUNDLE)
+    assert [f.subject for f in r.failures] == ["b"] and r.im > 0
+    with pytest.raises(ConfigError, match="--method must be one of"):
+        compute_method("span2", pf, STATE, BUNDLE)

@@ -1641,7 +1641,7 @@ def print_margin_table(console: Any, books: list[dict[str, Any]]) -> None:
     for c in ("IM", "MM"):
         t.add_column(c, justify="right", no_wrap=True)
     t.add_column("ccy")
-    t.add_column("largest add-on", no_wrap=True)
+    t.add_column("next component", no_wrap=True)
     for m in books:
         extra = {k: v for k, v in m["components"].items() if k != "market_risk" and v > 0}
         top = max(extra, key=extra.get) if extra else ""
@@ -1649,6 +1649,17 @@ def print_margin_table(console: Any, books: list[dict[str, Any]]) -> None:
         t.add_row(m["portfolio"], fmt.format(m["im"]), fmt.format(m["mm"]), m["margin_currency"],
                   f"{_SHORT.get(top, top)} {fmt.format(extra[top])}" if top else "")
     console.print(t)
+    if all("methods" in m for m in books):
+        names = [k for k in books[0]["methods"] if k != "dprm"]
+        t = Table(title="IM of the methods risk teams run today, as a multiple of dprm's")
+        t.add_column("portfolio", no_wrap=True, max_width=20, overflow="ellipsis")
+        for k in names:
+            t.add_column(k.replace("fhs_ewma ", "ewma "), justify="right", no_wrap=True)
+        for m in books:
+            d = m["methods"]["dprm"]["im"]
+            t.add_row(m["portfolio"], *(f"{m['methods'][k]['im'] / d:.2f}" if d > 0 else ""
+                                        for k in names))
+        console.print(t)
     for m in books:
         if m["failures"]:
             console.print(f"[red]{m['portfolio']}: {len(m['failures'])} failure(s)[/red]: "

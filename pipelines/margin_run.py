@@ -247,11 +247,14 @@ futures and option chains (hourly bundle: a 1-day MPOR is 24 hourly periods)."""
 def cycle_margin(home: Path | str, dataset: str, freq: str | None = None) -> list[dict[str, Any]]:
     """The cycle's margin step: every :data:`CYCLE_BOOKS` example of ``dataset`` from its latest
     bundle at ``freq`` (see :func:`bundle_path`), written with :func:`write_margin`; one summary
-    per book."""
+    per book, with every comparison method's IM and MM on the same inputs (``methods``)."""
     out = []
     for book in CYCLE_BOOKS.get(dataset, ()):
-        run = margin_for(home, EXAMPLES / book.file, dataset=dataset, freq=freq, rates=book.rates,
-                         dividend_yields=book.dividend_yields)
+        inp = margin_inputs(home, EXAMPLES / book.file, dataset=dataset, freq=freq,
+                            rates=book.rates, dividend_yields=book.dividend_yields)
+        result = compute_margin(inp.portfolio, inp.market, inp.bundle, inp.params)
+        run = MarginRun(result, inp.bundle_path, dataset, EXAMPLES / book.file)
         path, written = write_margin(home, run)
-        out.append({**margin_summary(run, path), "written": written})
+        methods = {x["method"]: {"im": x["im"], "mm": x["mm"]} for x in compare_methods(inp)}
+        out.append({**margin_summary(run, path), "written": written, "methods": methods})
     return out

@@ -1632,26 +1632,31 @@ _SHORT = {"stress_blend": "stress", "correlation_stress": "corr", "grid_floor": 
 
 
 def print_margin_table(console: Any, books: list[dict[str, Any]]) -> None:
-    """One row per margin summary (fits 80 columns): portfolio, IM, MM, currency and the largest
-    component beyond market risk; failures listed below the table."""
+    """One row per margin summary (fits 80 columns): portfolio, IM and MM (after the
+    anti-procyclicality step), currency, the largest component beyond market risk and the APC
+    addition over the base margin; failures listed below the table."""
     from rich.table import Table
 
     t = Table(title=f"margin at {books[0]['as_of'][:19]} (bundle {books[0]['bundle_id'][:12]})")
-    t.add_column("portfolio", no_wrap=True, max_width=20, overflow="ellipsis")
+    t.add_column("portfolio", no_wrap=True, max_width=18, overflow="ellipsis")
     for c in ("IM", "MM"):
         t.add_column(c, justify="right", no_wrap=True)
     t.add_column("ccy")
     t.add_column("next component", no_wrap=True)
+    t.add_column("APC", justify="right", no_wrap=True)
     for m in books:
-        extra = {k: v for k, v in m["components"].items() if k != "market_risk" and v > 0}
+        extra = {k: v for k, v in m["components"].items()
+                 if k not in ("market_risk", "apc") and v > 0}
         top = max(extra, key=extra.get) if extra else ""
         fmt = "{:,.4f}" if m["margin_currency"] in ("BTC", "ETH") else "{:,.0f}"
+        apc = m.get("apc")
         t.add_row(m["portfolio"], fmt.format(m["im"]), fmt.format(m["mm"]), m["margin_currency"],
-                  f"{_SHORT.get(top, top)} {fmt.format(extra[top])}" if top else "")
+                  f"{_SHORT.get(top, top)} {fmt.format(extra[top])}" if top else "",
+                  f"+{m['im'] / apc['base_im'] - 1:.0%}" if apc and apc["base_im"] > 0 else "")
     console.print(t)
     if all("methods" in m for m in books):
         names = [k for k in books[0]["methods"] if k != "dprm"]
-        t = Table(title="IM of the methods risk teams run today, as a multiple of dprm's")
+        t = Table(title="IM of the methods risk teams run today / dprm's (both before APC)")
         t.add_column("portfolio", no_wrap=True, max_width=20, overflow="ellipsis")
         for k in names:
             t.add_column(k.replace("fhs_ewma ", "ewma "), justify="right", no_wrap=True)

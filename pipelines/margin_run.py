@@ -24,11 +24,13 @@ import pandas as pd
 
 from features.errors import ConfigError, DataError
 from features.store import DataStore, atomic_write_bytes
+from margin.apc import APCParams
 from margin.calculator import MarginResult, WhatIf, compute_margin, what_if
 from margin.instruments import parse_instrument
 from margin.methods import compute_method
 from margin.params import MarginParams, load_params
 from models.forecast import RiskForecastBundle
+from pipelines.apc_state import run_apc, with_apc
 from pipelines.bundles import bundle_dir
 from pipelines.market import MarketStateConfig, build_market_state, read_portfolio
 
@@ -244,17 +246,29 @@ embedded indices (daily bundle), every crypto example on the simulator's BTC/ETH
 futures and option chains (hourly bundle: a 1-day MPOR is 24 hourly periods)."""
 
 
-def cycle_margin(home: Path | str, dataset: str, freq: str | None = None) -> list[dict[str, Any]]:
+def cycle_margin(home: Path | str, dataset: str, freq: str | None = None,
+                 apc_params: APCParams | None = None) -> list[dict[str, Any]]:
     """The cycle's margin step: every :data:`CYCLE_BOOKS` example of ``dataset`` from its latest
     bundle at ``freq`` (see :func:`bundle_path`), written with :func:`write_margin`; one summary
-    per book, with every comparison method's IM and MM on the same inputs (``methods``)."""
+    per book, with every comparison method's IM and MM on the same inputs (``methods``). The
+    anti-procyclicality state step (:mod:`pipelines.apc_state`, default tools: buffer and floor)
+    runs first: the written result's IM is the day's APC margin, ``apc`` its component."""
+    apc_params = APCParams() if apc_params is None else apc_params
     out = []
     for book in CYCLE_BOOKS.get(dataset, ()):
         inp = margin_inputs(home, EXAMPLES / book.file, dataset=dataset, freq=freq,
                             rates=book.rates, dividend_yields=book.dividend_yields)
         result = compute_margin(inp.portfolio, inp.market, inp.bundle, inp.params)
+        apc = None
+        if apc_params.tools and result.im > 0:
+            state = run_apc(home, dataset, result, inp.bundle, inp.market, inp.portfolio,
+                            apc_params)
+            result = with_apc(result, state)
+            apc = {"base_im": state.base, "im": state.margin, "parts": state.parts,
+                   "floor": state.floor, "day": state.day}
         run = MarginRun(result, inp.bundle_path, dataset, EXAMPLES / book.file)
         path, written = write_margin(home, run)
         methods = {x["method"]: {"im": x["im"], "mm": x["mm"]} for x in compare_methods(inp)}
-        out.append({**margin_summary(run, path), "written": written, "methods": methods})
+        out.append({**margin_summary(run, path), "written": written, "methods": methods,
+                    "apc": apc})
     return out

@@ -752,9 +752,11 @@ def _empty(portfolio: Portfolio, ms: MarketState, bundle: RiskForecastBundle, pa
                         bundle.bundle_id, {}, params.params_hash, {"notes": ["no position priced"]})
 
 
-def _price_all(positions: Sequence[Position], ms: MarketState, bundle: RiskForecastBundle,
-               cache: Mapping[str, PricedInstrument] | None = None
-               ) -> tuple[list[Position], dict[str, PricedInstrument], list[Failure]]:
+def price_positions(positions: Sequence[Position], ms: MarketState, bundle: RiskForecastBundle,
+                    cache: Mapping[str, PricedInstrument] | None = None
+                    ) -> tuple[list[Position], dict[str, PricedInstrument], list[Failure]]:
+    """The positions that price at the market state's time, each distinct instrument's inputs
+    (``cache`` reused) and a failure per position that does not."""
     ok, priced, fails = [], dict(cache or {}), []
     forwards: dict[tuple[str, pd.Timestamp], Any] = {}
     for q in positions:
@@ -769,7 +771,8 @@ def _price_all(positions: Sequence[Position], ms: MarketState, bundle: RiskForec
     return ok, priced, fails
 
 
-def _mpor(positions: Sequence[Position], params: MarginParams) -> int:
+def book_mpor(positions: Sequence[Position], params: MarginParams) -> int:
+    """The book's MPOR in days: the longest of its product kinds'."""
     return max((params.mpor(_kind(q.instrument)) for q in positions), default=1)
 
 
@@ -799,12 +802,12 @@ def compute_margin(portfolio: Portfolio, market_state: MarketState, bundle: Risk
         raise ModelError(f"the bundle's as_of {bundle.as_of} is after the market state's "
                          f"{market_state.as_of}: its forecasts may use later data (look-ahead)")
     failures = list(portfolio.failures)
-    ok, priced, fails = _price_all(portfolio.positions, market_state, bundle)
+    ok, priced, fails = price_positions(portfolio.positions, market_state, bundle)
     failures += fails
     if not ok:
         return _empty(portfolio, market_state, bundle, params, failures)
     ctx = prepare(market_state, bundle, params, [q.instrument.underlying for q in ok],
-                  _mpor(ok, params), portfolio.margin_currency)
+                  book_mpor(ok, params), portfolio.margin_currency)
     return _finish(ctx, portfolio, ok, priced, failures)
 
 
@@ -833,14 +836,14 @@ def recompute(context: MarginContext, portfolio: Portfolio) -> MarginResult:
     scratch. Equals :func:`compute_margin` (to rounding: cached instruments are summed in cache
     order)."""
     ctx = context
-    ok, priced, fails = _price_all(portfolio.positions, ctx.market_state, ctx.bundle, ctx.priced)
+    ok, priced, fails = price_positions(portfolio.positions, ctx.market_state, ctx.bundle, ctx.priced)
     failures = [*portfolio.failures, *fails]
     if not ok:
         return _empty(portfolio, ctx.market_state, ctx.bundle, ctx.params, failures)
     want = {q.instrument.underlying for q in ok} | (
         {ctx.margin_currency} if ctx.margin_currency != "USD" else set())
     if (portfolio.margin_currency != ctx.margin_currency or want != set(ctx.scenarios.underlyings)
-            or _mpor(ok, ctx.params) != ctx.scenarios.mpor_days):
+            or book_mpor(ok, ctx.params) != ctx.scenarios.mpor_days):
         return compute_margin(portfolio, ctx.market_state, ctx.bundle, ctx.params)
     return _finish(ctx, portfolio, ok, priced, failures)
 
@@ -911,7 +914,7 @@ def what_if(base: MarginResult, trade: Position | tuple[Instrument, float], *,
     same = (set(ctx.scenarios.underlyings) == (
         {q.instrument.underlying for q in positions}
         | ({ctx.margin_currency} if ctx.margin_currency != "USD" else set()))
-        and _mpor(positions, ctx.params) == ctx.scenarios.mpor_days)
+        and book_mpor(positions, ctx.params) == ctx.scenarios.mpor_days)
     if same:
         bad = ctx.add([trade.instrument])
         if name in bad:
@@ -923,9 +926,9 @@ def what_if(base: MarginResult, trade: Position | tuple[Instrument, float], *,
             return _fast_what_if(base, ctx, trade)
         after = _finish(ctx, pf, positions, {}, list(base.failures))
     else:
-        ok, priced, fails = _price_all(positions, ctx.market_state, ctx.bundle)
+        ok, priced, fails = price_positions(positions, ctx.market_state, ctx.bundle)
         nctx = prepare(ctx.market_state, ctx.bundle, ctx.params,
-                       [q.instrument.underlying for q in ok], _mpor(ok, ctx.params),
+                       [q.instrument.underlying for q in ok], book_mpor(ok, ctx.params),
                        ctx.margin_currency)
         after = _finish(nctx, pf, ok, priced, [*base.failures, *fails])
     return WhatIf(base, after if full else None, after.im, after.mm, after.components,

@@ -31,6 +31,31 @@ DEFAULT_MPOR_DAYS: dict[str, int] = {"spot": 1, "perpetual": 1, "option": 1, "fu
 """Margin period of risk per product kind, in days (crypto 1 day; dated futures 2 days)."""
 
 
+class DeribitParams(BaseModel):
+    """Deribit-style portfolio margin parameters: the values of Deribit's public API response to
+    ``private/pme/simulate`` for BTC/USD (``price_range`` 0.16, ``volatility_range_up`` 0.5,
+    ``volatility_range_down`` 0.25, ``short_term_vega_power`` 0.3, ``long_term_vega_power``
+    0.13, ``min_volatility_for_shock_up`` 0.5, ``extended_table_factor`` 1, ``max_delta_shock``
+    0.1, ``delta_total_liq_shock_threshold`` 20 M, ``mm_factor`` 0.8) and its help page (9 price
+    points, the extended moves). The extended dampener's value is the API's USD one (25,000);
+    how Deribit applies it is not public (our formula: ``D ln(1 + L / D)``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    price_range: float = Field(0.16, gt=0.0, lt=1.0)
+    price_points: int = Field(9, ge=3)
+    volatility_range_up: float = Field(0.5, ge=0.0)
+    volatility_range_down: float = Field(0.25, ge=0.0)
+    short_term_vega_power: float = Field(0.30, ge=0.0)
+    long_term_vega_power: float = Field(0.13, ge=0.0)
+    min_volatility_for_shock_up: float = Field(0.5, ge=0.0)
+    extended_table_factor: float = Field(1.0, ge=0.0)
+    extended_dampener: float = Field(25_000.0, gt=0.0)
+    max_delta_shock: float = Field(0.1, ge=0.0)
+    delta_total_liq_shock_threshold: float = Field(20_000_000.0, ge=0.0)
+    mm_factor: float = Field(0.8, gt=0.0, le=1.0)
+
+
 class MarginParams(BaseModel):
     """Parameters of the margin engine (see ``margin/calculator.py`` for how each is used)."""
 
@@ -176,6 +201,8 @@ class MarginParams(BaseModel):
         "'fixed' method, short options (a, b, c): IM = max(a - OTM / S, b) x S + mark, MM = c x "
         "S + mark per unit of underlying, the shape of a crypto options venue's standard "
         "(non-portfolio) margin."))
+    deribit: DeribitParams = Field(default_factory=lambda: DeribitParams(), description=(
+        "'deribit' method: Deribit-style portfolio margin parameters."))
     ewma_lambda: float = Field(0.94, gt=0.0, lt=1.0, description=(
         "'fhs_ewma' method: EWMA decay of the filtering volatility (0.94 RiskMetrics daily; 0.97 "
         "is also in use)."))

@@ -371,8 +371,10 @@ def _iv_shocks(vov: VolOfVol | None, h: int, params: MarginParams) -> tuple[floa
     return (min(dn, 0.0), max(up, 0.0))
 
 
-def _residual_panel(bundle: RiskForecastBundle, symbols: Sequence[str], as_of: pd.Timestamp,
-                    lookback: int, unit: str = _UNIT) -> tuple[pd.DataFrame, pd.DataFrame]:
+def residual_panel(bundle: RiskForecastBundle, symbols: Sequence[str], as_of: pd.Timestamp,
+                   lookback: int, unit: str = _UNIT) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The bundle's residual history of ``symbols`` in ``unit`` up to ``as_of``: ``z`` on the
+    last ``lookback`` times every symbol has one (oldest first), and every issued sigma."""
     r = bundle.residuals
     ts_all = pd.DatetimeIndex(r["ts"]).as_unit("ns").asi8
     sym_all = r["symbol"].to_numpy()
@@ -453,7 +455,7 @@ def build_scenarios(underlyings: Sequence[str], bundle: RiskForecastBundle, para
         notes.append("the bundle has no stressed correlation: correlation stress uses the "
                      "forecast matrix only")
     # ---- FHS
-    z_panel, s_panel = _residual_panel(bundle, syms, t, params.fhs_lookback_days * ppd, unit)
+    z_panel, s_panel = residual_panel(bundle, syms, t, params.fhs_lookback_days * ppd, unit)
     sets: dict[str, FactorSet] = {}
     std: dict[str, NDArray[np.float64]] = {}
     labels: dict[str, tuple[str, ...]] = {}

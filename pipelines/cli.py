@@ -1146,8 +1146,9 @@ def margin_cmd(
     explain: Annotated[str | None, typer.Option(
         "--explain", help="Position id: print its recomputation path.")] = None,
     method: Annotated[str, typer.Option(
-        "--method", help="dprm (the forecast-driven engine), fixed (tiered % of notional), hvar "
-        "(historical simulation) or fhs_ewma (FHS with EWMA vol, lambda from --params).")] = "dprm",
+        "--method", help="dprm (the forecast-driven engine), fixed (tiered % of notional), "
+        "deribit (Deribit-style portfolio margin), hvar (historical simulation) or fhs_ewma (FHS "
+        "with EWMA vol, lambda from --params).")] = "dprm",
     compare: Annotated[bool, typer.Option(
         "--compare", help="Every method side by side on the same book and market state.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the whole MarginResult as JSON.")] = False,
@@ -1657,9 +1658,9 @@ def print_margin_table(console: Any, books: list[dict[str, Any]]) -> None:
     if all("methods" in m for m in books):
         names = [k for k in books[0]["methods"] if k != "dprm"]
         t = Table(title="IM of the methods risk teams run today / dprm's (both before APC)")
-        t.add_column("portfolio", no_wrap=True, max_width=20, overflow="ellipsis")
+        t.add_column("portfolio", no_wrap=True, max_width=18, overflow="ellipsis")
         for k in names:
-            t.add_column(k.replace("fhs_ewma ", "ewma "), justify="right", no_wrap=True)
+            t.add_column(k.replace("fhs_ewma 0", "ewma"), justify="right", no_wrap=True)
         for m in books:
             d = m["methods"]["dprm"]["im"]
             t.add_row(m["portfolio"], *(f"{m['methods'][k]['im'] / d:.2f}" if d > 0 else ""

@@ -7,7 +7,8 @@ else its only one; or a bundle folder),
 the portfolio at the bundle's ``as_of`` (or ``as_of``), the market state of the portfolio's
 underlyings at that time, and the margin parameters (TOML or the defaults), and calls
 :func:`margin.calculator.compute_margin`. :func:`write_margin` stores the result as
-``$DPRM_HOME/margin/<dataset>/<as_of>/<portfolio>-<params_hash[:12]>.json`` (atomic, written once
+``$DPRM_HOME/margin/<dataset>/<as_of>/<portfolio>-<params_hash[:12]>-<bundle_id[:12]>[-apc].json``
+(``-apc``: the cycle's published margin after the anti-procyclicality step; atomic, written once
 per (as_of, portfolio, parameters, bundle): a rerun finds the same bytes and writes nothing).
 """
 
@@ -162,8 +163,8 @@ def margin_inputs(
     return MarginInputs(pf, market, b, p, bpath)
 
 
-COMPARE = (("dprm", {}), ("fixed", {}), ("hvar", {}), ("fhs_ewma", {"ewma_lambda": 0.94}),
-           ("fhs_ewma", {"ewma_lambda": 0.97}))
+COMPARE = (("dprm", {}), ("fixed", {}), ("deribit", {}), ("hvar", {}),
+           ("fhs_ewma", {"ewma_lambda": 0.94}), ("fhs_ewma", {"ewma_lambda": 0.97}))
 """The methods ``dprm margin --compare`` puts side by side (label = method, with lambda for FHS)."""
 
 
@@ -185,12 +186,14 @@ def compare_methods(inp: MarginInputs, methods: Sequence[tuple[str, Mapping[str,
     return rows
 
 
-def write_margin(home: Path | str, run: MarginRun) -> tuple[Path, bool]:
-    """Store ``run``'s result (see the module docs); returns the path and whether it was written
-    now (False: the same result was already there)."""
+def write_margin(home: Path | str, run: MarginRun, tag: str = "") -> tuple[Path, bool]:
+    """Store ``run``'s result (see the module docs; ``tag`` ends the name, "apc" for the cycle's
+    published margin after the anti-procyclicality step); returns the path and whether it was
+    written now (False: the same result was already there)."""
     r = run.result
     stamp = pd.Timestamp(r.as_of).strftime("%Y%m%dT%H%M%SZ")
-    name = f"{run.portfolio_path.stem}-{r.params_hash[:12]}-{r.bundle_id[:12]}.json"
+    name = (f"{run.portfolio_path.stem}-{r.params_hash[:12]}-{r.bundle_id[:12]}"
+            f"{'-' + tag if tag else ''}.json")
     path = Path(home) / "margin" / run.dataset / stamp / name
     data = r.to_json().encode()
     if path.is_file() and path.read_bytes() == data:
@@ -267,7 +270,7 @@ def cycle_margin(home: Path | str, dataset: str, freq: str | None = None,
             apc = {"base_im": state.base, "im": state.margin, "parts": state.parts,
                    "floor": state.floor, "day": state.day}
         run = MarginRun(result, inp.bundle_path, dataset, EXAMPLES / book.file)
-        path, written = write_margin(home, run)
+        path, written = write_margin(home, run, "apc" if apc else "")
         methods = {x["method"]: {"im": x["im"], "mm": x["mm"]} for x in compare_methods(inp)}
         out.append({**margin_summary(run, path), "written": written, "methods": methods,
                     "apc": apc})

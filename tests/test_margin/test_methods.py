@@ -119,3 +119,60 @@ def test_every_method_runs_on_every_example_and_a_bad_position_fails_alone(metho
     assert [f.subject for f in r.failures] == ["b"] and r.im > 0
     with pytest.raises(ConfigError, match="--method must be one of"):
         compute_method("span2", pf, STATE, BUNDLE)
+
+
+def _b76_usd(inst, f: float, vol: float, t_yr: float, s: float) -> float:
+    """USD value of one inverse option contract (coin price F-discounted times the spot)."""
+    from margin.pricing import black76_price
+
+    v = float(black76_price(f, inst.strike, t_yr, vol, inst.is_call, 0.0))
+    return inst.contract_size * v / f * s
+
+
+def test_deribit_style_near_expiry_option_by_hand() -> None:
+    """A short BTC call 8 hours from expiry: the 9 x 3 standard table and the extended table
+    recomputed with Black-76: vol up max(vol (1 + 0.5 f), 0.5), down max(vol (1 - 0.25 f), 0),
+    f = (30 / max(DTE, 1))^0.30 (DTE floored at one day); losses in USD at the scenario's spot;
+    the extended losses at 16% / |move|, dampened by D ln(1 + L / D); MM = 0.8 IM."""
+    from margin.methods import DERIBIT_EXTENDED, deribit_vol
+    from margin.pricing import year_fraction
+
+    p = MarginParams()
+    pf = book("c,BTC-3MAR25-62000-C,-10,0.01")
+    r = compute_method("deribit", pf, STATE, BUNDLE, p)
+    d = compute_margin(pf, STATE, BUNDLE)
+    inst = d.positions[0].instrument
+    pr = d.context.priced[inst.name]
+    assert pr.dte_days == pytest.approx(8 / 24)
+    t = year_fraction(AS_OF, inst.expiry)
+    f0, s0, v0 = pr.inputs.price, 60000.0, pr.vol0
+    c0 = _b76_usd(inst, f0, v0, t, s0) / s0
+    fac = 30.0 ** 0.30
+    assert deribit_vol(v0, pr.dte_days, "up", p) == pytest.approx(max(v0 * (1 + 0.5 * fac), 0.5))
+    assert deribit_vol(v0, pr.dte_days, "down", p) == pytest.approx(v0 * (1 - 0.25 * fac))
+
+    def loss(m: float, vol: float) -> float:
+        c1 = _b76_usd(inst, f0 * (1 + m), vol, t, s0 * (1 + m)) / (s0 * (1 + m))
+        return 10 * (c1 - c0) * s0 * (1 + m)  # short 10: loss = value gained by the holder
+
+    std = max(loss(m, deribit_vol(v0, pr.dte_days, st, p))
+              for m in np.linspace(-0.16, 0.16, 9) for st in ("up", "same", "down"))
+    ext = max(25000 * math.log1p(max(loss(m, deribit_vol(v0, pr.dte_days, "up", p)), 0) * 0.16
+                                 / abs(m) / 25000) for m in DERIBIT_EXTENDED)
+    assert r.im == pytest.approx(max(std, ext, 0.0), rel=1e-8)
+    assert r.mm == pytest.approx(0.8 * r.im, rel=1e-12)
+    # a vol-down range large enough to push the shocked vol below zero prices at intrinsic
+    big = MarginParams(deribit={"volatility_range_down": 0.5})
+    assert deribit_vol(v0, pr.dte_days, "down", big) == 0.0
+    assert compute_method("deribit", pf, STATE, BUNDLE, big).im >= 0
+
+
+def test_deribit_style_segregates_underlyings_and_nets_within_one() -> None:
+    """Spot against the same-size perpetual nets inside BTC (what is left is the perpetual's
+    premium over the index times 16%); BTC against ETH does not net (each alone at +/-16%)."""
+    basis = compute_method("deribit", book("s,BTCUSDT,10,60000\np,BTCUSDT-PERP,-10,60000"),
+                           STATE, BUNDLE)
+    assert basis.im == pytest.approx(0.16 * 10 * 60000 * 0.0005, rel=1e-9)
+    pair = compute_method("deribit", book("l,BTCUSDT-PERP,5,60000\ns,ETHUSDT-PERP,-100,3000"),
+                          STATE, BUNDLE)
+    assert pair.im == pytest.approx(0.16 * (5 * 60000 + 100 * 3000) * 1.0005, rel=1e-9)

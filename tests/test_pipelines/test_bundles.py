@@ -76,8 +76,11 @@ def test_margin_of_the_index_example_from_the_issued_bundle(home: Path) -> None:
                      dividend_yields={"SP500": 0.02, "NASDAQ": 0.01}, trade="SP500,-3")
     assert run.what_if is not None and run.what_if.failure is None
     assert run.what_if.im == pytest.approx(run.what_if.after.im, rel=1e-12)
-    path, written = write_margin(home, run)
-    assert path.read_bytes() == run.result.to_json().encode() and not written
+    path, written = write_margin(home, run)  # an ad-hoc margin: before the APC step
+    assert path.read_bytes() == run.result.to_json().encode() and written
+    assert path != Path(m["path"]) and m["path"].endswith("-apc.json")
+    assert m["apc"]["im"] == pytest.approx(m["im"]) and m["im"] >= m["apc"]["base_im"]
+    assert not write_margin(home, run)[1]
     from features.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"--as-of .* is before the bundle's as_of"):
@@ -185,7 +188,7 @@ def test_margin_compare_and_method_from_the_cli(home: Path) -> None:
     r = CliRunner().invoke(app, [*args, "--compare", "--json"])
     assert r.exit_code == 0, r.output
     rows = json.loads(r.output)
-    assert [x["method"] for x in rows] == ["dprm", "fixed", "hvar", "fhs_ewma 0.94",
+    assert [x["method"] for x in rows] == ["dprm", "fixed", "deribit", "hvar", "fhs_ewma 0.94",
                                            "fhs_ewma 0.97"]
     inp = margin_inputs(home, book, dataset="embedded", rates={"SP500": 0.025, "NASDAQ": 0.025},
                         dividend_yields={"SP500": 0.02, "NASDAQ": 0.01})

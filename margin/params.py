@@ -203,6 +203,14 @@ class MarginParams(BaseModel):
         "(non-portfolio) margin."))
     deribit: DeribitParams = Field(default_factory=lambda: DeribitParams(), description=(
         "'deribit' method: Deribit-style portfolio margin parameters."))
+    stress_hypothetical: tuple[tuple[str, dict[str, float]], ...] = Field(
+        (("crypto crash -40%, ETH/SOL -50%", {"BTC": -0.40, "ETH": -0.50, "SOL": -0.50}),
+         ("crypto squeeze +50%", {"BTC": 0.50, "ETH": 0.60, "SOL": 0.60}),
+         ("BTC up 20%, ETH down 20% (decoupling)", {"BTC": 0.20, "ETH": -0.20}),
+         ("equity crash -20%", {"SP500": -0.20, "NASDAQ": -0.25}),
+         ("equity rally +10%", {"SP500": 0.10, "NASDAQ": 0.12})), description=(
+            "Stress-loss report: hypothetical joint moves (name, underlying -> simple return), "
+            "implied vol up; a scenario applies to the books holding any of its underlyings."))
     ewma_lambda: float = Field(0.94, gt=0.0, lt=1.0, description=(
         "'fhs_ewma' method: EWMA decay of the filtering volatility (0.94 RiskMetrics daily; 0.97 "
         "is also in use)."))

@@ -362,7 +362,10 @@ def _nearest(keys: Sequence[float], x: float) -> float:
     return min(keys, key=lambda k: (abs(k - x), k))
 
 
-def _iv_shocks(vov: VolOfVol | None, h: int, params: MarginParams) -> tuple[float, float]:
+def iv_shocks(vov: VolOfVol | None, h: int, params: MarginParams) -> tuple[float, float]:
+    """(down <= 0, up >= 0) d log implied vol at the reference tenor over ``h`` days: the
+    vol-of-vol quantiles at ``1 - iv_shock_level`` and ``iv_shock_level`` (nearest stored), or
+    ``iv_shock_fallback_log`` without a vol-of-vol."""
     if vov is None:
         return params.iv_shock_fallback_log
     row = vov.quantiles[int(_nearest(list(vov.quantiles), h))]
@@ -552,7 +555,7 @@ def _grid(unds: tuple[str, ...], sigma: NDArray[np.float64], vovs: Sequence[VolO
     k = params.grid_k_sigma
     steps = np.linspace(-1.0, 1.0, params.grid_n_moves)
     rng_u = np.maximum(k * sigma, params.grid_min_range)
-    iv = [_iv_shocks(v, h, params) for v in vovs]
+    iv = [iv_shocks(v, h, params) for v in vovs]
     xs, shocks, labels = [], [], []
     groups = [(u, [j]) for j, u in enumerate(unds)] + ([("all", list(range(m)))] if m > 1 else [])
     for gname, members in groups:

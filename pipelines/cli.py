@@ -1151,6 +1151,9 @@ def margin_cmd(
         "with EWMA vol, lambda from --params).")] = "dprm",
     compare: Annotated[bool, typer.Option(
         "--compare", help="Every method side by side on the same book and market state.")] = False,
+    stress: Annotated[bool, typer.Option(
+        "--stress", help="The stress-loss report: the worst historical days of the book's "
+        "underlyings in the data and the hypothetical moves of the parameters.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the whole MarginResult as JSON.")] = False,
 ) -> None:
     """Margin of a portfolio from the store's market state and a risk-forecast bundle: IM and MM,
@@ -1164,6 +1167,9 @@ def margin_cmd(
               params=None if params is None else params.read_text(),
               rates=_pairs(rate, "--rate"),
               dividend_yields=_pairs(dividend_yield, "--dividend-yield"))
+    if stress:
+        _margin_stress(home, portfolio, kw, json_out)
+        return
     if compare or method != "dprm":
         _margin_methods(home, portfolio, kw, method, compare, json_out)
         return
@@ -1197,6 +1203,40 @@ def margin_cmd(
         con.rule(f"explain {explain}")
         con.print_json(json.dumps(doc, default=str))
     con.print(f"result: {path}")
+
+
+def _margin_stress(home: Path, portfolio: Path, kw: dict[str, Any], json_out: bool) -> None:
+    """``dprm margin --stress``: the stress-loss report beside the day's IM."""
+    import json
+
+    from rich.table import Table
+
+    from pipelines.margin_run import margin_inputs, stress_for
+
+    inp = margin_inputs(home, portfolio, **kw)
+    rep = stress_for(inp, home, kw["dataset"])
+    if json_out:
+        typer.echo(json.dumps(rep.to_dict(), default=str))
+        return
+    cur = rep.margin_currency
+    fmt = "{:,.4f}" if cur in ("BTC", "ETH") else "{:,.0f}"
+    t = Table(title=f"{rep.portfolio}: stress losses ({cur}; IM {fmt.format(rep.im)})")
+    t.add_column("scenario", max_width=34)
+    t.add_column("moves", max_width=22)
+    t.add_column("P&L", justify="right", no_wrap=True)
+    t.add_column("x IM", justify="right", no_wrap=True)
+    for r in rep.rows:
+        moves = " ".join(f"{u} {m:+.1%}" for u, m in r["moves"].items())
+        t.add_row(r["scenario"], moves, fmt.format(r["pnl"]),
+                  "" if r["loss_over_im"] is None else f"{r['loss_over_im']:.2f}")
+    con = _console()
+    con.print(t)
+    srcs = sorted({r["source"] for r in rep.rows})
+    con.print("sources: " + "; ".join(srcs))
+    if rep.correlation:
+        con.print("measure under each correlation matrix: " + ", ".join(
+            f"{k} {fmt.format(v)}" for k, v in rep.correlation.items()))
+    con.print("The daily margin is not priced at these days: they are reported beside it.")
 
 
 def _margin_methods(home: Path, portfolio: Path, kw: dict[str, Any], method: str, compare: bool,

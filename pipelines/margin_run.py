@@ -163,6 +163,17 @@ def margin_inputs(
     return MarginInputs(pf, market, b, p, bpath)
 
 
+def stress_for(inp: MarginInputs, home: Path | str, dataset: str) -> Any:
+    """The stress-loss report of ``inp``'s portfolio: its underlyings' worst historical days in the
+    dataset (:func:`pipelines.market.historical_stress`) and the parameters' hypothetical moves."""
+    from margin.stress import stress_report
+    from pipelines.market import historical_stress
+
+    unds = sorted({q.instrument.underlying for q in inp.portfolio.positions})
+    hist = historical_stress(DataStore(Path(home) / "data"), dataset, unds, inp.market.as_of)
+    return stress_report(inp.portfolio, inp.market, inp.bundle, hist, inp.params)
+
+
 COMPARE = (("dprm", {}), ("fixed", {}), ("deribit", {}), ("hvar", {}),
            ("fhs_ewma", {"ewma_lambda": 0.94}), ("fhs_ewma", {"ewma_lambda": 0.97}))
 """The methods ``dprm margin --compare`` puts side by side (label = method, with lambda for FHS)."""

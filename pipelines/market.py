@@ -567,3 +567,54 @@ def read_portfolio(path: Path, as_of: MarketState | object) -> Portfolio:
                         source=str(path)) from None
     t = as_of.as_of if isinstance(as_of, MarketState) else _utc(as_of)
     return parse_portfolio(text, suffix[1:], as_of=t, source=str(path), name=path.stem)
+
+
+def daily_closes(store: DataStore, dataset: str, symbol: str, as_of: pd.Timestamp
+                 ) -> tuple[pd.Series, str] | None:
+    """Daily closes of ``symbol`` up to ``as_of`` (the last close of each UTC day) from the
+    coarsest bars table holding it, and that table's name; None without bars."""
+    man = store.require(dataset)
+    tables = man["tables"]
+    names = sorted((t for t, i in tables.items()
+                    if i["kind"] in ("bars", "levels") and symbol in i.get("symbols", {})),
+                   key=lambda t: -pd.Timedelta(tables[t].get("interval") or "1D").value)
+    if not names:
+        return None
+    f = store.read(dataset, names[0], symbols=[symbol], end=as_of, columns=[S.TS, S.SYMBOL, S.CLOSE])
+    f = f[f[S.TS] <= as_of].sort_values(S.TS)
+    if len(f) < 2:
+        return None
+    s = f.set_index(S.TS)[S.CLOSE]
+    # a bar stamped at 00:00 closes the previous day
+    day = (s.index - pd.Timedelta(microseconds=1)).normalize()
+    return s.groupby(day).last(), names[0]
+
+
+def historical_stress(store: DataStore, dataset: str, underlyings: list[str], as_of: object,
+                      ) -> list[Any]:
+    """The worst daily down and up move of each underlying's reference symbol (index, else spot)
+    in the dataset's full history up to ``as_of``, each as a joint scenario of that date (every
+    underlying moves by its own close-to-close return of the day, where it has one), cited by
+    date, symbol and table."""
+    from margin.stress import StressScenario
+
+    t = _utc(as_of)
+    rets: dict[str, pd.Series] = {}
+    src: dict[str, str] = {}
+    for u in underlyings:
+        info = UNDERLYINGS[u]
+        for sym in dict.fromkeys([info.index, info.spot]):
+            got = daily_closes(store, dataset, sym, t)
+            if got is not None:
+                closes, table = got
+                rets[u] = np.log(closes).diff().dropna()
+                src[u] = f"{table}: daily close-to-close log return of {sym}"
+                break
+    out = []
+    for u in sorted(rets):
+        r = rets[u]
+        for label, day in (("worst fall", r.idxmin()), ("largest rise", r.idxmax())):
+            moves = {v: float(rets[v].loc[day]) for v in rets if day in rets[v].index}
+            out.append(StressScenario(f"{u} {label} {day:%Y-%m-%d}", moves, "up",
+                                      f"{src[u]} ({len(r)} days)", f"{day:%Y-%m-%d}"))
+    return out

@@ -201,3 +201,35 @@ def test_margin_compare_and_method_from_the_cli(home: Path) -> None:
     assert r.exit_code == 0 and "by fixed: IM" in r.output
     r = CliRunner().invoke(app, [*args, "--method", "span9"])
     assert r.exit_code == 2 and "--method must be one of" in r.output
+
+
+def test_stress_report_cites_the_worst_historical_days(home: Path) -> None:
+    """On the embedded indices the worst S&P 500 day is 2008-10-15 (-9.0% log), recomputed here
+    from the store's closes; `dprm margin --stress --json` reports it with its source."""
+    import json
+
+    import numpy as np
+    from typer.testing import CliRunner
+
+    from features.store import DataStore
+    from pipelines.cli import app
+    from pipelines.market import historical_stress
+
+    issue_bundle(home, ForecastFlowConfig())
+    store = DataStore(home / "data")
+    scen = historical_stress(store, "embedded", ["SP500", "NASDAQ"], "2019-01-03T21:00Z")
+    worst = next(s for s in scen if s.name.startswith("SP500 worst fall"))
+    bars = store.read("embedded", "bars_1d", symbols=["SP500"]).sort_values("ts")
+    r = np.log(bars["close"].to_numpy())
+    k = int(np.argmin(np.diff(r)))
+    assert worst.date == "2008-10-15" == f"{bars['ts'].iloc[k + 1]:%Y-%m-%d}"
+    assert worst.moves["SP500"] == pytest.approx(float(np.diff(r)[k]), rel=1e-12)
+    assert "bars_1d" in worst.source and "NASDAQ" in worst.moves
+    book = Path(__file__).resolve().parents[2] / "examples" / "portfolios" / "index_futures_options.csv"
+    out = CliRunner().invoke(app, ["margin", "--portfolio", str(book), "--rate", "SP500=0.025",
+                                   "--rate", "NASDAQ=0.025", "--dividend-yield", "SP500=0.02",
+                                   "--dividend-yield", "NASDAQ=0.01", "--stress", "--json"])
+    assert out.exit_code == 0, out.output
+    rep = json.loads(out.output)
+    assert any(x["date"] == "2008-10-15" for x in rep["rows"]) and rep["im"] > 0
+    assert rep["rows"][0]["pnl"] == min(x["pnl"] for x in rep["rows"])

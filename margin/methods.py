@@ -20,6 +20,15 @@ revaluation kernel as the forecast-driven engine, so a comparison differs only b
   0.97): ``sigma_t^2 = lambda sigma_{t-1}^2 + (1 - lambda) r_{t-1}^2`` (issued before each
   return, started at the variance of the first 30), ``z_t = r_t / sigma_t``, rescaled by the
   current ``sigma_{T+1}``; otherwise as ``hvar``.
+- ``span``: SPAN-style risk array per underlying: 14 scenarios (price 0, +/-1/3, +/-2/3, +/-1 of
+  the price scan range, each with vol up and down by the vol scan range) plus two extreme moves
+  (+/- ``extreme_multiple`` x the range, vol unchanged) counted at ``extreme_cover`` (35%), over
+  the MPOR; scanning risk = the worst weighted loss; an intra-commodity spread charge per unit of
+  delta spread across expiries (so a calendar spread does not scan to zero), inter-commodity
+  credits between offsetting underlyings, and the short-option minimum (``IM = max(scan + intra -
+  credit, SOM)``); ``MM = IM / im_over_mm``. The scan range is the exchange's parameter:
+  ``span.price_scan`` per underlying, else a historical stand-in (the 99% quantile of the
+  absolute MPOR moves over the lookback).
 - ``deribit``: Deribit-style portfolio margin, parameters from Deribit's public API
   (``private/pme/simulate``, BTC/USD) and help pages: per underlying alone (segregated), the
   index moved across +/- ``price_range`` 16% in 9 points, each with implied vol up, same and down:
@@ -74,7 +83,7 @@ from models.forecast import RiskForecastBundle
 
 __all__ = ["METHODS", "MethodResult", "compute_method", "ewma_issued_vol", "tier_margin"]
 
-METHODS = ("dprm", "fixed", "hvar", "fhs_ewma", "deribit")
+METHODS = ("dprm", "fixed", "span", "deribit", "hvar", "fhs_ewma")
 """The methods :func:`compute_method` knows."""
 
 
@@ -313,6 +322,151 @@ def _deribit(ctx: MarginContext, pos: Sequence[Position], p: MarginParams
     return by_pos, im, detail
 
 
+SPAN_SCENARIOS = ((0.0, 1), (0.0, -1), (1 / 3, 1), (1 / 3, -1), (-1 / 3, 1), (-1 / 3, -1),
+                  (2 / 3, 1), (2 / 3, -1), (-2 / 3, 1), (-2 / 3, -1), (1.0, 1), (1.0, -1),
+                  (-1.0, 1), (-1.0, -1))
+"""SPAN's 14 regular scenarios: (price move as a share of the scan range, vol up +1 / down -1);
+scenarios 15 and 16 are the extreme moves (+/- ``extreme_multiple`` x the range, vol unchanged)."""
+
+
+def _scan(ctx: MarginContext, pos: Sequence[Position], u: str, moves: Sequence[float],
+          vol_shift: Any, dt_yr: float = 0.0) -> tuple[list[Position], NDArray[np.float64]]:
+    """Per-position P&L (margin currency) of ``u``'s positions when ``u`` alone moves by each
+    simple return in ``moves``; ``vol_shift(option, k)`` the absolute vol change of an option in
+    scenario ``k``. Returns the positions and an array of shape (n_positions, n_moves)."""
+    mine = [q for q in pos if q.instrument.underlying == u]
+    insts = sorted({q.instrument.name: q.instrument for q in mine}.values(), key=lambda i: i.name)
+    opts = [i for i in insts if isinstance(i, Option)]
+    bucket = {o.name: b for b, o in enumerate(opts)}
+    inputs = {i.name: (dataclasses.replace(ctx.priced[i.name].inputs, vol_bucket=bucket[i.name])
+                       if i.name in bucket else ctx.priced[i.name].inputs) for i in insts}
+    ccy = ctx.margin_currency
+    unds = sorted({u} | ({ccy} if ccy != "USD" else set()))
+    bk = build_book([(i, 1.0) for i in insts], inputs, {v: ctx.priced_spot(v) for v in unds},
+                    ctx.market_state.as_of)
+    n = len(moves)
+    x = np.zeros((n, len(unds)))
+    x[:, unds.index(u)] = np.log1p(np.asarray(moves, dtype=np.float64))
+    vs = np.zeros((n, max(len(opts), 1)))
+    for o in opts:
+        for k in range(n):
+            vs[k, bucket[o.name]] = vol_shift(o, k)
+    unit = instrument_pnl(bk, ScenarioSet(tuple(unds), x, dt_yr, vs if opts else None))
+    if ccy != "USD":
+        unit = unit / (ctx.priced_spot(ccy) * np.exp(x[:, unds.index(ccy)]))[None, :]
+    row = {i.name: k for k, i in enumerate(insts)}
+    return mine, np.array([q.quantity * unit[row[q.instrument.name]] for q in mine])
+
+
+def span_price_scan(ctx: MarginContext, u: str, p: MarginParams) -> float:
+    """SPAN's price scan range of ``u`` as a simple return: ``span.price_scan`` if set, else the
+    ``span.scan_quantile`` of the absolute MPOR log returns over the bundle's residual history
+    (``fhs_lookback_days``), the stand-in for an exchange's published range."""
+    if u in p.span.price_scan:
+        return float(p.span.price_scan[u])
+    sc = ctx.scenarios
+    sym = sc.symbols[sc.underlyings.index(u)]
+    hp = sc.mpor_days * sc.periods_per_day
+    r = ctx.bundle.residuals
+    ret = r[(r["unit"] == sc.unit) & (r["symbol"] == sym)].sort_values("ts")["ret"].to_numpy()
+    ret = ret[-p.fhs_lookback_days * sc.periods_per_day:]
+    c = np.concatenate([[0.0], np.cumsum(ret)])
+    moves = c[hp:] - c[:-hp]
+    return float(np.expm1(np.quantile(np.abs(moves), p.span.scan_quantile)))
+
+
+def _span(ctx: MarginContext, pos: Sequence[Position], p: MarginParams
+          ) -> tuple[dict[str, dict[str, float]], float, dict[str, Any]]:
+    """SPAN-style IM per position (sums to the IM), the IM and the explain record."""
+    sp = p.span
+    unds = sorted({q.instrument.underlying for q in pos})
+    by_pos = {q.id: {"total": 0.0} for q in pos}
+    detail: dict[str, Any] = {}
+    scan: dict[str, float] = {}
+    delta: dict[str, float] = {}
+    usd = 1.0 if ctx.margin_currency == "USD" else ctx.priced_spot(ctx.margin_currency)
+    dt = ctx.scenarios.dt_yr
+    vols = [v for _, v in SPAN_SCENARIOS] + [0, 0]
+
+    def shift(o: Option, k: int) -> float:
+        return vols[k] * sp.vol_scan
+
+    for u in unds:
+        psr = span_price_scan(ctx, u, p)
+        moves = [m * psr for m, _ in SPAN_SCENARIOS] + [sp.extreme_multiple * psr,
+                                                          -sp.extreme_multiple * psr]
+        mine, pnl = _scan(ctx, pos, u, moves, shift, dt)
+        loss = -pnl.sum(axis=0)
+        weight = np.array([1.0] * len(SPAN_SCENARIOS) + [sp.extreme_cover] * 2)
+        wl = loss * weight
+        k = int(np.argmax(wl))
+        risk = max(float(wl[k]), 0.0)
+        alloc = -pnl[:, k] * weight[k] if risk > 0 else np.zeros(len(mine))
+        # intra-commodity (calendar) spread charge on delta across expiries
+        by_exp: dict[str, float] = {}
+        d_u = 0.0
+        for q in mine:
+            dl = q.quantity * ctx.greeks[q.instrument.name][0] / ctx.priced_spot(u)  # units of u
+            e = "" if q.instrument.expiry is None else f"{q.instrument.expiry:%Y-%m-%d}"
+            by_exp[e] = by_exp.get(e, 0.0) + dl
+            d_u += dl
+        longs = sum(v for v in by_exp.values() if v > 0)
+        shorts = -sum(v for v in by_exp.values() if v < 0)
+        spreads = min(longs, shorts) if len(by_exp) > 1 else 0.0
+        intra = spreads * sp.intra_spread_rate * ctx.priced_spot(u) / usd
+        if intra > 0:
+            w = np.array([abs(q.quantity * ctx.greeks[q.instrument.name][0]) for q in mine])
+            alloc = alloc + intra * w / w.sum()
+        scan[u], delta[u] = risk + intra, d_u
+        for q, a in zip(mine, alloc.tolist(), strict=True):
+            by_pos[q.id]["total"] += a
+        detail[u] = {"price_scan_range": psr, "vol_scan_range": sp.vol_scan,
+                     "scanning_risk": risk, "binding_scenario": k + 1,
+                     "intra_spread_charge": intra, "spreads_units": spreads,
+                     "net_delta_units": d_u}
+    # inter-commodity credits between offsetting deltas
+    credit_total = 0.0
+    for pair, rate in sorted(sp.inter_credits.items()):
+        a, b = pair.split("/")
+        if a in scan and b in scan and delta[a] * delta[b] < 0:
+            c = rate * min(scan[a], scan[b])
+            credit_total += c
+            for u in (a, b):
+                share = scan[u] and c / 2 / scan[u]
+                for q in pos:
+                    if q.instrument.underlying == u:
+                        by_pos[q.id]["total"] -= by_pos[q.id]["total"] * share
+            detail[f"credit {a}/{b}"] = {"rate": rate, "credit": c}
+    im_risk = sum(scan.values()) - credit_total
+    # short option minimum per net short option contract
+    net: dict[str, float] = {}
+    for q in pos:
+        if isinstance(q.instrument, Option):
+            net[q.instrument.name] = net.get(q.instrument.name, 0.0) + q.quantity
+    som = 0.0
+    for name, qn in net.items():
+        if qn < 0:
+            inst = next(q.instrument for q in pos if q.instrument.name == name)
+            som += -qn * inst.contract_size * sp.short_option_minimum * ctx.priced_spot(
+                inst.underlying) / usd
+    im = max(im_risk, som, 0.0)
+    if im > im_risk and im > 0:
+        extra = im - max(im_risk, 0.0)
+        shorts = [q for q in pos if isinstance(q.instrument, Option) and q.quantity < 0]
+        tot = sum(-q.quantity for q in shorts)
+        for q in shorts:
+            by_pos[q.id]["total"] += extra * -q.quantity / tot
+    tot_alloc = sum(v["total"] for v in by_pos.values())
+    if tot_alloc and abs(tot_alloc - im) > 1e-9 * max(1.0, im):  # credits split pro rata
+        for v in by_pos.values():
+            v["total"] *= im / tot_alloc
+    for v in by_pos.values():
+        v["mm_total"] = v["total"] / sp.im_over_mm
+    detail["short_option_minimum"] = som
+    detail["inter_credit"] = credit_total
+    return by_pos, im, detail
+
+
 def compute_method(method: str, portfolio: Portfolio, market_state: MarketState,
                    bundle: RiskForecastBundle, params: MarginParams | None = None) -> MethodResult:
     """The requirement of one method (see the module docstring); the same positions fail as in
@@ -336,7 +490,7 @@ def compute_method(method: str, portfolio: Portfolio, market_state: MarketState,
                                                               "mc_n_scenarios": 10}),
                            book_mpor(ok, p), as_of=market_state.as_of)
     unit, _ = margin_unit(bundle)
-    if method in ("fixed", "deribit"):
+    if method in ("fixed", "deribit", "span"):
         fs = {"none": FactorSet("none", np.zeros((1, len(unds))), np.zeros((1, len(unds))),
                                 np.zeros((1, len(unds))), np.zeros((1, len(unds))), ("none",))}
     else:
@@ -357,6 +511,10 @@ def compute_method(method: str, portfolio: Portfolio, market_state: MarketState,
     pos = sorted(good, key=lambda q: (q.instrument.name, q.id))
     usd = 1.0 if ccy == "USD" else ctx.priced_spot(ccy)
     fails_t = tuple(sorted(failures, key=lambda f: (f.subject, f.reason.value, f.message)))
+    if method == "span":
+        by_pos, im, detail = _span(ctx, pos, p)
+        return MethodResult(method, portfolio.name, ccy, im, im / p.span.im_over_mm, by_pos,
+                            fails_t, {"by_underlying": detail})
     if method == "deribit":
         by_pos, im, detail = _deribit(ctx, pos, p)
         return MethodResult(method, portfolio.name, ccy, im, im * p.deribit.mm_factor, by_pos,

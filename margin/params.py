@@ -56,6 +56,35 @@ class DeribitParams(BaseModel):
     mm_factor: float = Field(0.8, gt=0.0, le=1.0)
 
 
+class SpanParams(BaseModel):
+    """SPAN-style method parameters (an exchange sets these per product; these defaults are
+    stand-ins, documented in the README)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    price_scan: dict[str, float] = Field(default_factory=dict, description=(
+        "Price scan range per underlying as a simple return (empty: the historical stand-in)."))
+    scan_quantile: float = Field(0.99, gt=0.5, lt=1.0, description=(
+        "Stand-in scan range: this quantile of |MPOR log returns| over the lookback."))
+    vol_scan: float = Field(0.05, ge=0.0, description="Vol scan range (absolute vol).")
+    extreme_multiple: float = Field(2.0, gt=1.0, description=(
+        "Extreme scenarios 15/16 move this multiple of the scan range (3 is also in use)."))
+    extreme_cover: float = Field(0.35, gt=0.0, le=1.0, description=(
+        "Share of the extreme scenarios' loss counted."))
+    intra_spread_rate: float = Field(0.01, ge=0.0, description=(
+        "Intra-commodity spread charge per unit of underlying spread across expiries, as a "
+        "fraction of its price."))
+    inter_credits: dict[str, float] = Field(
+        default_factory=lambda: {"BTC/ETH": 0.5, "NASDAQ/SP500": 0.6}, description=(
+            "Inter-commodity credit rate ('A/B' -> rate) on the smaller scanning risk of two "
+            "underlyings whose deltas offset."))
+    short_option_minimum: float = Field(0.005, ge=0.0, description=(
+        "Short-option minimum per net short option, as a fraction of the underlying's price per "
+        "unit."))
+    im_over_mm: float = Field(1.1, ge=1.0, description=(
+        "IM / MM (CME's speculative initial is 110% of maintenance)."))
+
+
 class MarginParams(BaseModel):
     """Parameters of the margin engine (see ``margin/calculator.py`` for how each is used)."""
 
@@ -201,6 +230,8 @@ class MarginParams(BaseModel):
         "'fixed' method, short options (a, b, c): IM = max(a - OTM / S, b) x S + mark, MM = c x "
         "S + mark per unit of underlying, the shape of a crypto options venue's standard "
         "(non-portfolio) margin."))
+    span: SpanParams = Field(default_factory=lambda: SpanParams(), description=(
+        "'span' method: SPAN-style parameters."))
     deribit: DeribitParams = Field(default_factory=lambda: DeribitParams(), description=(
         "'deribit' method: Deribit-style portfolio margin parameters."))
     stress_hypothetical: tuple[tuple[str, dict[str, float]], ...] = Field(

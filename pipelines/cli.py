@@ -1147,7 +1147,7 @@ def margin_cmd(
         "--explain", help="Position id: print its recomputation path.")] = None,
     method: Annotated[str, typer.Option(
         "--method", help="dprm (the forecast-driven engine), fixed (tiered % of notional), "
-        "deribit (Deribit-style portfolio margin), hvar (historical simulation) or fhs_ewma (FHS "
+        "span (SPAN-style risk array), deribit (Deribit-style portfolio margin), hvar (historical simulation) or fhs_ewma (FHS "
         "with EWMA vol, lambda from --params).")] = "dprm",
     compare: Annotated[bool, typer.Option(
         "--compare", help="Every method side by side on the same book and market state.")] = False,

@@ -174,7 +174,7 @@ def stress_for(inp: MarginInputs, home: Path | str, dataset: str) -> Any:
     return stress_report(inp.portfolio, inp.market, inp.bundle, hist, inp.params)
 
 
-COMPARE = (("dprm", {}), ("fixed", {}), ("deribit", {}), ("hvar", {}),
+COMPARE = (("dprm", {}), ("fixed", {}), ("span", {}), ("deribit", {}), ("hvar", {}),
            ("fhs_ewma", {"ewma_lambda": 0.94}), ("fhs_ewma", {"ewma_lambda": 0.97}))
 """The methods ``dprm margin --compare`` puts side by side (label = method, with lambda for FHS)."""
 

@@ -176,3 +176,53 @@ def test_deribit_style_segregates_underlyings_and_nets_within_one() -> None:
     pair = compute_method("deribit", book("l,BTCUSDT-PERP,5,60000\ns,ETHUSDT-PERP,-100,3000"),
                           STATE, BUNDLE)
     assert pair.im == pytest.approx(0.16 * (5 * 60000 + 100 * 3000) * 1.0005, rel=1e-9)
+
+
+def test_span_style_risk_array_by_hand() -> None:
+    """1 BTC spot with a 10% scan range: scenarios 13/14 lose 6,000, the extremes 35% x 12,000 =
+    4,200: IM 6,000, MM 6,000 / 1.1. A short call: the 16 scenarios recomputed with Black-76
+    (forward moved with the index, aged one day, vol +/- 5 points; extremes at 35%), against the
+    short-option minimum 0.5% x 60,000."""
+    from margin.methods import SPAN_SCENARIOS
+    from margin.pricing import year_fraction
+
+    p = MarginParams(span={"price_scan": {"BTC": 0.10}})
+    spot = compute_method("span", book("a,BTCUSDT,1,60000"), STATE, BUNDLE, p)
+    assert spot.im == pytest.approx(6000.0, rel=1e-12)
+    assert spot.mm == pytest.approx(6000.0 / 1.1, rel=1e-12)
+    assert spot.detail["by_underlying"]["BTC"]["binding_scenario"] in (13, 14)
+    pf = book("c,BTC-{+30D}-65000-C,-3,0.02")
+    r = compute_method("span", pf, STATE, BUNDLE, p)
+    d = compute_margin(pf, STATE, BUNDLE)
+    inst = d.positions[0].instrument
+    pr = d.context.priced[inst.name]
+    s0, f0, v0 = 60000.0, pr.inputs.price, pr.vol0
+    t0 = year_fraction(AS_OF, inst.expiry)
+    t1 = t0 - 1 / 365
+    c0 = _b76_usd(inst, f0, v0, t0, s0) / s0
+    losses = []
+    for m, v in [*SPAN_SCENARIOS, (2.0, 0), (-2.0, 0)]:
+        s1 = s0 * (1 + 0.10 * m)
+        f1 = s1 * (f0 / s0) ** (t1 / t0)
+        c1 = _b76_usd(inst, f1, v0 + 0.05 * v, t1, s1) / s1
+        w = 0.35 if abs(m) == 2.0 else 1.0
+        losses.append(w * 3 * (c1 - c0) * s1)
+    assert r.im == pytest.approx(max(max(losses), 3 * 0.005 * s0), rel=1e-8)
+
+
+def test_span_calendar_spread_pays_the_intra_commodity_charge() -> None:
+    """Short the near call, long the far: the scan alone nets the deltas across expiries; the
+    spread charge adds 1% of the price per unit of delta spread formed (min of long and short)."""
+    pf = book("n,BTC-{+7D}-60000-C,-10,0.025\nf,BTC-{+60D}-60000-C,10,0.08")
+    r = compute_method("span", pf, STATE, BUNDLE)
+    det = r.detail["by_underlying"]["BTC"]
+    res = compute_margin(pf, STATE, BUNDLE)
+    inst = {q.id: q.instrument for q in res.positions}
+    g = res.context.greeks
+    deltas = sorted(q * g[inst[i].name][0] / 60000.0 for q, i in ((-10, "n"), (10, "f")))
+    assert det["spreads_units"] == pytest.approx(min(-deltas[0], deltas[1]), rel=1e-9)
+    assert det["intra_spread_charge"] == pytest.approx(0.01 * 60000 * det["spreads_units"],
+                                                       rel=1e-9)
+    assert r.im >= det["scanning_risk"] + det["intra_spread_charge"] - 1e-9
+    one = compute_method("span", book("n,BTC-{+7D}-60000-C,-10,0.025"), STATE, BUNDLE)
+    assert one.detail["by_underlying"]["BTC"]["intra_spread_charge"] == 0.0

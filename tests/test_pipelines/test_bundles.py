@@ -188,8 +188,8 @@ def test_margin_compare_and_method_from_the_cli(home: Path) -> None:
     r = CliRunner().invoke(app, [*args, "--compare", "--json"])
     assert r.exit_code == 0, r.output
     rows = json.loads(r.output)
-    assert [x["method"] for x in rows] == ["dprm", "fixed", "deribit", "hvar", "fhs_ewma 0.94",
-                                           "fhs_ewma 0.97"]
+    assert [x["method"] for x in rows] == ["dprm", "fixed", "span", "deribit", "hvar",
+                                           "fhs_ewma 0.94", "fhs_ewma 0.97"]
     inp = margin_inputs(home, book, dataset="embedded", rates={"SP500": 0.025, "NASDAQ": 0.025},
                         dividend_yields={"SP500": 0.02, "NASDAQ": 0.01})
     for x, (name, upd) in zip(rows, COMPARE, strict=True):

@@ -9,7 +9,8 @@ implied vol), so a hedged book pays for what is left to close out, not for both 
 - **liquidity** ``L = sum_u [ |N_u| hs_u + impact_u ] + sum_ue |V_ue| vega_hs``: the half spread
   ``hs_u`` always; market impact by the square-root law ``impact_u = Y sigma_1d,u sqrt(|N_u| /
   ADV_u) |N_u|`` when ``|N_u| > impact_threshold_adv x ADV_u`` (``sigma_1d`` the forecast 1-day
-  vol; no impact without an ADV). Allocation: ``L_u`` to the positions of ``u`` in proportion to
+  vol; no impact without an ADV; with an order book, not while ``|N_u|`` fits in its quoted depth
+  either). Allocation: ``L_u`` to the positions of ``u`` in proportion to
   their delta ``d_i / N_u``, each vega bucket in proportion to ``v_i / V_ue`` (sums exactly).
 - **concentration** ``C_u = k max(0, share_u / threshold - 1)^p max(R_u, 0)`` with ``share_u =
   |N_u| / capacity_u`` (open interest, else ``capacity_adv_days x ADV``) and ``R_u`` the
@@ -43,14 +44,15 @@ ADDONS = ("liquidity", "concentration", "short_option_minimum")
 
 @dataclass(frozen=True)
 class UnderlyingLiquidity:
-    """One underlying's close-out inputs (USD): relative half spread, ADV and capacity (None where
-    unknown), the forecast 1-day vol and where each came from."""
+    """One underlying's close-out inputs (USD): relative half spread, ADV, capacity and book depth
+    (None where unknown), the forecast 1-day vol and where each came from."""
 
     half_spread: float
     adv_usd: float | None
     capacity_usd: float | None
     sigma_1d: float
     source: str
+    depth_usd: float | None = None
 
 
 @dataclass(frozen=True)
@@ -123,8 +125,10 @@ def compute_addons(x: AddOnInputs, liquidity: Mapping[str, UnderlyingLiquidity],
         a = abs(net)
         spread = a * liq.half_spread
         impact = 0.0
-        if liq.adv_usd is not None and a > params.impact_threshold_adv * liq.adv_usd:
-            impact = params.impact_y * liq.sigma_1d * math.sqrt(a / liq.adv_usd) * a
+        if liq.adv_usd is not None:
+            free = max(params.impact_threshold_adv * liq.adv_usd, liq.depth_usd or 0.0)
+            if a > free:
+                impact = params.impact_y * liq.sigma_1d * math.sqrt(a / liq.adv_usd) * a
         _share(x.delta_usd, m, (spread + impact) / usd_per_ccy, alloc["liquidity"])
         vega_cost = 0.0
         buckets = {}
@@ -146,7 +150,8 @@ def compute_addons(x: AddOnInputs, liquidity: Mapping[str, UnderlyingLiquidity],
             _share(standalone_alloc, m, conc, alloc["concentration"])
         comps["concentration"] += conc
         detail[u] = {"net_delta_usd": net, "half_spread": liq.half_spread, "spread_cost_usd": spread,
-                     "adv_usd": liq.adv_usd, "impact_cost_usd": impact, "vega_buckets": buckets,
+                     "adv_usd": liq.adv_usd, "depth_usd": liq.depth_usd,
+                     "impact_cost_usd": impact, "vega_buckets": buckets,
                      "liquidity": liq_u, "capacity_usd": liq.capacity_usd,
                      "share_of_capacity": share, "concentration": conc, "sigma_1d": liq.sigma_1d,
                      "source": liq.source}

@@ -603,9 +603,11 @@ def _liquidity(ctx: MarginContext, u: str) -> UnderlyingLiquidity:
         cap, cap_src = p.capacity_adv_days * adv, f"{p.capacity_adv_days:g} x ADV"
     else:
         cap, cap_src = None, "none"
+    depth = None if liq.depth_usd is None else liq.depth_usd.value
     src = (f"half spread: {liq.half_spread.source}; ADV: "
-           f"{'none' if liq.adv_usd is None else liq.adv_usd.source}; capacity: {cap_src}")
-    return UnderlyingLiquidity(liq.half_spread.value, adv, cap, sigma_1d, src)
+           f"{'none' if liq.adv_usd is None else liq.adv_usd.source}; capacity: {cap_src}; "
+           f"depth: {'none' if liq.depth_usd is None else liq.depth_usd.source}")
+    return UnderlyingLiquidity(liq.half_spread.value, adv, cap, sigma_1d, src, depth)
 
 
 def _outright_unit(ctx: MarginContext, u: str, fc: slice | NDArray[np.int64], confidence: float

@@ -194,14 +194,18 @@ class Liquidity:
     adv_usd : average daily traded value in USD (> 0), or None (no volume in the data).
     open_interest_usd : open interest (or market capacity) in USD, or None (the concentration
         add-on then uses ``capacity_adv_days`` x ADV, recorded).
+    depth_usd : value resting in the order book's quoted levels on the thinner side (USD), or
+        None (no book in the data): net exposure up to it closes at the half spread, impact is
+        charged only beyond it.
     """
 
     half_spread: Quote
     adv_usd: Quote | None = None
     open_interest_usd: Quote | None = None
+    depth_usd: Quote | None = None
 
     def __post_init__(self) -> None:
-        for name in ("half_spread", "adv_usd", "open_interest_usd"):
+        for name in ("half_spread", "adv_usd", "open_interest_usd", "depth_usd"):
             q = getattr(self, name)
             if q is None:
                 continue
@@ -214,7 +218,7 @@ class Liquidity:
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict."""
         return {k: None if getattr(self, k) is None else getattr(self, k).to_dict()
-                for k in ("half_spread", "adv_usd", "open_interest_usd")}
+                for k in ("half_spread", "adv_usd", "open_interest_usd", "depth_usd")}
 
 
 @dataclass(frozen=True)

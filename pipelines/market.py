@@ -158,8 +158,10 @@ def liquidity_of(store: DataStore, dataset: str, symbol: str, as_of: pd.Timestam
                  lookback: pd.Timedelta, *, traded_value: bool = True) -> Liquidity | None:
     """Close-out inputs of ``symbol`` (an underlying's spot) from the store, data up to ``as_of``:
 
-    - half spread: the median relative half spread ``(ask - bid) / (ask + bid)`` of the quotes of
-      the last day when a quotes table holds the symbol, else the Abdi-Ranaldo (2017) estimator
+    - half spread and depth from the order book where a book table holds the symbol (the last
+      day's snapshots: the top level's median ``(ask - bid) / (ask + bid)``, and the median
+      quoted value of the thinner side); else the half spread of the quotes of the last day when
+      a quotes table holds the symbol, else the Abdi-Ranaldo (2017) estimator
       (``features.microstructure.bar_liquidity``, 20 bars) on the finest bars table, halved
       (Corwin-Schultz when that estimate is 0);
     - ADV: traded value (``quote_volume``, else ``close x volume``) over the lookback per day;
@@ -183,8 +185,32 @@ def liquidity_of(store: DataStore, dataset: str, symbol: str, as_of: pd.Timestam
     bars = bars[bars[S.TS] <= as_of]
     if len(bars) < 2:
         return None
-    hs = None
+    hs = depth = None
+    for bt, info in sorted(tables.items()):
+        if info["kind"] == "book" and symbol in info.get("symbols", {}):
+            bk = store.read(dataset, bt, symbols=[symbol], start=as_of - pd.Timedelta(days=1),
+                            end=as_of)
+            bk = bk[bk[S.TS] <= as_of]
+            if bk.empty:
+                continue
+            val = (bk[S.PX] * bk[S.SZ]).groupby([bk[S.TS], bk[S.SIDE]]).sum().unstack()
+            if {1, -1} <= set(val.columns):
+                depth = Quote(float(val.min(axis=1).median()), "USD",
+                              f"{bt}: median over {len(val)} snapshots in the last day of the "
+                              f"thinner side's quoted value [{symbol}]", bk[S.TS].max())
+                top = bk[bk[S.LEVEL] == 0].pivot_table(index=S.TS, columns=S.SIDE, values=S.PX)
+                top = top.dropna()
+                top = top[top[-1] > top[1]]
+                if len(top):
+                    rel = (top[-1] - top[1]) / (top[-1] + top[1])
+                    hs = Quote(float(rel.median()), "fraction",
+                               f"{bt}: median (ask - bid) / (ask + bid) of the top level over "
+                               f"{len(top)} snapshots in the last day [{symbol}]",
+                               bk[S.TS].max())
+            break
     for qt, info in sorted(tables.items()):
+        if hs is not None:
+            break
         if info["kind"] == "quotes" and symbol in info.get("symbols", {}):
             q = store.read(dataset, qt, symbols=[symbol], start=as_of - pd.Timedelta(days=1),
                            end=as_of, columns=[S.TS, S.SYMBOL, S.BID_PX, S.ASK_PX])
@@ -219,7 +245,7 @@ def liquidity_of(store: DataStore, dataset: str, symbol: str, as_of: pd.Timestam
             adv = Quote(float(dv.sum()) / span_days, "USD",
                         f"{table}: traded value over {span_days:.1f} days [{symbol}]",
                         bars[S.TS].max())
-    return Liquidity(hs, adv, None)
+    return Liquidity(hs, adv, None, depth)
 
 
 def build_market_state(

@@ -63,6 +63,24 @@ def test_liquidity_by_hand_spread_and_square_root_impact() -> None:
     assert "default_half_spread" in r.explain["addons"]["by_underlying"]["BTC"]["source"]
 
 
+def test_book_depth_absorbs_what_fits_in_it() -> None:
+    """With 1 M USD resting on the thinner side of the book, 600,000 USD of delta closes at the
+    half spread (no impact although it is 60% of ADV); 2 M USD of delta does not fit: impact."""
+    def liq(depth: float) -> MarketState:
+        unds = dict(STATE.underlyings)
+        unds["BTC"] = dataclasses.replace(unds["BTC"], liquidity=Liquidity(
+            Quote(0.001, "fraction", "test", AS_OF), Quote(1e6, "USD", "test", AS_OF), None,
+            Quote(depth, "USD", "test", AS_OF)))
+        return dataclasses.replace(STATE, underlyings=unds)
+
+    r = compute_margin(book("a,BTCUSDT,10,60000"), liq(1e6), BUNDLE)
+    assert r.components["liquidity"] == pytest.approx(600, rel=1e-8)
+    r = compute_margin(book("a,BTCUSDT,100,60000"), liq(1e6), BUNDLE)
+    n = 6e6
+    assert r.components["liquidity"] == pytest.approx(n * 0.001 + 0.03 * math.sqrt(n / 1e6) * n,
+                                                      rel=1e-8)
+
+
 def test_liquidity_is_charged_on_the_net_exposure_not_the_gross() -> None:
     """Long 10 BTC spot, short 10 of the perpetual (mark 0.05% above the index): the net delta is
     -300 USD, so the close-out cost is that of 300 USD, not of 1.2 M of gross notional."""

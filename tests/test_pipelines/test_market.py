@@ -86,21 +86,26 @@ def test_spot_perpetual_and_funding(sim: SimResult, state) -> None:
     assert state.as_of == AS_OF and state.source == "store:sim"
 
 
-def test_liquidity_from_the_quotes_and_the_bars(sim: SimResult, state) -> None:
-    """Half spread = the median (ask - bid) / (ask + bid) of the last day's quotes; ADV = the 1-minute
-    bars' traded value over the window per day; both recomputed here from the simulator's frames
-    (data at or before as_of only)."""
+def test_liquidity_from_the_book_and_the_bars(sim: SimResult, state) -> None:
+    """Half spread = the median (ask - bid) / (ask + bid) of the book's top level over the last
+    day's snapshots, depth = the median quoted value of the thinner side; ADV = the 1-minute bars'
+    traded value over the window per day; all recomputed here from the simulator's frames (data
+    at or before as_of only)."""
     tables = sim.tables()
-    q = tables["quotes"][1]
-    q = q[(q["symbol"] == "BTCUSDT") & (q["ts"] <= AS_OF) & (q["ts"] >= AS_OF - pd.Timedelta("1D"))]
-    q = q[(q["ask_px"] > q["bid_px"]) & (q["bid_px"] > 0)]
-    want_hs = float(((q["ask_px"] - q["bid_px"]) / (q["ask_px"] + q["bid_px"])).median())
+    bk = tables["book"][1]
+    bk = bk[(bk["symbol"] == "BTCUSDT") & (bk["ts"] <= AS_OF)
+            & (bk["ts"] >= AS_OF - pd.Timedelta("1D"))]
+    top = bk[bk["level"] == 0].pivot_table(index="ts", columns="side", values="px")
+    want_hs = float(((top[-1] - top[1]) / (top[-1] + top[1])).median())
+    side = (bk["px"] * bk["sz"]).groupby([bk["ts"], bk["side"]]).sum().unstack()
+    want_depth = float(side.min(axis=1).median())
     b = tables["bars_1m"][1]
     b = b[(b["symbol"] == "BTCUSDT") & (b["ts"] <= AS_OF) & (b["ts"] >= AS_OF - pd.Timedelta("30D"))]
     days = ((b["ts"].max() - b["ts"].min()) + pd.Timedelta("1min")) / pd.Timedelta("1D")
     liq = state.underlying("BTC").liquidity
     assert liq.half_spread.value == pytest.approx(want_hs, rel=1e-12)
-    assert "median (ask - bid)" in liq.half_spread.source
+    assert "book: median (ask - bid)" in liq.half_spread.source
+    assert liq.depth_usd.value == pytest.approx(want_depth, rel=1e-12)
     assert liq.adv_usd.value == pytest.approx(float(b["quote_volume"].sum()) / days, rel=1e-9)
     assert liq.open_interest_usd is None
 

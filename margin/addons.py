@@ -132,8 +132,9 @@ def compute_addons(x: AddOnInputs, liquidity: Mapping[str, UnderlyingLiquidity],
         _share(x.delta_usd, m, (spread + impact) / usd_per_ccy, alloc["liquidity"])
         vega_cost = 0.0
         buckets = {}
+        exp = np.asarray(x.expiry, dtype=object)
         for e in sorted({x.expiry[i] for i in np.flatnonzero(m & x.is_option)}):
-            mb = m & x.is_option & (np.asarray(x.expiry, dtype=object) == e)
+            mb = m & x.is_option & (exp == e)
             v = float(x.vega_usd[mb].sum())
             c = abs(v) * params.vega_half_spread_vol
             buckets[e] = {"net_vega_usd": v, "cost_usd": c}
@@ -156,16 +157,17 @@ def compute_addons(x: AddOnInputs, liquidity: Mapping[str, UnderlyingLiquidity],
                      "share_of_capacity": share, "concentration": conc, "sigma_1d": liq.sigma_1d,
                      "source": liq.source}
     # short-option minimum, on options net short per instrument
-    inst = np.asarray(x.instrument, dtype=object)
     short_units = np.zeros(n)
-    for name in sorted({x.instrument[i] for i in np.flatnonzero(x.is_option)}):
-        mi = inst == name
-        q_net = float(x.quantity[mi].sum())
-        if q_net < 0:
-            units = -q_net * float(x.units_per_contract[mi][0])
-            # the instrument's short positions carry it, in proportion to their size
-            neg = mi & (x.quantity < 0)
-            short_units[neg] += units * x.quantity[neg] / float(x.quantity[neg].sum())
+    oi = np.flatnonzero(x.is_option)
+    if len(oi):
+        _, inv = np.unique(np.asarray(x.instrument, dtype=object)[oi], return_inverse=True)
+        q = x.quantity[oi]
+        q_net = np.bincount(inv, weights=q)
+        neg = np.bincount(inv, weights=np.minimum(q, 0.0))
+        # an instrument net short: its short positions carry its units, in proportion to size
+        take = (q_net[inv] < 0) & (q < 0)
+        short_units[oi[take]] = (-q_net[inv] * x.units_per_contract[oi] * q
+                                 / np.where(neg[inv] < 0, neg[inv], -1.0))[take]
     floor = 0.0
     for u in sorted(set(und.tolist())):
         su = float(short_units[und == u].sum())

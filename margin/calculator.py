@@ -235,6 +235,7 @@ class MarginContext:
     index: dict[str, int] = field(default_factory=dict)
     priced: dict[str, PricedInstrument] = field(default_factory=dict)
     greeks: dict[str, tuple[float, float]] = field(default_factory=dict)
+    memo: dict[Any, Any] = field(default_factory=dict, repr=False)
     _store: list[NDArray[np.float64]] = field(default_factory=list, repr=False)
     _stack: list[Any] = field(default_factory=list, repr=False)
 
@@ -613,14 +614,18 @@ def _liquidity(ctx: MarginContext, u: str) -> UnderlyingLiquidity:
 def _outright_unit(ctx: MarginContext, u: str, fc: slice | NDArray[np.int64], confidence: float
                    ) -> float:
     """Margin of one unit of ``u`` held outright (the larger of long and short) on the forecast
-    pool, in the margin currency."""
+    pool, in the margin currency (book-independent: computed once per context)."""
+    key = ("outright", u, confidence)
+    if key in ctx.memo:
+        return ctx.memo[key]
     x, _, _, _, div = ctx.stacked
     j = ctx.scenarios.underlyings.index(u)
     pnl = ctx.priced_spot(u) * np.expm1(x[fc, j])
     if div is not None:
         pnl = pnl / div[0, fc]
     kind = ctx.params.measure
-    return max(measure(pnl, confidence, kind).value, measure(-pnl, confidence, kind).value)
+    ctx.memo[key] = max(measure(pnl, confidence, kind).value, measure(-pnl, confidence, kind).value)
+    return ctx.memo[key]
 
 
 def _addons(ctx: MarginContext, pos: Sequence[Position], ch: Mapping[str, Any],
@@ -916,7 +921,8 @@ def what_if(base: MarginResult, trade: Position | tuple[Instrument, float], *,
     same = (set(ctx.scenarios.underlyings) == (
         {q.instrument.underlying for q in positions}
         | ({ctx.margin_currency} if ctx.margin_currency != "USD" else set()))
-        and book_mpor(positions, ctx.params) == ctx.scenarios.mpor_days)
+        and ctx.params.mpor(_kind(trade.instrument)) <= ctx.scenarios.mpor_days)
+    # (the context's MPOR is its book's: the combined book keeps it unless the trade's is longer)
     if same:
         bad = ctx.add([trade.instrument])
         if name in bad:

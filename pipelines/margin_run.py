@@ -91,25 +91,12 @@ def parse_trade(text: str) -> tuple[Any, float]:
     return parse_instrument(name.strip()), q
 
 
-def margin_for(
-    home: Path | str,
-    portfolio: Path | str,
-    *,
-    dataset: str,
-    bundle: str = "latest",
-    freq: str | None = None,
-    as_of: object = None,
-    params: MarginParams | str | None = None,
-    rates: Mapping[str, float] | None = None,
-    dividend_yields: Mapping[str, float] | None = None,
-    trade: str | None = None,
-) -> MarginRun:
+def margin_for(home: Path | str, portfolio: Path | str, *, dataset: str,
+               trade: str | None = None, **inputs: Any) -> MarginRun:
     """Margin of ``portfolio`` from the store's market state and the bundle (see the module
-    docs); ``freq`` picks the "latest" bundle's frequency (see :func:`bundle_path`); ``params`` a
-    :class:`MarginParams`, TOML text or None (defaults); ``trade`` a what-if
-    ``INSTRUMENT,QUANTITY``."""
-    inp = margin_inputs(home, portfolio, dataset=dataset, bundle=bundle, freq=freq, as_of=as_of,
-                        params=params, rates=rates, dividend_yields=dividend_yields)
+    docs); ``inputs`` are :func:`margin_inputs`' (``bundle``, ``freq``, ``as_of``, ``params``,
+    ``rates``, ``dividend_yields``); ``trade`` a what-if ``INSTRUMENT,QUANTITY``."""
+    inp = margin_inputs(home, portfolio, dataset=dataset, **inputs)
     result = compute_margin(inp.portfolio, inp.market, inp.bundle, inp.params)
     wi = what_if(result, parse_trade(trade)) if trade else None
     return MarginRun(result, inp.bundle_path, dataset, Path(portfolio), wi)
@@ -139,7 +126,10 @@ def margin_inputs(
     rates: Mapping[str, float] | None = None,
     dividend_yields: Mapping[str, float] | None = None,
 ) -> MarginInputs:
-    """Read the inputs of :func:`margin_for` (and of the comparison methods) once."""
+    """Read the inputs of :func:`margin_for` (and of the comparison methods) once: the bundle
+    (``latest``, or a folder; ``freq`` picks the latest's frequency, see :func:`bundle_path`), the
+    portfolio at the bundle's time or ``as_of``, the market state with ``rates`` and
+    ``dividend_yields``, and ``params`` (a :class:`MarginParams`, TOML text or None)."""
     home = Path(home)
     bpath = bundle_path(home, dataset, bundle, freq)
     if not (bpath / "bundle.json").is_file():

@@ -140,12 +140,13 @@ def _option_value_usd(ctx: MarginContext, inst: Option) -> float:
 def _fixed(ctx: MarginContext, pos: Sequence[Position], p: MarginParams, usd: float
            ) -> tuple[dict[str, dict[str, float]], dict[str, Any]]:
     out: dict[str, dict[str, float]] = {}
-    net: dict[str, float] = {}
+    members: dict[str, list[Position]] = {}
     for q in pos:
-        net[q.instrument.name] = net.get(q.instrument.name, 0.0) + q.quantity
+        members.setdefault(q.instrument.name, []).append(q)
+    net = {name: sum(q.quantity for q in qs) for name, qs in members.items()}
     per_inst: dict[str, tuple[float, float, float]] = {}
     for name, qn in sorted(net.items()):
-        inst = next(q.instrument for q in pos if q.instrument.name == name)
+        inst = members[name][0].instrument
         pr = ctx.priced[name]
         s0 = pr.spot
         if isinstance(inst, Option):
@@ -169,9 +170,8 @@ def _fixed(ctx: MarginContext, pos: Sequence[Position], p: MarginParams, usd: fl
         im, mm = tier_margin(notional, p.fixed_tiers)
         per_inst[name] = (im, mm, notional)
     for name, (im, mm, _) in per_inst.items():
-        members = [q for q in pos if q.instrument.name == name]
-        tot = sum(abs(q.quantity) for q in members) or 1.0
-        for q in members:
+        tot = sum(abs(q.quantity) for q in members[name]) or 1.0
+        for q in members[name]:
             w = abs(q.quantity) / tot
             out[q.id] = {"total": im * w / usd, "mm_total": mm * w / usd}
     return out, {"notional_usd": {k: v[2] for k, v in per_inst.items()}}
@@ -199,12 +199,8 @@ def _historical(ctx: MarginContext, unds: Sequence[str], method: str, p: MarginP
     sc = ctx.scenarios
     hp = sc.mpor_days * sc.periods_per_day
     ret, _ = residual_panel(ctx.bundle, sc.symbols, ctx.market_state.as_of,
-                             p.fhs_lookback_days * sc.periods_per_day, sc.unit)
-    # residual_panel's first frame is z; the raw returns come from the same rows
-    r = ctx.bundle.residuals
-    r = r[(r["unit"] == sc.unit) & r["symbol"].isin(list(sc.symbols))]
-    wide = r.pivot(index="ts", columns="symbol", values="ret").reindex(
-        index=ret.index, columns=list(sc.symbols)).to_numpy()
+                            p.fhs_lookback_days * sc.periods_per_day, sc.unit, value="ret")
+    wide = ret.to_numpy()
     if method == "hvar":
         x = fhs_standardized(wide, hp, "overlapping") * math.sqrt(hp)
         det = {"returns": "raw"}
@@ -243,79 +239,48 @@ def _deribit(ctx: MarginContext, pos: Sequence[Position], p: MarginParams
              ) -> tuple[dict[str, dict[str, float]], float, dict[str, Any]]:
     """Deribit-style IM per position (sums to the IM), the IM and the explain record."""
     d = p.deribit
-    insts = sorted({q.instrument.name: q.instrument for q in pos}.values(), key=lambda i: i.name)
-    unds = sorted({i.underlying for i in insts})
     grid = np.linspace(-d.price_range, d.price_range, d.price_points)
     std = [(m, v) for m in grid for v in ("up", "same", "down")]
     ext = [(m, "up") for m in DERIBIT_EXTENDED]
     scen = std + ext
-    opts = [i for i in insts if isinstance(i, Option)]
-    bucket = {o.name: b for b, o in enumerate(opts)}
-    inputs = {i.name: (dataclasses.replace(ctx.priced[i.name].inputs, vol_bucket=bucket[i.name])
-                       if i.name in bucket else ctx.priced[i.name].inputs) for i in insts}
-    spot = {u: ctx.priced_spot(u) for u in unds}
-    bk = build_book([(i, 1.0) for i in insts], inputs, spot, ctx.market_state.as_of)
-    all_unds = sorted(set(unds) | ({ctx.margin_currency} if ctx.margin_currency != "USD" else set()))
-    qty = {}
-    for q in pos:
-        qty[q.instrument.name] = qty.get(q.instrument.name, 0.0) + q.quantity
+    ns = len(std)
+    weights = np.array([d.price_range / abs(m) * d.extended_table_factor for m, _ in ext])
+    usd = 1.0 if ctx.margin_currency == "USD" else ctx.priced_spot(ctx.margin_currency)
+    dd = d.extended_dampener / usd  # the dampener is in USD
+
+    def shift(o: Option, k: int) -> float:
+        pr = ctx.priced[o.name]
+        return deribit_vol(pr.vol0, pr.dte_days, scen[k][1], p) - pr.vol0
+
     by_pos = {q.id: {"total": 0.0} for q in pos}
     detail: dict[str, Any] = {}
     im = 0.0
-    for u in unds:
-        n = len(scen)
-        x = np.zeros((n, len(all_unds)))
-        j = all_unds.index(u)
-        x[:, j] = np.log1p([m for m, _ in scen])
-        vs = np.zeros((n, max(len(opts), 1)))
-        for o in opts:
-            if o.underlying != u:
-                continue
-            pr = ctx.priced[o.name]
-            for k, (_, state) in enumerate(scen):
-                vs[k, bucket[o.name]] = deribit_vol(pr.vol0, pr.dte_days, state, p) - pr.vol0
-        unit = instrument_pnl(bk, ScenarioSet(tuple(all_unds), x, 0.0, vs if opts else None))
-        if ctx.margin_currency != "USD":
-            c = all_unds.index(ctx.margin_currency)
-            unit = unit / (ctx.priced_spot(ctx.margin_currency) * np.exp(x[:, c]))[None, :]
-        mine = [k for k, i in enumerate(insts) if i.underlying == u]
-        w = np.array([qty[insts[k].name] for k in mine])
-        pnl_i = w[:, None] * unit[mine]
-        loss = -pnl_i.sum(axis=0)
-        ns = len(std)
+    for u in sorted({q.instrument.underlying for q in pos}):
+        mine, pnl = _scan(ctx, pos, u, [m for m, _ in scen], shift)
+        loss = -pnl.sum(axis=0)
         ks = int(np.argmax(loss[:ns]))
-        weights = np.array([d.price_range / abs(m) * d.extended_table_factor for m, _ in ext])
-        usd = 1.0 if ctx.margin_currency == "USD" else ctx.priced_spot(ctx.margin_currency)
-        dd = d.extended_dampener / usd  # the dampener is in USD
         raw = np.maximum(loss[ns:], 0.0) * weights
         damp = dd * np.log1p(raw / dd)
-        ke = int(np.argmax(damp)) if len(damp) else 0
-        std_loss, ext_loss = float(loss[ks]), float(damp[ke]) if len(damp) else 0.0
+        ke = int(np.argmax(damp))
+        std_loss, ext_loss = float(loss[ks]), float(damp[ke])
         if max(std_loss, ext_loss) <= 0:
-            part, alloc = 0.0, np.zeros(len(mine))
+            alloc = np.zeros(len(mine))
         elif std_loss >= ext_loss:
-            part, alloc = std_loss, -pnl_i[:, ks]
-        else:
-            ratio = ext_loss / (loss[ns + ke] * weights[ke]) if loss[ns + ke] > 0 else 0.0
-            part, alloc = ext_loss, -pnl_i[:, ns + ke] * weights[ke] * ratio
+            alloc = -pnl[:, ks]
+        else:  # the dampened extended loss, shared like the undampened one
+            alloc = -pnl[:, ns + ke] * weights[ke] * (ext_loss / raw[ke])
         # delta shock on the net delta (USD) beyond the threshold
-        delta = sum(qty[insts[k].name] * ctx.greeks[insts[k].name][0] for k in mine)
+        dl = np.array([q.quantity * ctx.greeks[q.instrument.name][0] for q in mine])
+        delta = float(dl.sum())
         shock = d.max_delta_shock * max(0.0, abs(delta) - d.delta_total_liq_shock_threshold) / usd
-        im += part + shock
-        names = [insts[k].name for k in mine]
-        per_inst = dict(zip(names, alloc.tolist(), strict=True))
-        dl = {insts[k].name: qty[insts[k].name] * ctx.greeks[insts[k].name][0] for k in mine}
-        for q in pos:
-            if q.instrument.underlying != u:
-                continue
-            share = q.quantity / qty[q.instrument.name] if qty[q.instrument.name] else 0.0
-            by_pos[q.id]["total"] += per_inst[q.instrument.name] * share
-            if shock and delta:
-                by_pos[q.id]["total"] += shock * dl[q.instrument.name] / delta * share
+        if shock:
+            alloc = alloc + shock * dl / delta
+        im += max(std_loss, ext_loss, 0.0) + shock
+        for q, a in zip(mine, alloc.tolist(), strict=True):
+            by_pos[q.id]["total"] += a
         m_s, v_s = std[ks]
         detail[u] = {"standard_loss": std_loss, "binding_standard": f"{m_s:+.0%} vol {v_s}",
-                     "extended_loss": ext_loss,
-                     "binding_extended": f"{ext[ke][0]:+.0%} vol up" if len(damp) else "",
+                     "extended_loss": ext_loss, "binding_extended": f"{ext[ke][0]:+.0%} vol up",
                      "delta_shock": shock, "net_delta_usd": delta}
     for v in by_pos.values():
         v["mm_total"] = v["total"] * d.mm_factor
@@ -367,10 +332,9 @@ def span_price_scan(ctx: MarginContext, u: str, p: MarginParams) -> float:
     sc = ctx.scenarios
     sym = sc.symbols[sc.underlyings.index(u)]
     hp = sc.mpor_days * sc.periods_per_day
-    r = ctx.bundle.residuals
-    ret = r[(r["unit"] == sc.unit) & (r["symbol"] == sym)].sort_values("ts")["ret"].to_numpy()
-    ret = ret[-p.fhs_lookback_days * sc.periods_per_day:]
-    c = np.concatenate([[0.0], np.cumsum(ret)])
+    ret, _ = residual_panel(ctx.bundle, [sym], ctx.market_state.as_of,
+                            p.fhs_lookback_days * sc.periods_per_day, sc.unit, value="ret")
+    c = np.concatenate([[0.0], np.cumsum(ret[sym].to_numpy())])
     moves = c[hp:] - c[:-hp]
     return float(np.expm1(np.quantile(np.abs(moves), p.span.scan_quantile)))
 

@@ -375,9 +375,11 @@ def iv_shocks(vov: VolOfVol | None, h: int, params: MarginParams) -> tuple[float
 
 
 def residual_panel(bundle: RiskForecastBundle, symbols: Sequence[str], as_of: pd.Timestamp,
-                   lookback: int, unit: str = _UNIT) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The bundle's residual history of ``symbols`` in ``unit`` up to ``as_of``: ``z`` on the
-    last ``lookback`` times every symbol has one (oldest first), and every issued sigma."""
+                   lookback: int, unit: str = _UNIT, value: str = "z"
+                   ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The bundle's residual history of ``symbols`` in ``unit`` up to ``as_of``: ``value`` ("z"
+    or "ret") on the last ``lookback`` times every symbol has one (oldest first), and every
+    issued sigma."""
     r = bundle.residuals
     ts_all = pd.DatetimeIndex(r["ts"]).as_unit("ns").asi8
     sym_all = r["symbol"].to_numpy()
@@ -391,7 +393,7 @@ def residual_panel(bundle: RiskForecastBundle, symbols: Sequence[str], as_of: pd
     m = len(symbols)
     z = np.full((len(times), m), np.nan)
     sg = np.full((len(times), m), np.nan)
-    z[pos, col] = r["z"].to_numpy(dtype=np.float64)[rows]
+    z[pos, col] = r[value].to_numpy(dtype=np.float64)[rows]
     sg[pos, col] = r["sigma_issued"].to_numpy(dtype=np.float64)[rows]
     index = pd.DatetimeIndex(pd.to_datetime(times, unit="ns", utc=True))
     keep = ~np.isnan(z).any(axis=1)

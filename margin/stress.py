@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from margin.calculator import MarginContext, book_mpor, compute_margin, price_positions
+from margin.calculator import MarginContext, book_mpor, compute_margin
 from margin.market_state import MarketState
 from margin.params import MarginParams
 from margin.portfolio import Portfolio
@@ -67,7 +67,8 @@ def stress_report(portfolio: Portfolio, market_state: MarketState, bundle: RiskF
     the losses beside the day's IM and the measures under the stressed correlations."""
     p = params or MarginParams()
     base = compute_margin(portfolio, market_state, bundle, p)
-    ok, priced, fails = price_positions(portfolio.positions, market_state, bundle)
+    ok = list(base.positions)  # priced and revalued by the engine (the rest are its failures)
+    priced = {} if base.context is None else base.context.priced
     ccy = portfolio.margin_currency
     unds = sorted({q.instrument.underlying for q in ok} | ({ccy} if ccy != "USD" else set()))
     corr = {k: float(v) for k, v in base.measures.get("by_matrix", {}).items()}

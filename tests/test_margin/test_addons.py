@@ -224,3 +224,14 @@ def test_addons_off_give_the_risk_chain_only() -> None:
     r = compute_margin(pf, STATE, BUNDLE, MarginParams(addons=False))
     assert all(r.components[c] == 0.0 for c in ("liquidity", "concentration",
                                                  "short_option_minimum"))
+
+
+def test_bad_liquidity_inputs_are_named() -> None:
+    q = Quote(0.001, "fraction", "quotes", AS_OF)
+    from features.errors import DataError
+
+    with pytest.raises(DataError, match=r"Liquidity.adv_usd must be finite and > 0; got -5.0 "
+                                         r"\(bars_1m\)"):
+        Liquidity(q, Quote(-5.0, "USD", "bars_1m", AS_OF))
+    with pytest.raises(TypeError, match="Liquidity.half_spread must be a Quote; got float"):
+        Liquidity(0.001)  # type: ignore[arg-type]

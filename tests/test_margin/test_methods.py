@@ -226,3 +226,25 @@ def test_span_calendar_spread_pays_the_intra_commodity_charge() -> None:
     assert r.im >= det["scanning_risk"] + det["intra_spread_charge"] - 1e-9
     one = compute_method("span", book("n,BTC-{+7D}-60000-C,-10,0.025"), STATE, BUNDLE)
     assert one.detail["by_underlying"]["BTC"]["intra_spread_charge"] == 0.0
+
+
+def test_deribit_style_delta_shock_beyond_its_threshold() -> None:
+    """400 BTC perpetual (24.0 M USD of delta at the 60,030 mark) is 4.0 M beyond the 20 M
+    threshold: the shock adds 10% of that, allocated to the position."""
+    pf = book("a,BTCUSDT-PERP,400,60000")
+    r = compute_method("deribit", pf, STATE, BUNDLE)
+    det = r.detail["by_underlying"]["BTC"]
+    n = 400 * 60000 * 1.0005
+    assert det["net_delta_usd"] == pytest.approx(n, rel=1e-8)
+    assert det["delta_shock"] == pytest.approx(0.1 * (n - 20e6), rel=1e-8)
+    assert r.im == pytest.approx(0.16 * n + 0.1 * (n - 20e6), rel=1e-8)
+    assert r.by_position["a"]["total"] == pytest.approx(r.im, rel=1e-12)
+
+
+def test_bad_method_parameters_are_named() -> None:
+    with pytest.raises(ValueError, match="fixed_tiers must be .* increasing caps"):
+        MarginParams(fixed_tiers=((1e6, 0.01, 0.005), (5e5, 0.02, 0.01)))
+    with pytest.raises(ValueError, match="0 < mm_rate <= im_rate"):
+        MarginParams(fixed_tiers=((1e6, 0.01, 0.02),))
+    with pytest.raises(ValueError, match="price_range"):
+        MarginParams(deribit={"price_range": 1.5})

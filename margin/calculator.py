@@ -56,7 +56,7 @@ import pandas as pd
 from numba import njit, prange
 from numpy.typing import NDArray
 
-from features.errors import DataError, Failure, FailureReason, ModelError
+from features.errors import ConfigError, DataError, Failure, FailureReason, ModelError
 from margin.addons import AddOnInputs, AddOns, UnderlyingLiquidity, compute_addons
 from margin.instruments import Future, Instrument, Option, Perpetual, Spot
 from margin.market_state import MarketState
@@ -80,6 +80,7 @@ __all__ = [
     "PricedInstrument",
     "WhatIf",
     "compute_margin",
+    "pool_pnl",
     "prepare",
     "recompute",
     "result_frame",
@@ -967,6 +968,22 @@ def _fast_what_if(base: MarginResult, ctx: MarginContext, trade: Position) -> Wh
                        ["components"].values())
     return WhatIf(base, None, im, mm, {c: float(comps[c]) for c in COMPONENTS}, im - base.im,
                   mm - base.mm)
+
+
+def pool_pnl(result: MarginResult, pool: str = "forecast") -> NDArray[np.float64]:
+    """The portfolio P&L in every scenario of one pool ("forecast", "stressed", "grid", ...) of a
+    result computed here (its context and positions; the predictive distribution a backtest draws
+    from). Empty for a result without positions."""
+    ctx = result.context
+    if ctx is None or not result.positions:
+        return np.zeros(0)
+    if pool not in ctx.scenarios.pools:
+        raise ConfigError(f"pool must be one of {sorted(ctx.scenarios.pools)}; got {pool!r}")
+    unit = ctx.unit
+    qty = np.zeros(unit.shape[0])
+    for q in result.positions:
+        qty[ctx.index[q.instrument.name]] += q.quantity
+    return _combine(qty[None, :], unit, _pool(ctx, ctx.scenarios.pools[pool]))[0]
 
 
 def result_frame(result: MarginResult) -> pd.DataFrame:

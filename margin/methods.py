@@ -63,6 +63,7 @@ from margin.calculator import (
     MarginContext,
     book_mpor,
     compute_margin,
+    pool_pnl,
     price_positions,
 )
 from margin.instruments import Future, Option, Perpetual, Spot
@@ -99,6 +100,9 @@ class MethodResult:
     by_position: Mapping[str, Mapping[str, float]]
     failures: tuple[Failure, ...] = ()
     detail: Mapping[str, Any] = field(default_factory=dict)
+    scenario_pnl: NDArray[np.float64] | None = field(default=None, repr=False, compare=False)
+    """The portfolio P&L per scenario of a simulation method (hvar, fhs_ewma; the dprm method's
+    forecast pool): the predictive distribution a backtest draws from. Not serialized."""
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict."""
@@ -443,7 +447,8 @@ def compute_method(method: str, portfolio: Portfolio, market_state: MarketState,
         return MethodResult("dprm", r.portfolio, r.margin_currency, r.im, r.mm,
                             {k: {"total": v["total"], "mm_total": v["mm_total"]}
                              for k, v in r.by_position.items()}, r.failures,
-                            {"components": dict(r.components)})
+                            {"components": dict(r.components),
+                             "var": r.measures.get("var_forecast")}, pool_pnl(r))
     ok, priced, fails = price_positions(portfolio.positions, market_state, bundle)
     failures = [*portfolio.failures, *fails]
     ccy = portfolio.margin_currency
@@ -503,5 +508,7 @@ def compute_method(method: str, portfolio: Portfolio, market_state: MarketState,
         d["total"] += v
         d["mm_total"] += v / p.im_over_mm
     det = {**det, "measure": p.measure, "confidence": p.confidence(),
+           "var": measure(total, p.var_confidence, "var").value,
            "tail_scenarios": [labels[int(i)] for i in tm.scenarios[:10]]}
-    return MethodResult(method, portfolio.name, ccy, im, im / p.im_over_mm, by_pos, fails_t, det)
+    return MethodResult(method, portfolio.name, ccy, im, im / p.im_over_mm, by_pos, fails_t, det,
+                        total)

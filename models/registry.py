@@ -51,7 +51,8 @@ for _key, _value in store.MLFLOW_ENV.items():  # before mlflow is first imported
 ForecasterBundle = ForecasterPackage
 """The package's former name: every stored version's pyfunc code (a copy of
 ``pipelines/forecaster_model.py`` logged with it) imports it from here, so it stays."""
-EXPERIMENTS = {"volatility": "dprm-volatility", "correlation": "dprm-correlation"}
+EXPERIMENTS = {"volatility": "dprm-volatility", "correlation": "dprm-correlation",
+               "backtest": "dprm-backtest"}
 _ALREADY_EXISTS = ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS")
 _FLUENT_LOCK = threading.RLock()
 _INIT_LOCK = threading.Lock()

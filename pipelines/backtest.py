@@ -1,0 +1,795 @@
+"""The margin backtest: every method's margin day by day over history from what was known each day,
+against the clean realized loss over the margin period of risk (``dprm backtest``, the weekly
+``backtest`` flow).
+
+Each day ``t`` of the window:
+
+- **forecasts** come from the forecast ledger as issued at ``t`` (the champion's walk-forward
+  history and issues, every other evaluated candidate's, the EWMA baseline's); a model without
+  history over the window is first walked forward by the same protocol and seeded into the ledger
+  (``source = walk_forward``; the output's ``seeded`` says which). The bundle of day ``t`` is
+  built from the ledger at ``t`` exactly as the forecast flow builds it (variance scale, residual
+  distributions), so no number uses information after ``t``;
+- **market state**: the closes at ``t`` (and, for option books, the underlying's vol index as a
+  flat surface, the engine's own rule where no chain is stored);
+- **reference portfolios** (:func:`reference_portfolios`, rule below) are formed at ``t`` with
+  USD 1 M of notional per leg and held frozen through the MPOR;
+- **margin** of every method (:data:`METHODS`) by the engine (:func:`margin.methods.compute_method`);
+  the pre-anti-procyclicality VaR99 of the same scenarios where the method has scenarios;
+- **realized loss**: the positions frozen at ``t`` revalued at the close ``h`` trading days later
+  (``h`` the book's MPOR): the end-of-MPOR price and, for options, the end-of-MPOR vol index on a
+  flat surface with the options ``h`` days older. Option P&L is therefore **model-reconstructed**
+  (``pnl_source``); it uses the observed vol index, not the margin model's spot-vol dynamics (with
+  a flat surface sticky-moneyness and sticky-strike coincide). Equity-index books carry no
+  funding; dividends and rates enter through the forward only.
+
+Reference portfolios from the dataset's symbols (sorted by history length, then name; ``A`` the
+first, ``B`` the second): ``long`` (+1 M of A), ``short`` (-1 M of A), ``pair`` (+1 M A, -1 M B),
+``diversified`` (1 M split equally over up to ten symbols), and where A has a vol index: ``straddle``
+(short a 30-day at-the-money call and put on 1 M), ``covered_call`` (+1 M A, short a 30-day 5% OTM
+call on it), ``calendar`` (short 30-day, long 60-day at-the-money calls on 1 M), ``delta_hedged``
+(long a 30-day at-the-money call on 1 M, short its Black delta in A). Option expiries are the
+first day on or after ``t + 30`` (60) days: the book is re-formed each day (a daily roll), frozen
+within the MPOR.
+
+The anti-procyclicality tools are replayed over each margin series with
+:func:`margin.apc.apc_step` (variants :data:`APC_VARIANTS`; the floor needs a second engine run per
+day and is not replayed).
+
+Outputs under ``$DPRM_HOME/backtest/<dataset>/<run key>/``: ``parts/`` (one parquet per chunk of
+days: the checkpoint a killed run resumes from), ``backtest.parquet`` (long format, one row per
+date x portfolio x method x APC variant; :data:`COLUMNS`), ``summary.json`` (the statistics of
+:func:`score`), all written atomically; a rerun with the same inputs writes the same bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from features.errors import ConfigError, DataError
+from features.schema import CLOSE, SYMBOL, TS
+from features.store import DataStore, atomic_write_bytes, atomic_write_parquet
+from margin import backtest as bt
+from margin.apc import APCParams, apc_step
+from margin.instruments import UNDERLYINGS, Option, OptionRight, Spot
+from margin.market_state import FlatVolSurface, MarketState, Quote, UnderlyingState
+from margin.methods import compute_method
+from margin.params import MarginParams
+from margin.portfolio import Portfolio, Position
+from margin.pricing import black76_price, year_fraction
+from models import catalog
+from models.bundle_build import ModelRef, build_bundle
+from models.corr import returns_panel
+from models.ledger import ForecastLedger
+from models.run_record import dprm_version
+from pipelines import steps
+from pipelines.bundles import BASELINE, ledger_path
+from pipelines.market import daily_closes
+
+__all__ = [
+    "APC_VARIANTS", "COLUMNS", "CRASHES", "DEMO_METHODS", "DEMO_PORTFOLIOS", "METHODS",
+    "BacktestRun", "MethodSpec", "reference_portfolios", "run_backtest", "score",
+]
+
+NOTIONAL_USD = 1_000_000.0
+"""Notional per leg of every reference portfolio."""
+CHUNK_DAYS = 60
+"""Days per checkpointed chunk."""
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A backtested method: the engine's ``method`` with parameter overrides, driven by the
+    forecasts of ledger model ``model`` (a key: "champion", "ewma", or an evaluated candidate such
+    as "garch_1_1", "lgbm")."""
+
+    method: str
+    model: str = "champion"
+    params: Mapping[str, Any] = field(default_factory=dict)
+    label: str = ""
+
+
+METHODS: dict[str, MethodSpec] = {
+    "dprm": MethodSpec("dprm", "champion", {}, "DPRM, the champion's forecasts"),
+    "dprm_garch": MethodSpec("dprm", "garch_1_1", {}, "DPRM engine, GARCH(1,1) forecasts"),
+    "dprm_lgbm": MethodSpec("dprm", "lgbm", {}, "DPRM engine, LightGBM forecasts"),
+    "dprm_ewma": MethodSpec("dprm", "ewma", {}, "DPRM engine, EWMA baseline forecasts"),
+    "fhs_ewma_94": MethodSpec("fhs_ewma", "champion", {"ewma_lambda": 0.94}, "FHS-EWMA 0.94"),
+    "fhs_ewma_97": MethodSpec("fhs_ewma", "champion", {"ewma_lambda": 0.97}, "FHS-EWMA 0.97"),
+    "hvar": MethodSpec("hvar", "champion", {}, "historical ES, unfiltered"),
+    "fixed": MethodSpec("fixed", "champion", {}, "fixed % of notional, tiered"),
+    "span": MethodSpec("span", "champion", {}, "SPAN-style"),
+    "deribit": MethodSpec("deribit", "champion", {}, "Deribit-style"),
+}
+"""Every backtested method (the legacy methods read only prices from the bundle: their
+forecasts are their own)."""
+
+DEMO_METHODS = ("dprm", "fhs_ewma_94", "hvar", "fixed")
+DEMO_PORTFOLIOS = ("long", "pair", "straddle")
+PORTFOLIOS = ("long", "short", "pair", "diversified", "straddle", "covered_call", "calendar",
+              "delta_hedged")
+OPTION_BOOKS = ("straddle", "covered_call", "calendar", "delta_hedged")
+
+APC_VARIANTS: dict[str, APCParams | None] = {
+    "none": None,
+    "buffer": APCParams(tools=("buffer",)),
+    "buffer_cap": APCParams(tools=("buffer",), max_daily_increase=0.10),
+}
+"""Anti-procyclicality replayed on each series: none; a releasable 25% buffer (rebuilt at most 5%
+a day); the buffer with a 10% cap on the daily increase."""
+
+CRASHES = ("2008-09-29", "2008-10-15", "2011-08-08", "2015-08-24", "2018-02-05", "2020-03-12",
+           "2021-05-19", "2022-06-13", "2022-11-09", "2025-10-10")
+"""Named crash days the lead metric looks at where the data covers them."""
+
+COLUMNS = {
+    "date": "the day t the margin is called (UTC close)",
+    "portfolio": "reference portfolio",
+    "method": "key of METHODS",
+    "apc": "anti-procyclicality variant (APC_VARIANTS)",
+    "margin_usd": "initial margin held over the MPOR (after the APC variant)",
+    "base_margin_usd": "initial margin before anti-procyclicality",
+    "mm_usd": "maintenance margin before anti-procyclicality",
+    "var99_usd": "VaR99 of the method's scenarios before anti-procyclicality (NaN: no scenarios)",
+    "var975_usd": "VaR97.5 of the same scenarios (the ES test's threshold)",
+    "es975_usd": "ES97.5 of the same scenarios",
+    "realized_loss_usd": "clean loss over the MPOR (positions frozen, revalued at its end)",
+    "breach": "realized_loss_usd > margin_usd",
+    "var_breach": "realized_loss_usd > var99_usd",
+    "mpor_days": "MPOR in trading days",
+    "notional_usd": "gross notional of the book at t",
+    "bundle_id": "the forecast bundle of day t",
+    "pnl_source": "'market' or 'model-reconstructed: ...' (option books)",
+}
+"""The long-format output's columns."""
+
+
+def _utc(ts: object) -> pd.Timestamp:
+    t = pd.Timestamp(ts)  # type: ignore[arg-type]
+    return t.tz_localize("UTC") if t.tzinfo is None else t.tz_convert("UTC")
+
+
+# ---- reference portfolios ------------------------------------------------------------------------
+
+
+def _expiry(t: pd.Timestamp, days: int) -> pd.Timestamp:
+    return (t + pd.Timedelta(days=days)).normalize() + pd.Timedelta(hours=21)
+
+
+def _opt(u: str, t: pd.Timestamp, days: int, k: float, right: str) -> Option:
+    e = _expiry(t, days)
+    return Option(f"{u}-{e:%Y%m%d}-{k:.6g}-{right}", u, expiry_ts=e, strike=float(k),
+                  right=OptionRight(right))
+
+
+def _fwd(s: float, r: float, q: float, tau: float) -> float:
+    return s * math.exp((r - q) * tau)
+
+
+def reference_portfolios(names: Sequence[str], symbols: Sequence[str], t: pd.Timestamp,
+                         spot: Mapping[str, float], vol: Mapping[str, float],
+                         rate: float, dividend: Mapping[str, float]) -> dict[str, Portfolio]:
+    """The reference portfolios ``names`` at ``t`` (see the module docstring for the rule); an
+    option book is left out where the first symbol has no implied vol ``vol`` that day."""
+    a = symbols[0]
+    out: dict[str, list[tuple[Any, float]]] = {}
+    q_a = NOTIONAL_USD / spot[a]
+    for n in names:
+        if n == "long":
+            out[n] = [(Spot(a, a), q_a)]
+        elif n == "short":
+            out[n] = [(Spot(a, a), -q_a)]
+        elif n == "pair" and len(symbols) > 1:
+            b = symbols[1]
+            out[n] = [(Spot(a, a), q_a), (Spot(b, b), -NOTIONAL_USD / spot[b])]
+        elif n == "diversified":
+            pick = list(symbols[:10])
+            out[n] = [(Spot(s, s), NOTIONAL_USD / len(pick) / spot[s]) for s in pick]
+        elif n in OPTION_BOOKS and a in vol:
+            s0 = spot[a]
+            if n == "straddle":
+                out[n] = [(_opt(a, t, 30, round(s0), "C"), -q_a), (_opt(a, t, 30, round(s0), "P"), -q_a)]
+            elif n == "covered_call":
+                out[n] = [(Spot(a, a), q_a), (_opt(a, t, 30, round(1.05 * s0), "C"), -q_a)]
+            elif n == "calendar":
+                out[n] = [(_opt(a, t, 30, round(s0), "C"), -q_a), (_opt(a, t, 60, round(s0), "C"), q_a)]
+            elif n == "delta_hedged":
+                o = _opt(a, t, 30, round(s0), "C")
+                tau = year_fraction(t, o.expiry)
+                from margin.pricing import black76_greeks
+                g = black76_greeks(_fwd(s0, rate, dividend.get(a, 0.0), tau), o.strike, tau,
+                                   vol[a], True, rate)
+                d_spot = float(np.asarray(g.delta).ravel()[0]) * math.exp(
+                    (rate - dividend.get(a, 0.0)) * tau)
+                out[n] = [(o, q_a), (Spot(a, a), -q_a * d_spot)]
+    res = {}
+    for n, legs in out.items():
+        pos = tuple(Position(f"{n}{i}", inst, float(qty), None, i, inst.name)
+                    for i, (inst, qty) in enumerate(legs))
+        res[n] = Portfolio(n, pos, (), t)
+    return res
+
+
+def _value(inst: Any, t: pd.Timestamp, s: float, vol: float | None, rate: float, q: float
+           ) -> float:
+    """Value per unit of an instrument at ``t`` (spot: the price; option: discounted Black-76 on
+    the forward at the flat ``vol``; at or after expiry, the intrinsic value at ``s``)."""
+    if isinstance(inst, Option):
+        tau = year_fraction(t, inst.expiry)
+        if tau <= 0:
+            return max(0.0, (s - inst.strike) if inst.is_call else (inst.strike - s))
+        f = _fwd(s, rate, q, tau)
+        return float(np.asarray(black76_price(f, inst.strike, tau, vol, inst.is_call, rate)).ravel()[0])
+    return s
+
+
+def realized_loss(pf: Portfolio, t0: pd.Timestamp, t1: pd.Timestamp, s0: Mapping[str, float],
+                  s1: Mapping[str, float], v0: Mapping[str, float], v1: Mapping[str, float],
+                  rate: float, dividend: Mapping[str, float]) -> float:
+    """The clean loss from ``t0`` to ``t1`` of the frozen positions: each revalued at ``t1`` at
+    the end price ``s1`` and vol ``v1`` (time advanced), minus its value at ``t0``."""
+    pnl = 0.0
+    for p in pf.positions:
+        u = p.instrument.underlying
+        q = dividend.get(u, 0.0)
+        a = _value(p.instrument, t0, s0[u], v0.get(u), rate, q)
+        b = _value(p.instrument, t1, s1[u], v1.get(u), rate, q)
+        pnl += p.quantity * (b - a)
+    return -pnl
+
+
+def _notional(pf: Portfolio, s: Mapping[str, float]) -> float:
+    return float(sum(abs(p.quantity) * s[p.instrument.underlying] for p in pf.positions))
+
+
+# ---- inputs ------------------------------------------------------------------------------------
+
+
+@dataclass
+class BacktestRun:
+    """A finished backtest: the long table, its statistics, where they were written, and what was
+    seeded into the ledger."""
+
+    frame: pd.DataFrame
+    summary: dict[str, Any]
+    out_dir: Path
+    seeded: list[str]
+    resumed_chunks: int = 0
+
+
+def _ledger_refs(ledger: ForecastLedger, unit: str, symbols: Sequence[str]
+                 ) -> dict[str, ModelRef]:
+    """Model key -> ledger ref: "champion" (the model with alias champion in the latest bundle,
+    else the highest-version ``<name>:<candidate>`` entry... resolved by the caller), candidates
+    by suffix, "ewma" the baseline."""
+    m = ledger.models()
+    m = m[(m["kind"] == "vol") & (m["unit"] == unit) & m["symbols"].isin(list(symbols))]
+    refs: dict[str, ModelRef] = {}
+    for mid, ver in sorted(set(zip(m["model_id"].astype(str), m["model_version"].astype(str),
+                                   strict=True))):
+        if (mid, ver) == (BASELINE.name, BASELINE.version):
+            refs["ewma"] = BASELINE
+        elif ":" in mid:
+            refs.setdefault(mid.split(":", 1)[1], ModelRef(mid, ver, None))
+    return refs
+
+
+def _champion(home: Path, dataset: str, freq: str) -> tuple[str, str] | None:
+    """(ledger model id, version) of the champion member of the dataset's latest bundle."""
+    from pipelines.margin_run import bundle_path
+    try:
+        p = bundle_path(home, dataset, "latest", freq)
+    except ConfigError:
+        return None
+    if not (p / "bundle.json").is_file():
+        return None
+    from models.forecast import RiskForecastBundle
+    b = RiskForecastBundle.load(p)
+    for mem in b.provenance.members:
+        if mem.alias == "champion" and mem.role.startswith("vol"):
+            return mem.name, mem.version
+    return None
+
+
+def _first_issue(ledger: ForecastLedger, ref: ModelRef, unit: str, symbols: Sequence[str]
+                 ) -> pd.Timestamp | None:
+    """The latest of the symbols' first issue times of ``ref`` in the ledger (None: a symbol has
+    none)."""
+    m = ledger.models()
+    rows = m[(m["kind"] == "vol") & (m["model_id"] == ref.name) & (m["model_version"] == ref.version)
+             & (m["unit"] == unit)]
+    firsts = []
+    for s in symbols:
+        r = rows[rows["symbols"] == s]
+        if r.empty:
+            return None
+        firsts.append(pd.Timestamp(r["first_as_of"].min()))
+    return max(firsts)
+
+
+def _seed(home: Path, ledger: ForecastLedger, key: str, data: pd.DataFrame, unit: str,
+          horizons: tuple[int, ...], before: pd.Timestamp | None, progress: Callable[[str], None]
+          ) -> ModelRef:
+    """Walk model ``key`` forward over ``data`` (origins before ``before``: the ledger's own
+    history starts there) and seed the ledger; the reference it is seeded under."""
+    from pipelines.flow_config import TrainFlowConfig
+
+    if key == "ewma":
+        ref = BASELINE
+        model = catalog.build("ewma", min_obs=None)
+    else:
+        spec = TrainFlowConfig().candidates.get(key)
+        if spec is None:
+            raise ConfigError(f"cannot seed model {key!r}: not a training candidate "
+                              f"({sorted(TrainFlowConfig().candidates)})")
+        model = steps.build_model(spec)
+        ref = ModelRef(f"backtest-seed:{key}", "wf", None)
+    progress(f"seeding the ledger: walking {key} forward over {data[TS].min():%Y-%m-%d}.."
+             f"{data[TS].max():%Y-%m-%d}")
+    fcs = model.walk_forward(data, horizons)
+    table = pd.concat([f.to_frame() for f in fcs.values()], ignore_index=True)
+    table["model_id"], table["model_version"], table["unit"] = ref.name, ref.version, unit
+    if before is not None:
+        table = table[pd.to_datetime(table["origin_ts"], utc=True) < before]
+    ledger.seed_walk_forward(table)
+    return ref
+
+
+def _seed_corr(ledger: ForecastLedger, home: Path, dataset: str, symbols: Sequence[str],
+               horizons: tuple[int, ...], days: pd.DatetimeIndex) -> ModelRef:
+    """EWMA correlation issued at every day of the window (seeded once; the correlation
+    champion is not walked forward daily)."""
+    ref = ModelRef("ewma_corr", "baseline", "fallback")
+    key = "|".join(sorted(symbols))
+    m = ledger.models()
+    row = m[(m["kind"] == "corr") & (m["model_id"] == ref.name) & (m["symbols"] == key)]
+    if not row.empty and pd.Timestamp(row["first_as_of"].iloc[0]) <= days[0] and pd.Timestamp(
+            row["last_as_of"].iloc[0]) >= days[-1]:
+        return ref
+    prices, panel_freq = steps.correlation_prices(home, dataset, "1D")
+    prices = prices[prices[SYMBOL].isin(list(symbols)) & (prices[TS] <= days[-1])]
+    panel = returns_panel(prices, freq=panel_freq, realized=False)
+    ts = pd.DatetimeIndex(panel.ts)
+    # fitted on the data before the window only (its recursion starts from that second moment),
+    # so each day's cutoff is its own origin
+    fit_panel = returns_panel(prices[prices[TS] <= days[0]], freq=panel_freq, realized=False)
+    model = catalog.build("ewma_corr").fit(fit_panel)
+    fc = model.predict(panel, horizons, origins=ts[(ts >= days[0]) & (ts <= days[-1])])
+    import dataclasses
+    fc = dataclasses.replace(fc, model_id=ref.name, model_version=ref.version)
+    ledger.append_corr(fc, source="walk_forward")
+    return ref
+
+
+def _run_key(dataset: str, days: pd.DatetimeIndex, methods: Sequence[str],
+             portfolios: Sequence[str], params_hash: str, models: Mapping[str, ModelRef]) -> str:
+    doc = json.dumps({"dataset": dataset, "start": str(days[0]), "end": str(days[-1]),
+                      "methods": list(methods), "portfolios": list(portfolios),
+                      "params": params_hash, "models": {k: [v.name, v.version]
+                                                        for k, v in sorted(models.items())}},
+                     sort_keys=True)
+    return hashlib.sha256(doc.encode()).hexdigest()[:16]
+
+
+# ---- the replay ----------------------------------------------------------------------------------
+
+
+def _tail(pnl: np.ndarray | None) -> tuple[float, float, float, np.ndarray]:
+    """(VaR99, VaR97.5, ES97.5, the losses at or beyond VaR97.5 as float32) of a scenario P&L."""
+    from margin.measures import measure
+
+    if pnl is None or pnl.size < 40:
+        return float("nan"), float("nan"), float("nan"), np.zeros(0, np.float32)
+    v99 = measure(pnl, 0.99, "var").value
+    t975 = measure(pnl, 0.975, "es")
+    v975 = measure(pnl, 0.975, "var").value
+    losses = -pnl
+    tail = np.sort(losses[losses >= v975])[::-1].astype(np.float32)
+    return v99, v975, t975.value, tail
+
+
+def _chunk(days: pd.DatetimeIndex, closes: pd.DataFrame, vix: Mapping[str, pd.Series],
+           ledger: ForecastLedger, refs: Mapping[str, ModelRef], corr_ref: ModelRef | None,
+           symbols: Sequence[str], methods: Sequence[str], portfolios: Sequence[str],
+           params: MarginParams, rate: float, dividend: Mapping[str, float],
+           horizons: tuple[int, ...], selection_overlap: bool,
+           switch: Mapping[str, tuple[pd.Timestamp, ModelRef]] | None = None) -> pd.DataFrame:
+    """The rows of one chunk of days (before anti-procyclicality)."""
+    idx = closes.index
+    rows: list[dict[str, Any]] = []
+    need = sorted({METHODS[m].model for m in methods})
+    mp = {m: params.model_copy(update=dict(METHODS[m].params)) for m in methods}
+    for t in days:
+        k = int(idx.get_loc(t))
+        bundles = {}
+        for key in need:
+            ref = refs[key]
+            if switch and key in switch and t < switch[key][0]:
+                ref = switch[key][1]
+            bundles[key] = build_bundle(
+                ledger, t, symbols=sorted(symbols), vol_models={"1D": ref},
+                closes={"1D": closes.loc[:t, sorted(symbols)]},
+                corr_models={"1D": corr_ref} if corr_ref is not None else None,
+                horizons={"1D": horizons}, fallback_models={"1D": BASELINE}
+                if ref != BASELINE else None, code_version=dprm_version(), scale_n_boot=199,
+                fit_residual_distribution=True, random_state=0)
+        s0 = {s: float(closes.at[t, s]) for s in symbols}
+        day = t.normalize()
+        v0 = {u: float(v.loc[day]) / 100.0 for u, v in vix.items() if day in v.index}
+        unds = {}
+        for s in symbols:
+            st = UnderlyingState(s, spot=Quote(s0[s], "USD", "close", t),
+                                 rate=Quote(rate, "rate", "backtest", t),
+                                 dividend_yield=Quote(dividend.get(s, 0.0), "yield", "backtest", t))
+            if s in v0:
+                st = UnderlyingState(s, spot=st.spot, rate=st.rate, dividend_yield=st.dividend_yield,
+                                     vol_surface=FlatVolSurface(v0[s]),
+                                     vol_index=Quote(v0[s], "vol", "vol index", t))
+            unds[s] = st
+        ms = MarketState(t, unds, source="backtest")
+        books = reference_portfolios(portfolios, symbols, t, s0, v0, rate, dividend)
+        for name, pf in books.items():
+            h = 1
+            if k + h >= len(idx):
+                continue
+            t1 = idx[k + h]
+            s1 = {s: float(closes.at[t1, s]) for s in symbols}
+            d1 = t1.normalize()
+            v1 = {u: float(v.loc[d1]) / 100.0 for u, v in vix.items() if d1 in v.index}
+            is_opt = any(isinstance(p.instrument, Option) for p in pf.positions)
+            if is_opt and not all(p.instrument.underlying in v1 for p in pf.positions
+                                  if isinstance(p.instrument, Option)):
+                continue
+            loss = realized_loss(pf, t, t1, s0, s1, v0, v1, rate, dividend)
+            src = ("model-reconstructed: Black-76 on a flat surface at the vol index, end-of-MPOR "
+                   "vol index and spot" if is_opt else "market")
+            for m in methods:
+                spec = METHODS[m]
+                b = bundles[spec.model]
+                r = compute_method(spec.method, pf, ms, b, mp[m])
+                v99, v975, e975, tail = _tail(r.scenario_pnl)
+                rows.append({
+                    "date": t, "portfolio": name, "method": m, "base_margin_usd": float(r.im),
+                    "mm_usd": float(r.mm), "var99_usd": v99, "var975_usd": v975,
+                    "es975_usd": e975, "realized_loss_usd": float(loss), "mpor_days": h,
+                    "notional_usd": _notional(pf, s0), "bundle_id": b.bundle_id,
+                    "pnl_source": src, "n_failures": len(r.failures),
+                    "selection_overlap": selection_overlap,
+                    "n_scenarios": 0 if r.scenario_pnl is None else int(r.scenario_pnl.size),
+                    "tail": tail.tobytes()})
+    return pd.DataFrame(rows)
+
+
+def _apc(frame: pd.DataFrame) -> pd.DataFrame:
+    """Every APC variant replayed over each (portfolio, method) series, in date order."""
+    out = []
+    for variant, ap in APC_VARIANTS.items():
+        f = frame.copy()
+        f["apc"] = variant
+        if ap is None:
+            f["margin_usd"] = f["base_margin_usd"]
+        else:
+            vals = np.empty(len(f))
+            for _, g in f.groupby(["portfolio", "method"], sort=True):
+                prev = None
+                for i, (d, base) in zip(g.index, zip(g["date"], g["base_margin_usd"],
+                                                      strict=True), strict=True):
+                    st = apc_step(prev, d.strftime("%Y-%m-%d"), max(float(base), 0.0), ap)
+                    vals[f.index.get_loc(i)] = st.margin
+                    prev = st
+            f["margin_usd"] = vals
+        out.append(f)
+    res = pd.concat(out, ignore_index=True)
+    res["breach"] = res["realized_loss_usd"] > res["margin_usd"]
+    res["var_breach"] = res["realized_loss_usd"] > res["var99_usd"]
+    return res
+
+
+def run_backtest(home: Path | str, dataset: str, *, start: object = None, end: object = None,
+                 methods: Sequence[str] = DEMO_METHODS,
+                 portfolios: Sequence[str] = DEMO_PORTFOLIOS,
+                 params: MarginParams | None = None, symbols: Sequence[str] | None = None,
+                 rate: float = 0.025, history_years: float = 6.0,
+                 dividend: Mapping[str, float] | None = None,
+                 progress: Callable[[str], None] | None = None,
+                 chunk_days: int = CHUNK_DAYS,
+                 chunk_runner: Callable[[Sequence[Callable[[], pd.DataFrame]]],
+                                        list[pd.DataFrame]] | None = None) -> BacktestRun:
+    """Backtest ``methods`` x ``portfolios`` on ``dataset``'s daily data over [start, end] (default:
+    the span where the champion has issued history, else the whole data after a year of warm-up),
+    each day's history at most ``history_years`` long.
+    Writes the outputs (module docstring) and returns them. ``chunk_runner`` runs the chunk
+    callables (default: in order; the flow passes Prefect's task runner)."""
+    home = Path(home)
+    say = progress or (lambda s: None)
+    bad = [m for m in methods if m not in METHODS]
+    if bad:
+        raise ConfigError(f"unknown method(s) {bad}; choose from {list(METHODS)}", column="methods")
+    badp = [p for p in portfolios if p not in PORTFOLIOS]
+    if badp:
+        raise ConfigError(f"unknown portfolio(s) {badp}; choose from {list(PORTFOLIOS)}",
+                          column="portfolios")
+    params = params or MarginParams()
+    dividend = dict({"SP500": 0.02, "NASDAQ": 0.01} if dividend is None else dividend)
+    data = steps.model_frame(home, dataset, "1D")
+    if data.empty or CLOSE not in data.columns:
+        raise DataError(f"{dataset}/1D has no feature rows with closes: build features first "
+                        "(`dprm data ingest`, `dprm features build`)", source=dataset)
+    closes = data.pivot_table(index=TS, columns=SYMBOL, values=CLOSE, aggfunc="last").sort_index()
+    if symbols is not None:
+        missing = sorted(set(symbols) - set(closes.columns))
+        if missing:
+            raise ConfigError(f"symbols {missing} are not in {dataset}; it has "
+                              f"{sorted(closes.columns)}", column="symbols")
+        closes = closes[list(symbols)]
+        data = data[data[SYMBOL].isin(list(symbols))]
+    lengths = closes.notna().sum()
+    symbols = sorted(closes.columns, key=lambda s: (
+        -int(lengths[s]), not (s in UNDERLYINGS and UNDERLYINGS[s].vol_index), str(s)))
+    if "pair" in portfolios and len(symbols) < 2:
+        portfolios = [p for p in portfolios if p != "pair"]
+    closes = closes[symbols].dropna()
+    ledger = ForecastLedger(ledger_path(home))
+    horizons = (1, 2, 5)
+    refs = _ledger_refs(ledger, "1D", symbols)
+    champ = _champion(home, dataset, "1D")
+    if champ is not None:
+        refs["champion"] = ModelRef(champ[0], champ[1], "champion")
+    first_ok = closes.index[min(len(closes) - 1, 260)]
+    t0 = _utc(start) if start is not None else None
+    if t0 is None:
+        r = refs.get("champion")
+        m = ledger.models()
+        if r is not None:
+            row = m[(m["model_id"] == r.name) & (m["kind"] == "vol")]
+            t0 = max(pd.Timestamp(row["first_as_of"].min()), first_ok)
+        else:
+            t0 = first_ok
+    t1 = _utc(end) if end is not None else closes.index[-1]
+    days = closes.index[(closes.index >= t0) & (closes.index <= t1)]
+    if len(days) < 30:
+        raise DataError(f"the window {t0:%Y-%m-%d}..{t1:%Y-%m-%d} holds {len(days)} days of "
+                        f"{dataset}; need >= 30", source=dataset)
+    # the history behind each day: at most history_years before the window (the seeded
+    # walk-forward, the residuals and the scale start there; thin early data does not leak in)
+    h0 = days[0] - pd.Timedelta(days=round(365.25 * history_years))
+    data = data[data[TS] >= h0]
+    closes = closes[closes.index >= h0]
+    seeded: list[str] = []
+    if "champion" not in refs:
+        forecast = [m for m in methods if METHODS[m].method == "dprm" and METHODS[m].model ==
+                    "champion"]
+        if forecast:
+            raise ConfigError(f"{dataset} has no champion (no bundle from `dprm forecast`): train "
+                              f"one (`dprm train --data {dataset}`, then `dprm forecast`) or "
+                              "backtest the engine on a named model's walk-forward "
+                              "(dprm_ewma, dprm_garch, dprm_lgbm)", column="methods")
+        refs["champion"] = refs.get("ewma") or BASELINE  # the legacy methods read prices only
+    need = sorted({METHODS[m].model for m in methods})
+    switch: dict[str, tuple[pd.Timestamp, ModelRef]] = {}
+    hist = data[data[TS] <= days[-1]]
+    done: set[str] = set()
+    for key in sorted(need, key=lambda k: k != "ewma"):
+        ref = refs.get(key)
+        first = None if ref is None else _first_issue(ledger, ref, "1D", symbols)
+        if ref is not None and first is not None and first <= days[0] + pd.Timedelta(days=4):
+            continue
+        cand = key if ref is None or key != "champion" else ref.name.split(":")[-1]
+        if cand == "ewma" and "ewma" in done:
+            continue
+        seed_ref = _seed(home, ledger, cand, hist, "1D", horizons, first, say)
+        done.add(cand)
+        if ref is None or first is None:
+            refs[key] = seed_ref
+            seeded.append(f"{key}: walked forward over the whole window")
+        else:
+            switch[key] = (first, seed_ref)
+            seeded.append(f"{key}: walked forward before its first issue {first:%Y-%m-%d}")
+    ledger.refresh()
+    corr_ref = _seed_corr(ledger, home, dataset, symbols, horizons, days) \
+        if len(symbols) > 1 else None
+    ledger.refresh()
+    vix: dict[str, pd.Series] = {}
+    store = DataStore(home / "data")
+    if any(p in OPTION_BOOKS for p in portfolios):
+        u = UNDERLYINGS.get(symbols[0])
+        if u is not None and u.vol_index:
+            got = daily_closes(store, dataset, u.vol_index, days[-1] + pd.Timedelta(days=10))
+            if got is not None:
+                vix[symbols[0]] = got[0]
+        if not vix:
+            say(f"no vol index for {symbols[0]}: the option books are left out")
+            portfolios = [p for p in portfolios if p not in OPTION_BOOKS]
+    overlap = "champion" in need and champ is not None
+    key = _run_key(dataset, days, methods, portfolios, params.params_hash,
+                   {**{k: refs[k] for k in need}, **{f"{k}@seed": v[1] for k, v in switch.items()}})
+    out_dir = home / "backtest" / dataset / key
+    parts_dir = out_dir / "parts"
+    parts_dir.mkdir(parents=True, exist_ok=True)
+    chunks = [days[i:i + chunk_days] for i in range(0, len(days), chunk_days)]
+    resumed = 0
+    jobs: list[Callable[[], pd.DataFrame]] = []
+    paths = []
+    for i, c in enumerate(chunks):
+        path = parts_dir / f"{i:05d}.parquet"
+        paths.append(path)
+        if path.is_file():
+            resumed += 1
+            continue
+
+        def job(c: pd.DatetimeIndex = c, path: Path = path, i: int = i) -> pd.DataFrame:
+            f = _chunk(c, closes, vix, ledger, refs, corr_ref, symbols, methods, portfolios, params,
+                       rate, dividend, horizons, overlap, switch)
+            atomic_write_parquet(path, f)
+            say(f"chunk {i + 1}/{len(chunks)}: {c[0]:%Y-%m-%d}..{c[-1]:%Y-%m-%d}")
+            return f
+        jobs.append(job)
+    if chunk_runner is None:
+        for j in jobs:
+            j()
+    else:
+        chunk_runner(jobs)
+    raw = pd.concat([pd.read_parquet(p) for p in paths], ignore_index=True)
+    frame = _apc(raw.drop(columns=["tail"]))
+    frame = frame[["date", "portfolio", "method", "apc", "margin_usd", "base_margin_usd", "mm_usd",
+                   "var99_usd", "var975_usd", "es975_usd", "realized_loss_usd", "breach",
+                   "var_breach", "mpor_days", "notional_usd", "bundle_id", "pnl_source",
+                   "n_failures", "selection_overlap"]].sort_values(
+        ["portfolio", "method", "apc", "date"], kind="stable").reset_index(drop=True)
+    tails = {(r.portfolio, r.method, r.date): np.frombuffer(r.tail, np.float32).astype(float)
+             for r in raw[["portfolio", "method", "date", "tail"]].itertuples(index=False)}
+    nsc = {(r.portfolio, r.method, r.date): int(r.n_scenarios)
+           for r in raw[["portfolio", "method", "date", "n_scenarios"]].itertuples(index=False)}
+    summary = score(frame, tails, nsc)
+    summary["meta"] = {"dataset": dataset, "start": str(days[0].date()), "end": str(days[-1].date()),
+                       "n_days": int(len(days)), "methods": list(methods),
+                       "portfolios": sorted(set(frame["portfolio"])), "symbols": list(symbols),
+                       "seeded": seeded, "models": {k: [refs[k].name, refs[k].version]
+                                                    for k in need},
+                       "correlation": None if corr_ref is None else corr_ref.name,
+                       "selection_overlap": (
+                           "the champion was selected on an evaluation window that overlaps the "
+                           "backtest window" if overlap else "none"),
+                       "params_hash": params.params_hash, "run_key": key}
+    atomic_write_parquet(out_dir / "backtest.parquet", frame)
+    atomic_write_bytes(out_dir / "summary.json",
+                       json.dumps(summary, indent=2, sort_keys=True, default=_jsonable).encode())
+    atomic_write_bytes(home / "backtest" / dataset / "latest.json",
+                       json.dumps({"run_key": key, "path": str(out_dir)}, indent=2).encode())
+    return BacktestRun(frame, summary, out_dir, seeded, resumed)
+
+
+def prepare_dataset(home: Path | str, path: Path, dataset: str | None = None) -> str:
+    """Ingest ``path`` (a file or folder any reader detects) into the store and build its daily
+    features; returns the dataset name (``dataset``, else the file's folder name). Idempotent:
+    a source already stored adds nothing."""
+    from features.ingest import ingest_file
+    from features.readers import list_sources
+    from pipelines.config import FeaturesConfig
+
+    home = Path(home)
+    store = DataStore(home / "data")
+    files = [f for f, fmt, _ in list_sources(path) if fmt is not None] if path.is_dir() else [path]
+    if not files:
+        raise DataError(f"{path}: no data files a reader recognizes", source=str(path))
+    names = set()
+    for f in files:
+        names.add(ingest_file(store, f, dataset=dataset).dataset)
+    if len(names) != 1:
+        raise ConfigError(f"{path} went into several datasets {sorted(names)}; pass --dataset")
+    ds = names.pop()
+    steps.build_feature_frame(home, ds, FeaturesConfig(freq="1D"))
+    return ds
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, (np.floating, np.integer)):
+        return x.item()
+    if isinstance(x, (np.bool_,)):
+        return bool(x)
+    return str(x)
+
+
+# ---- statistics ----------------------------------------------------------------------------------
+
+
+def _finite(x: float) -> float | None:
+    return None if x is None or not math.isfinite(float(x)) else float(x)
+
+
+def score(frame: pd.DataFrame, tails: Mapping[tuple, np.ndarray] | None = None,
+          n_scenarios: Mapping[tuple, int] | None = None, *, p: float = 0.01,
+          reference: str = "fhs_ewma_94", n_sim: int = 1000) -> dict[str, Any]:
+    """The statistics of a backtest table (:data:`COLUMNS`), per portfolio x method x APC variant:
+    coverage of VaR99 (Kupiec, Christoffersen; pre-APC, so only for variant "none") and of the
+    final margin (one-sided, traffic light per 250-day block and the yellow band), the ES test
+    (Z2 with a simulated 5% critical value, where the method has scenarios), shortfall and excess,
+    procyclicality, the crash leads, and the cost at equal coverage against ``reference``."""
+    rows = []
+    tails = tails or {}
+    n_scenarios = n_scenarios or {}
+    ref_mult: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    groups = list(frame.groupby(["portfolio", "method", "apc"], sort=True))
+    for (pf, m, ap), g in groups:
+        g = g.sort_values("date")
+        lo = g["realized_loss_usd"].to_numpy()
+        mg = g["margin_usd"].to_numpy()
+        h = int(g["mpor_days"].max())
+        fin = bt.coverage_tests(g["breach"].to_numpy(), p, h=h)
+        zones = bt.window_zones(g["breach"].to_numpy(), 250, p)
+        rec: dict[str, Any] = {
+            "portfolio": pf, "method": m, "apc": ap, "n": int(len(g)),
+            "expected": len(g) * p, "breaches": fin.n_breaches, "p_upper": fin.p_pof_upper,
+            "mean_margin_pct": float(np.mean(mg / g["notional_usd"].to_numpy()) * 100),
+            "red_windows": sum(z["zone"] == "red" for z in zones),
+            "yellow_windows": sum(z["zone"] == "yellow" for z in zones),
+            "n_windows": len(zones), "yellow_band": list(bt.yellow_band(len(zones))) if zones
+            else [0, 0], **{f"sf_{k}": v for k, v in bt.shortfall(lo, mg).items()},
+            **{f"excess_{k}": v for k, v in bt.excess(lo, mg).items()},
+            **{f"pc_{k}": v for k, v in bt.procyclicality(mg).items()},
+        }
+        v = g["var99_usd"].to_numpy()
+        if ap == "none" and np.isfinite(v).all():
+            ct = bt.coverage_tests(g["var_breach"].to_numpy(), p, h=h)
+            rec.update({"var_breaches": ct.n_breaches, "p_pof": ct.p_pof, "p_ind": ct.p_ind,
+                        "p_cc": ct.p_cc, "null": ct.null})
+            e, v975 = g["es975_usd"].to_numpy(), g["var975_usd"].to_numpy()
+            if np.all(e > 0):
+                z2 = bt.az_z2(lo, v975, e, 0.025)
+                keys = [(pf, m, d) for d in g["date"]]
+                if all(k in tails for k in keys):
+                    null = bt.az_z2_null([tails[k] for k in keys],
+                                         [n_scenarios.get(k, 0) for k in keys], v975, e, 0.025,
+                                         n_sim=n_sim, seed=0)
+                    rec.update({"z2": z2, "z2_crit5": float(np.quantile(null, 0.05)),
+                                "z2_p": float((1 + np.sum(null <= z2)) / (1 + null.size))})
+                else:
+                    rec["z2"] = z2
+        leads = {}
+        for c in CRASHES:
+            x = bt.crash_lead(list(g["date"]), mg, c)
+            if x is not None:
+                leads[c] = x
+        rec["crash_leads"] = leads
+        rec["multiplier_mean"] = float(np.mean(bt.cost_multiplier(lo, mg, p)))
+        if m == reference:
+            ref_mult[(pf, ap)] = (bt.cost_multiplier(lo, mg, p) * mg, g["date"].to_numpy())
+        rows.append((rec, lo, mg, g["date"].to_numpy()))
+    out = []
+    for rec, lo, mg, dates in rows:
+        r = ref_mult.get((rec["portfolio"], rec["apc"]))
+        if r is not None and len(r[0]) == len(mg) and np.array_equal(r[1], dates) and len(mg) >= 40:
+            adj = bt.cost_multiplier(lo, mg, p) * mg
+            ratio, lo_ci, hi_ci = bt.ratio_interval(adj, r[0], block=20, n_boot=499, seed=0)
+            rec.update({"cost_ratio": ratio, "cost_ratio_lo": lo_ci, "cost_ratio_hi": hi_ci})
+        out.append({k: (_finite(v) if isinstance(v, float) else v) for k, v in rec.items()})
+    by = {}
+    if out:
+        pv = [(i, r["p_cc"]) for i, r in enumerate(out) if r.get("p_cc") is not None]
+        for (i, _), adj in zip(pv, bt.holm([x for _, x in pv]), strict=True):
+            out[i]["p_cc_holm"] = adj
+        pv = [(i, r["p_pof"]) for i, r in enumerate(out) if r.get("p_pof") is not None]
+        for (i, _), adj in zip(pv, bt.holm([x for _, x in pv]), strict=True):
+            out[i]["p_pof_holm"] = adj
+    by["rows"] = out
+    return by
+
+
+def summary_frame(summary: Mapping[str, Any]) -> pd.DataFrame:
+    """The per-method table of a summary (one row per portfolio x method x APC variant)."""
+    return pd.DataFrame([{k: v for k, v in r.items() if k != "crash_leads"}
+                         for r in summary.get("rows", [])])
+
+
+def chunk_jobs_in_order(jobs: Iterable[Callable[[], pd.DataFrame]]) -> list[pd.DataFrame]:
+    """Run chunk callables one after another (the default runner)."""
+    return [j() for j in jobs]

@@ -294,12 +294,12 @@ def excess(loss: ArrayLike, margin: ArrayLike) -> dict[str, float]:
 
 
 def _max_increase(m: NDArray[np.float64], k: int) -> float:
-    """Largest ratio m[t] / min(m[t-k..t-1]) over t (the k-day increase)."""
-    if m.size <= k:
+    """Largest ratio m[t] / min(m[max(0, t-k)..t-1]) over t (the increase within k days)."""
+    if m.size < 2:
         return float("nan")
     best = 0.0
-    for t in range(k, m.size):
-        lo = m[t - k:t].min()
+    for t in range(1, m.size):
+        lo = m[max(0, t - k):t].min()
         if lo > 0:
             best = max(best, m[t] / lo)
     return best
@@ -308,7 +308,7 @@ def _max_increase(m: NDArray[np.float64], k: int) -> float:
 def procyclicality(margin: ArrayLike) -> dict[str, float]:
     """Procyclicality of a margin series (positive amounts, daily): ``peak_trough`` = max / min,
     ``max_1d``, ``max_5d``, ``max_30d`` = the largest m[t] / min of the previous k days (1 = no
-    increase), ``vol`` = the standard deviation of daily log changes."""
+    increase; the first days use the days they have), ``vol`` = the standard deviation of daily log changes."""
     m = np.asarray(margin, float)
     pos = m[m > 0]
     if pos.size < 2:

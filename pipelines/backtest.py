@@ -47,7 +47,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,6 +60,7 @@ from features.schema import CLOSE, SYMBOL, TS
 from features.store import DataStore, atomic_write_bytes, atomic_write_parquet
 from margin import backtest as bt
 from margin.apc import APCParams, apc_step
+from margin.calculator import book_mpor
 from margin.instruments import UNDERLYINGS, Option, OptionRight, Spot
 from margin.market_state import FlatVolSurface, MarketState, Quote, UnderlyingState
 from margin.methods import compute_method
@@ -77,7 +78,8 @@ from pipelines.market import daily_closes
 
 __all__ = [
     "APC_VARIANTS", "COLUMNS", "CRASHES", "DEMO_METHODS", "DEMO_PORTFOLIOS", "METHODS",
-    "BacktestRun", "MethodSpec", "reference_portfolios", "run_backtest", "score",
+    "BacktestRun", "ChunkInputs", "ChunkJob", "MethodSpec", "reference_portfolios", "run_backtest",
+    "run_chunk", "score",
 ]
 
 NOTIONAL_USD = 1_000_000.0
@@ -438,7 +440,7 @@ def _chunk(days: pd.DatetimeIndex, closes: pd.DataFrame, vix: Mapping[str, pd.Se
         ms = MarketState(t, unds, source="backtest")
         books = reference_portfolios(portfolios, symbols, t, s0, v0, rate, dividend)
         for name, pf in books.items():
-            h = 1
+            h = book_mpor(pf.positions, params)
             if k + h >= len(idx):
                 continue
             t1 = idx[k + h]
@@ -467,6 +469,50 @@ def _chunk(days: pd.DatetimeIndex, closes: pd.DataFrame, vix: Mapping[str, pd.Se
                     "n_scenarios": 0 if r.scenario_pnl is None else int(r.scenario_pnl.size),
                     "tail": tail.tobytes()})
     return pd.DataFrame(rows)
+
+
+@dataclass(frozen=True)
+class ChunkInputs:
+    """What every chunk of one backtest reads (picklable: a Dask worker gets a copy)."""
+
+    ledger_root: str
+    closes: pd.DataFrame
+    vix: Mapping[str, pd.Series]
+    refs: Mapping[str, ModelRef]
+    corr_ref: ModelRef | None
+    symbols: tuple[str, ...]
+    methods: tuple[str, ...]
+    portfolios: tuple[str, ...]
+    params: MarginParams
+    rate: float
+    dividend: Mapping[str, float]
+    horizons: tuple[int, ...]
+    overlap: bool
+    switch: Mapping[str, tuple[pd.Timestamp, ModelRef]]
+
+
+@dataclass(frozen=True)
+class ChunkJob:
+    """One checkpointed chunk: its days and the parquet part it writes."""
+
+    inputs: ChunkInputs
+    days: pd.DatetimeIndex
+    path: str
+    label: str
+
+
+def run_chunk(job: ChunkJob) -> str:
+    """Compute one chunk and write its part atomically (a part already there is kept: a resumed
+    run recomputes nothing it finished); returns the part's path."""
+    p = Path(job.path)
+    if p.is_file():
+        return job.path
+    x = job.inputs
+    f = _chunk(job.days, x.closes, x.vix, ForecastLedger(x.ledger_root), x.refs, x.corr_ref,
+               x.symbols, x.methods, x.portfolios, x.params, x.rate, x.dividend, x.horizons,
+               x.overlap, x.switch)
+    atomic_write_parquet(p, f)
+    return job.path
 
 
 def _apc(frame: pd.DataFrame) -> pd.DataFrame:
@@ -502,22 +548,22 @@ def run_backtest(home: Path | str, dataset: str, *, start: object = None, end: o
                  dividend: Mapping[str, float] | None = None,
                  progress: Callable[[str], None] | None = None,
                  chunk_days: int = CHUNK_DAYS,
-                 chunk_runner: Callable[[Sequence[Callable[[], pd.DataFrame]]],
-                                        list[pd.DataFrame]] | None = None) -> BacktestRun:
+                 chunk_runner: Callable[[Sequence[ChunkJob]], object] | None = None
+                 ) -> BacktestRun:
     """Backtest ``methods`` x ``portfolios`` on ``dataset``'s daily data over [start, end] (default:
     the span where the champion has issued history, else the whole data after a year of warm-up),
     each day's history at most ``history_years`` long.
     Writes the outputs (module docstring) and returns them. ``chunk_runner`` runs the chunk
-    callables (default: in order; the flow passes Prefect's task runner)."""
+    jobs with :func:`run_chunk` (default: in order; the flow maps them on Prefect's task runner, so
+    they also run on Dask workers)."""
     home = Path(home)
     say = progress or (lambda s: None)
     bad = [m for m in methods if m not in METHODS]
     if bad:
-        raise ConfigError(f"unknown method(s) {bad}; choose from {list(METHODS)}", column="methods")
+        raise ConfigError(f"unknown method(s) {bad}; choose from {list(METHODS)}")
     badp = [p for p in portfolios if p not in PORTFOLIOS]
     if badp:
-        raise ConfigError(f"unknown portfolio(s) {badp}; choose from {list(PORTFOLIOS)}",
-                          column="portfolios")
+        raise ConfigError(f"unknown portfolio(s) {badp}; choose from {list(PORTFOLIOS)}")
     params = params or MarginParams()
     dividend = dict({"SP500": 0.02, "NASDAQ": 0.01} if dividend is None else dividend)
     data = steps.model_frame(home, dataset, "1D")
@@ -529,7 +575,7 @@ def run_backtest(home: Path | str, dataset: str, *, start: object = None, end: o
         missing = sorted(set(symbols) - set(closes.columns))
         if missing:
             raise ConfigError(f"symbols {missing} are not in {dataset}; it has "
-                              f"{sorted(closes.columns)}", column="symbols")
+                              f"{sorted(closes.columns)}")
         closes = closes[list(symbols)]
         data = data[data[SYMBOL].isin(list(symbols))]
     lengths = closes.notna().sum()
@@ -572,7 +618,7 @@ def run_backtest(home: Path | str, dataset: str, *, start: object = None, end: o
             raise ConfigError(f"{dataset} has no champion (no bundle from `dprm forecast`): train "
                               f"one (`dprm train --data {dataset}`, then `dprm forecast`) or "
                               "backtest the engine on a named model's walk-forward "
-                              "(dprm_ewma, dprm_garch, dprm_lgbm)", column="methods")
+                              "(dprm_ewma, dprm_garch, dprm_lgbm)")
         refs["champion"] = refs.get("ewma") or BASELINE  # the legacy methods read prices only
     need = sorted({METHODS[m].model for m in methods})
     switch: dict[str, tuple[pd.Timestamp, ModelRef]] = {}
@@ -617,7 +663,10 @@ def run_backtest(home: Path | str, dataset: str, *, start: object = None, end: o
     parts_dir.mkdir(parents=True, exist_ok=True)
     chunks = [days[i:i + chunk_days] for i in range(0, len(days), chunk_days)]
     resumed = 0
-    jobs: list[Callable[[], pd.DataFrame]] = []
+    inputs = ChunkInputs(str(ledger_path(home)), closes, vix, refs, corr_ref, tuple(symbols),
+                         tuple(methods), tuple(portfolios), params, rate, dividend, horizons,
+                         overlap, switch)
+    jobs: list[ChunkJob] = []
     paths = []
     for i, c in enumerate(chunks):
         path = parts_dir / f"{i:05d}.parquet"
@@ -625,17 +674,12 @@ def run_backtest(home: Path | str, dataset: str, *, start: object = None, end: o
         if path.is_file():
             resumed += 1
             continue
-
-        def job(c: pd.DatetimeIndex = c, path: Path = path, i: int = i) -> pd.DataFrame:
-            f = _chunk(c, closes, vix, ledger, refs, corr_ref, symbols, methods, portfolios, params,
-                       rate, dividend, horizons, overlap, switch)
-            atomic_write_parquet(path, f)
-            say(f"chunk {i + 1}/{len(chunks)}: {c[0]:%Y-%m-%d}..{c[-1]:%Y-%m-%d}")
-            return f
-        jobs.append(job)
+        jobs.append(ChunkJob(inputs, c, str(path), f"chunk {i + 1}/{len(chunks)}: "
+                             f"{c[0]:%Y-%m-%d}..{c[-1]:%Y-%m-%d}"))
     if chunk_runner is None:
         for j in jobs:
-            j()
+            run_chunk(j)
+            say(j.label)
     else:
         chunk_runner(jobs)
     raw = pd.concat([pd.read_parquet(p) for p in paths], ignore_index=True)
@@ -788,8 +832,3 @@ def summary_frame(summary: Mapping[str, Any]) -> pd.DataFrame:
     """The per-method table of a summary (one row per portfolio x method x APC variant)."""
     return pd.DataFrame([{k: v for k, v in r.items() if k != "crash_leads"}
                          for r in summary.get("rows", [])])
-
-
-def chunk_jobs_in_order(jobs: Iterable[Callable[[], pd.DataFrame]]) -> list[pd.DataFrame]:
-    """Run chunk callables one after another (the default runner)."""
-    return [j() for j in jobs]

@@ -68,7 +68,7 @@ def latest_backtest(home: Path | str, dataset: str) -> Path:
 
 def _svg(fig: Any) -> str:
     buf = io.StringIO()
-    fig.savefig(buf, format="svg", bbox_inches="tight")
+    fig.savefig(buf, format="svg", bbox_inches="tight", metadata={"Date": None})
     s = buf.getvalue()
     return s[s.index("<svg"):]
 

@@ -1,6 +1,6 @@
 """Scheduled deployments of the forecasting cycle, with Prefect's own mechanisms.
 
-Three deployments (cron, in ``DeployConfig.timezone``):
+Four deployments (cron, in ``DeployConfig.timezone``):
 
 ==========================  ====================  =================================================
 deployment                  default schedule      what runs
@@ -8,6 +8,7 @@ deployment                  default schedule      what runs
 ``dprm-cycle/retrain``      ``0 2 * * *``         ingest -> build_features -> train -> correlation
 ``dprm-cycle/forecast``     ``0 * * * *``         ingest -> build_features -> forecast
 ``dprm-monitor/monitor``    ``30 2 * * *``        monitor (Failed on a breach)
+``dprm-backtest/weekly``    ``0 4 * * 0``         the full margin backtest grid, then the report
 ==========================  ====================  =================================================
 
 Schedules need a real Prefect server (``prefect server start``; the temporary API Prefect starts
@@ -23,15 +24,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipelines.flow_config import CycleConfig, DeployConfig, MonitorFlowConfig
-from pipelines.flows import daily_cycle, monitor
+from pipelines.flow_config import BacktestFlowConfig, CycleConfig, DeployConfig, MonitorFlowConfig
+from pipelines.flows import backtest_flow, daily_cycle, monitor
 
 RETRAIN_STEPS = ("ingest", "features", "train", "correlation")
 FORECAST_STEPS = ("ingest", "features", "forecast")
 
 
 def deployment_specs(cfg: DeployConfig | None = None) -> list[dict[str, Any]]:
-    """The three deployments as plain data: name, flow, cron, timezone, parameters."""
+    """The four deployments as plain data: name, flow, cron, timezone, parameters."""
     cfg = cfg or DeployConfig()
     cycle = cfg.cycle.resolved()
     retrain = cycle.model_copy(update={"steps": RETRAIN_STEPS})
@@ -59,7 +60,26 @@ def deployment_specs(cfg: DeployConfig | None = None) -> list[dict[str, Any]]:
             "parameters": {"cfg": mon.model_dump(mode="json")},
             "description": "Daily: monitoring checks; Failed on a breach.",
         },
+        {
+            "name": "weekly",
+            "flow": backtest_flow,
+            "cron": cfg.backtest_cron,
+            "parameters": {"cfg": BacktestFlowConfig(
+                dataset=cycle.forecast.dataset, methods=tuple(_all_methods()),
+                portfolios=tuple(_all_portfolios())).model_dump(mode="json")},
+            "description": "Weekly: the full margin backtest grid and the risk team's report.",
+        },
     ]
+
+
+def _all_methods() -> list[str]:
+    from pipelines.backtest import METHODS
+    return list(METHODS)
+
+
+def _all_portfolios() -> list[str]:
+    from pipelines.backtest import PORTFOLIOS
+    return list(PORTFOLIOS)
 
 
 def build_deployments(cfg: DeployConfig | None = None) -> list[Any]:

@@ -422,11 +422,28 @@ class CycleConfig(_Config):
         )
 
 
+class BacktestFlowConfig(_Config):
+    """The ``backtest`` flow: which dataset, window, methods and reference portfolios, then the
+    report (``pipelines.backtest``; None = its defaults: the champion's issued window, the demo
+    subset)."""
+
+    dataset: str = "embedded"
+    start: str | None = None
+    end: str | None = None
+    methods: tuple[str, ...] | None = None
+    portfolios: tuple[str, ...] | None = None
+    symbols: tuple[str, ...] | None = None
+    chunk_days: int = Field(60, gt=0, description="days per checkpointed chunk (one task each)")
+    report: bool = True
+    runner: RunnerConfig | None = None
+
+
 class DeployConfig(_Config):
     """``deploy``: cron schedules of the deployments (Prefect cron syntax, ``timezone``)."""
 
     train_cron: str = "0 2 * * *"
     forecast_cron: str = "0 * * * *"
     monitor_cron: str = "30 2 * * *"
+    backtest_cron: str = "0 4 * * 0"
     timezone: str = "UTC"
     cycle: CycleConfig = CycleConfig()

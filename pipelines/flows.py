@@ -44,6 +44,7 @@ from features.errors import ConfigError, DPRMError  # noqa: E402
 from pipelines import steps  # noqa: E402
 from pipelines.config import dprm_home  # noqa: E402
 from pipelines.flow_config import (  # noqa: E402
+    BacktestFlowConfig,
     CorrTrainFlowConfig,
     CycleConfig,
     FeaturesFlowConfig,
@@ -55,6 +56,9 @@ from pipelines.flow_config import (  # noqa: E402
 )
 from pipelines.runners import make_runner, runner_config_from_env  # noqa: E402
 from pipelines.tasks import (  # noqa: E402
+    backtest_chunk_task,
+    backtest_report_task,
+    backtest_sweep_task,
     build_features_task,
     bundle_task,
     evaluate_symbol_task,
@@ -304,6 +308,78 @@ def daily_cycle(cfg: CycleConfig = CycleConfig()) -> dict[str, Any]:
                 raise MonitoringBreach(state.message or "monitoring failed")
         lap("monitor")
     return out
+
+
+@flow(name="dprm-backtest", task_runner=ThreadPoolTaskRunner(max_workers=1))
+def backtest_flow(cfg: BacktestFlowConfig = BacktestFlowConfig()) -> dict[str, Any]:
+    """The margin backtest (``pipelines.backtest.run_backtest``) with each checkpointed chunk a
+    task on the flow's task runner (Dask by configuration), then the report. Killed and
+    restarted, it recomputes only the chunks whose parts are missing: the outputs are the same
+    bytes."""
+    from pipelines import backtest as bt
+
+    home = _home()
+
+    def chunks(jobs: Any) -> None:
+        futures = [backtest_chunk_task.submit(j) for j in jobs]
+        wait(futures)
+        for fu in futures:
+            fu.result()
+
+    run = bt.run_backtest(
+        home, cfg.dataset, start=cfg.start, end=cfg.end,
+        methods=cfg.methods or bt.DEMO_METHODS, portfolios=cfg.portfolios or bt.DEMO_PORTFOLIOS,
+        symbols=list(cfg.symbols) if cfg.symbols else None, chunk_days=cfg.chunk_days,
+        chunk_runner=chunks)
+    out: dict[str, Any] = {"out_dir": str(run.out_dir), "seeded": run.seeded,
+                           "resumed_chunks": run.resumed_chunks, "meta": run.summary["meta"],
+                           "rows": run.summary["rows"]}
+    if cfg.report:
+        out["report"] = backtest_report_task(home, cfg.dataset)
+    return out
+
+
+SWEEP = {
+    "default": {},
+    "var 97.5% / es 99%": {"measure": "es", "es_confidence": 0.99},
+    "measure VaR99": {"measure": "var"},
+    "FHS lookback 500": {"fhs_lookback_days": 500},
+    "EWMA lambda 0.97": {"ewma_lambda": 0.97},
+    "MPOR 2 days": {"mpor_days": {"spot": 2, "perpetual": 2, "option": 2, "future": 2}},
+    "no grid floor": {"grid_floor_share": 0.0},
+}
+"""The sensitivity sweep's settings (margin-parameter overrides; the APC options are in every
+run's variants)."""
+
+
+@flow(name="dprm-backtest-sweep", task_runner=ThreadPoolTaskRunner(max_workers=2))
+def backtest_sweep_flow(home: str | None = None, dataset: str = "embedded",
+                        start: str | None = None, end: str | None = None,
+                        symbols: list[str] | None = None,
+                        methods: tuple[str, ...] = ("dprm", "fhs_ewma_94"),
+                        portfolios: tuple[str, ...] = ("long",)) -> list[dict[str, Any]]:
+    """The sensitivity sweep: one backtest per :data:`SWEEP` setting on the task runner; one row
+    per setting x portfolio x method (coverage before APC, margin and procyclicality)."""
+    from margin.params import MarginParams
+    from pipelines import backtest as bt
+
+    h = home or _home()
+    seeds = [m for m in methods if bt.METHODS[m].method == "dprm"]
+    if seeds:  # seed the ledger once, before the settings run side by side
+        bt.run_backtest(h, dataset, start=start, end=end, methods=seeds[:1],
+                        portfolios=portfolios[:1], symbols=symbols)
+    futures = {name: backtest_sweep_task.submit(h, dataset, start, end, symbols, methods, portfolios,
+                                       MarginParams(**upd).model_dump(mode="json"))
+               for name, upd in SWEEP.items()}
+    wait(list(futures.values()))
+    rows = []
+    for name, fu in futures.items():
+        for r in fu.result():
+            if r["apc"] == "none":
+                rows.append({"setting": name, **{k: r.get(k) for k in (
+                    "portfolio", "method", "var_breaches", "expected", "p_cc",
+                    "mean_margin_pct", "pc_max_30d", "pc_peak_trough")}})
+    return rows
 
 
 def _multi_symbol(home: str, dataset: str) -> bool:

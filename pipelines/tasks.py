@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
 
 from models.evaluation import EvaluationResult
 from pipelines import steps
@@ -257,3 +258,37 @@ def forecast_task(home: str, cfg: ForecastFlowConfig) -> dict[str, Any]:
 def monitor_task(home: str, cfg: MonitorFlowConfig) -> dict[str, Any]:
     """All monitoring checks; writes the report and applies the fallback rule."""
     return steps.monitor_step(home, cfg).to_dict()
+
+
+@task(name="backtest-chunk", retries=1, retry_delay_seconds=2, cache_policy=NO_CACHE,
+      task_run_name="backtest-{job.label}")
+def backtest_chunk_task(job: Any) -> str:
+    """One checkpointed chunk of a backtest (:func:`pipelines.backtest.run_chunk`)."""
+    from pipelines.backtest import run_chunk
+
+    out = run_chunk(job)
+    get_run_logger().info("%s -> %s", job.label, out)
+    return out
+
+
+@task(name="backtest-report", retries=1, retry_delay_seconds=2, cache_policy=NO_CACHE)
+def backtest_report_task(home: str, dataset: str) -> dict[str, Any]:
+    """The HTML report of the dataset's latest backtest, logged to MLflow."""
+    from pipelines.backtest_report import write_report
+
+    out = write_report(home, dataset)
+    return {k: str(v) for k, v in out.items()}
+
+
+@task(name="backtest-setting", cache_policy=NO_CACHE, task_run_name="backtest-setting")
+def backtest_sweep_task(home: str, dataset: str, start: str | None, end: str | None,
+                        symbols: list[str] | None, methods: tuple[str, ...],
+                        portfolios: tuple[str, ...], params: dict[str, Any]) -> list[dict[str, Any]]:
+    """One sweep setting's backtest (its margin parameters); its statistics rows."""
+    from margin.params import MarginParams
+    from pipelines import backtest as bt
+
+    run = bt.run_backtest(home, dataset, start=start, end=end, methods=methods,
+                          portfolios=portfolios, symbols=symbols,
+                          params=MarginParams.model_validate(params))
+    return run.summary["rows"]

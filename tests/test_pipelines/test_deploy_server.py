@@ -101,6 +101,14 @@ def _next_daily(now: pd.Timestamp, hour: int, minute: int, n: int) -> list[pd.Ti
     return [first + pd.Timedelta(days=k) for k in range(n)]
 
 
+def _next_weekly(now: pd.Timestamp, weekday: int, hour: int, n: int) -> list[pd.Timestamp]:
+    """The next ``n`` times at ``hour``:00 on ``weekday`` (Monday 0, Sunday 6), by hand."""
+    first = now.normalize() + pd.Timedelta(days=(weekday - now.weekday()) % 7, hours=hour)
+    if first <= now:
+        first += pd.Timedelta("7D")
+    return [first + pd.Timedelta(days=7 * k) for k in range(n)]
+
+
 async def _exercise(deployments: list, cfg: DeployConfig) -> dict:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import DeploymentFilter, FlowRunFilter
@@ -121,6 +129,7 @@ async def _exercise(deployments: list, cfg: DeployConfig) -> dict:
             [now.ceil("h") + pd.Timedelta(hours=k) for k in range(3)],
         ),
         "dprm-monitor/monitor": (cfg.monitor_cron, _next_daily(now, 2, 30, 3)),
+        "dprm-backtest/weekly": (cfg.backtest_cron, _next_weekly(now, 6, 4, 3)),
     }
     async with get_client() as client:
         for name, (cron, by_hand) in expected.items():
@@ -176,6 +185,7 @@ def test_deployments_schedules_and_a_triggered_run(
         "dprm-cycle/retrain": "0 2 * * *",
         "dprm-cycle/forecast": "0 * * * *",
         "dprm-monitor/monitor": "30 2 * * *",
+        "dprm-backtest/weekly": "0 4 * * 0",
     }
     for name, d in deps.items():
         assert d["timezone"] == "UTC"

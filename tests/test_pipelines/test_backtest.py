@@ -90,7 +90,7 @@ def test_breach_flags_and_the_apc_replay_by_hand(run: bt.BacktestRun) -> None:
     assert np.array_equal(none["margin_usd"].to_numpy(), none["base_margin_usd"].to_numpy())
     g = f[(f["apc"] == "buffer") & (f["portfolio"] == "long") & (f["method"] == "dprm")]
     prev, p = None, APCParams(tools=("buffer",))
-    for d, b, m in zip(g["date"], g["base_margin_usd"], g["margin_usd"], strict=True):
+    for _d, b, m in zip(g["date"], g["base_margin_usd"], g["margin_usd"], strict=True):
         want = 1.25 * b if prev is None else max(b, min(1.25 * b, prev * 1.05))
         assert m == pytest.approx(want, rel=1e-12)
         assert apc_step(None, "2000-01-01", b, p).margin == pytest.approx(1.25 * b)

@@ -61,7 +61,7 @@ from features.store import DataStore, atomic_write_bytes, atomic_write_parquet
 from margin import backtest as bt
 from margin.apc import APCParams, apc_step
 from margin.calculator import book_mpor
-from margin.instruments import UNDERLYINGS, Option, OptionRight, Spot
+from margin.instruments import Option, OptionRight, Spot
 from margin.market_state import FlatVolSurface, MarketState, Quote, UnderlyingState
 from margin.methods import compute_method
 from margin.params import MarginParams
@@ -74,7 +74,7 @@ from models.ledger import ForecastLedger
 from models.run_record import dprm_version
 from pipelines import steps
 from pipelines.bundles import BASELINE, ledger_path
-from pipelines.market import daily_closes
+from pipelines.market import daily_closes, day_of, underlying_of_symbol, vol_of_vol_at
 
 __all__ = [
     "APC_VARIANTS", "COLUMNS", "CRASHES", "DEMO_METHODS", "DEMO_PORTFOLIOS", "METHODS",
@@ -86,6 +86,13 @@ NOTIONAL_USD = 1_000_000.0
 """Notional per leg of every reference portfolio."""
 CHUNK_DAYS = 60
 """Days per checkpointed chunk."""
+SEED_YEARS = 2.0
+"""A model seeded by walk-forward issues from this many years before the window (its residual
+history; the EWMA baseline from the start of the data, it costs nothing)."""
+REFIT_EVERY = 21
+"""Days between refits of a backtest bundle's residual distributions and variance scale (the
+forecasts themselves are the ledger's, issued every day); 1 refits daily as the forecast flow
+does."""
 
 
 @dataclass(frozen=True)
@@ -105,15 +112,18 @@ METHODS: dict[str, MethodSpec] = {
     "dprm_garch": MethodSpec("dprm", "garch_1_1", {}, "DPRM engine, GARCH(1,1) forecasts"),
     "dprm_lgbm": MethodSpec("dprm", "lgbm", {}, "DPRM engine, LightGBM forecasts"),
     "dprm_ewma": MethodSpec("dprm", "ewma", {}, "DPRM engine, EWMA baseline forecasts"),
-    "fhs_ewma_94": MethodSpec("fhs_ewma", "champion", {"ewma_lambda": 0.94}, "FHS-EWMA 0.94"),
-    "fhs_ewma_97": MethodSpec("fhs_ewma", "champion", {"ewma_lambda": 0.97}, "FHS-EWMA 0.97"),
-    "hvar": MethodSpec("hvar", "champion", {}, "historical ES, unfiltered"),
-    "fixed": MethodSpec("fixed", "champion", {}, "fixed % of notional, tiered"),
-    "span": MethodSpec("span", "champion", {}, "SPAN-style"),
-    "deribit": MethodSpec("deribit", "champion", {}, "Deribit-style"),
+    "fhs_ewma_94": MethodSpec("fhs_ewma", "ewma", {"ewma_lambda": 0.94}, "FHS-EWMA 0.94"),
+    "fhs_ewma_97": MethodSpec("fhs_ewma", "ewma", {"ewma_lambda": 0.97}, "FHS-EWMA 0.97"),
+    "fhs_ewma_94_var": MethodSpec("fhs_ewma", "ewma", {"ewma_lambda": 0.94, "measure": "var"},
+                                  "FHS-EWMA 0.94 at VaR99 (the yardstick's measure)"),
+    "hvar": MethodSpec("hvar", "ewma", {}, "historical ES, unfiltered"),
+    "fixed": MethodSpec("fixed", "ewma", {}, "fixed % of notional, tiered"),
+    "span": MethodSpec("span", "ewma", {}, "SPAN-style"),
+    "deribit": MethodSpec("deribit", "ewma", {}, "Deribit-style"),
 }
-"""Every backtested method (the legacy methods read only prices from the bundle: their
-forecasts are their own)."""
+"""Every backtested method. The legacy methods read only prices from their bundle (their
+forecasts are their own): the EWMA baseline's, whose ledger history spans the whole data, so their
+return windows are as long as the data allows from the first day of the window."""
 
 DEMO_METHODS = ("dprm", "fhs_ewma_94", "hvar", "fixed")
 DEMO_PORTFOLIOS = ("long", "pair", "straddle")
@@ -151,6 +161,9 @@ COLUMNS = {
     "notional_usd": "gross notional of the book at t",
     "bundle_id": "the forecast bundle of day t",
     "pnl_source": "'market' or 'model-reconstructed: ...' (option books)",
+    "n_failures": "positions of the book the method could not margin that day (0 expected)",
+    "vol_index": "the first symbol's vol index at t as a fraction (VIX, DVOL; NaN: none)",
+    "selection_overlap": "the champion was selected on data overlapping the window",
 }
 """The long-format output's columns."""
 
@@ -319,10 +332,11 @@ def _first_issue(ledger: ForecastLedger, ref: ModelRef, unit: str, symbols: Sequ
 
 
 def _seed(home: Path, ledger: ForecastLedger, key: str, data: pd.DataFrame, unit: str,
-          horizons: tuple[int, ...], before: pd.Timestamp | None, progress: Callable[[str], None]
-          ) -> ModelRef:
-    """Walk model ``key`` forward over ``data`` (origins before ``before``: the ledger's own
-    history starts there) and seed the ledger; the reference it is seeded under."""
+          horizons: tuple[int, ...], before: pd.Timestamp | None, progress: Callable[[str], None],
+          origins_from: pd.Timestamp | None = None) -> ModelRef:
+    """Walk model ``key`` forward over ``data`` (fitted on the data before each origin; origins
+    from ``origins_from`` and before ``before``, where the ledger's own history starts) and seed
+    the ledger; the reference it is seeded under."""
     from pipelines.flow_config import TrainFlowConfig
 
     if key == "ewma":
@@ -335,9 +349,11 @@ def _seed(home: Path, ledger: ForecastLedger, key: str, data: pd.DataFrame, unit
                               f"({sorted(TrainFlowConfig().candidates)})")
         model = steps.build_model(spec)
         ref = ModelRef(f"backtest-seed:{key}", "wf", None)
-    progress(f"seeding the ledger: walking {key} forward over {data[TS].min():%Y-%m-%d}.."
+    lo = data[TS].min() if origins_from is None else max(data[TS].min(), origins_from)
+    progress(f"seeding the ledger: walking {key} forward over {lo:%Y-%m-%d}.."
              f"{data[TS].max():%Y-%m-%d}")
-    fcs = model.walk_forward(data, horizons)
+    start = None if origins_from is None else origins_from
+    fcs = model.walk_forward(data, horizons, start=start)
     table = pd.concat([f.to_frame() for f in fcs.values()], ignore_index=True)
     table["model_id"], table["model_version"], table["unit"] = ref.name, ref.version, unit
     if before is not None:
@@ -404,28 +420,51 @@ def _chunk(days: pd.DatetimeIndex, closes: pd.DataFrame, vix: Mapping[str, pd.Se
            symbols: Sequence[str], methods: Sequence[str], portfolios: Sequence[str],
            params: MarginParams, rate: float, dividend: Mapping[str, float],
            horizons: tuple[int, ...], selection_overlap: bool,
-           switch: Mapping[str, tuple[pd.Timestamp, ModelRef]] | None = None) -> pd.DataFrame:
-    """The rows of one chunk of days (before anti-procyclicality)."""
+           switch: Mapping[str, tuple[pd.Timestamp, ModelRef]] | None = None,
+           all_days: pd.DatetimeIndex | None = None, refit_every: int = 1) -> pd.DataFrame:
+    """The rows of one chunk of days (before anti-procyclicality). The bundle's residual
+    distributions and variance scale are fitted on the window's days ``0, refit_every, ...``
+    (``all_days``) and reused until the next fit day (1: every day, as the forecast flow does)."""
     idx = closes.index
     rows: list[dict[str, Any]] = []
     need = sorted({METHODS[m].model for m in methods})
     mp = {m: params.model_copy(update=dict(METHODS[m].params)) for m in methods}
+    fits: dict[tuple[str, str, pd.Timestamp], tuple[pd.DataFrame, dict, float | None]] = {}
+    vovs: dict[pd.Timestamp, dict[str, Any]] = {}
+    syms = sorted(symbols)
+
+    def bundle_at(t: pd.Timestamp, ref: ModelRef, **fit: Any) -> Any:
+        return build_bundle(
+            ledger, t, symbols=syms, vol_models={"1D": ref}, closes={"1D": closes.loc[:t, syms]},
+            corr_models={"1D": corr_ref} if corr_ref is not None else None,
+            horizons={"1D": horizons}, fallback_models={"1D": BASELINE}
+            if ref != BASELINE else None, code_version=dprm_version(), random_state=0, **fit)
+
     for t in days:
         k = int(idx.get_loc(t))
+        i = int(all_days.get_loc(t)) if all_days is not None else 0
+        r = all_days[(i // refit_every) * refit_every] if all_days is not None else t
         bundles = {}
         for key in need:
             ref = refs[key]
             if switch and key in switch and t < switch[key][0]:
                 ref = switch[key][1]
-            bundles[key] = build_bundle(
-                ledger, t, symbols=sorted(symbols), vol_models={"1D": ref},
-                closes={"1D": closes.loc[:t, sorted(symbols)]},
-                corr_models={"1D": corr_ref} if corr_ref is not None else None,
-                horizons={"1D": horizons}, fallback_models={"1D": BASELINE}
-                if ref != BASELINE else None, code_version=dprm_version(), scale_n_boot=199,
-                fit_residual_distribution=True, random_state=0)
+            ck = (key, ref.name, r)
+            if r not in vovs:
+                vovs[r] = vol_of_vol_at(vix, closes, r)
+            if ck not in fits:  # the residual distributions and the variance scale, fitted at r
+                fb = bundle_at(r, ref, scale_n_boot=199, fit_residual_distribution=True,
+                               vol_of_vol=vovs[r])
+                fits[ck] = (fb.vol_table[["unit", "symbol", "horizon", "scale", "scale_lo",
+                                          "scale_hi"]].copy(), dict(fb.innovations), fb.copula_df)
+                if r == t:
+                    bundles[key] = fb
+                    continue
+            sc, inn, cdf = fits[ck]
+            bundles[key] = bundle_at(t, ref, scale=sc, innovations=inn, copula_df=cdf,
+                                     vol_of_vol=vovs[r])
         s0 = {s: float(closes.at[t, s]) for s in symbols}
-        day = t.normalize()
+        day = day_of(t)
         v0 = {u: float(v.loc[day]) / 100.0 for u, v in vix.items() if day in v.index}
         unds = {}
         for s in symbols:
@@ -445,7 +484,7 @@ def _chunk(days: pd.DatetimeIndex, closes: pd.DataFrame, vix: Mapping[str, pd.Se
                 continue
             t1 = idx[k + h]
             s1 = {s: float(closes.at[t1, s]) for s in symbols}
-            d1 = t1.normalize()
+            d1 = day_of(t1)
             v1 = {u: float(v.loc[d1]) / 100.0 for u, v in vix.items() if d1 in v.index}
             is_opt = any(isinstance(p.instrument, Option) for p in pf.positions)
             if is_opt and not all(p.instrument.underlying in v1 for p in pf.positions
@@ -467,6 +506,7 @@ def _chunk(days: pd.DatetimeIndex, closes: pd.DataFrame, vix: Mapping[str, pd.Se
                     "pnl_source": src, "n_failures": len(r.failures),
                     "selection_overlap": selection_overlap,
                     "n_scenarios": 0 if r.scenario_pnl is None else int(r.scenario_pnl.size),
+                    "vol_index": float(v0.get(symbols[0], float("nan"))),
                     "tail": tail.tobytes()})
     return pd.DataFrame(rows)
 
@@ -489,6 +529,8 @@ class ChunkInputs:
     horizons: tuple[int, ...]
     overlap: bool
     switch: Mapping[str, tuple[pd.Timestamp, ModelRef]]
+    all_days: pd.DatetimeIndex
+    refit_every: int
 
 
 @dataclass(frozen=True)
@@ -510,7 +552,7 @@ def run_chunk(job: ChunkJob) -> str:
     x = job.inputs
     f = _chunk(job.days, x.closes, x.vix, ForecastLedger(x.ledger_root), x.refs, x.corr_ref,
                x.symbols, x.methods, x.portfolios, x.params, x.rate, x.dividend, x.horizons,
-               x.overlap, x.switch)
+               x.overlap, x.switch, x.all_days, x.refit_every)
     atomic_write_parquet(p, f)
     return job.path
 
@@ -544,7 +586,7 @@ def run_backtest(home: Path | str, dataset: str, *, start: object = None, end: o
                  methods: Sequence[str] = DEMO_METHODS,
                  portfolios: Sequence[str] = DEMO_PORTFOLIOS,
                  params: MarginParams | None = None, symbols: Sequence[str] | None = None,
-                 rate: float = 0.025, history_years: float = 6.0,
+                 rate: float = 0.025, history_years: float = 6.0, refit_every: int = REFIT_EVERY,
                  dividend: Mapping[str, float] | None = None,
                  progress: Callable[[str], None] | None = None,
                  chunk_days: int = CHUNK_DAYS,
@@ -552,7 +594,8 @@ def run_backtest(home: Path | str, dataset: str, *, start: object = None, end: o
                  ) -> BacktestRun:
     """Backtest ``methods`` x ``portfolios`` on ``dataset``'s daily data over [start, end] (default:
     the span where the champion has issued history, else the whole data after a year of warm-up),
-    each day's history at most ``history_years`` long.
+    each day's history at most ``history_years`` long, the bundles' distribution fits renewed every
+    ``refit_every`` days.
     Writes the outputs (module docstring) and returns them. ``chunk_runner`` runs the chunk
     jobs with :func:`run_chunk` (default: in order; the flow maps them on Prefect's task runner, so
     they also run on Dask workers)."""
@@ -579,8 +622,11 @@ def run_backtest(home: Path | str, dataset: str, *, start: object = None, end: o
         closes = closes[list(symbols)]
         data = data[data[SYMBOL].isin(list(symbols))]
     lengths = closes.notna().sum()
-    symbols = sorted(closes.columns, key=lambda s: (
-        -int(lengths[s]), not (s in UNDERLYINGS and UNDERLYINGS[s].vol_index), str(s)))
+    def has_vol(s: str) -> bool:
+        u = underlying_of_symbol(s)
+        return u is not None and u.vol_index is not None
+
+    symbols = sorted(closes.columns, key=lambda s: (-int(lengths[s]), not has_vol(s), str(s)))
     if "pair" in portfolios and len(symbols) < 2:
         portfolios = [p for p in portfolios if p != "pair"]
     closes = closes[symbols].dropna()
@@ -619,7 +665,6 @@ def run_backtest(home: Path | str, dataset: str, *, start: object = None, end: o
                               f"one (`dprm train --data {dataset}`, then `dprm forecast`) or "
                               "backtest the engine on a named model's walk-forward "
                               "(dprm_ewma, dprm_garch, dprm_lgbm)")
-        refs["champion"] = refs.get("ewma") or BASELINE  # the legacy methods read prices only
     need = sorted({METHODS[m].model for m in methods})
     switch: dict[str, tuple[pd.Timestamp, ModelRef]] = {}
     hist = data[data[TS] <= days[-1]]
@@ -632,7 +677,9 @@ def run_backtest(home: Path | str, dataset: str, *, start: object = None, end: o
         cand = key if ref is None or key != "champion" else ref.name.split(":")[-1]
         if cand == "ewma" and "ewma" in done:
             continue
-        seed_ref = _seed(home, ledger, cand, hist, "1D", horizons, first, say)
+        seed_ref = _seed(home, ledger, cand, hist, "1D", horizons, first, say,
+                         origins_from=None if cand == "ewma" else days[0] - pd.Timedelta(
+                             days=round(365.25 * SEED_YEARS)))
         done.add(cand)
         if ref is None or first is None:
             refs[key] = seed_ref
@@ -647,7 +694,7 @@ def run_backtest(home: Path | str, dataset: str, *, start: object = None, end: o
     vix: dict[str, pd.Series] = {}
     store = DataStore(home / "data")
     if any(p in OPTION_BOOKS for p in portfolios):
-        u = UNDERLYINGS.get(symbols[0])
+        u = underlying_of_symbol(symbols[0])
         if u is not None and u.vol_index:
             got = daily_closes(store, dataset, u.vol_index, days[-1] + pd.Timedelta(days=10))
             if got is not None:
@@ -656,7 +703,7 @@ def run_backtest(home: Path | str, dataset: str, *, start: object = None, end: o
             say(f"no vol index for {symbols[0]}: the option books are left out")
             portfolios = [p for p in portfolios if p not in OPTION_BOOKS]
     overlap = "champion" in need and champ is not None
-    key = _run_key(dataset, days, methods, portfolios, params.params_hash,
+    key = _run_key(dataset, days, methods, portfolios, params.params_hash + f"/refit{refit_every}",
                    {**{k: refs[k] for k in need}, **{f"{k}@seed": v[1] for k, v in switch.items()}})
     out_dir = home / "backtest" / dataset / key
     parts_dir = out_dir / "parts"
@@ -665,7 +712,7 @@ def run_backtest(home: Path | str, dataset: str, *, start: object = None, end: o
     resumed = 0
     inputs = ChunkInputs(str(ledger_path(home)), closes, vix, refs, corr_ref, tuple(symbols),
                          tuple(methods), tuple(portfolios), params, rate, dividend, horizons,
-                         overlap, switch)
+                         overlap, switch, days, refit_every)
     jobs: list[ChunkJob] = []
     paths = []
     for i, c in enumerate(chunks):
@@ -687,7 +734,7 @@ def run_backtest(home: Path | str, dataset: str, *, start: object = None, end: o
     frame = frame[["date", "portfolio", "method", "apc", "margin_usd", "base_margin_usd", "mm_usd",
                    "var99_usd", "var975_usd", "es975_usd", "realized_loss_usd", "breach",
                    "var_breach", "mpor_days", "notional_usd", "bundle_id", "pnl_source",
-                   "n_failures", "selection_overlap"]].sort_values(
+                   "n_failures", "selection_overlap", "vol_index"]].sort_values(
         ["portfolio", "method", "apc", "date"], kind="stable").reset_index(drop=True)
     tails = {(r.portfolio, r.method, r.date): np.frombuffer(r.tail, np.float32).astype(float)
              for r in raw[["portfolio", "method", "date", "tail"]].itertuples(index=False)}
@@ -733,6 +780,65 @@ def prepare_dataset(home: Path | str, path: Path, dataset: str | None = None) ->
     ds = names.pop()
     steps.build_feature_frame(home, ds, FeaturesConfig(freq="1D"))
     return ds
+
+
+def step_path(n_before: int, n_after: int, multiplier: float, *, vol_1d: float = 0.02,
+              seed: int = 0, noise: bool = True) -> pd.DataFrame:
+    """A synthetic daily OHLCV path (24/7 days from 2000-01-01) whose daily log-return volatility
+    steps from ``vol_1d`` to ``multiplier x vol_1d`` after ``n_before`` days: Gaussian returns, or
+    with ``noise=False`` returns of exactly the day's vol with random signs (the step without
+    sampling noise); high/low from a half-normal excursion of the day's own vol, so range
+    estimators see the step."""
+    rng = np.random.default_rng(seed)
+    sig = np.r_[np.full(n_before, vol_1d), np.full(n_after, multiplier * vol_1d)]
+    z = rng.standard_normal(sig.size)
+    r = sig * (z if noise else np.sign(z))
+    close = 100.0 * np.exp(np.cumsum(r))
+    open_ = np.r_[100.0, close[:-1]]
+    ex = np.abs(rng.standard_normal((2, sig.size))) * sig * 0.5
+    high = np.maximum(open_, close) * np.exp(ex[0])
+    low = np.minimum(open_, close) * np.exp(-ex[1])
+    dates = pd.date_range("2000-01-01", periods=sig.size, freq="D")
+    return pd.DataFrame({"date": dates.strftime("%Y-%m-%d"), "open": open_, "high": high,
+                         "low": low, "close": close, "volume": 1.0})
+
+
+def impulse_response(home: Path | str, *, multipliers: Sequence[float] = (2.0, 3.0),
+                     methods: Sequence[str] = ("dprm_ewma", "fhs_ewma_94", "hvar"),
+                     n_before: int = 1000, n_after: int = 120, window: int = 60,
+                     horizons: Sequence[int] = (1, 5, 20, 60), seed: int = 0,
+                     noise: bool = True,
+                     progress: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+    """The margin's response to a synthetic step in volatility: for each multiplier a path
+    (:func:`step_path`) is ingested as its own dataset, backtested over ``window`` days either side
+    of the step on the ``long`` book, and each method's margin ``k`` days after the step is
+    reported relative to its margin the day before (the true vol ratio is the multiplier; the ES
+    of a scale family moves by exactly that)."""
+    home = Path(home)
+    out = []
+    for k in multipliers:
+        name = f"step{str(k).replace('.', 'p')}x{'' if noise else 'exact'}"
+        src = home / "synthetic" / f"{name}_1d.parquet"
+        src.parent.mkdir(parents=True, exist_ok=True)
+        path = step_path(n_before, n_after, float(k), seed=seed, noise=noise)
+        atomic_write_parquet(src, path)
+        ds = prepare_dataset(home, src, name)
+        step = pd.Timestamp(path["date"].iloc[n_before], tz="UTC")
+        run = run_backtest(home, ds, start=step - pd.Timedelta(days=window),
+                           end=step + pd.Timedelta(days=window), methods=methods,
+                           portfolios=("long",), progress=progress)
+        f = run.frame[run.frame["apc"].isin(["none", "buffer"])]
+        for (m, ap), g in f.groupby(["method", "apc"], sort=True):
+            g = g.sort_values("date").reset_index(drop=True)
+            dates = pd.DatetimeIndex(g["date"]).tz_convert("UTC").normalize()
+            # the first day whose MPOR return is drawn at the new vol: the close of the step day
+            at = int(np.searchsorted(dates.values, step.normalize().to_datetime64()))
+            resp = bt.step_response(g["margin_usd"].to_numpy(), at, horizons=horizons)
+            out.append({"multiplier": float(k), "noise": noise, "method": m, "apc": ap,
+                        **{f"after_{h}d": v for h, v in resp.items()}})
+    atomic_write_bytes(home / "backtest" / "impulse.json",
+                       json.dumps(out, indent=2, sort_keys=True).encode())
+    return out
 
 
 def _jsonable(x: Any) -> Any:
@@ -816,7 +922,8 @@ def score(frame: pd.DataFrame, tails: Mapping[tuple, np.ndarray] | None = None,
             ratio, lo_ci, hi_ci = bt.ratio_interval(adj, r[0], block=20, n_boot=499, seed=0)
             rec.update({"cost_ratio": ratio, "cost_ratio_lo": lo_ci, "cost_ratio_hi": hi_ci})
         out.append({k: (_finite(v) if isinstance(v, float) else v) for k, v in rec.items()})
-    by = {}
+    terciles = _mm_by_tercile(frame, "deribit")
+    by = {"mm_vs_deribit_by_vol_tercile": terciles}
     if out:
         pv = [(i, r["p_cc"]) for i, r in enumerate(out) if r.get("p_cc") is not None]
         for (i, _), adj in zip(pv, bt.holm([x for _, x in pv]), strict=True):
@@ -826,6 +933,30 @@ def score(frame: pd.DataFrame, tails: Mapping[tuple, np.ndarray] | None = None,
             out[i]["p_pof_holm"] = adj
     by["rows"] = out
     return by
+
+
+def _mm_by_tercile(frame: pd.DataFrame, reference: str) -> list[dict[str, Any]]:
+    """Option books: each method's mean MM over ``reference``'s (MM with MM, before APC) within
+    each tercile of the vol index (terciles of the book's own days)."""
+    out: list[dict[str, Any]] = []
+    f = frame[(frame["apc"] == "none") & frame["portfolio"].isin(OPTION_BOOKS)]
+    if f.empty or reference not in set(f["method"]) or f["vol_index"].isna().all():
+        return out
+    for pf, g in f.groupby("portfolio", sort=True):
+        ref = g[g["method"] == reference].set_index("date")
+        edges = np.quantile(ref["vol_index"], [1 / 3, 2 / 3])
+        band = pd.Series(np.digitize(ref["vol_index"], edges), index=ref.index)
+        for m, x in g[g["method"] != reference].groupby("method", sort=True):
+            x = x.set_index("date").reindex(ref.index)
+            for k, name in enumerate(("low", "mid", "high")):
+                sel = band == k
+                if sel.any():
+                    out.append({"portfolio": pf, "method": m, "tercile": name,
+                                "vol_index_max": float(ref["vol_index"][sel].max()),
+                                "mm_ratio": float(x["mm_usd"][sel].mean()
+                                                  / ref["mm_usd"][sel].mean()),
+                                "n": int(sel.sum())})
+    return out
 
 
 def summary_frame(summary: Mapping[str, Any]) -> pd.DataFrame:

@@ -206,6 +206,31 @@ def render_report(frame: pd.DataFrame, summary: Mapping[str, Any], *, home: Path
                          f"<td>{v['rise_during']:+.1%}</td><td>{v['lead']:.2f}</td></tr>"
                          if np.isfinite(v.get("lead", float("nan"))) else "")
         parts.append("</table>")
+    terc = summary.get("mm_vs_deribit_by_vol_tercile") or []
+    if terc:
+        parts.append("<h2>Option books: MM over the Deribit-style MM, by vol-index tercile</h2>"
+                     "<table><tr><th>portfolio</th><th>method</th><th>tercile</th>"
+                     "<th>vol index up to</th><th>days</th><th>MM ratio</th></tr>")
+        for r in terc:
+            parts.append(f"<tr><td class='l'>{html.escape(r['portfolio'])}</td><td class='l'>"
+                         f"{html.escape(r['method'])}</td><td class='l'>{r['tercile']}</td>"
+                         f"<td>{r['vol_index_max']:.1%}</td><td>{r['n']}</td>"
+                         f"<td>{r['mm_ratio']:.2f}</td></tr>")
+        parts.append("</table>")
+    imp = Path(home) / "backtest" / "impulse.json" if home is not None else None
+    if imp is not None and imp.is_file():
+        rows_i = json.loads(imp.read_text())
+        keys = [k for k in rows_i[0] if k.startswith("after_")] if rows_i else []
+        parts.append("<h2>Impulse response: margin after a synthetic step in volatility</h2>"
+                     "<p class='note'>margin k days after the step / the day before (simulated "
+                     "daily path, long book; the true ratio is the multiplier)</p><table><tr>"
+                     "<th>vol x</th><th>method</th><th>APC</th>"
+                     + "".join(f"<th>{html.escape(k)}</th>" for k in keys) + "</tr>")
+        for x in rows_i:
+            parts.append(f"<tr><td>{x['multiplier']:g}</td><td class='l'>{html.escape(x['method'])}"
+                         f"</td><td class='l'>{html.escape(x['apc'])}</td>"
+                         + "".join(f"<td>{x[k]:.2f}</td>" for k in keys) + "</tr>")
+        parts.append("</table>")
     parts.append("<h2>Margin against realized loss</h2>")
     for pf in portfolios:
         parts.append(f"<figure>{_margin_chart(frame, pf, methods)}</figure>")

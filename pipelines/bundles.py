@@ -20,7 +20,9 @@ pointing at it (written atomically):
   (EWMA correlation when the dataset has no correlation champion);
 - the bundle: variance scale estimated inside it from the ledger and the closes (ratio of means,
   block bootstrap), innovation distributions and the t-copula fitted to the residuals, staleness
-  per symbol. Rerunning on the same data writes nothing new (the ledger and the bundle are
+  per symbol; for a daily bundle, the vol-of-vol of every symbol whose vol index the dataset holds
+  (the S&P 500's VIX, BTC/ETH DVOL: ``pipelines.market.store_vol_of_vol``; the backtest found the
+  option books' VaR99 breached 5-10x too often without it). Rerunning on the same data writes nothing new (the ledger and the bundle are
   content-addressed).
 """
 
@@ -36,7 +38,7 @@ import pandas as pd
 
 from features.errors import DataError
 from features.schema import CLOSE, SYMBOL, TS
-from features.store import atomic_write_json
+from features.store import DataStore, atomic_write_json
 from models import catalog, registry
 from models.bundle_build import ModelRef as LedgerRef
 from models.bundle_build import build_bundle
@@ -46,6 +48,7 @@ from models.ledger import ForecastLedger
 from models.run_record import dprm_version
 from pipelines import steps
 from pipelines.flow_config import ForecastFlowConfig, corr_model_name_for
+from pipelines.market import store_vol_of_vol
 
 
 def ledger_path(home: Path | str) -> Path:
@@ -180,9 +183,12 @@ def issue_bundle(home: Path | str, cfg: ForecastFlowConfig, *, as_of: object = N
         raise DataError(f"{cfg.dataset}/{cfg.freq} has no close prices: the bundle's residuals "
                         "need them", column=CLOSE)
     closes = data.pivot_table(index=TS, columns=SYMBOL, values=CLOSE, aggfunc="last")[symbols]
+    vov = store_vol_of_vol(DataStore(home / "data"), cfg.dataset, closes, t) \
+        if unit == "1D" else {}
     bundle = build_bundle(
         ledger, t, symbols=symbols, vol_models={unit: vol_ref}, closes={unit: closes},
         corr_models=corr_models, horizons={unit: hs}, fallback_models=fallback,
+        vol_of_vol=vov or None,
         data_fingerprints={cfg.dataset: steps.feature_fingerprint(home, cfg.dataset, cfg.freq,
                                                                   symbols)},
         code_version=dprm_version(), scale_n_boot=199,

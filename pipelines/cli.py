@@ -1312,6 +1312,9 @@ def backtest_cmd(
         help="Comma-separated symbols of the dataset to use (default: all).")] = None,
     chunk_days: Annotated[int, typer.Option(
         help="Days per checkpointed chunk (a killed run resumes after its last one).")] = 60,
+    impulse: Annotated[bool, typer.Option(
+        "--impulse", help="The margin's response to a synthetic x2 and x3 step in volatility "
+        "(simulated daily paths).")] = False,
     sweep: Annotated[bool, typer.Option(
         "--sweep", help="The sensitivity sweep (confidence, lookback, EWMA lambda, APC) on "
         "Prefect's task runner.")] = False,
@@ -1335,6 +1338,17 @@ def backtest_cmd(
     ps = bt.DEMO_PORTFOLIOS if portfolios is None else (
         bt.PORTFOLIOS if portfolios == "all" else tuple(x.strip() for x in portfolios.split(",")))
     syms = None if symbols is None else [x.strip() for x in symbols.split(",")]
+    if impulse:
+        with con.status("impulse response: simulated x2 and x3 volatility steps"):
+            rows = bt.impulse_response(home)
+        _show_table("Margin k days after a step in volatility / the day before", [
+            ("multiplier", "vol x", "r"), ("method", "method", ""), ("apc", "APC", ""),
+            ("after_1d", "1d", "r"), ("after_5d", "5d", "r"), ("after_20d", "20d", "r"),
+            ("after_60d", "60d", "r")], rows,
+            fmt={k: "{:.2f}".format for k in ("after_1d", "after_5d", "after_20d", "after_60d")})
+        if json_out:
+            _flush_json()
+        return
     if sweep:
         from pipelines.flows import backtest_sweep_flow
 
@@ -1395,6 +1409,12 @@ def print_backtest(summary: dict[str, Any]) -> None:
         ("pc_peak_trough", "pk/tr", "r"), ("red_windows", "red", "rw"),
         ("yellow_windows", "yellow", "rw")], [r for r in rows if r["apc"] == "buffer"],
         fmt=_BT_FMT)
+    terc = summary.get("mm_vs_deribit_by_vol_tercile") or []
+    if terc:
+        _show_table("Option books: MM / Deribit-style MM by vol-index tercile", [
+            ("portfolio", "book", ""), ("method", "method", ""), ("tercile", "tercile", ""),
+            ("vol_index_max", "vol up to", "r"), ("n", "days", "r"), ("mm_ratio", "MM ratio", "r")],
+            terc, fmt={"vol_index_max": "{:.1%}".format, "mm_ratio": "{:.2f}".format})
 
 
 @app.command("report")
@@ -1761,7 +1781,8 @@ def run_demo(cfg: Any, console: Any) -> dict[str, Any]:
     with console.status("backtest: each day's margin from the ledger, against the realized loss"):
         bt_out = backtest_flow(BacktestFlowConfig(dataset="embedded", start=DEMO_BACKTEST[0],
                                                   end=DEMO_BACKTEST[1]))
-    print_backtest({"meta": bt_out["meta"], "rows": bt_out["rows"]})
+    print_backtest({"meta": bt_out["meta"], "rows": bt_out["rows"],
+                    "mm_vs_deribit_by_vol_tercile": bt_out.get("terciles") or []})
     console.print(f"backtest + report: {time.perf_counter() - clock:.0f} s; "
                   f"table {bt_out['out_dir']}/backtest.parquet")
     console.print(f"report: {bt_out['report']['report']} (MLflow run {bt_out['report']['run_id']})")

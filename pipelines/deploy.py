@@ -66,7 +66,7 @@ def deployment_specs(cfg: DeployConfig | None = None) -> list[dict[str, Any]]:
             "cron": cfg.backtest_cron,
             "parameters": {"cfg": BacktestFlowConfig(
                 dataset=cycle.forecast.dataset, methods=tuple(_all_methods()),
-                portfolios=tuple(_all_portfolios())).model_dump(mode="json")},
+                portfolios=tuple(_all_portfolios()), impulse=True).model_dump(mode="json")},
             "description": "Weekly: the full margin backtest grid and the risk team's report.",
         },
     ]

@@ -434,6 +434,7 @@ class BacktestFlowConfig(_Config):
     portfolios: tuple[str, ...] | None = None
     symbols: tuple[str, ...] | None = None
     chunk_days: int = Field(60, gt=0, description="days per checkpointed chunk (one task each)")
+    impulse: bool = Field(False, description="also the impulse response to x2/x3 vol steps")
     report: bool = True
     runner: RunnerConfig | None = None
 

@@ -333,7 +333,10 @@ def backtest_flow(cfg: BacktestFlowConfig = BacktestFlowConfig()) -> dict[str, A
         chunk_runner=chunks)
     out: dict[str, Any] = {"out_dir": str(run.out_dir), "seeded": run.seeded,
                            "resumed_chunks": run.resumed_chunks, "meta": run.summary["meta"],
-                           "rows": run.summary["rows"]}
+                           "rows": run.summary["rows"],
+                           "terciles": run.summary.get("mm_vs_deribit_by_vol_tercile") or []}
+    if cfg.impulse:
+        out["impulse"] = bt.impulse_response(home)
     if cfg.report:
         out["report"] = backtest_report_task(home, cfg.dataset)
     return out
@@ -347,6 +350,8 @@ SWEEP = {
     "EWMA lambda 0.97": {"ewma_lambda": 0.97},
     "MPOR 2 days": {"mpor_days": {"spot": 2, "perpetual": 2, "option": 2, "future": 2}},
     "no grid floor": {"grid_floor_share": 0.0},
+    "no stress blend": {"blend_x": 1.0},
+    "no stress blend, no grid floor": {"blend_x": 1.0, "grid_floor_share": 0.0},
 }
 """The sensitivity sweep's settings (margin-parameter overrides; the APC options are in every
 run's variants)."""

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -644,3 +644,53 @@ def historical_stress(store: DataStore, dataset: str, underlyings: list[str], as
             out.append(StressScenario(f"{u} {label} {day:%Y-%m-%d}", moves, "up",
                                       f"{src[u]} ({len(r)} days)", f"{day:%Y-%m-%d}"))
     return out
+
+
+def day_of(t: pd.Timestamp) -> pd.Timestamp:
+    """The UTC day a close at ``t`` closes (a bar stamped 00:00 closes the previous day): the key
+    of :func:`pipelines.market.daily_closes`, so a close and its vol index are the same day's."""
+    return (t - pd.Timedelta(microseconds=1)).normalize()
+
+
+def underlying_of_symbol(symbol: str) -> Any:
+    """The :data:`UNDERLYINGS` entry whose name or spot symbol is ``symbol`` (None: none)."""
+    return UNDERLYINGS.get(symbol) or next(
+        (u for u in UNDERLYINGS.values() if u.spot == symbol), None)
+
+
+def vol_of_vol_at(vix: Mapping[str, pd.Series], closes: pd.DataFrame, t: pd.Timestamp,
+                  mpors: tuple[int, ...] = (1, 2, 5)) -> dict[str, Any]:
+    """Each symbol's vol-of-vol (quantiles of d log IV over each MPOR and the spot-vol beta,
+    :func:`models.volvol.implied_vol_of_vol`) from its vol index and closes up to ``t`` (days
+    keyed as :func:`day_of`); symbols with under 250 changes get none (the engine's fallback)."""
+    from models.bundle_build import vol_of_vol_from
+    from models.volvol import implied_vol_of_vol
+
+    out = {}
+    for s, iv in vix.items():
+        cut = iv[iv.index <= day_of(t)]
+        px = closes[s].loc[:t]
+        px.index = pd.DatetimeIndex([day_of(x) for x in px.index])
+        try:
+            est = [implied_vol_of_vol(cut, px, symbol=s, mpor_days=m,
+                                      index_name=getattr(underlying_of_symbol(s), "vol_index",
+                                                         None) or "vol index")
+                   for m in mpors]
+        except DataError:
+            continue  # too short a history: none
+        out[s] = vol_of_vol_from(est)
+    return out
+
+
+def store_vol_of_vol(store: DataStore, dataset: str, closes: pd.DataFrame, t: pd.Timestamp
+                     ) -> dict[str, Any]:
+    """:func:`vol_of_vol_at` for every column of ``closes`` whose underlying's vol index (VIX,
+    DVOL) the dataset holds: the bundle's vol-of-vol where the data has one."""
+    vix = {}
+    for s in closes.columns:
+        u = underlying_of_symbol(str(s))
+        if u is not None and u.vol_index:
+            got = daily_closes(store, dataset, u.vol_index, t)
+            if got is not None:
+                vix[str(s)] = got[0]
+    return vol_of_vol_at(vix, closes, t) if vix else {}

@@ -29,7 +29,7 @@ from pipelines.bundles import issue_bundle, ledger_path
 from pipelines.flow_config import ForecastFlowConfig
 from tests.test_pipelines.workspaces import copy_workspace
 
-START, END = "2018-10-01", "2018-11-30"
+START, END = "2018-09-04", "2018-11-30"
 
 
 @pytest.fixture(scope="module")
@@ -101,12 +101,14 @@ def test_breach_flags_and_the_apc_replay_by_hand(run: bt.BacktestRun) -> None:
 def test_a_day_recomputes_from_the_ledger_at_that_day_only(bt_template: Path,
                                                             run: bt.BacktestRun) -> None:
     """The row's margin is the engine's on the bundle built from the ledger at t: rebuilt here
-    independently (public builders, the stated market state), the same bundle id and margin."""
+    independently (public builders, the stated market state), the same bundle id and margin;
+    between fit days only the distribution fits are carried over (the next day's bundle differs)."""
     from pipelines import steps
 
     f = run.frame[(run.frame["apc"] == "none") & (run.frame["portfolio"] == "long")
                   & (run.frame["method"] == "dprm")]
-    row = f.iloc[len(f) // 2]
+    assert bt.REFIT_EVERY == 21
+    row = f.iloc[21]  # a fit day: the residual distributions and the scale are fitted at t
     t = row["date"]
     ledger = ForecastLedger(ledger_path(bt_template))
     champ = bt._champion(bt_template, "embedded", "1D")
@@ -134,6 +136,18 @@ def test_a_day_recomputes_from_the_ledger_at_that_day_only(bt_template: Path,
     pf = bt.reference_portfolios(["long"], ["SP500", "NASDAQ"], t, s0, {}, 0.025, {})["long"]
     r = compute_method("dprm", pf, ms, b, MarginParams())
     assert r.im == pytest.approx(row["base_margin_usd"], rel=1e-12)
+    nxt = f.iloc[22]
+    assert nxt["bundle_id"] != row["bundle_id"]
+    b2 = build_bundle(ledger, nxt["date"], symbols=["NASDAQ", "SP500"], vol_models={"1D": ref},
+                      closes={"1D": closes.loc[:nxt["date"]]},
+                      corr_models={"1D": ModelRef("ewma_corr", "baseline", "fallback")},
+                      horizons={"1D": (1, 2, 5)},
+                      fallback_models={"1D": ModelRef("ewma", "baseline", "fallback")},
+                      code_version=b_version(), random_state=0,
+                      scale=b.vol_table[["unit", "symbol", "horizon", "scale", "scale_lo",
+                                         "scale_hi"]], innovations=dict(b.innovations),
+                      copula_df=b.copula_df)
+    assert b2.bundle_id == nxt["bundle_id"]
 
 
 def test_no_look_ahead_a_shorter_window_gives_the_same_rows(bt_template: Path,
@@ -210,7 +224,7 @@ def test_killed_mid_run_resumes_to_identical_outputs(bt_template: Path, run: bt.
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
     done = sorted(p.name for p in parts.glob("*.parquet"))
-    assert 1 <= len(done) < 4, done  # killed mid-run
+    assert 1 <= len(done) < 5, done  # killed mid-run (of 5 chunks)
     assert not (parts.parent / "backtest.parquet").exists()
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
@@ -275,3 +289,20 @@ def test_report_renders_in_headless_chromium(bt_template: Path, run: bt.Backtest
     # the summary table holds every portfolio x method x variant
     assert page.count("<tr class=") == len(run.summary["rows"])
     assert json.loads((run.out_dir / "summary.json").read_text())["meta"]["run_key"] in page
+
+
+def test_impulse_response_to_a_vol_step(tmp_path: Path) -> None:
+    """A x2 step in volatility without sampling noise (every return exactly the day's vol): the
+    FHS-EWMA margin rises at least at the EWMA's pace, sqrt(l^n + (1 - l^n) k^2) at n days after
+    the step, and at most k times that (the new days' residuals, r / the lagging vol, are at most
+    k: the filtered-history overshoot); hvar moves far less at first."""
+    rows = bt.impulse_response(tmp_path / "home", multipliers=(2.0,), n_before=600, n_after=70,
+                               window=62, methods=("fhs_ewma_94", "hvar"), noise=False)
+    r = {(x["method"], x["apc"]): x for x in rows}
+    f = r[("fhs_ewma_94", "none")]
+    for n in (20, 60):
+        ewma = math.sqrt(0.94**n + (1 - 0.94**n) * 4)
+        assert ewma * 0.9 <= f[f"after_{n}d"] <= 2 * ewma, (n, f)
+    assert f["after_60d"] >= 1.9
+    assert r[("hvar", "none")]["after_5d"] < f["after_20d"]
+    assert (tmp_path / "home" / "backtest" / "impulse.json").is_file()

@@ -1775,12 +1775,12 @@ def run_demo(cfg: Any, console: Any) -> dict[str, Any]:
     console.rule("6. margin backtest through Prefect (embedded 2018, the champion's last "
                  "out-of-sample year; demo subset) and the risk team's report")
     from pipelines.flow_config import BacktestFlowConfig
-    from pipelines.flows import backtest_flow
+    from pipelines.flows import run_backtest_flow
 
     clock = time.perf_counter()
     with console.status("backtest: each day's margin from the ledger, against the realized loss"):
-        bt_out = backtest_flow(BacktestFlowConfig(dataset="embedded", start=DEMO_BACKTEST[0],
-                                                  end=DEMO_BACKTEST[1]))
+        bt_out = run_backtest_flow(BacktestFlowConfig(dataset="embedded", start=DEMO_BACKTEST[0],
+                                                      end=DEMO_BACKTEST[1]))
     print_backtest({"meta": bt_out["meta"], "rows": bt_out["rows"],
                     "mm_vs_deribit_by_vol_tercile": bt_out.get("terciles") or []})
     console.print(f"backtest + report: {time.perf_counter() - clock:.0f} s; "

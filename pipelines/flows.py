@@ -451,6 +451,14 @@ def run_monitor(cfg: MonitorFlowConfig | None = None) -> dict[str, Any]:
     return out
 
 
+def run_backtest_flow(cfg: BacktestFlowConfig | None = None) -> dict[str, Any]:
+    """The backtest flow on the configured task runner (``cfg.runner``, else ``DPRM_RUNNER``:
+    threads, or Dask workers that each compute whole chunks)."""
+    cfg = cfg or BacktestFlowConfig()
+    fl = backtest_flow.with_options(task_runner=make_runner(runner_config_from_env(cfg.runner)))
+    return fl(cfg)
+
+
 def run_cycle(cfg: CycleConfig | None = None) -> dict[str, Any]:
     """Run the whole cycle (the demo); per-step summaries with ``state``."""
     return _run(daily_cycle, cfg or CycleConfig(), None)

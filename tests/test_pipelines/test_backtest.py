@@ -117,13 +117,19 @@ def test_a_day_recomputes_from_the_ledger_at_that_day_only(bt_template: Path,
     data = steps.model_frame(bt_template, "embedded", "1D")
     closes = data.pivot_table(index="ts", columns="symbol", values="close", aggfunc="last")
     closes = closes[["NASDAQ", "SP500"]].dropna()
+    from features.store import DataStore
+    from pipelines.market import store_vol_of_vol
+
+    vov = store_vol_of_vol(DataStore(bt_template / "data"), "embedded", closes.loc[:t], t)
+    assert set(vov) == {"SP500"}  # the VIX's vol-of-vol and spot-vol beta
+    assert vov["SP500"].spot_vol_beta < -2  # equity implied vol rises when the index falls
     b = build_bundle(ledger, t, symbols=["NASDAQ", "SP500"], vol_models={"1D": ref},
                      closes={"1D": closes.loc[:t]},
                      corr_models={"1D": ModelRef("ewma_corr", "baseline", "fallback")},
                      horizons={"1D": (1, 2, 5)},
                      fallback_models={"1D": ModelRef("ewma", "baseline", "fallback")},
                      code_version=b_version(), scale_n_boot=199, fit_residual_distribution=True,
-                     random_state=0)
+                     random_state=0, vol_of_vol=vov)
     assert b.bundle_id == row["bundle_id"]
     assert b.as_of == t
     s0 = {s: float(closes.at[t, s]) for s in ("SP500", "NASDAQ")}
@@ -146,7 +152,7 @@ def test_a_day_recomputes_from_the_ledger_at_that_day_only(bt_template: Path,
                       code_version=b_version(), random_state=0,
                       scale=b.vol_table[["unit", "symbol", "horizon", "scale", "scale_lo",
                                          "scale_hi"]], innovations=dict(b.innovations),
-                      copula_df=b.copula_df)
+                      copula_df=b.copula_df, vol_of_vol=vov)
     assert b2.bundle_id == nxt["bundle_id"]
 
 
@@ -205,10 +211,11 @@ def test_rerun_writes_the_same_bytes(bt_template: Path, run: bt.BacktestRun) -> 
     assert (again.out_dir / "summary.json").read_bytes() == before[1]
 
 
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
 def test_killed_mid_run_resumes_to_identical_outputs(bt_template: Path, run: bt.BacktestRun,
-                                                     tmp_path: Path) -> None:
-    """SIGKILL after the first checkpointed chunk; the rerun recomputes only the missing chunks
-    and writes the bytes of the uninterrupted run."""
+                                                     tmp_path: Path, sig: int) -> None:
+    """SIGKILL (or SIGTERM) after the first checkpointed chunk; the rerun recomputes only the
+    missing chunks and writes the bytes of the uninterrupted run."""
     home = copy_workspace(bt_template, tmp_path / "home")
     shutil.rmtree(home / "backtest", ignore_errors=True)
     env = {**os.environ, "DPRM_HOME": str(home), "PREFECT_LOGGING_LEVEL": "WARNING"}
@@ -221,7 +228,7 @@ def test_killed_mid_run_resumes_to_identical_outputs(bt_template: Path, run: bt.
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and not list(parts.glob("*.parquet")):
         time.sleep(0.2)
-    os.killpg(proc.pid, signal.SIGKILL)
+    os.killpg(proc.pid, sig)
     proc.wait(timeout=30)
     done = sorted(p.name for p in parts.glob("*.parquet"))
     assert 1 <= len(done) < 5, done  # killed mid-run (of 5 chunks)
@@ -306,3 +313,23 @@ def test_impulse_response_to_a_vol_step(tmp_path: Path) -> None:
     assert f["after_60d"] >= 1.9
     assert r[("hvar", "none")]["after_5d"] < f["after_20d"]
     assert (tmp_path / "home" / "backtest" / "impulse.json").is_file()
+
+
+def test_the_flow_on_dask_writes_the_bytes_of_the_threaded_run(
+        bt_template: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The backtest flow with its chunks on Dask worker processes (the scale-out path) and on
+    threads: the same table, byte for byte; the report task logs to MLflow."""
+    from pipelines.flow_config import BacktestFlowConfig, RunnerConfig
+    from pipelines.flows import run_backtest_flow
+
+    outs = {}
+    for kind in ("threads", "dask"):
+        home = copy_workspace(bt_template, tmp_path / kind)
+        monkeypatch.setenv("DPRM_HOME", str(home))
+        outs[kind] = run_backtest_flow(BacktestFlowConfig(
+            start=START, end="2018-10-31", methods=("dprm", "fixed"), portfolios=("long",),
+            chunk_days=10, runner=RunnerConfig(kind=kind, dask_workers=2)))
+    a = Path(outs["threads"]["out_dir"]) / "backtest.parquet"
+    b = Path(outs["dask"]["out_dir"]) / "backtest.parquet"
+    assert a.read_bytes() == b.read_bytes()
+    assert outs["dask"]["report"]["run_id"] and Path(outs["dask"]["report"]["report"]).is_file()

@@ -127,5 +127,8 @@ def test_fhs_ewma_yardstick_on_bitstamp_btc(tmp_path: Path, data_dir: Path) -> N
     buf = r[("fhs_ewma_94_var", "buffer")]
     assert buf["breaches"] <= y["breaches"]  # the buffered margin is never below the base
     f = run.frame[run.frame["method"] == "fhs_ewma_94_var"]
-    assert (f["margin_usd"] >= f["base_margin_usd"] - 1e-9).all()
+    unc = f[f["apc"].isin(["none", "buffer"])]  # no cap: never below the base margin
+    assert (unc["margin_usd"] >= unc["base_margin_usd"] - 1e-9).all()
+    cap = f[f["apc"] == "buffer_cap"].sort_values("date")["margin_usd"].to_numpy()
+    assert (cap[1:] <= cap[:-1] * 1.10 * (1 + 1e-12)).all()  # the 10% daily cap holds
     assert math.isfinite(buf["pc_max_30d"])

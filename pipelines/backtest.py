@@ -28,7 +28,10 @@ first, ``B`` the second): ``long`` (+1 M of A), ``short`` (-1 M of A), ``pair`` 
 ``diversified`` (1 M split equally over up to ten symbols), and where A has a vol index: ``straddle``
 (short a 30-day at-the-money call and put on 1 M), ``covered_call`` (+1 M A, short a 30-day 5% OTM
 call on it), ``calendar`` (short 30-day, long 60-day at-the-money calls on 1 M), ``delta_hedged``
-(long a 30-day at-the-money call on 1 M, short its Black delta in A). Option expiries are the
+(long a 30-day at-the-money call on 1 M, short its Black delta in A), and where A has a perpetual
+with daily marks (``perp_dataset``): ``basis`` (+1 M of A spot, short the same coins of A's USD-M
+perpetual; the perpetual revalued at its end-of-MPOR mark, its funding reported apart as
+``carry_usd``). Option expiries are the
 first day on or after ``t + 30`` (60) days: the book is re-formed each day (a daily roll), frozen
 within the MPOR.
 
@@ -44,6 +47,7 @@ date x portfolio x method x APC variant; :data:`COLUMNS`), ``summary.json`` (the
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -61,8 +65,8 @@ from features.store import DataStore, atomic_write_bytes, atomic_write_parquet
 from margin import backtest as bt
 from margin.apc import APCParams, apc_step
 from margin.calculator import book_mpor
-from margin.instruments import Option, OptionRight, Spot
-from margin.market_state import FlatVolSurface, MarketState, Quote, UnderlyingState
+from margin.instruments import Option, OptionRight, Perpetual, Spot
+from margin.market_state import FlatVolSurface, FundingQuote, MarketState, Quote, UnderlyingState
 from margin.methods import compute_method
 from margin.params import MarginParams
 from margin.portfolio import Portfolio, Position
@@ -74,7 +78,15 @@ from models.ledger import ForecastLedger
 from models.run_record import dprm_version
 from pipelines import steps
 from pipelines.bundles import BASELINE, ledger_path
-from pipelines.market import daily_closes, day_of, underlying_of_symbol, vol_of_vol_at
+from pipelines.market import (
+    BINANCE_FUNDING_INTERVAL,
+    daily_closes,
+    daily_marks,
+    day_of,
+    funding_events,
+    underlying_of_symbol,
+    vol_of_vol_at,
+)
 
 __all__ = [
     "APC_VARIANTS", "COLUMNS", "CRASHES", "DEMO_METHODS", "DEMO_PORTFOLIOS", "METHODS",
@@ -127,9 +139,10 @@ return windows are as long as the data allows from the first day of the window."
 
 DEMO_METHODS = ("dprm", "fhs_ewma_94", "hvar", "fixed")
 DEMO_PORTFOLIOS = ("long", "pair", "straddle")
-PORTFOLIOS = ("long", "short", "pair", "diversified", "straddle", "covered_call", "calendar",
-              "delta_hedged")
+PORTFOLIOS = ("long", "short", "pair", "diversified", "basis", "straddle", "covered_call",
+              "calendar", "delta_hedged")
 OPTION_BOOKS = ("straddle", "covered_call", "calendar", "delta_hedged")
+PERP_BOOKS = ("basis",)
 
 APC_VARIANTS: dict[str, APCParams | None] = {
     "none": None,
@@ -155,6 +168,8 @@ COLUMNS = {
     "var975_usd": "VaR97.5 of the same scenarios (the ES test's threshold)",
     "es975_usd": "ES97.5 of the same scenarios",
     "realized_loss_usd": "clean loss over the MPOR (positions frozen, revalued at its end)",
+    "carry_usd": "funding the book's perpetual legs received (+) or paid (-) over the MPOR, at the "
+                 "day-t mark; reported apart from the clean loss (NaN: no perpetual leg)",
     "breach": "realized_loss_usd > margin_usd",
     "var_breach": "realized_loss_usd > var99_usd",
     "mpor_days": "MPOR in trading days",
@@ -192,9 +207,11 @@ def _fwd(s: float, r: float, q: float, tau: float) -> float:
 
 def reference_portfolios(names: Sequence[str], symbols: Sequence[str], t: pd.Timestamp,
                          spot: Mapping[str, float], vol: Mapping[str, float],
-                         rate: float, dividend: Mapping[str, float]) -> dict[str, Portfolio]:
+                         rate: float, dividend: Mapping[str, float],
+                         perp: Mapping[str, str] | None = None) -> dict[str, Portfolio]:
     """The reference portfolios ``names`` at ``t`` (see the module docstring for the rule); an
-    option book is left out where the first symbol has no implied vol ``vol`` that day."""
+    option book is left out where the first symbol has no implied vol ``vol`` that day, the basis
+    book where it has no perpetual with a mark that day (``perp``: spot symbol -> perpetual)."""
     a = symbols[0]
     out: dict[str, list[tuple[Any, float]]] = {}
     q_a = NOTIONAL_USD / spot[a]
@@ -209,6 +226,8 @@ def reference_portfolios(names: Sequence[str], symbols: Sequence[str], t: pd.Tim
         elif n == "diversified":
             pick = list(symbols[:10])
             out[n] = [(Spot(s, s), NOTIONAL_USD / len(pick) / spot[s]) for s in pick]
+        elif n == "basis" and perp and a in perp:
+            out[n] = [(Spot(a, a), q_a), (Perpetual(perp[a], a, venue="binance"), -q_a)]
         elif n in OPTION_BOOKS and a in vol:
             s0 = spot[a]
             if n == "straddle":
@@ -234,10 +253,15 @@ def reference_portfolios(names: Sequence[str], symbols: Sequence[str], t: pd.Tim
     return res
 
 
-def _value(inst: Any, t: pd.Timestamp, s: float, vol: float | None, rate: float, q: float
-           ) -> float:
-    """Value per unit of an instrument at ``t`` (spot: the price; option: discounted Black-76 on
-    the forward at the flat ``vol``; at or after expiry, the intrinsic value at ``s``)."""
+def _value(inst: Any, t: pd.Timestamp, s: float, vol: float | None, rate: float, q: float,
+           mark: float | None = None) -> float:
+    """Value per unit of an instrument at ``t`` (spot: the price; a linear perpetual: its
+    ``mark``; option: discounted Black-76 on the forward at the flat ``vol``; at or after expiry,
+    the intrinsic value at ``s``)."""
+    if isinstance(inst, Perpetual):
+        if mark is None:
+            raise DataError(f"no mark for {inst.name} at {t}", column="mark")
+        return mark
     if isinstance(inst, Option):
         tau = year_fraction(t, inst.expiry)
         if tau <= 0:
@@ -249,17 +273,44 @@ def _value(inst: Any, t: pd.Timestamp, s: float, vol: float | None, rate: float,
 
 def realized_loss(pf: Portfolio, t0: pd.Timestamp, t1: pd.Timestamp, s0: Mapping[str, float],
                   s1: Mapping[str, float], v0: Mapping[str, float], v1: Mapping[str, float],
-                  rate: float, dividend: Mapping[str, float]) -> float:
+                  rate: float, dividend: Mapping[str, float],
+                  m0: Mapping[str, float] | None = None, m1: Mapping[str, float] | None = None
+                  ) -> float:
     """The clean loss from ``t0`` to ``t1`` of the frozen positions: each revalued at ``t1`` at
-    the end price ``s1`` and vol ``v1`` (time advanced), minus its value at ``t0``."""
+    the end price ``s1``, vol ``v1`` and perpetual mark ``m1`` (by instrument name; time
+    advanced), minus its value at ``t0``. Funding is not in it (:func:`funding_carry`)."""
     pnl = 0.0
     for p in pf.positions:
         u = p.instrument.underlying
         q = dividend.get(u, 0.0)
-        a = _value(p.instrument, t0, s0[u], v0.get(u), rate, q)
-        b = _value(p.instrument, t1, s1[u], v1.get(u), rate, q)
+        n = p.instrument.name
+        a = _value(p.instrument, t0, s0[u], v0.get(u), rate, q, (m0 or {}).get(n))
+        b = _value(p.instrument, t1, s1[u], v1.get(u), rate, q, (m1 or {}).get(n))
         pnl += p.quantity * (b - a)
     return -pnl
+
+
+def funding_carry(pf: Portfolio, t0: pd.Timestamp, t1: pd.Timestamp, m0: Mapping[str, float],
+                  funding: Mapping[str, pd.Series | None]) -> float:
+    """Funding the book's linear perpetuals receive (+) or pay (-) from the close ``t0`` to the
+    close ``t1``: ``-quantity x mark_t0 x`` the sum of the funding rates of the events after
+    ``t0`` up to and including ``t1`` (longs pay a positive rate; the events as
+    :func:`pipelines.market.funding_events` gives them, on the minute). NaN where a leg has no
+    funding events in the window; 0 for a book without perpetuals."""
+    c0 = day_of(t0) + pd.Timedelta(days=1)
+    c1 = day_of(t1) + pd.Timedelta(days=1)
+    total = 0.0
+    for p in pf.positions:
+        if not isinstance(p.instrument, Perpetual):
+            continue
+        ev = funding.get(p.instrument.name)
+        if ev is None:
+            return float("nan")
+        w = ev[(ev.index > c0) & (ev.index <= c1)]
+        if w.empty:
+            return float("nan")
+        total += -p.quantity * m0[p.instrument.name] * float(w.sum())
+    return total
 
 
 def _notional(pf: Portfolio, s: Mapping[str, float]) -> float:
@@ -421,10 +472,14 @@ def _chunk(days: pd.DatetimeIndex, closes: pd.DataFrame, vix: Mapping[str, pd.Se
            params: MarginParams, rate: float, dividend: Mapping[str, float],
            horizons: tuple[int, ...], selection_overlap: bool,
            switch: Mapping[str, tuple[pd.Timestamp, ModelRef]] | None = None,
-           all_days: pd.DatetimeIndex | None = None, refit_every: int = 1) -> pd.DataFrame:
+           all_days: pd.DatetimeIndex | None = None, refit_every: int = 1,
+           perp: Mapping[str, PerpData] | None = None) -> pd.DataFrame:
     """The rows of one chunk of days (before anti-procyclicality). The bundle's residual
     distributions and variance scale are fitted on the window's days ``0, refit_every, ...``
-    (``all_days``) and reused until the next fit day (1: every day, as the forecast flow does)."""
+    (``all_days``) and reused until the next fit day (1: every day, as the forecast flow does).
+    ``perp``: spot symbol -> its perpetual's daily marks and funding events (the basis book)."""
+    perp = perp or {}
+    funding = {d.symbol: d.funding for d in perp.values()}
     idx = closes.index
     rows: list[dict[str, Any]] = []
     need = sorted({METHODS[m].model for m in methods})
@@ -475,9 +530,23 @@ def _chunk(days: pd.DatetimeIndex, closes: pd.DataFrame, vix: Mapping[str, pd.Se
                 st = UnderlyingState(s, spot=st.spot, rate=st.rate, dividend_yield=st.dividend_yield,
                                      vol_surface=FlatVolSurface(v0[s]),
                                      vol_index=Quote(v0[s], "vol", "vol index", t))
+            pd_ = perp.get(s)
+            if pd_ is not None and day in pd_.marks.index:
+                fq = None
+                if pd_.funding is not None:
+                    last = pd_.funding[pd_.funding.index <= day + pd.Timedelta(days=1)]
+                    if len(last):
+                        fq = FundingQuote(Quote(float(last.iloc[-1]), "per_period",
+                                                f"funding[{pd_.symbol}]", t),
+                                          BINANCE_FUNDING_INTERVAL)
+                st = dataclasses.replace(st, marks={pd_.symbol: Quote(
+                    float(pd_.marks.loc[day]), "USD", f"{pd_.source}[{pd_.symbol}]", t)},
+                    funding=fq)
             unds[s] = st
         ms = MarketState(t, unds, source="backtest")
-        books = reference_portfolios(portfolios, symbols, t, s0, v0, rate, dividend)
+        m0 = {d.symbol: float(d.marks.loc[day]) for d in perp.values() if day in d.marks.index}
+        names = {s: d.symbol for s, d in perp.items() if d.symbol in m0}
+        books = reference_portfolios(portfolios, symbols, t, s0, v0, rate, dividend, names)
         for name, pf in books.items():
             h = book_mpor(pf.positions, params)
             if k + h >= len(idx):
@@ -490,9 +559,16 @@ def _chunk(days: pd.DatetimeIndex, closes: pd.DataFrame, vix: Mapping[str, pd.Se
             if is_opt and not all(p.instrument.underlying in v1 for p in pf.positions
                                   if isinstance(p.instrument, Option)):
                 continue
-            loss = realized_loss(pf, t, t1, s0, s1, v0, v1, rate, dividend)
+            is_perp = any(isinstance(p.instrument, Perpetual) for p in pf.positions)
+            m1 = {d.symbol: float(d.marks.loc[d1]) for d in perp.values() if d1 in d.marks.index}
+            if is_perp and not all(p.instrument.name in m1 for p in pf.positions
+                                   if isinstance(p.instrument, Perpetual)):
+                continue
+            loss = realized_loss(pf, t, t1, s0, s1, v0, v1, rate, dividend, m0, m1)
+            carry = funding_carry(pf, t, t1, m0, funding) if is_perp else float("nan")
             src = ("model-reconstructed: Black-76 on a flat surface at the vol index, end-of-MPOR "
-                   "vol index and spot" if is_opt else "market")
+                   "vol index and spot" if is_opt else
+                   "market: spot close and perpetual mark" if is_perp else "market")
             for m in methods:
                 spec = METHODS[m]
                 b = bundles[spec.model]
@@ -501,7 +577,8 @@ def _chunk(days: pd.DatetimeIndex, closes: pd.DataFrame, vix: Mapping[str, pd.Se
                 rows.append({
                     "date": t, "portfolio": name, "method": m, "base_margin_usd": float(r.im),
                     "mm_usd": float(r.mm), "var99_usd": v99, "var975_usd": v975,
-                    "es975_usd": e975, "realized_loss_usd": float(loss), "mpor_days": h,
+                    "es975_usd": e975, "realized_loss_usd": float(loss), "carry_usd": carry,
+                    "mpor_days": h,
                     "notional_usd": _notional(pf, s0), "bundle_id": b.bundle_id,
                     "pnl_source": src, "n_failures": len(r.failures),
                     "selection_overlap": selection_overlap,
@@ -509,6 +586,17 @@ def _chunk(days: pd.DatetimeIndex, closes: pd.DataFrame, vix: Mapping[str, pd.Se
                     "vol_index": float(v0.get(symbols[0], float("nan"))),
                     "tail": tail.tobytes()})
     return pd.DataFrame(rows)
+
+
+@dataclass(frozen=True)
+class PerpData:
+    """A spot symbol's perpetual for the basis book: its store symbol, daily marks (keyed by
+    :func:`day_of`), the mark tables they come from, and its funding events (None: none)."""
+
+    symbol: str
+    marks: pd.Series
+    source: str
+    funding: pd.Series | None
 
 
 @dataclass(frozen=True)
@@ -531,6 +619,7 @@ class ChunkInputs:
     switch: Mapping[str, tuple[pd.Timestamp, ModelRef]]
     all_days: pd.DatetimeIndex
     refit_every: int
+    perp: Mapping[str, PerpData] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -552,7 +641,7 @@ def run_chunk(job: ChunkJob) -> str:
     x = job.inputs
     f = _chunk(job.days, x.closes, x.vix, ForecastLedger(x.ledger_root), x.refs, x.corr_ref,
                x.symbols, x.methods, x.portfolios, x.params, x.rate, x.dividend, x.horizons,
-               x.overlap, x.switch, x.all_days, x.refit_every)
+               x.overlap, x.switch, x.all_days, x.refit_every, x.perp)
     atomic_write_parquet(p, f)
     return job.path
 
@@ -590,15 +679,16 @@ def run_backtest(home: Path | str, dataset: str, *, start: object = None, end: o
                  dividend: Mapping[str, float] | None = None,
                  progress: Callable[[str], None] | None = None,
                  chunk_days: int = CHUNK_DAYS,
-                 chunk_runner: Callable[[Sequence[ChunkJob]], object] | None = None
-                 ) -> BacktestRun:
+                 chunk_runner: Callable[[Sequence[ChunkJob]], object] | None = None,
+                 perp_dataset: str | None = None) -> BacktestRun:
     """Backtest ``methods`` x ``portfolios`` on ``dataset``'s daily data over [start, end] (default:
     the span where the champion has issued history, else the whole data after a year of warm-up),
     each day's history at most ``history_years`` long, the bundles' distribution fits renewed every
     ``refit_every`` days.
     Writes the outputs (module docstring) and returns them. ``chunk_runner`` runs the chunk
     jobs with :func:`run_chunk` (default: in order; the flow maps them on Prefect's task runner, so
-    they also run on Dask workers)."""
+    they also run on Dask workers). The basis book reads the first symbol's perpetual marks and
+    funding from ``perp_dataset`` (default: ``dataset`` itself)."""
     home = Path(home)
     say = progress or (lambda s: None)
     bad = [m for m in methods if m not in METHODS]
@@ -702,8 +792,24 @@ def run_backtest(home: Path | str, dataset: str, *, start: object = None, end: o
         if not vix:
             say(f"no vol index for {symbols[0]}: the option books are left out")
             portfolios = [p for p in portfolios if p not in OPTION_BOOKS]
+    perp: dict[str, PerpData] = {}
+    if any(p in PERP_BOOKS for p in portfolios):
+        pds = perp_dataset or dataset
+        u = underlying_of_symbol(symbols[0])
+        psym = None if u is None else u.perpetual
+        got = None
+        if psym is not None and store.exists(pds):
+            got = daily_marks(store, pds, psym, days[-1] + pd.Timedelta(days=10))
+        if got is None:
+            say(f"no perpetual marks for {symbols[0]} in {pds}: the basis book is left out")
+            portfolios = [p for p in portfolios if p not in PERP_BOOKS]
+        else:
+            perp[symbols[0]] = PerpData(psym, got[0], got[1], funding_events(
+                store, pds, psym, days[-1] + pd.Timedelta(days=10)))
     overlap = "champion" in need and champ is not None
-    key = _run_key(dataset, days, methods, portfolios, params.params_hash + f"/refit{refit_every}",
+    pkey = "" if not perp else f"/perp:{perp_dataset or dataset}"
+    key = _run_key(dataset, days, methods, portfolios,
+                   params.params_hash + f"/refit{refit_every}" + pkey,
                    {**{k: refs[k] for k in need}, **{f"{k}@seed": v[1] for k, v in switch.items()}})
     out_dir = home / "backtest" / dataset / key
     parts_dir = out_dir / "parts"
@@ -712,7 +818,7 @@ def run_backtest(home: Path | str, dataset: str, *, start: object = None, end: o
     resumed = 0
     inputs = ChunkInputs(str(ledger_path(home)), closes, vix, refs, corr_ref, tuple(symbols),
                          tuple(methods), tuple(portfolios), params, rate, dividend, horizons,
-                         overlap, switch, days, refit_every)
+                         overlap, switch, days, refit_every, perp)
     jobs: list[ChunkJob] = []
     paths = []
     for i, c in enumerate(chunks):
@@ -732,7 +838,7 @@ def run_backtest(home: Path | str, dataset: str, *, start: object = None, end: o
     raw = pd.concat([pd.read_parquet(p) for p in paths], ignore_index=True)
     frame = _apc(raw.drop(columns=["tail"]))
     frame = frame[["date", "portfolio", "method", "apc", "margin_usd", "base_margin_usd", "mm_usd",
-                   "var99_usd", "var975_usd", "es975_usd", "realized_loss_usd", "breach",
+                   "var99_usd", "var975_usd", "es975_usd", "realized_loss_usd", "carry_usd", "breach",
                    "var_breach", "mpor_days", "notional_usd", "bundle_id", "pnl_source",
                    "n_failures", "selection_overlap", "vol_index"]].sort_values(
         ["portfolio", "method", "apc", "date"], kind="stable").reset_index(drop=True)
@@ -759,26 +865,31 @@ def run_backtest(home: Path | str, dataset: str, *, start: object = None, end: o
     return BacktestRun(frame, summary, out_dir, seeded, resumed)
 
 
+def ingest_only(home: Path | str, path: Path, dataset: str | None = None) -> str:
+    """Ingest ``path`` (a file or folder any reader detects) into the store without building
+    features (a perpetuals folder for the basis book: its marks and funding are read as stored);
+    returns the dataset name. Idempotent."""
+    from features.ingest import ingest_file
+    from features.readers import list_sources
+
+    store = DataStore(Path(home) / "data")
+    files = [f for f, fmt, _ in list_sources(path) if fmt is not None] if path.is_dir() else [path]
+    if not files:
+        raise DataError(f"{path}: no data files a reader recognizes", source=str(path))
+    names = {ingest_file(store, f, dataset=dataset).dataset for f in files}
+    if len(names) != 1:
+        raise ConfigError(f"{path} went into several datasets {sorted(names)}; pass --dataset")
+    return names.pop()
+
+
 def prepare_dataset(home: Path | str, path: Path, dataset: str | None = None) -> str:
     """Ingest ``path`` (a file or folder any reader detects) into the store and build its daily
     features; returns the dataset name (``dataset``, else the file's folder name). Idempotent:
     a source already stored adds nothing."""
-    from features.ingest import ingest_file
-    from features.readers import list_sources
     from pipelines.config import FeaturesConfig
 
-    home = Path(home)
-    store = DataStore(home / "data")
-    files = [f for f, fmt, _ in list_sources(path) if fmt is not None] if path.is_dir() else [path]
-    if not files:
-        raise DataError(f"{path}: no data files a reader recognizes", source=str(path))
-    names = set()
-    for f in files:
-        names.add(ingest_file(store, f, dataset=dataset).dataset)
-    if len(names) != 1:
-        raise ConfigError(f"{path} went into several datasets {sorted(names)}; pass --dataset")
-    ds = names.pop()
-    steps.build_feature_frame(home, ds, FeaturesConfig(freq="1D"))
+    ds = ingest_only(home, path, dataset)
+    steps.build_feature_frame(Path(home), ds, FeaturesConfig(freq="1D"))
     return ds
 
 

@@ -1310,6 +1310,9 @@ def backtest_cmd(
         help="Comma-separated reference portfolios (default: the demo subset; 'all').")] = None,
     symbols: Annotated[str | None, typer.Option(
         help="Comma-separated symbols of the dataset to use (default: all).")] = None,
+    perp: Annotated[str | None, typer.Option(
+        "--perp", help="Dataset name, or a folder to ingest, holding the first symbol's "
+        "perpetual marks and funding (the basis book; default: --data itself).")] = None,
     chunk_days: Annotated[int, typer.Option(
         help="Days per checkpointed chunk (a killed run resumes after its last one).")] = 60,
     impulse: Annotated[bool, typer.Option(
@@ -1333,6 +1336,11 @@ def backtest_cmd(
         with con.status(f"ingesting {data} and building daily features"):
             ds = bt.prepare_dataset(home, Path(data), dataset)
         con.print(f"dataset {ds}: ingested from {data}, daily features built")
+    pds = perp
+    if perp is not None and Path(perp).exists():
+        with con.status(f"ingesting {perp}"):
+            pds = bt.ingest_only(home, Path(perp))
+        con.print(f"dataset {pds}: perpetual marks and funding ingested from {perp}")
     ms = bt.DEMO_METHODS if methods is None else (
         tuple(bt.METHODS) if methods == "all" else tuple(x.strip() for x in methods.split(",")))
     ps = bt.DEMO_PORTFOLIOS if portfolios is None else (
@@ -1371,7 +1379,8 @@ def backtest_cmd(
             prog.update(task, description=msg[:60])
 
         run = bt.run_backtest(home, ds, start=start, end=end, methods=ms, portfolios=ps,
-                              symbols=syms, progress=say, chunk_days=chunk_days)
+                              symbols=syms, progress=say, chunk_days=chunk_days,
+                              perp_dataset=pds)
     print_backtest(run.summary)
     if json_out:
         _flush_json()

@@ -433,6 +433,9 @@ class BacktestFlowConfig(_Config):
     methods: tuple[str, ...] | None = None
     portfolios: tuple[str, ...] | None = None
     symbols: tuple[str, ...] | None = None
+    perp_dataset: str | None = Field(None, description=(
+        "dataset holding the first symbol's perpetual marks and funding (the basis book; "
+        "None: the backtested dataset itself)"))
     chunk_days: int = Field(60, gt=0, description="days per checkpointed chunk (one task each)")
     impulse: bool = Field(False, description="also the impulse response to x2/x3 vol steps")
     report: bool = True

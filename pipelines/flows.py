@@ -330,7 +330,7 @@ def backtest_flow(cfg: BacktestFlowConfig = BacktestFlowConfig()) -> dict[str, A
         home, cfg.dataset, start=cfg.start, end=cfg.end,
         methods=cfg.methods or bt.DEMO_METHODS, portfolios=cfg.portfolios or bt.DEMO_PORTFOLIOS,
         symbols=list(cfg.symbols) if cfg.symbols else None, chunk_days=cfg.chunk_days,
-        chunk_runner=chunks)
+        chunk_runner=chunks, perp_dataset=cfg.perp_dataset)
     out: dict[str, Any] = {"out_dir": str(run.out_dir), "seeded": run.seeded,
                            "resumed_chunks": run.resumed_chunks, "meta": run.summary["meta"],
                            "rows": run.summary["rows"],

@@ -616,6 +616,53 @@ def daily_closes(store: DataStore, dataset: str, symbol: str, as_of: pd.Timestam
     return s.groupby(day).last(), names[0]
 
 
+def daily_marks(store: DataStore, dataset: str, symbol: str, as_of: pd.Timestamp
+                ) -> tuple[pd.Series, str] | None:
+    """Daily marks of perpetual ``symbol`` up to ``as_of`` (the last mark of each UTC day, keyed
+    as :func:`daily_closes`) from the dataset's ``mark_*`` bars tables, the finest first where
+    several cover a day, and the tables' names; None without marks."""
+    man = store.require(dataset)
+    tables = man["tables"]
+    names = sorted((t for t, i in tables.items()
+                    if i["kind"] == "bars" and t.startswith("mark_")
+                    and symbol in i.get("symbols", {})),
+                   key=lambda t: pd.Timedelta(tables[t].get("interval") or "1D").value)
+    parts = []
+    for t in names:
+        f = store.read(dataset, t, symbols=[symbol], end=as_of, columns=[S.TS, S.SYMBOL, S.CLOSE])
+        f = f[f[S.TS] <= as_of].sort_values(S.TS)
+        if f.empty:
+            continue
+        s = f.set_index(S.TS)[S.CLOSE]
+        parts.append(s.groupby((s.index - pd.Timedelta(microseconds=1)).normalize()).last())
+    if not parts:
+        return None
+    out = parts[0]
+    for p in parts[1:]:
+        out = out.combine_first(p)
+    return out.sort_index(), ",".join(names)
+
+
+def funding_events(store: DataStore, dataset: str, symbol: str, as_of: pd.Timestamp
+                   ) -> pd.Series | None:
+    """The realized funding rate of each funding event of ``symbol`` up to ``as_of`` (fraction
+    per period, longs pay when positive), indexed by event time rounded to the minute (UTC; rows
+    a few ms apart are one event); None without rows."""
+    tables = store.require(dataset)["tables"]
+    rows = []
+    for t, i in sorted(tables.items()):
+        if i["kind"] == "funding" and symbol in i.get("symbols", {}):
+            f = store.read(dataset, t, symbols=[symbol], end=as_of,
+                           columns=[S.TS, S.SYMBOL, S.FUNDING_RATE])
+            rows.append(f[f[S.TS] <= as_of])
+    if not rows:
+        return None
+    f = pd.concat(rows).sort_values(S.TS, kind="stable")
+    # one event stored twice a few ms apart (the sources stamp it differently) is one payment
+    f = f.assign(**{S.TS: f[S.TS].dt.round("1min")}).drop_duplicates(S.TS, keep="last")
+    return f.set_index(S.TS)[S.FUNDING_RATE].astype(float) if len(f) else None
+
+
 def historical_stress(store: DataStore, dataset: str, underlyings: list[str], as_of: object,
                       ) -> list[Any]:
     """The worst daily down and up move of each underlying's reference symbol (index, else spot)

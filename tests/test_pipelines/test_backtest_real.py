@@ -132,3 +132,51 @@ def test_fhs_ewma_yardstick_on_bitstamp_btc(tmp_path: Path, data_dir: Path) -> N
     cap = f[f["apc"] == "buffer_cap"].sort_values("date")["margin_usd"].to_numpy()
     assert (cap[1:] <= cap[:-1] * 1.10 * (1 + 1e-12)).all()  # the 10% daily cap holds
     assert math.isfinite(buf["pc_max_30d"])
+
+
+def test_spot_perpetual_basis_book_on_binance(tmp_path: Path, data_dir: Path) -> None:
+    """The basis book (long BTC spot, short the same coins of the USD-M perpetual) on Binance's
+    daily spot bars with the perpetuals' marks and funding: its clean loss and its funding carry
+    recomputed from the raw files, and the hedge far below the outright book's margin."""
+    home = tmp_path / "home"
+    ds = bt.prepare_dataset(home, data_dir / "binance_spot_daily_multi_asset_2017_2026", "bn")
+    pds = bt.ingest_only(home, data_dir / "binance_usdm_perp_btc_eth_bnb_ltc", "bnperp")
+    run = bt.run_backtest(home, ds, start="2025-01-01", end="2025-04-30",
+                          methods=("dprm_ewma", "fhs_ewma_94"), portfolios=("long", "basis"),
+                          symbols=["BTCUSDT", "ETHUSDT"], perp_dataset=pds)
+    _check_statistics(run)
+    f = run.frame[run.frame["apc"] == "none"]
+    b = f[f["portfolio"] == "basis"]
+    assert b["date"].nunique() >= 115
+    assert (b["pnl_source"] == "market: spot close and perpetual mark").all()
+    assert f[f["portfolio"] == "long"]["carry_usd"].isna().all()
+    # independent: the raw spot closes, the raw 1h mark candles (close of the 23:00 bar) and
+    # the raw funding events
+    spot = pd.read_parquet(data_dir / "binance_spot_daily_multi_asset_2017_2026" / "klines_1d.parquet")
+    spot = spot[spot["symbol"] == "BTCUSDT"].drop_duplicates("open_time").set_index("open_time")
+    mk = pd.read_parquet(data_dir / "binance_usdm_perp_btc_eth_bnb_ltc" / "mark_price_1h.parquet")
+    mk = mk[(mk["symbol"] == "BTCUSDT") & (mk["open_time"].dt.hour == 23)]
+    mk = mk.drop_duplicates("open_time").set_index(mk["open_time"].dt.normalize()
+                                                   .drop_duplicates())["close"]
+    fu = pd.read_parquet(data_dir / "binance_usdm_perp_btc_eth_bnb_ltc" / "funding_rate.parquet")
+    fu = fu[fu["symbol"] == "BTCUSDT"]
+    fu = fu.groupby(fu["funding_time"].dt.round("1min"))["funding_rate"].last()  # ms-apart twins
+    d = b[b["method"] == "dprm_ewma"].sort_values("date")
+    checked = 0
+    for r in d.itertuples(index=False):
+        day0 = (r.date - pd.Timedelta(microseconds=1)).normalize()
+        day1 = day0 + pd.Timedelta(days=1)  # MPOR 1 day on a 24/7 market
+        s0, s1 = spot.at[day0, "close"], spot.at[day1, "close"]
+        m0, m1 = mk.loc[day0], mk.loc[day1]
+        q = bt.NOTIONAL_USD / s0
+        assert r.realized_loss_usd == pytest.approx(-(q * (s1 - s0) - q * (m1 - m0)), rel=1e-9,
+                                                    abs=1e-6)
+        ev = fu[(fu.index > day1) & (fu.index <= day1 + pd.Timedelta(days=1))]
+        assert len(ev) == 3
+        assert r.carry_usd == pytest.approx(q * m0 * ev.sum(), rel=1e-9)
+        checked += 1
+    assert checked >= 115
+    long_m = f[(f["portfolio"] == "long") & (f["method"] == "dprm_ewma")].set_index("date")
+    hedge = d.set_index("date")["base_margin_usd"]
+    assert (hedge > 0).all()
+    assert (hedge < 0.2 * long_m["base_margin_usd"].reindex(hedge.index)).all()

@@ -82,7 +82,8 @@ from margin.scenarios import (
 )
 from models.forecast import RiskForecastBundle
 
-__all__ = ["METHODS", "MethodResult", "compute_method", "ewma_issued_vol", "tier_margin"]
+__all__ = ["METHODS", "MethodResult", "compute_method", "ewma_issued_vol", "span_scanning_risk",
+           "tier_margin"]
 
 METHODS = ("dprm", "fixed", "span", "deribit", "hvar", "fhs_ewma")
 """The methods :func:`compute_method` knows."""
@@ -343,6 +344,23 @@ def span_price_scan(ctx: MarginContext, u: str, p: MarginParams) -> float:
     return float(np.expm1(np.quantile(np.abs(moves), p.span.scan_quantile)))
 
 
+def span_scanning_risk(pnl: NDArray[np.float64], extreme_cover: float = 1.0
+                       ) -> tuple[float, int, NDArray[np.float64]]:
+    """SPAN's scanning risk of a set of risk arrays: ``pnl`` of shape (n_positions, 16), each
+    row a position's P&L in SPAN's 16 scenarios (the extremes 15 and 16 unweighted; their weight
+    is ``extreme_cover``). The arrays are summed scenario by scenario, then the largest weighted
+    loss taken (not the sum of each position's worst). Returns the risk (>= 0), the binding
+    scenario (1-based) and the portfolio's weighted array (P&L, gains positive)."""
+    arr = np.atleast_2d(np.asarray(pnl, dtype=np.float64)).sum(axis=0)
+    if arr.shape != (len(SPAN_SCENARIOS) + 2,):
+        raise ValueError(f"risk arrays need {len(SPAN_SCENARIOS) + 2} scenarios; got "
+                         f"{arr.shape[-1]}")
+    weight = np.array([1.0] * len(SPAN_SCENARIOS) + [extreme_cover] * 2)
+    wl = -arr * weight
+    k = int(np.argmax(wl))
+    return max(float(wl[k]), 0.0), k + 1, arr * weight
+
+
 def _span(ctx: MarginContext, pos: Sequence[Position], p: MarginParams
           ) -> tuple[dict[str, dict[str, float]], float, dict[str, Any]]:
     """SPAN-style IM per position (sums to the IM), the IM and the explain record."""
@@ -364,12 +382,10 @@ def _span(ctx: MarginContext, pos: Sequence[Position], p: MarginParams
         moves = [m * psr for m, _ in SPAN_SCENARIOS] + [sp.extreme_multiple * psr,
                                                           -sp.extreme_multiple * psr]
         mine, pnl = _scan(ctx, pos, u, moves, shift, dt)
-        loss = -pnl.sum(axis=0)
-        weight = np.array([1.0] * len(SPAN_SCENARIOS) + [sp.extreme_cover] * 2)
-        wl = loss * weight
-        k = int(np.argmax(wl))
-        risk = max(float(wl[k]), 0.0)
-        alloc = -pnl[:, k] * weight[k] if risk > 0 else np.zeros(len(mine))
+        risk, kb, array = span_scanning_risk(pnl, sp.extreme_cover)
+        k = kb - 1
+        wk = 1.0 if k < len(SPAN_SCENARIOS) else sp.extreme_cover
+        alloc = -pnl[:, k] * wk if risk > 0 else np.zeros(len(mine))
         # intra-commodity (calendar) spread charge on delta across expiries
         by_exp: dict[str, float] = {}
         d_u = 0.0
@@ -389,7 +405,8 @@ def _span(ctx: MarginContext, pos: Sequence[Position], p: MarginParams
         for q, a in zip(mine, alloc.tolist(), strict=True):
             by_pos[q.id]["total"] += a
         detail[u] = {"price_scan_range": psr, "vol_scan_range": sp.vol_scan,
-                     "scanning_risk": risk, "binding_scenario": k + 1,
+                     "scanning_risk": risk, "binding_scenario": kb,
+                     "risk_array_pnl": [float(v) for v in array],
                      "intra_spread_charge": intra, "spreads_units": spreads,
                      "net_delta_units": d_u}
     # inter-commodity credits between offsetting deltas

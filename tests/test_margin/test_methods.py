@@ -210,6 +210,57 @@ def test_span_style_risk_array_by_hand() -> None:
     assert r.im == pytest.approx(max(max(losses), 3 * 0.005 * s0), rel=1e-8)
 
 
+# McMillan, "Options as a Strategic Investment" (5th ed.), ch. 34, "SPAN margin": the S&P 500
+# future at $500 a point with a 20-point price scan range ($10,000) and an extreme move of 14
+# points ($7,000 = 35% of twice the range), its published risk array, the published array of a
+# long Dec 410 call, and the SPAN requirements the book derives: long call 3,990 (scenario 14),
+# covered write (long future, short call) 6,620 (scenario 13). Arrays are P&L, gains positive,
+# to the publication's rounding (whole $10), the extremes as published (already at 35%).
+_MCMILLAN_FUTURE = [0, 0, 3330, 3330, -3330, -3330, 6670, 6670, -6670, -6670, 10000, 10000,
+                    -10000, -10000, 7000, -7000]
+_MCMILLAN_CALL = [460, -610, 2640, 1730, -1270, -2340, 5210, 4540, -2540, -3430, 8060, 7640,
+                  -3380, -3990, 3130, -1500]
+
+
+def test_span_risk_array_of_a_future_matches_the_published_example() -> None:
+    """Our SPAN-style array of a linear contract worth $500 a point with a 20-point scan range
+    and the default extremes (2x at 35%) is McMillan's published future array: exactly
+    10,000 x the scenario's share of the range (extremes 0.35 x 20,000), and equal to the
+    published figures to their rounding."""
+    from margin.methods import SPAN_SCENARIOS
+
+    p = MarginParams(span={"price_scan": {"BTC": 20.0 / 60000.0}})
+    r = compute_method("span", book("f,BTCUSDT,500,60000"), STATE, BUNDLE, p)
+    arr = np.array(r.detail["by_underlying"]["BTC"]["risk_array_pnl"])
+    exact = [10000.0 * m for m, _ in SPAN_SCENARIOS] + [0.35 * 20000.0, -0.35 * 20000.0]
+    np.testing.assert_allclose(arr, exact, rtol=1e-8, atol=1e-8)
+    np.testing.assert_allclose(arr, _MCMILLAN_FUTURE, atol=5.0)  # the book rounds to $10
+    assert r.im == pytest.approx(10000.0, rel=1e-8)
+    assert r.detail["by_underlying"]["BTC"]["binding_scenario"] == 13  # futures down 3/3
+
+
+def test_span_scanning_of_the_published_arrays_gives_the_published_requirements() -> None:
+    """The scanning rule (sum the positions' arrays scenario by scenario, then the largest loss)
+    on McMillan's published arrays gives his requirements: long call 3,990 in scenario 14,
+    covered write 6,620 in scenario 13 (not the sum of the legs' worst losses, 10,000 + 8,060)."""
+    from margin.methods import span_scanning_risk
+
+    fut, call = np.array(_MCMILLAN_FUTURE, float), np.array(_MCMILLAN_CALL, float)
+    risk, k, _ = span_scanning_risk(call[None, :])
+    assert (risk, k) == (3990.0, 14)
+    risk, k, arr = span_scanning_risk(np.vstack([fut, -call]))
+    assert (risk, k) == (6620.0, 13)
+    assert arr[0] == -460.0 and arr[1] == 610.0 and arr[14] == 3870.0 and arr[15] == -5500.0
+    risk, k, _ = span_scanning_risk(fut[None, :])
+    assert (risk, k) == (10000.0, 13)
+    # extremes given unweighted are weighted by the cover
+    raw = fut.copy()
+    raw[14:] = [20000.0, -20000.0]
+    assert span_scanning_risk(raw[None, :], 0.35)[2][14:].tolist() == [7000.0, -7000.0]
+    with pytest.raises(ValueError, match="16 scenarios"):
+        span_scanning_risk(np.zeros((1, 14)))
+
+
 def test_span_calendar_spread_pays_the_intra_commodity_charge() -> None:
     """Short the near call, long the far: the scan alone nets the deltas across expiries; the
     spread charge adds 1% of the price per unit of delta spread formed (min of long and short)."""

@@ -36,8 +36,9 @@ first day on or after ``t + 30`` (60) days: the book is re-formed each day (a da
 within the MPOR.
 
 The anti-procyclicality tools are replayed over each margin series with
-:func:`margin.apc.apc_step` (variants :data:`APC_VARIANTS`; the floor needs a second engine run per
-day and is not replayed).
+:func:`margin.apc.apc_step` (variants :data:`APC_VARIANTS`), from the first day of the window; the
+floor's margin (``floor_usd``) is a second engine run of the day on the bundle with the long-run
+variances (:func:`pipelines.apc_state.long_run_bundle`, as the daily cycle computes it).
 
 Outputs under ``$DPRM_HOME/backtest/<dataset>/<run key>/``: ``parts/`` (one parquet per chunk of
 days: the checkpoint a killed run resumes from), ``backtest.parquet`` (long format, one row per
@@ -77,6 +78,7 @@ from models.corr import returns_panel
 from models.ledger import ForecastLedger
 from models.run_record import dprm_version
 from pipelines import steps
+from pipelines.apc_state import long_run_bundle
 from pipelines.bundles import BASELINE, ledger_path
 from pipelines.market import (
     BINANCE_FUNDING_INTERVAL,
@@ -101,6 +103,8 @@ CHUNK_DAYS = 60
 SEED_YEARS = 2.0
 """A model seeded by walk-forward issues from this many years before the window (its residual
 history; the EWMA baseline from the start of the data, it costs nothing)."""
+FLOOR_YEARS = 10.0
+"""Look-back of the APC floor's volatility (APCParams.floor_years' default)."""
 REFIT_EVERY = 21
 """Days between refits of a backtest bundle's residual distributions and variance scale (the
 forecasts themselves are the ledger's, issued every day); 1 refits daily as the forecast flow
@@ -148,9 +152,12 @@ APC_VARIANTS: dict[str, APCParams | None] = {
     "none": None,
     "buffer": APCParams(tools=("buffer",)),
     "buffer_cap": APCParams(tools=("buffer",), max_daily_increase=0.10),
+    "buffer_floor": APCParams(tools=("buffer", "floor")),
 }
 """Anti-procyclicality replayed on each series: none; a releasable 25% buffer (rebuilt at most 5%
-a day); the buffer with a 10% cap on the daily increase."""
+a day); the buffer with a 10% cap on the daily increase; the buffer and the floor at the margin
+from a ten-year volatility (the engine's methods only: ``floor_usd``; where the history behind a
+day is shorter, all of it is the proxy, as the daily cycle does)."""
 
 CRASHES = ("2008-09-29", "2008-10-15", "2011-08-08", "2015-08-24", "2018-02-05", "2020-03-12",
            "2021-05-19", "2022-06-13", "2022-11-09", "2025-10-10")
@@ -164,6 +171,8 @@ COLUMNS = {
     "margin_usd": "initial margin held over the MPOR (after the APC variant)",
     "base_margin_usd": "initial margin before anti-procyclicality",
     "mm_usd": "maintenance margin before anti-procyclicality",
+    "floor_usd": "the same method's IM at the long-run volatility of the history behind t (ten "
+                 "years, else all of it: the APC floor; the engine's methods only, else NaN)",
     "var99_usd": "VaR99 of the method's scenarios before anti-procyclicality (NaN: no scenarios)",
     "var975_usd": "VaR97.5 of the same scenarios (the ES test's threshold)",
     "es975_usd": "ES97.5 of the same scenarios",
@@ -480,6 +489,7 @@ def _chunk(days: pd.DatetimeIndex, closes: pd.DataFrame, vix: Mapping[str, pd.Se
     ``perp``: spot symbol -> its perpetual's daily marks and funding events (the basis book)."""
     perp = perp or {}
     funding = {d.symbol: d.funding for d in perp.values()}
+    long_run: dict[tuple[str, str], Any] = {}
     idx = closes.index
     rows: list[dict[str, Any]] = []
     need = sorted({METHODS[m].model for m in methods})
@@ -573,10 +583,16 @@ def _chunk(days: pd.DatetimeIndex, closes: pd.DataFrame, vix: Mapping[str, pd.Se
                 spec = METHODS[m]
                 b = bundles[spec.model]
                 r = compute_method(spec.method, pf, ms, b, mp[m])
+                fl = float("nan")
+                if spec.method == "dprm":
+                    if (spec.model, b.bundle_id) not in long_run:
+                        long_run[(spec.model, b.bundle_id)] = long_run_bundle(b, FLOOR_YEARS)[0]
+                    fl = float(compute_method("dprm", pf, ms, long_run[(spec.model, b.bundle_id)],
+                                              mp[m]).im)
                 v99, v975, e975, tail = _tail(r.scenario_pnl)
                 rows.append({
                     "date": t, "portfolio": name, "method": m, "base_margin_usd": float(r.im),
-                    "mm_usd": float(r.mm), "var99_usd": v99, "var975_usd": v975,
+                    "mm_usd": float(r.mm), "floor_usd": fl, "var99_usd": v99, "var975_usd": v975,
                     "es975_usd": e975, "realized_loss_usd": float(loss), "carry_usd": carry,
                     "mpor_days": h,
                     "notional_usd": _notional(pf, s0), "bundle_id": b.bundle_id,
@@ -651,6 +667,11 @@ def _apc(frame: pd.DataFrame) -> pd.DataFrame:
     out = []
     for variant, ap in APC_VARIANTS.items():
         f = frame.copy()
+        floor = ap is not None and "floor" in ap.tools
+        if floor:  # the floor's variant only where the method has one
+            f = f[f["floor_usd"].notna()].copy()
+            if f.empty:
+                continue
         f["apc"] = variant
         if ap is None:
             f["margin_usd"] = f["base_margin_usd"]
@@ -658,9 +679,10 @@ def _apc(frame: pd.DataFrame) -> pd.DataFrame:
             vals = np.empty(len(f))
             for _, g in f.groupby(["portfolio", "method"], sort=True):
                 prev = None
-                for i, (d, base) in zip(g.index, zip(g["date"], g["base_margin_usd"],
-                                                      strict=True), strict=True):
-                    st = apc_step(prev, d.strftime("%Y-%m-%d"), max(float(base), 0.0), ap)
+                for i, d, base, fl in zip(g.index, g["date"], g["base_margin_usd"],
+                                          g["floor_usd"], strict=True):
+                    st = apc_step(prev, d.strftime("%Y-%m-%d"), max(float(base), 0.0), ap,
+                                  floor=max(float(fl), 0.0) if floor else None)
                     vals[f.index.get_loc(i)] = st.margin
                     prev = st
             f["margin_usd"] = vals
@@ -838,6 +860,7 @@ def run_backtest(home: Path | str, dataset: str, *, start: object = None, end: o
     raw = pd.concat([pd.read_parquet(p) for p in paths], ignore_index=True)
     frame = _apc(raw.drop(columns=["tail"]))
     frame = frame[["date", "portfolio", "method", "apc", "margin_usd", "base_margin_usd", "mm_usd",
+                   "floor_usd",
                    "var99_usd", "var975_usd", "es975_usd", "realized_loss_usd", "carry_usd", "breach",
                    "var_breach", "mpor_days", "notional_usd", "bundle_id", "pnl_source",
                    "n_failures", "selection_overlap", "vol_index"]].sort_values(

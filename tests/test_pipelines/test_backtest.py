@@ -52,6 +52,11 @@ def test_long_table_schema_and_one_row_per_key(run: bt.BacktestRun) -> None:
     assert set(bt.COLUMNS) <= set(f.columns)
     assert not f.duplicated(["date", "portfolio", "method", "apc"]).any()
     assert set(f["apc"]) == set(bt.APC_VARIANTS)
+    fl = f[f["apc"] == "buffer_floor"]  # the floor replayed for the engine's methods alone
+    assert set(fl["method"]) == {m for m in set(f["method"]) if bt.METHODS[m].method == "dprm"}
+    assert (fl["margin_usd"] >= fl["floor_usd"] - 1e-9).all()
+    assert (fl["margin_usd"] >= fl["base_margin_usd"] - 1e-9).all()
+    assert f[f["method"].map(lambda m: bt.METHODS[m].method != "dprm")]["floor_usd"].isna().all()
     assert set(f["portfolio"]) == {"long", "pair", "straddle"}
     days = f["date"].drop_duplicates()
     assert days.min() >= pd.Timestamp(START, tz="UTC") and days.max() <= pd.Timestamp(END, tz="UTC")
@@ -96,6 +101,14 @@ def test_breach_flags_and_the_apc_replay_by_hand(run: bt.BacktestRun) -> None:
         assert apc_step(None, "2000-01-01", b, p).margin == pytest.approx(1.25 * b)
         prev = m
         assert m >= b
+    # the buffer then the floor: M_t = max(buffered M_t, F_t)
+    g = f[(f["apc"] == "buffer_floor") & (f["portfolio"] == "long") & (f["method"] == "dprm")]
+    prev = None
+    for b, fl, m in zip(g["base_margin_usd"], g["floor_usd"], g["margin_usd"], strict=True):
+        buf = 1.25 * b if prev is None else max(b, min(1.25 * b, prev * 1.05))
+        assert m == pytest.approx(max(buf, fl), rel=1e-12)
+        prev = m
+    assert (g["floor_usd"] > 0).all()
 
 
 def test_a_day_recomputes_from_the_ledger_at_that_day_only(bt_template: Path,
@@ -142,6 +155,13 @@ def test_a_day_recomputes_from_the_ledger_at_that_day_only(bt_template: Path,
     pf = bt.reference_portfolios(["long"], ["SP500", "NASDAQ"], t, s0, {}, 0.025, {})["long"]
     r = compute_method("dprm", pf, ms, b, MarginParams())
     assert r.im == pytest.approx(row["base_margin_usd"], rel=1e-12)
+    # the APC floor: the same engine on the bundle with each symbol's long-run variance
+    from pipelines.apc_state import long_run_bundle
+
+    lr, used = long_run_bundle(b, 10.0)
+    assert used["SP500"]["proxy"]  # the backtest's history is at most 6 years: the proxy
+    assert compute_method("dprm", pf, ms, lr, MarginParams()).im == pytest.approx(
+        row["floor_usd"], rel=1e-12)
     nxt = f.iloc[22]
     assert nxt["bundle_id"] != row["bundle_id"]
     b2 = build_bundle(ledger, nxt["date"], symbols=["NASDAQ", "SP500"], vol_models={"1D": ref},

@@ -88,14 +88,26 @@ def measure(pnl: ArrayLike, confidence: float, kind: str = "es") -> TailMeasure:
     _check(n, confidence)
     if not np.isfinite(x).all():
         raise DataError("the P&L vector holds NaN or inf", column="pnl")
-    order = _order(x)
     if kind == "es":
-        idx = order[:tail_count(n, confidence)]
+        idx = _smallest(x, tail_count(n, confidence))
         return TailMeasure("es", confidence, float(-x[idx].mean()), idx, n)
     if kind == "var":
-        idx = order[var_rank(n, confidence):][:1]
+        r = var_rank(n, confidence)
+        idx = _smallest(x, r + 1)[r:][:1]
         return TailMeasure("var", confidence, float(-x[idx[0]]), idx, n)
     raise ConfigError(f"kind must be 'es' or 'var'. Got {kind!r} instead.")
+
+
+def _smallest(x: NDArray[np.float64], k: int) -> NDArray[np.int64]:
+    """The first ``k`` of :func:`_order` (the ``k`` largest losses, ties: lower index first)
+    without sorting the whole vector: a partition, then the ties at the boundary by index."""
+    n = x.size
+    if k >= n // 4:
+        return _order(x)[:k]
+    v = x[np.argpartition(x, k - 1)[k - 1]]  # the k-th smallest value
+    below = np.flatnonzero(x < v)
+    idx = np.concatenate([below, np.flatnonzero(x == v)[:k - below.size]])
+    return idx[np.lexsort((idx, x[idx]))]
 
 
 def es(pnl: ArrayLike, confidence: float = 0.975) -> float:

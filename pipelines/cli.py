@@ -32,6 +32,9 @@ app.add_typer(features_app, name="features")
 portfolio_app = typer.Typer(help="Portfolios: validate positions and price them at a market state.",
                             no_args_is_help=True)
 app.add_typer(portfolio_app, name="portfolio")
+account_app = typer.Typer(help="Accounts: collateral, IM/MM, status and liquidation thresholds.",
+                          no_args_is_help=True)
+app.add_typer(account_app, name="account")
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -2074,3 +2077,63 @@ def main() -> None:  # pragma: no cover - console entry
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
+
+
+@account_app.command("status")
+@clean_errors
+def account_status_cmd(
+    accounts: Annotated[Path, typer.Option("--accounts", help="Accounts file (.json or .csv: "
+                                           "positions and collateral balances per account).")],
+    data: Annotated[str, typer.Option("--data", help="Dataset of the market state.")] = "sim",
+    bundle: Annotated[str, typer.Option("--bundle", help="Bundle folder, or 'latest'.")] = "latest",
+    freq: Annotated[str | None, typer.Option("--freq", help="Frequency of the 'latest' bundle.")
+                    ] = None,
+    mode: Annotated[str, typer.Option("--mode", help="Collateral mode: cross (coins revalued in "
+                                      "the scenarios) or segregated (haircut).")] = "cross",
+    mm: Annotated[str, typer.Option("--mm", help="MM rule: engine, fraction or tiered.")
+                  ] = "engine",
+    json_out: JsonOpt = False,
+) -> None:
+    """Each account's equity, IM, MM, margin ratio, status (healthy, margin call, liquidation)
+    and the moves of each underlying at which it would be liquidated."""
+    from features.errors import ConfigError
+    from margin.accounts import AccountParams, CollateralParams, MMRule
+    from pipelines.accounts_run import accounts_for
+    from pipelines.config import dprm_home
+
+    if mode not in ("cross", "segregated"):
+        raise ConfigError(f"--mode {mode!r}: expected 'cross' or 'segregated'")
+    if mm not in ("engine", "fraction", "tiered"):
+        raise ConfigError(f"--mm {mm!r}: expected 'engine', 'fraction' or 'tiered'")
+    if json_out:
+        _json_mode(True)
+    with _console().status("account status"):
+        out = accounts_for(dprm_home(), accounts, dataset=data, bundle=bundle, freq=freq,
+                           params=AccountParams(collateral=CollateralParams(mode=mode),
+                                                mm=MMRule(kind=mm)))
+    rows = []
+    for a in out["accounts"]:
+        liq = []
+        for u, v in sorted(a["liquidation"].items()):
+            d = "none" if v["down"] is None else f"{100 * v['down']:+.1f}%"
+            up = "none" if v["up"] is None else f"{100 * v['up']:+.1f}%"
+            liq.append(f"{u} {d} / {up}")
+        rows.append({**{k: a[k] for k in ("id", "status", "equity_usd", "im_usd", "mm_usd",
+                                          "margin_ratio", "call_usd", "free_collateral_usd")},
+                     "liquidation": "; ".join(liq), "failures": len(a["failures"])})
+    money = "{:,.0f}".format
+    _show_table(f"Accounts at {out['as_of'][:16]} ({out['dataset']}, bundle "
+                f"{out['bundle_id'][:12]}): liquidation moves down / up", [
+        ("id", "account", ""), ("status", "status", ""), ("equity_usd", "equity", "r"),
+        ("im_usd", "IM", "r"), ("mm_usd", "MM", "r"), ("margin_ratio", "MM/eq", "r"),
+        ("call_usd", "call", "rw"), ("free_collateral_usd", "free", "rw"),
+        ("liquidation", "liquidation", "")], rows,
+        fmt={"equity_usd": money, "im_usd": money, "mm_usd": money, "call_usd": money,
+             "free_collateral_usd": money,
+             "margin_ratio": lambda v: "" if v is None else f"{v:.2f}"})
+    if out["failures"]:
+        _show_table("Accounts that could not be computed", [
+            ("subject", "account", ""), ("message", "why", "")], out["failures"])
+    if json_out:
+        _JSON_TABLES.append({"title": "accounts", "rows": out["accounts"]})
+        _flush_json()

@@ -107,3 +107,23 @@ def test_es_coherence_on_a_fixed_scenario_set(a: list[float], b: list[float], la
     assert es(x + y, 0.9) <= es(x, 0.9) + es(y, 0.9) + tol  # subadditive
     assert es(lam * x, 0.9) == pytest.approx(lam * es(x, 0.9), rel=1e-9, abs=1e-6)
     assert es(x, 0.9) >= var(x, 0.9) - tol  # ES >= VaR at the same level
+
+
+@settings(max_examples=200, deadline=None)
+@given(x=st.lists(st.integers(-5, 5), min_size=8, max_size=400),
+       c=st.sampled_from([0.9, 0.95, 0.975, 0.99, 0.995]))
+def test_the_partial_order_equals_the_full_stable_sort(x: list[int], c: float) -> None:
+    """ES and VaR rest on the same scenarios, in the same order, as a full stable argsort would
+    give (heavy ties: small integer P&L), whatever the tail size."""
+    from margin.measures import _order, tail_count, var_rank
+
+    a = np.asarray(x, dtype=np.float64)
+    full = _order(a)
+    e = measure(a, c, "es")
+    assert np.array_equal(e.scenarios, full[:tail_count(a.size, c)])
+    v = measure(a, c, "var")
+    assert np.array_equal(v.scenarios, full[var_rank(a.size, c):][:1])
+    big = np.tile(a, 40)  # long enough for the partition path
+    assert np.array_equal(measure(big, c, "es").scenarios, _order(big)[:tail_count(big.size, c)])
+    assert np.array_equal(measure(big, c, "var").scenarios,
+                          _order(big)[var_rank(big.size, c):][:1])

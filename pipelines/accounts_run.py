@@ -1,0 +1,58 @@
+"""Account status from the store and a risk-forecast bundle (``dprm account status``): the I/O
+half of :mod:`margin.accounts`. Reads an accounts file (JSON or CSV), builds the market state of
+every underlying the accounts trade or hold as collateral at the bundle's time, and returns each
+account's status (a bad account fails alone)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from features.errors import ConfigError, DataError, Failure
+from features.store import DataStore
+from margin.accounts import AccountParams, AccountStatus, accounts_status, parse_accounts
+from margin.instruments import UNDERLYINGS
+from margin.params import MarginParams
+from models.forecast import RiskForecastBundle
+from pipelines.margin_run import bundle_path
+from pipelines.market import MarketStateConfig, build_market_state
+
+__all__ = ["EXAMPLE_ACCOUNTS", "accounts_for"]
+
+EXAMPLE_ACCOUNTS = Path(__file__).resolve().parents[1] / "examples" / "accounts" / "accounts.json"
+"""The shipped example: healthy, margin-call and liquidating accounts on the simulator's market."""
+
+
+def accounts_for(home: Path | str, accounts: Path | str, *, dataset: str, bundle: str = "latest",
+                 freq: str | None = None, as_of: object = None,
+                 params: AccountParams | None = None,
+                 margin_params: MarginParams | None = None) -> dict[str, Any]:
+    """Every account's status in ``accounts`` (a ``.json`` or ``.csv`` file) at the bundle's
+    time (or ``as_of``): ``{"as_of", "bundle_id", "accounts": [status dicts], "failures": [...]}``
+    (failures: the accounts that could not be computed, each naming its field and value)."""
+    home, path = Path(home), Path(accounts)
+    if not path.is_file():
+        raise ConfigError(f"accounts file {path} does not exist")
+    fmt = path.suffix.lower().lstrip(".")
+    if fmt not in ("json", "csv"):
+        raise ConfigError(f"accounts file {path}: expected a .json or .csv file, got {fmt!r}")
+    bpath = bundle_path(home, dataset, bundle, freq)
+    if not (bpath / "bundle.json").is_file():
+        raise ConfigError(f"{bpath} is not a risk-forecast bundle (no bundle.json)")
+    b = RiskForecastBundle.load(bpath)
+    t = b.as_of if as_of is None else pd.Timestamp(as_of)
+    t = t.tz_localize("UTC") if t.tzinfo is None else t.tz_convert("UTC")
+    accts, bad = parse_accounts(path.read_text(), fmt, as_of=t, source=str(path))
+    unds = {q.instrument.underlying for a in accts for q in a.portfolio.positions}
+    unds |= {c for a in accts for c in a.balances if c in UNDERLYINGS}
+    if not unds:
+        raise DataError(f"{path}: no account holds a valid position or coin collateral",
+                        source=str(path))
+    market = build_market_state(DataStore(home / "data"), dataset, t,
+                                MarketStateConfig(underlyings=tuple(sorted(unds))))
+    out = accounts_status(accts, market, b, params, margin_params)
+    return {"as_of": t.isoformat(), "dataset": dataset, "bundle_id": b.bundle_id,
+            "accounts": [r.to_dict() for r in out if isinstance(r, AccountStatus)],
+            "failures": [f.to_dict() for f in bad + [r for r in out if isinstance(r, Failure)]]}

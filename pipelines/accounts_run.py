@@ -19,10 +19,13 @@ from models.forecast import RiskForecastBundle
 from pipelines.margin_run import bundle_path
 from pipelines.market import MarketStateConfig, build_market_state
 
-__all__ = ["EXAMPLE_ACCOUNTS", "accounts_for"]
+__all__ = ["CYCLE_ACCOUNTS", "EXAMPLE_ACCOUNTS", "accounts_for", "cycle_accounts"]
 
 EXAMPLE_ACCOUNTS = Path(__file__).resolve().parents[1] / "examples" / "accounts" / "accounts.json"
 """The shipped example: healthy, margin-call and liquidating accounts on the simulator's market."""
+
+CYCLE_ACCOUNTS = {"sim": EXAMPLE_ACCOUNTS}
+"""Dataset -> the accounts file the daily cycle updates after its margin step."""
 
 
 def accounts_for(home: Path | str, accounts: Path | str, *, dataset: str, bundle: str = "latest",
@@ -56,3 +59,29 @@ def accounts_for(home: Path | str, accounts: Path | str, *, dataset: str, bundle
     return {"as_of": t.isoformat(), "dataset": dataset, "bundle_id": b.bundle_id,
             "accounts": [r.to_dict() for r in out if isinstance(r, AccountStatus)],
             "failures": [f.to_dict() for f in bad + [r for r in out if isinstance(r, Failure)]]}
+
+
+def cycle_accounts(home: Path | str, dataset: str, freq: str | None = None,
+                   accounts: Path | str | None = None) -> dict[str, Any] | None:
+    """The cycle's account step (after margin): every account of ``accounts`` (default:
+    :data:`CYCLE_ACCOUNTS` of the dataset; None when it has none) at the latest bundle, written
+    atomically to ``$DPRM_HOME/accounts/<dataset>/<as_of>-<bundle>.json`` (a rerun on the same
+    inputs writes the same bytes); returns the path, the counts per status and the failures."""
+    import json
+
+    from features.store import atomic_write_bytes
+
+    path = accounts if accounts is not None else CYCLE_ACCOUNTS.get(dataset)
+    if path is None:
+        return None
+    out = accounts_for(home, path, dataset=dataset, freq=freq)
+    t = pd.Timestamp(out["as_of"])
+    dest = (Path(home) / "accounts" / dataset /
+            f"{t:%Y-%m-%dT%H%M%SZ}-{out['bundle_id'][:12]}.json")
+    atomic_write_bytes(dest, json.dumps({**out, "accounts_file": str(path)}, indent=1,
+                                        sort_keys=True, default=str).encode())
+    counts = {s: sum(a["status"] == s for a in out["accounts"])
+              for s in ("healthy", "margin_call", "liquidation")}
+    return {"path": str(dest), "as_of": out["as_of"], "bundle_id": out["bundle_id"],
+            "status": counts, "failures": out["failures"], "accounts": out["accounts"],
+            "dataset": dataset}

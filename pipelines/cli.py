@@ -1816,10 +1816,14 @@ def print_cycle(console: Any, dataset: str, out: dict[str, Any]) -> None:
     t = Table(title=f"daily_cycle on {dataset}")
     t.add_column("step")
     t.add_column("result")
-    for step in ("ingest", "features", "train", "correlation", "forecast", "margin", "monitor"):
+    for step in ("ingest", "features", "train", "correlation", "forecast", "margin", "accounts",
+                 "monitor"):
         r = out.get(step)
         if r is None:
             continue
+        if step == "accounts" and isinstance(r, dict) and isinstance(r.get("status"), dict):
+            r = {**r, "status": ", ".join(f"{k} {v}" for k, v in r["status"].items()),
+                 "failed": len(r.get("failures") or [])}
         if isinstance(r, dict) and isinstance(r.get("bundle"), dict):
             b = r["bundle"]
             r = {**r, "bundle_text": b.get("error") or f"{b['bundle_id'][:12]} at {b['as_of']}"}
@@ -1835,7 +1839,8 @@ def print_cycle(console: Any, dataset: str, out: dict[str, Any]) -> None:
                                     "gate_reason", "skipped"),
                     "forecast": ("model", "version", "source", "data_cutoff_ts", "path",
                                  "bundle_text"),
-                    "monitor": ("status", "breaches", "report")}.get(step, ())
+                    "monitor": ("status", "breaches", "report"),
+                    "accounts": ("status", "failed", "error")}.get(step, ())
             shown = {k: (", ".join(r[k]) if isinstance(r.get(k), dict) else r.get(k)) for k in keys}
             detail = "; ".join(f"{k}={v}" for k, v in shown.items() if v not in (None, ""))
         secs = (out.get("seconds") or {}).get(step)
@@ -1847,6 +1852,10 @@ def print_cycle(console: Any, dataset: str, out: dict[str, Any]) -> None:
     if books:
         print_margin_table(console, books)
         print_margin(console, books[0])
+    acc = out.get("accounts")
+    if isinstance(acc, dict) and "accounts" in acc:
+        print_accounts(acc)
+        console.print(f"accounts: {acc['path']}")
 
 
 _SHORT = {"stress_blend": "stress", "correlation_stress": "corr", "grid_floor": "grid",
@@ -2111,29 +2120,45 @@ def account_status_cmd(
         out = accounts_for(dprm_home(), accounts, dataset=data, bundle=bundle, freq=freq,
                            params=AccountParams(collateral=CollateralParams(mode=mode),
                                                 mm=MMRule(kind=mm)))
-    rows = []
-    for a in out["accounts"]:
-        liq = []
-        for u, v in sorted(a["liquidation"].items()):
-            d = "none" if v["down"] is None else f"{100 * v['down']:+.1f}%"
-            up = "none" if v["up"] is None else f"{100 * v['up']:+.1f}%"
-            liq.append(f"{u} {d} / {up}")
-        rows.append({**{k: a[k] for k in ("id", "status", "equity_usd", "im_usd", "mm_usd",
-                                          "margin_ratio", "call_usd", "free_collateral_usd")},
-                     "liquidation": "; ".join(liq), "failures": len(a["failures"])})
-    money = "{:,.0f}".format
-    _show_table(f"Accounts at {out['as_of'][:16]} ({out['dataset']}, bundle "
-                f"{out['bundle_id'][:12]}): liquidation moves down / up", [
-        ("id", "account", ""), ("status", "status", ""), ("equity_usd", "equity", "r"),
-        ("im_usd", "IM", "r"), ("mm_usd", "MM", "r"), ("margin_ratio", "MM/eq", "r"),
-        ("call_usd", "call", "rw"), ("free_collateral_usd", "free", "rw"),
-        ("liquidation", "liquidation", "")], rows,
-        fmt={"equity_usd": money, "im_usd": money, "mm_usd": money, "call_usd": money,
-             "free_collateral_usd": money,
-             "margin_ratio": lambda v: "" if v is None else f"{v:.2f}"})
-    if out["failures"]:
-        _show_table("Accounts that could not be computed", [
-            ("subject", "account", ""), ("message", "why", "")], out["failures"])
+    print_accounts(out)
     if json_out:
         _JSON_TABLES.append({"title": "accounts", "rows": out["accounts"]})
         _flush_json()
+
+
+def print_accounts(out: dict[str, Any]) -> None:
+    """Account statuses (:func:`pipelines.accounts_run.accounts_for`) at 80 columns: one table of
+    equity, IM, MM and status, one of the liquidation moves per account and underlying, and the
+    accounts that failed (or JSON tables under --json)."""
+    money = "{:,.0f}".format
+    rows = [{**{k: a[k] for k in ("id", "status", "equity_usd", "im_usd", "mm_usd",
+                                  "margin_ratio", "call_usd", "free_collateral_usd")},
+             "failures": len(a["failures"])} for a in out["accounts"]]
+    _show_table(f"Accounts at {out['as_of'][:16]} ({out['dataset']}, bundle "
+                f"{out['bundle_id'][:12]})", [
+        ("id", "account", ""), ("status", "status", ""), ("equity_usd", "equity", "r"),
+        ("im_usd", "IM", "r"), ("mm_usd", "MM", "r"), ("margin_ratio", "MM/eq", "r"),
+        ("call_usd", "to post", "r"), ("free_collateral_usd", "free", "rw"),
+        ("failures", "failed pos.", "rw")], rows,
+        fmt={"equity_usd": money, "im_usd": money, "mm_usd": money, "call_usd": money,
+             "free_collateral_usd": money,
+             "margin_ratio": lambda v: "" if v is None else f"{v:.2f}"})
+    liq = []
+    for a in out["accounts"]:
+        for u, v in sorted(a["liquidation"].items()):
+            liq.append({"id": a["id"], "underlying": u, "down": v["down"], "up": v["up"],
+                        "down_price": v["down_price"], "up_price": v["up_price"]})
+
+    def pct(v: Any) -> str:
+        return "beyond -/+95%" if v is None else "now" if v == 0 else f"{100 * v:+.1f}%"
+
+    def px(v: Any) -> str:
+        return "" if v is None else f"{v:,.0f}"
+
+    _show_table("Liquidation: the move of each underlying at which equity meets MM", [
+        ("id", "account", ""), ("underlying", "und.", ""), ("down", "down", "r"),
+        ("down_price", "at", "r"), ("up", "up", "r"), ("up_price", "at", "r")], liq,
+        fmt={"down": pct, "up": pct, "down_price": px, "up_price": px}, key="liquidation")
+    if out["failures"]:
+        _show_table("Accounts that could not be computed", [
+            ("subject", "account", ""), ("message", "why", "")], out["failures"], key="failures")

@@ -56,6 +56,7 @@ from pipelines.flow_config import (  # noqa: E402
 )
 from pipelines.runners import make_runner, runner_config_from_env  # noqa: E402
 from pipelines.tasks import (  # noqa: E402
+    accounts_task,
     backtest_chunk_task,
     backtest_report_task,
     backtest_sweep_task,
@@ -290,6 +291,15 @@ def daily_cycle(cfg: CycleConfig = CycleConfig()) -> dict[str, Any]:
         out["margin"] = (result if isinstance(result, list)
                          else {"error": f"{type(result).__name__}: {result}"})
         lap("margin")
+        from pipelines.accounts_run import CYCLE_ACCOUNTS
+
+        if cfg.forecast.dataset in CYCLE_ACCOUNTS:
+            st = accounts_task(out["home"], cfg.forecast.dataset, cfg.forecast.freq,
+                               return_state=True)
+            res = st.result(raise_on_failure=False)
+            out["accounts"] = (res if isinstance(res, dict) or res is None
+                               else {"error": f"{type(res).__name__}: {res}"})
+            lap("accounts")
     if "monitor" in cfg.steps:
         state = monitor(cfg.monitor, return_state=True)
         if state.is_completed():

@@ -238,6 +238,19 @@ def margin_task(home: str, dataset: str, freq: str | None = None) -> list[dict[s
     return out
 
 
+@task(name="accounts", retries=1, retry_delay_seconds=2, retry_condition_fn=retry_unless_user_error)
+def accounts_task(home: str, dataset: str, freq: str | None = None) -> dict[str, Any] | None:
+    """The configured accounts' status after the margin step (equity, IM, MM, status,
+    liquidation moves), written under ``$DPRM_HOME/accounts/``."""
+    from pipelines.accounts_run import cycle_accounts
+
+    out = cycle_accounts(home, dataset, freq)
+    if out is not None:
+        get_run_logger().info("accounts %s at %s: %s (%s)", dataset, out["as_of"], out["status"],
+                              out["path"])
+    return out
+
+
 @task(name="forecast", retries=2, retry_delay_seconds=2, retry_condition_fn=retry_unless_user_error)
 def forecast_task(home: str, cfg: ForecastFlowConfig) -> dict[str, Any]:
     """Forecast with the champion (or the baseline fallback) and persist the table."""

@@ -16,7 +16,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 BENCHES = ["bench_ingest.py", "bench_features.py", "bench_garch.py", "bench_lgbm.py", "bench_flows.py",
-           "bench_revalue.py", "bench_bundle.py", "bench_margin.py"]
+           "bench_revalue.py", "bench_bundle.py", "bench_margin.py", "bench_accounts.py"]
 
 
 def main() -> int:

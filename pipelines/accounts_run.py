@@ -15,8 +15,7 @@ from features.store import DataStore
 from margin.accounts import AccountParams, AccountStatus, accounts_status, parse_accounts
 from margin.instruments import UNDERLYINGS
 from margin.params import MarginParams
-from models.forecast import RiskForecastBundle
-from pipelines.margin_run import bundle_path
+from pipelines.margin_run import load_bundle_at
 from pipelines.market import MarketStateConfig, build_market_state
 
 __all__ = ["CYCLE_ACCOUNTS", "EXAMPLE_ACCOUNTS", "accounts_for", "cycle_accounts"]
@@ -41,12 +40,7 @@ def accounts_for(home: Path | str, accounts: Path | str, *, dataset: str, bundle
     fmt = path.suffix.lower().lstrip(".")
     if fmt not in ("json", "csv"):
         raise ConfigError(f"accounts file {path}: expected a .json or .csv file, got {fmt!r}")
-    bpath = bundle_path(home, dataset, bundle, freq)
-    if not (bpath / "bundle.json").is_file():
-        raise ConfigError(f"{bpath} is not a risk-forecast bundle (no bundle.json)")
-    b = RiskForecastBundle.load(bpath)
-    t = b.as_of if as_of is None else pd.Timestamp(as_of)
-    t = t.tz_localize("UTC") if t.tzinfo is None else t.tz_convert("UTC")
+    _, b, t = load_bundle_at(home, dataset, bundle, freq, as_of)
     accts, bad = parse_accounts(path.read_text(), fmt, as_of=t, source=str(path))
     unds = {q.instrument.underlying for a in accts for q in a.portfolio.positions}
     unds |= {c for a in accts for c in a.balances if c in UNDERLYINGS}

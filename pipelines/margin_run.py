@@ -39,6 +39,24 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "portfolios"
 """The shipped example portfolios."""
 
 
+def load_bundle_at(home: Path | str, dataset: str, bundle: str = "latest",
+                   freq: str | None = None, as_of: object = None
+                   ) -> tuple[Path, RiskForecastBundle, pd.Timestamp]:
+    """The bundle (:func:`bundle_path`), loaded, and the time to compute at: ``as_of`` (UTC),
+    default the bundle's own; a ConfigError when the folder is no bundle or ``as_of`` is before
+    the bundle (its forecasts would hold later information)."""
+    bpath = bundle_path(home, dataset, bundle, freq)
+    if not (bpath / "bundle.json").is_file():
+        raise ConfigError(f"{bpath} is not a risk-forecast bundle (no bundle.json)")
+    b = RiskForecastBundle.load(bpath)
+    t = b.as_of if as_of is None else pd.Timestamp(as_of)  # type: ignore[arg-type]
+    t = t.tz_localize("UTC") if t.tzinfo is None else t.tz_convert("UTC")
+    if t < b.as_of:
+        raise ConfigError(f"--as-of {t} is before the bundle's as_of {b.as_of}: the bundle "
+                          "holds later information; pick an earlier bundle with --bundle")
+    return bpath, b, t
+
+
 def bundle_path(home: Path | str, dataset: str, bundle: str = "latest",
                 freq: str | None = None) -> Path:
     """The bundle folder: ``bundle`` itself, or for "latest" the one ``latest.json`` of the
@@ -131,15 +149,7 @@ def margin_inputs(
     portfolio at the bundle's time or ``as_of``, the market state with ``rates`` and
     ``dividend_yields``, and ``params`` (a :class:`MarginParams`, TOML text or None)."""
     home = Path(home)
-    bpath = bundle_path(home, dataset, bundle, freq)
-    if not (bpath / "bundle.json").is_file():
-        raise ConfigError(f"{bpath} is not a risk-forecast bundle (no bundle.json)")
-    b = RiskForecastBundle.load(bpath)
-    t = b.as_of if as_of is None else pd.Timestamp(as_of)
-    t = t.tz_localize("UTC") if t.tzinfo is None else t.tz_convert("UTC")
-    if t < b.as_of:
-        raise ConfigError(f"--as-of {t} is before the bundle's as_of {b.as_of}: the bundle "
-                          "holds later information; pick an earlier bundle with --bundle")
+    bpath, b, t = load_bundle_at(home, dataset, bundle, freq, as_of)
     pf = read_portfolio(Path(portfolio), t)
     unds = tuple(sorted({p.instrument.underlying for p in pf.positions}))
     if not unds:

@@ -627,13 +627,7 @@ def parse_accounts(text: str, fmt: str, *, as_of: object, source: str = "<text>"
             continue
         pos = item.get("positions") or []
         pf = parse_portfolio(json.dumps(pos), "json", as_of=as_of, source=f"{source}:{aid}",
-                             name=aid) if pos else Portfolio(aid, (), (), _ts(as_of))
+                             name=aid)
         accounts.append(Account(aid, pf, {c: float(v) for c, v in bal.items()}))
     return accounts, failures
 
-
-def _ts(x: object) -> Any:
-    import pandas as pd
-
-    t = pd.Timestamp(x)  # type: ignore[arg-type]
-    return t.tz_localize("UTC") if t.tzinfo is None else t.tz_convert("UTC")

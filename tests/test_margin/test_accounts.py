@@ -219,3 +219,38 @@ def test_accounts_in_one_call_equal_each_alone() -> None:
                     assert r.liquidation[u][side] is None
                 else:
                     assert r.liquidation[u][side] == pytest.approx(v[side], rel=1e-7, abs=1e-9)
+
+
+def test_accounts_files_parse_and_bad_rows_are_named() -> None:
+    """JSON and CSV give the same accounts; an account without an id, or a balance that is not a
+    number, fails alone naming the field and value; a broken structure raises naming what was
+    expected."""
+    from features.errors import DataError
+    from margin.accounts import parse_accounts
+
+    js = ('{"accounts": [{"id": "a", "balances": {"USD": 100, "BTC": 0.5}, "positions": '
+          '[{"instrument": "BTCUSDT-PERP", "quantity": 2, "entry_price": 60000}]},'
+          '{"balances": {"USD": 1}}, {"id": "c", "balances": {"USD": "lots"}}]}')
+    accts, bad = parse_accounts(js, "json", as_of=AS_OF)
+    assert [a.id for a in accts] == ["a"] and accts[0].balances == {"USD": 100.0, "BTC": 0.5}
+    assert accts[0].portfolio.positions[0].quantity == 2.0
+    assert [(f.details["field"], f.details["value"]) for f in bad] == [("id", "None"),
+                                                                        ("balances.USD", "lots")]
+    csv_text = ("# two accounts\naccount,kind,name,quantity,entry_price\n"
+                "a,balance,USD,100,\na,balance,BTC,0.5,\na,position,BTCUSDT-PERP,2,60000\n"
+                "b,balance,USDT,50,\n")
+    accts2, bad2 = parse_accounts(csv_text, "csv", as_of=AS_OF)
+    assert bad2 == [] and [a.id for a in accts2] == ["a", "b"]
+    assert accts2[0].balances == accts[0].balances
+    assert accts2[0].portfolio.positions[0].instrument == accts[0].portfolio.positions[0].instrument
+    assert accts2[1].portfolio.positions == ()
+    with pytest.raises(DataError, match="kind = 'loan'; expected 'balance' or 'position'"):
+        parse_accounts("account,kind,name,quantity\na,loan,USD,1\n", "csv", as_of=AS_OF)
+    with pytest.raises(DataError, match="header must hold"):
+        parse_accounts("id,amount\na,1\n", "csv", as_of=AS_OF)
+    with pytest.raises(DataError, match="expected a list of accounts"):
+        parse_accounts('{"accounts": 3}', "json", as_of=AS_OF)
+    with pytest.raises(DataError, match="not JSON"):
+        parse_accounts("{", "json", as_of=AS_OF)
+    with pytest.raises(DataError, match="expected 'json' or 'csv'"):
+        parse_accounts("", "xml", as_of=AS_OF)

@@ -353,3 +353,27 @@ def test_the_flow_on_dask_writes_the_bytes_of_the_threaded_run(
     b = Path(outs["dask"]["out_dir"]) / "backtest.parquet"
     assert a.read_bytes() == b.read_bytes()
     assert outs["dask"]["report"]["run_id"] and Path(outs["dask"]["report"]["report"]).is_file()
+
+
+def test_funding_carry_by_hand() -> None:
+    """Short 2 coins of a perpetual marked at 100 over one day: the events after the close of t
+    up to the close of t + 1 day (the event at t's own close excluded) times -q x mark; NaN with
+    no event in the window; 0 for a book without a perpetual."""
+    from margin.instruments import Perpetual, Spot
+    from margin.portfolio import Portfolio, Position
+
+    t0 = pd.Timestamp("2025-01-02T00:00Z")  # the close of 2025-01-01
+    t1 = pd.Timestamp("2025-01-03T00:00Z")
+    perp = Perpetual("XUSDT-PERP", "X")
+    pf = Portfolio("b", (Position("s", Spot("X", "X"), 2.0, None, 0, "X"),
+                         Position("p", perp, -2.0, None, 1, perp.name)), (), t0)
+    ev = pd.Series([0.5, 0.001, 0.002, 0.003, 0.7],
+                   index=pd.DatetimeIndex(["2025-01-02T00:00Z", "2025-01-02T08:00Z",
+                                           "2025-01-02T16:00Z", "2025-01-03T00:00Z",
+                                           "2025-01-03T08:00Z"]))
+    got = bt.funding_carry(pf, t0, t1, {perp.name: 100.0}, {perp.name: ev})
+    assert got == pytest.approx(2.0 * 100.0 * (0.001 + 0.002 + 0.003), rel=1e-12)
+    assert np.isnan(bt.funding_carry(pf, t0, t1, {perp.name: 100.0}, {perp.name: ev[:1]}))
+    assert np.isnan(bt.funding_carry(pf, t0, t1, {perp.name: 100.0}, {perp.name: None}))
+    spot_only = Portfolio("s", pf.positions[:1], (), t0)
+    assert bt.funding_carry(spot_only, t0, t1, {}, {}) == 0.0
